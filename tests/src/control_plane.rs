@@ -1,0 +1,341 @@
+//! A real Kubernetes control plane for tests: etcd + kube-apiserver as child processes, with RBAC
+//! authorization, service-account token signing, a self-made CA and an admin token.
+//!
+//! There is no kubelet, controller-manager or scheduler: no Pods run, no EndpointSlices appear by themselves,
+//! nothing is garbage-collected and Namespaces are never finalized. Tests create what they need (see
+//! [`crate::objects`]) and name it uniquely, since one control plane is shared by all tests of a binary.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::ServiceAccount;
+use kube::api::{Api, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+
+use crate::error::{Error, IoContext, Result};
+use crate::process::ManagedProcess;
+use crate::toolchain::K8sBinary;
+
+/// The admin's bearer token; the admin is in `system:masters`.
+const ADMIN_USER: &str = "ferrolb-admin";
+/// Service ClusterIPs are only ever stored, never routed, here; the ranges are the benchmarking block and the
+/// documentation prefix so no real address appears in any object. /16 and /112 leave room for 10 000 Services.
+const SERVICE_CLUSTER_IP_RANGE: &str = "198.18.0.0/16,2001:db8:ffff::/112";
+const READY_TIMEOUT: Duration = Duration::from_secs(90);
+
+#[derive(Debug)]
+pub struct ControlPlane {
+    dir: PathBuf,
+    /// Removed on drop when the control plane made its own directory.
+    _tempdir: Option<tempfile::TempDir>,
+    port: u16,
+    admin_token: String,
+    // Field order is drop order: the API server stops before etcd.
+    apiserver: ManagedProcess,
+    etcd: ManagedProcess,
+}
+
+impl ControlPlane {
+    /// The control plane shared by every test of this test binary, started on first use.
+    ///
+    /// Statics are never dropped, but its processes die with the test process (see [`crate::process`]).
+    pub fn shared() -> &'static ControlPlane {
+        static SHARED: OnceLock<ControlPlane> = OnceLock::new();
+        SHARED.get_or_init(|| {
+            crate::sweep::sweep_leftovers();
+            // Started on a plain thread: the caller may be inside an async runtime, and start-up blocks.
+            std::thread::spawn(ControlPlane::start_in_tempdir)
+                .join()
+                .unwrap_or_else(|_| panic!("control plane start-up panicked"))
+                .unwrap_or_else(|e| panic!("cannot start the test control plane: {e}"))
+        })
+    }
+
+    /// Starts a control plane whose files live in a temporary directory removed on drop.
+    pub fn start_in_tempdir() -> Result<Self> {
+        let tempdir = tempfile::Builder::new().prefix("ferrolb-cp-").tempdir().context(|| "creating a temp dir".into())?;
+        let dir = tempdir.path().to_path_buf();
+        let mut plane = Self::start(&dir)?;
+        plane._tempdir = Some(tempdir);
+        Ok(plane)
+    }
+
+    /// Starts etcd and kube-apiserver with their state in `dir`, and waits until the API server is ready.
+    pub fn start(dir: &Path) -> Result<Self> {
+        let apiserver_bin = require(K8sBinary::KubeApiserver)?;
+        let etcd_bin = require(K8sBinary::Etcd)?;
+        std::fs::create_dir_all(dir).context(|| format!("creating {}", dir.display()))?;
+        let pki = Pki::write(dir)?;
+        let admin_token = random_token();
+        let tokens = dir.join("tokens.csv");
+        std::fs::write(&tokens, format!("{admin_token},{ADMIN_USER},{ADMIN_USER},\"system:masters\"\n"))
+            .context(|| format!("writing {}", tokens.display()))?;
+
+        let etcd_port = free_port()?;
+        let peer_port = free_port()?;
+        let mut etcd_cmd = Command::new(&etcd_bin);
+        etcd_cmd.args([
+            format!("--data-dir={}", dir.join("etcd").display()),
+            format!("--listen-client-urls=http://127.0.0.1:{etcd_port}"),
+            format!("--advertise-client-urls=http://127.0.0.1:{etcd_port}"),
+            format!("--listen-peer-urls=http://127.0.0.1:{peer_port}"),
+            format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer_port}"),
+            format!("--initial-cluster=default=http://127.0.0.1:{peer_port}"),
+            // Tests never need durability; fsync dominates etcd's latency on a shared disk.
+            "--unsafe-no-fsync".into(),
+            "--log-level=warn".into(),
+        ]);
+        let etcd = ManagedProcess::spawn("etcd", etcd_cmd, &dir.join("etcd.log"))?;
+
+        let port = free_port()?;
+        let mut apiserver_cmd = Command::new(&apiserver_bin);
+        apiserver_cmd.args([
+            format!("--etcd-servers=http://127.0.0.1:{etcd_port}"),
+            "--bind-address=127.0.0.1".into(),
+            format!("--secure-port={port}"),
+            format!("--tls-cert-file={}", pki.serving_cert.display()),
+            format!("--tls-private-key-file={}", pki.serving_key.display()),
+            format!("--client-ca-file={}", pki.ca_cert.display()),
+            format!("--token-auth-file={}", tokens.display()),
+            "--authorization-mode=RBAC".into(),
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
+            format!("--service-account-key-file={}", pki.service_account_public.display()),
+            format!("--service-account-signing-key-file={}", pki.service_account_private.display()),
+            format!("--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}"),
+            // The `kubernetes` Service's endpoints would point at loopback, which Endpoints validation refuses.
+            "--endpoint-reconciler-type=none".into(),
+            "--profiling=false".into(),
+            "--v=1".into(),
+        ]);
+        let apiserver = ManagedProcess::spawn("kube-apiserver", apiserver_cmd, &dir.join("kube-apiserver.log"))?;
+
+        let plane = Self { dir: dir.to_path_buf(), _tempdir: None, port, admin_token, apiserver, etcd };
+        plane.write_kubeconfig(&plane.kubeconfig_path(), "admin", &plane.admin_token)?;
+        plane.wait_ready()?;
+        Ok(plane)
+    }
+
+    /// The port the API server listens on at 127.0.0.1 (the network lab forwards the same port inside every
+    /// node namespace, so one kubeconfig works everywhere).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn server_url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The admin kubeconfig (user in `system:masters`).
+    pub fn kubeconfig_path(&self) -> PathBuf {
+        self.dir.join("admin.kubeconfig")
+    }
+
+    pub fn ca_path(&self) -> PathBuf {
+        self.dir.join("pki").join("ca.crt")
+    }
+
+    pub fn apiserver_pid(&self) -> u32 {
+        self.apiserver.pid()
+    }
+
+    pub fn etcd_pid(&self) -> u32 {
+        self.etcd.pid()
+    }
+
+    /// A client with admin rights. Each call makes a new client: a client belongs to the async runtime that
+    /// created it, and every test has its own runtime.
+    pub async fn admin_client(&self) -> Result<kube::Client> {
+        client_from_kubeconfig(&self.kubeconfig_path()).await
+    }
+
+    /// Writes a kubeconfig that authenticates with `token` (as `user`, a label only).
+    pub fn write_kubeconfig(&self, path: &Path, user: &str, token: &str) -> Result<()> {
+        let config = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "ferrolb", "cluster": {"server": self.server_url(), "certificate-authority": self.ca_path()}}],
+            "users": [{"name": user, "user": {"token": token}}],
+            "contexts": [{"name": "ferrolb", "context": {"cluster": "ferrolb", "user": user}}],
+            "current-context": "ferrolb",
+        });
+        // JSON is YAML: kubectl and kube-rs both read it.
+        std::fs::write(path, config.to_string()).context(|| format!("writing {}", path.display()))
+    }
+
+    /// Creates ServiceAccount `namespace/name` if needed and returns a token for it (via the TokenRequest API,
+    /// as the kubelet would project one into a Pod).
+    pub async fn service_account_token(&self, namespace: &str, name: &str) -> Result<String> {
+        let client = self.admin_client().await?;
+        let accounts: Api<ServiceAccount> = Api::namespaced(client, namespace);
+        let account = ServiceAccount {
+            metadata: kube::api::ObjectMeta { name: Some(name.to_string()), ..Default::default() },
+            ..Default::default()
+        };
+        match accounts.create(&PostParams::default(), &account).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.code == 409 => {}
+            Err(e) => return Err(e.into()),
+        }
+        let request = TokenRequest {
+            spec: Some(TokenRequestSpec { expiration_seconds: Some(24 * 3600), ..Default::default() }),
+            ..Default::default()
+        };
+        let response = accounts.create_token_request(name, &PostParams::default(), &request).await?;
+        response.status.and_then(|s| s.token).ok_or_else(|| Error::Kubeconfig("TokenRequest returned no token".into()))
+    }
+
+    /// Writes a kubeconfig for ServiceAccount `namespace/name` (created if needed) and returns its path.
+    pub async fn service_account_kubeconfig(&self, namespace: &str, name: &str) -> Result<PathBuf> {
+        let token = self.service_account_token(namespace, name).await?;
+        let path = self.dir.join(format!("sa-{namespace}-{name}.kubeconfig"));
+        self.write_kubeconfig(&path, &format!("system:serviceaccount:{namespace}:{name}"), &token)?;
+        Ok(path)
+    }
+
+    fn wait_ready(&self) -> Result<()> {
+        let started = Instant::now();
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context(|| "tokio runtime".into())?;
+        let mut last_error = String::from("no answer yet");
+        while started.elapsed() < READY_TIMEOUT {
+            if let Some(status) = self.process_exited() {
+                return Err(Error::NotReady {
+                    what: "kube-apiserver".into(),
+                    seconds: started.elapsed().as_secs(),
+                    detail: format!("{status}\n{}", self.logs_tail()),
+                });
+            }
+            match runtime.block_on(self.readyz()) {
+                Ok(()) => return Ok(()),
+                Err(e) => last_error = e.to_string(),
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        Err(Error::NotReady { what: "kube-apiserver".into(), seconds: READY_TIMEOUT.as_secs(), detail: format!("{last_error}\n{}", self.logs_tail()) })
+    }
+
+    async fn readyz(&self) -> Result<()> {
+        let client = self.admin_client().await?;
+        let request = http::Request::get("/readyz").body(Vec::new()).map_err(|e| Error::Kubeconfig(e.to_string()))?;
+        let body = client.request_text(request).await?;
+        if body.trim() == "ok" { Ok(()) } else { Err(Error::Kubeconfig(format!("/readyz said {body}"))) }
+    }
+
+    fn process_exited(&self) -> Option<String> {
+        // `try_wait` needs `&mut`; poll through /proc instead so readiness can be checked through `&self`.
+        for (name, pid) in [("etcd", self.etcd.pid()), ("kube-apiserver", self.apiserver.pid())] {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            if stat.is_empty() || stat.contains(") Z ") {
+                return Some(format!("{name} exited"));
+            }
+        }
+        None
+    }
+
+    fn logs_tail(&self) -> String {
+        format!(
+            "--- etcd log ({}):\n{}\n--- kube-apiserver log ({}):\n{}",
+            self.etcd.log_path().display(),
+            self.etcd.log_tail(20),
+            self.apiserver.log_path().display(),
+            self.apiserver.log_tail(40)
+        )
+    }
+}
+
+/// A client from a kubeconfig file.
+pub async fn client_from_kubeconfig(path: &Path) -> Result<kube::Client> {
+    let kubeconfig = Kubeconfig::read_from(path).map_err(|e| Error::Kubeconfig(format!("{}: {e}", path.display())))?;
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .map_err(|e| Error::Kubeconfig(format!("{}: {e}", path.display())))?;
+    Ok(kube::Client::try_from(config)?)
+}
+
+fn require(binary: K8sBinary) -> Result<PathBuf> {
+    let path = binary.path();
+    if path.is_file() { Ok(path) } else { Err(Error::MissingBinary { binary: binary.file_name().into(), path }) }
+}
+
+/// A port that was free a moment ago (the API server binds it right after).
+fn free_port() -> Result<u16> {
+    let listener = TcpListener::bind("127.0.0.1:0").context(|| "finding a free port".into())?;
+    Ok(listener.local_addr().context(|| "finding a free port".into())?.port())
+}
+
+fn random_token() -> String {
+    let mut bytes = [0u8; 24];
+    getrandom_fill(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn getrandom_fill(buf: &mut [u8]) {
+    use std::io::Read;
+    if let Ok(mut urandom) = std::fs::File::open("/dev/urandom") {
+        let _ = urandom.read_exact(buf);
+    }
+}
+
+/// The CA, the API server's serving certificate and the service-account signing key, written under `dir/pki`.
+struct Pki {
+    ca_cert: PathBuf,
+    serving_cert: PathBuf,
+    serving_key: PathBuf,
+    service_account_private: PathBuf,
+    service_account_public: PathBuf,
+}
+
+impl Pki {
+    fn write(dir: &Path) -> Result<Self> {
+        let pki = dir.join("pki");
+        std::fs::create_dir_all(&pki).context(|| format!("creating {}", pki.display()))?;
+
+        let ca_key = KeyPair::generate()?;
+        let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params.distinguished_name.push(DnType::CommonName, "ferrolb-test-ca");
+        ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        let ca_cert = ca_params.self_signed(&ca_key)?;
+        let issuer = Issuer::new(ca_params, ca_key);
+
+        let serving_key = KeyPair::generate()?;
+        let mut serving_params = CertificateParams::new(vec![
+            "127.0.0.1".to_string(),
+            "::1".to_string(),
+            "localhost".to_string(),
+            "kubernetes".to_string(),
+            "kubernetes.default.svc".to_string(),
+        ])?;
+        serving_params.distinguished_name.push(DnType::CommonName, "kube-apiserver");
+        serving_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let serving_cert = serving_params.signed_by(&serving_key, &issuer)?;
+
+        let service_account_key = KeyPair::generate()?;
+
+        let files = Self {
+            ca_cert: pki.join("ca.crt"),
+            serving_cert: pki.join("apiserver.crt"),
+            serving_key: pki.join("apiserver.key"),
+            service_account_private: pki.join("sa.key"),
+            service_account_public: pki.join("sa.pub"),
+        };
+        for (path, pem) in [
+            (&files.ca_cert, ca_cert.pem()),
+            (&files.serving_cert, serving_cert.pem()),
+            (&files.serving_key, serving_key.serialize_pem()),
+            (&files.service_account_private, service_account_key.serialize_pem()),
+            (&files.service_account_public, service_account_key.public_key_pem()),
+        ] {
+            std::fs::write(path, pem).context(|| format!("writing {}", path.display()))?;
+        }
+        Ok(files)
+    }
+}

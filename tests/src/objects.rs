@@ -1,0 +1,106 @@
+//! Creating the objects a kubelet or controller-manager would have created: Nodes with addresses, and
+//! EndpointSlices for Services (there is no endpoint controller, so tests say which node has a ready endpoint).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Namespace, Node, NodeAddress, NodeCondition, NodeStatus};
+use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
+use kube::Client;
+use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+
+use crate::error::Result;
+
+/// A Node as a kubelet would register it: Ready, with its InternalIPs.
+#[derive(Debug, Clone)]
+pub struct NodeSpec {
+    pub name: String,
+    pub addresses: Vec<String>,
+    pub labels: BTreeMap<String, String>,
+}
+
+impl NodeSpec {
+    pub fn new(name: impl Into<String>, addresses: &[&str]) -> Self {
+        Self { name: name.into(), addresses: addresses.iter().map(|a| a.to_string()).collect(), labels: BTreeMap::new() }
+    }
+
+    pub fn label(mut self, key: &str, value: &str) -> Self {
+        self.labels.insert(key.to_string(), value.to_string());
+        self
+    }
+}
+
+/// Creates (or replaces the labels and status of) a Node.
+pub async fn apply_node(client: &Client, spec: &NodeSpec) -> Result<Node> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let mut labels = spec.labels.clone();
+    labels.insert("kubernetes.io/hostname".into(), spec.name.clone());
+    let node = Node {
+        metadata: ObjectMeta { name: Some(spec.name.clone()), labels: Some(labels), ..Default::default() },
+        ..Default::default()
+    };
+    let params = PatchParams::apply("ferrolb-e2e").force();
+    nodes.patch(&spec.name, &params, &Patch::Apply(&node)).await?;
+    // Status is a subresource: a kubelet writes it separately, and so do we.
+    let status = NodeStatus {
+        addresses: Some(spec.addresses.iter().map(|a| NodeAddress { type_: "InternalIP".into(), address: a.clone() }).collect()),
+        conditions: Some(vec![NodeCondition { type_: "Ready".into(), status: "True".into(), ..Default::default() }]),
+        ..Default::default()
+    };
+    // A merge patch, not server-side apply: the schema keys `addresses` by type, yet a dual-stack kubelet
+    // reports two InternalIPs.
+    let patch = serde_json::json!({"status": status});
+    Ok(nodes.patch_status(&spec.name, &PatchParams::default(), &Patch::Merge(&patch)).await?)
+}
+
+/// Creates a Namespace (never deleted: without a controller-manager, deletion never finishes).
+pub async fn create_namespace(client: &Client, name: &str) -> Result<Namespace> {
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let namespace = Namespace { metadata: ObjectMeta { name: Some(name.into()), ..Default::default() }, ..Default::default() };
+    Ok(namespaces.create(&PostParams::default(), &namespace).await?)
+}
+
+/// One backend of a Service: a Pod IP on a node, ready or not.
+#[derive(Debug, Clone)]
+pub struct Backend {
+    pub node: String,
+    pub address: String,
+    pub ready: bool,
+}
+
+/// Writes the EndpointSlice of `namespace/service` for one address family (`"IPv4"` or `"IPv6"`), as the
+/// endpoint-slice controller would, replacing the previous one.
+pub async fn apply_endpoint_slice(
+    client: &Client,
+    namespace: &str,
+    service: &str,
+    address_type: &str,
+    port: i32,
+    backends: &[Backend],
+) -> Result<EndpointSlice> {
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), namespace);
+    let name = format!("{service}-{}", address_type.to_lowercase());
+    let slice = EndpointSlice {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            namespace: Some(namespace.into()),
+            labels: Some(BTreeMap::from([
+                ("kubernetes.io/service-name".to_string(), service.to_string()),
+                ("endpointslice.kubernetes.io/managed-by".to_string(), "ferrolb-e2e".to_string()),
+            ])),
+            ..Default::default()
+        },
+        address_type: address_type.into(),
+        endpoints: Some(
+            backends
+            .iter()
+            .map(|b| Endpoint {
+                addresses: vec![b.address.clone()],
+                node_name: Some(b.node.clone()),
+                conditions: Some(EndpointConditions { ready: Some(b.ready), serving: Some(b.ready), terminating: Some(false) }),
+                ..Default::default()
+            })
+            .collect()),
+        ports: Some(vec![EndpointPort { name: Some("http".into()), port: Some(port), protocol: Some("TCP".into()), ..Default::default() }]),
+    };
+    Ok(slices.patch(&name, &PatchParams::apply("ferrolb-e2e").force(), &Patch::Apply(&slice)).await?)
+}

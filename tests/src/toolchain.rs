@@ -1,0 +1,70 @@
+//! Where the Kubernetes binaries the tests run against live, and at which versions.
+//!
+//! This file has no dependencies beyond `std` on purpose: `xtask` (which builds the binaries) includes it with
+//! `#[path]`, so the versions and cache layout are written down exactly once and `xtask` stays quick to compile.
+
+use std::path::PathBuf;
+
+/// The Kubernetes release the suite runs against: the newest minor k8s-openapi 0.29 supports (feature `v1_37`).
+pub const KUBERNETES_VERSION: &str = "v1.37.2";
+/// The staging modules (`k8s.io/api`, `k8s.io/client-go`, ...) are tagged `v0.<minor>.<patch>`.
+pub const KUBERNETES_STAGING_VERSION: &str = "v0.37.2";
+/// etcd release matching the one Kubernetes 1.37 is tested with (its go.mod requires the 3.7 line).
+pub const ETCD_VERSION: &str = "v3.7.3";
+pub const HELM_VERSION: &str = "v3.22.0";
+
+/// A binary the suite needs, built from the Go module proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum K8sBinary {
+    KubeApiserver,
+    Kubectl,
+    Etcd,
+    Helm,
+}
+
+impl K8sBinary {
+    pub const ALL: [K8sBinary; 4] = [Self::Etcd, Self::KubeApiserver, Self::Kubectl, Self::Helm];
+
+    pub fn file_name(self) -> &'static str {
+        match self {
+            Self::KubeApiserver => "kube-apiserver",
+            Self::Kubectl => "kubectl",
+            Self::Etcd => "etcd",
+            Self::Helm => "helm",
+        }
+    }
+
+    /// The version the binary is built at; it is part of the cache path so a version bump rebuilds.
+    pub fn version(self) -> &'static str {
+        match self {
+            Self::KubeApiserver | Self::Kubectl => KUBERNETES_VERSION,
+            Self::Etcd => ETCD_VERSION,
+            Self::Helm => HELM_VERSION,
+        }
+    }
+
+    pub fn path(self) -> PathBuf {
+        cache_root()
+            .join("k8s")
+            .join(format!("{}-{}", self.file_name(), self.version()))
+            .join(self.file_name())
+    }
+}
+
+/// `$FERROLB_CACHE`, else `$XDG_CACHE_HOME/ferrolb`, else `~/.cache/ferrolb`: outside the clone, so a fresh
+/// clone (as CI makes) reuses binaries and compiled dependencies.
+pub fn cache_root() -> PathBuf {
+    if let Some(dir) = std::env::var_os("FERROLB_CACHE") {
+        return PathBuf::from(dir);
+    }
+    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
+        return PathBuf::from(dir).join("ferrolb");
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root"));
+    home.join(".cache").join("ferrolb")
+}
+
+/// Cargo's target directory for the suite, shared by every clone on the machine.
+pub fn cargo_target_dir() -> PathBuf {
+    cache_root().join("target")
+}

@@ -1,0 +1,63 @@
+//! `cargo xtask <verb>`: every developer and CI action, in Rust, so the README's commands are the ones CI runs.
+//!
+//! xtask stays light (no kube, no tokio) because it is compiled in every fresh clone before anything else; the
+//! heavy work runs in the workspace's own binaries, built into the shared cache.
+
+mod deps;
+mod k8s_bins;
+mod lab;
+mod run;
+#[path = "../../tests/src/toolchain.rs"]
+mod toolchain;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "ferrolb's developer and CI tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install what the suite needs: Debian packages and the Kubernetes binaries built from the Go module proxy.
+    Deps,
+    /// Run the whole suite: deps, `cargo fmt --check`, clippy with -D warnings, every unit, integration and e2e test.
+    Test {
+        /// Arguments passed on to `cargo test` after `--` (a test name filter, `--nocapture`, ...).
+        #[arg(last = true)]
+        cargo_test_args: Vec<String>,
+    },
+    /// Bring up the local lab (API server, controller, three speaker nodes, a demo Service), or `lab down`.
+    Lab(lab::LabArgs),
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::Deps => deps::install_all(),
+        Command::Test { cargo_test_args } => test(&cargo_test_args),
+        Command::Lab(args) => lab::run(args),
+    }
+}
+
+fn test(cargo_test_args: &[String]) -> Result<()> {
+    let started = std::time::Instant::now();
+    deps::install_all()?;
+    run::step("cargo fmt --check", run::cargo(&["fmt", "--all", "--check"]))?;
+    run::step(
+        "cargo clippy --all-targets -- -D warnings",
+        run::cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]),
+    )?;
+    // The e2e tests start the workspace's binaries as processes, so they must exist before the tests run.
+    run::step("cargo build --workspace --bins", run::cargo(&["build", "--workspace", "--bins"]))?;
+    let mut args = vec!["test", "--workspace", "--no-fail-fast"];
+    if !cargo_test_args.is_empty() {
+        args.push("--");
+        args.extend(cargo_test_args.iter().map(String::as_str));
+    }
+    run::step("cargo test --workspace", run::cargo(&args))?;
+    eprintln!("xtask test: everything passed in {:.0?}", started.elapsed());
+    Ok(())
+}

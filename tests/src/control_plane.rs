@@ -15,7 +15,9 @@ use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::api::{Api, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
-use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+};
 
 use crate::error::{Error, IoContext, Result};
 use crate::process::ManagedProcess;
@@ -58,7 +60,10 @@ impl ControlPlane {
 
     /// Starts a control plane whose files live in a temporary directory removed on drop.
     pub fn start_in_tempdir() -> Result<Self> {
-        let tempdir = tempfile::Builder::new().prefix("ferrolb-cp-").tempdir().context(|| "creating a temp dir".into())?;
+        let tempdir = tempfile::Builder::new()
+            .prefix(&crate::sweep::control_plane_dir_prefix())
+            .tempdir()
+            .context(|| "creating a temp dir".into())?;
         let dir = tempdir.path().to_path_buf();
         let mut plane = Self::start(&dir)?;
         plane._tempdir = Some(tempdir);
@@ -203,7 +208,8 @@ impl ControlPlane {
 
     fn wait_ready(&self) -> Result<()> {
         let started = Instant::now();
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context(|| "tokio runtime".into())?;
+        let runtime =
+            tokio::runtime::Builder::new_current_thread().enable_all().build().context(|| "tokio runtime".into())?;
         let mut last_error = String::from("no answer yet");
         while started.elapsed() < READY_TIMEOUT {
             if let Some(status) = self.process_exited() {
@@ -219,7 +225,11 @@ impl ControlPlane {
             }
             std::thread::sleep(Duration::from_millis(250));
         }
-        Err(Error::NotReady { what: "kube-apiserver".into(), seconds: READY_TIMEOUT.as_secs(), detail: format!("{last_error}\n{}", self.logs_tail()) })
+        Err(Error::NotReady {
+            what: "kube-apiserver".into(),
+            seconds: READY_TIMEOUT.as_secs(),
+            detail: format!("{last_error}\n{}", self.logs_tail()),
+        })
     }
 
     async fn readyz(&self) -> Result<()> {
@@ -232,8 +242,7 @@ impl ControlPlane {
     fn process_exited(&self) -> Option<String> {
         // `try_wait` needs `&mut`; poll through /proc instead so readiness can be checked through `&self`.
         for (name, pid) in [("etcd", self.etcd.pid()), ("kube-apiserver", self.apiserver.pid())] {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            if stat.is_empty() || stat.contains(") Z ") {
+            if !crate::sweep::process_alive(pid) {
                 return Some(format!("{name} exited"));
             }
         }
@@ -302,7 +311,8 @@ impl Pki {
         let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         ca_params.distinguished_name.push(DnType::CommonName, "ferrolb-test-ca");
-        ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        ca_params.key_usages =
+            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
         let ca_cert = ca_params.self_signed(&ca_key)?;
         let issuer = Issuer::new(ca_params, ca_key);
 

@@ -135,11 +135,31 @@ impl Lab {
         let ns = host.netns.as_str();
         netns::ip(&["netns", "add", ns])?;
         netns::ip(&[
-            "link", "add", "eth0", "netns", ns, "address", &host.mac, "type", "veth", "peer", "name", port, "netns", &self.switch,
+            "link",
+            "add",
+            "eth0",
+            "netns",
+            ns,
+            "address",
+            &host.mac,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            port,
+            "netns",
+            &self.switch,
         ])?;
         netns::ip(&["-n", &self.switch, "link", "set", port, "master", "br0", "up"])?;
         // Addresses are usable at once: no duplicate address detection on a lab LAN.
-        netns::sysctl(ns, &["net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0", "net.ipv6.conf.eth0.accept_dad=0"])?;
+        netns::sysctl(
+            ns,
+            &[
+                "net.ipv6.conf.all.accept_dad=0",
+                "net.ipv6.conf.default.accept_dad=0",
+                "net.ipv6.conf.eth0.accept_dad=0",
+            ],
+        )?;
         netns::ip(&["-n", ns, "link", "set", "lo", "up"])?;
         netns::ip(&["-n", ns, "addr", "add", &format!("{}/24", host.ipv4), "dev", "eth0"])?;
         netns::ip(&["-n", ns, "addr", "add", &format!("{}/64", host.ipv6), "dev", "eth0", "nodad"])?;
@@ -153,7 +173,12 @@ impl Lab {
         // locally routed pool is then never announced by the kernel (kube-proxy IPVS with strictARP).
         netns::sysctl(
             ns,
-            &["net.ipv4.conf.all.arp_ignore=1", "net.ipv4.conf.eth0.arp_ignore=1", "net.ipv4.conf.all.arp_announce=2", "net.ipv4.conf.eth0.arp_announce=2"],
+            &[
+                "net.ipv4.conf.all.arp_ignore=1",
+                "net.ipv4.conf.eth0.arp_ignore=1",
+                "net.ipv4.conf.all.arp_announce=2",
+                "net.ipv4.conf.eth0.arp_announce=2",
+            ],
         )?;
         for prefix in &self.spec.local_prefixes {
             let family = if prefix.contains(':') { "-6" } else { "-4" };

@@ -20,7 +20,11 @@ pub struct NodeSpec {
 
 impl NodeSpec {
     pub fn new(name: impl Into<String>, addresses: &[&str]) -> Self {
-        Self { name: name.into(), addresses: addresses.iter().map(|a| a.to_string()).collect(), labels: BTreeMap::new() }
+        Self {
+            name: name.into(),
+            addresses: addresses.iter().map(|a| a.to_string()).collect(),
+            labels: BTreeMap::new(),
+        }
     }
 
     pub fn label(mut self, key: &str, value: &str) -> Self {
@@ -42,7 +46,9 @@ pub async fn apply_node(client: &Client, spec: &NodeSpec) -> Result<Node> {
     nodes.patch(&spec.name, &params, &Patch::Apply(&node)).await?;
     // Status is a subresource: a kubelet writes it separately, and so do we.
     let status = NodeStatus {
-        addresses: Some(spec.addresses.iter().map(|a| NodeAddress { type_: "InternalIP".into(), address: a.clone() }).collect()),
+        addresses: Some(
+            spec.addresses.iter().map(|a| NodeAddress { type_: "InternalIP".into(), address: a.clone() }).collect(),
+        ),
         conditions: Some(vec![NodeCondition { type_: "Ready".into(), status: "True".into(), ..Default::default() }]),
         ..Default::default()
     };
@@ -55,7 +61,8 @@ pub async fn apply_node(client: &Client, spec: &NodeSpec) -> Result<Node> {
 /// Creates a Namespace (never deleted: without a controller-manager, deletion never finishes).
 pub async fn create_namespace(client: &Client, name: &str) -> Result<Namespace> {
     let namespaces: Api<Namespace> = Api::all(client.clone());
-    let namespace = Namespace { metadata: ObjectMeta { name: Some(name.into()), ..Default::default() }, ..Default::default() };
+    let namespace =
+        Namespace { metadata: ObjectMeta { name: Some(name.into()), ..Default::default() }, ..Default::default() };
     Ok(namespaces.create(&PostParams::default(), &namespace).await?)
 }
 
@@ -92,15 +99,25 @@ pub async fn apply_endpoint_slice(
         address_type: address_type.into(),
         endpoints: Some(
             backends
-            .iter()
-            .map(|b| Endpoint {
-                addresses: vec![b.address.clone()],
-                node_name: Some(b.node.clone()),
-                conditions: Some(EndpointConditions { ready: Some(b.ready), serving: Some(b.ready), terminating: Some(false) }),
-                ..Default::default()
-            })
-            .collect()),
-        ports: Some(vec![EndpointPort { name: Some("http".into()), port: Some(port), protocol: Some("TCP".into()), ..Default::default() }]),
+                .iter()
+                .map(|b| Endpoint {
+                    addresses: vec![b.address.clone()],
+                    node_name: Some(b.node.clone()),
+                    conditions: Some(EndpointConditions {
+                        ready: Some(b.ready),
+                        serving: Some(b.ready),
+                        terminating: Some(false),
+                    }),
+                    ..Default::default()
+                })
+                .collect(),
+        ),
+        ports: Some(vec![EndpointPort {
+            name: Some("http".into()),
+            port: Some(port),
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        }]),
     };
     Ok(slices.patch(&name, &PatchParams::apply("ferrolb-e2e").force(), &Patch::Apply(&slice)).await?)
 }

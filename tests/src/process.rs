@@ -69,10 +69,12 @@ pub struct ManagedProcess {
 impl ManagedProcess {
     /// Starts `program args` with stdout and stderr appended to `log`.
     pub fn spawn(name: &str, mut command: Command, log: &Path) -> Result<Self> {
-        let out = File::options().create(true).append(true).open(log).context(|| format!("opening {}", log.display()))?;
+        let out =
+            File::options().create(true).append(true).open(log).context(|| format!("opening {}", log.display()))?;
         let err = out.try_clone().context(|| format!("opening {}", log.display()))?;
         command.stdin(Stdio::null()).stdout(out).stderr(err);
-        let child = spawn_tied_to_this_process(command).map_err(|e| Error::Command { command: name.to_string(), detail: e.to_string() })?;
+        let child = spawn_tied_to_this_process(command)
+            .map_err(|e| Error::Command { command: name.to_string(), detail: e.to_string() })?;
         Ok(Self { name: name.to_string(), child, log: log.to_path_buf() })
     }
 
@@ -107,7 +109,8 @@ impl ManagedProcess {
 
     /// Sends `signal` (SIGTERM for a graceful stop, SIGKILL for a crash).
     pub fn signal(&self, signal: Signal) -> Result<()> {
-        let pid = i32::try_from(self.child.id()).map_err(|_| Error::Command { command: "kill".into(), detail: "pid out of range".into() })?;
+        let pid = i32::try_from(self.child.id())
+            .map_err(|_| Error::Command { command: "kill".into(), detail: "pid out of range".into() })?;
         nix::sys::signal::kill(Pid::from_raw(pid), signal)
             .map_err(|e| Error::Command { command: format!("kill -{signal} {}", self.name), detail: e.to_string() })
     }

@@ -7,9 +7,18 @@ use crate::netns;
 /// Prefix of every network namespace the tests create.
 pub const TEST_PREFIX: &str = "flb";
 
-/// Removes namespaces left by test processes that no longer run. Returns the names removed.
+/// Prefix of the temporary directories of control planes started by this process (`ferrolb-cp-<pid>-...`).
+/// The shared control plane lives in a static, which is never dropped, so its directory is swept instead.
+pub fn control_plane_dir_prefix() -> String {
+    format!("{CONTROL_PLANE_DIR_PREFIX}{}-", std::process::id())
+}
+
+const CONTROL_PLANE_DIR_PREFIX: &str = "ferrolb-cp-";
+
+/// Removes namespaces and control-plane directories left by test processes that no longer run. Returns the
+/// names removed.
 pub fn sweep_leftovers() -> Vec<String> {
-    let mut removed = Vec::new();
+    let mut removed = sweep_control_plane_dirs();
     for name in netns::list() {
         if let Some(owner) = owner_pid(&name)
             && !process_alive(owner)
@@ -31,6 +40,21 @@ pub fn remove_with_prefix(prefix: &str) -> Vec<String> {
     removed
 }
 
+fn sweep_control_plane_dirs() -> Vec<String> {
+    let temp = std::env::temp_dir();
+    let Ok(entries) = std::fs::read_dir(&temp) else { return Vec::new() };
+    let mut removed = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix(CONTROL_PLANE_DIR_PREFIX) else { continue };
+        let Some(Ok(owner)) = rest.split('-').next().map(str::parse::<u32>) else { continue };
+        if !process_alive(owner) && std::fs::remove_dir_all(entry.path()).is_ok() {
+            removed.push(name);
+        }
+    }
+    removed
+}
+
 /// `flb1234-5-node-1` → 1234.
 fn owner_pid(netns_name: &str) -> Option<u32> {
     let rest = netns_name.strip_prefix(TEST_PREFIX)?;
@@ -41,8 +65,13 @@ fn owner_pid(netns_name: &str) -> Option<u32> {
     digits.parse().ok()
 }
 
-fn process_alive(pid: u32) -> bool {
-    std::path::Path::new(&format!("/proc/{pid}")).exists()
+/// Whether `pid` is a running process (a zombie has finished: it only waits to be reaped).
+pub fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesised command name, which may itself contain ") ".
+        Ok(stat) => stat.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z')),
+        Err(_) => false,
+    }
 }
 
 #[cfg(test)]

@@ -44,10 +44,7 @@ impl K8sBinary {
     }
 
     pub fn path(self) -> PathBuf {
-        cache_root()
-            .join("k8s")
-            .join(format!("{}-{}", self.file_name(), self.version()))
-            .join(self.file_name())
+        cache_root().join("k8s").join(format!("{}-{}", self.file_name(), self.version())).join(self.file_name())
     }
 }
 

@@ -1,6 +1,8 @@
 //! The test platform itself works: a real API server with RBAC, tokens for ServiceAccounts, a LAN of node
 //! namespaces where pool addresses stay unreachable until something announces them.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed step should stop the test, loudly
+
 use ferrolb_e2e::control_plane::client_from_kubeconfig;
 use ferrolb_e2e::netlab::{DEFAULT_POOL_V4, LabSpec};
 use ferrolb_e2e::objects::{Backend, NodeSpec, apply_endpoint_slice, apply_node, create_namespace};
@@ -44,9 +46,16 @@ async fn service_and_node_are_stored_and_read_back_with_rbac_on() {
     // Both families are configured, so a PreferDualStack Service gets a ClusterIP of each.
     assert_eq!(stored.ip_families.unwrap(), ["IPv4", "IPv6"]);
 
-    apply_endpoint_slice(&client, &namespace, "web", "IPv4", 80, &[Backend { node: node_name.clone(), address: "203.0.113.5".into(), ready: true }])
-        .await
-        .unwrap();
+    apply_endpoint_slice(
+        &client,
+        &namespace,
+        "web",
+        "IPv4",
+        80,
+        &[Backend { node: node_name.clone(), address: "203.0.113.5".into(), ready: true }],
+    )
+    .await
+    .unwrap();
     let slices = Api::<EndpointSlice>::namespaced(client, &namespace)
         .list(&ListParams::default().labels("kubernetes.io/service-name=web"))
         .await
@@ -68,7 +77,11 @@ async fn service_account_without_rights_is_authenticated_but_refused() {
         // 403, not 401: the token is valid and names the ServiceAccount; RBAC gives it nothing.
         Err(kube::Error::Api(status)) => {
             assert!(status.is_forbidden(), "expected 403 Forbidden, got {status:?}");
-            assert!(status.message.contains(&format!("system:serviceaccount:{namespace}:nobody")), "{}", status.message);
+            assert!(
+                status.message.contains(&format!("system:serviceaccount:{namespace}:nobody")),
+                "{}",
+                status.message
+            );
         }
         other => panic!("a ServiceAccount without rights listed Services: {other:?}"),
     }
@@ -102,23 +115,52 @@ async fn pool_addresses_are_served_locally_but_never_answered_by_the_kernel() {
     let client = lab.client();
 
     // Inside the node, the pool is local: its HTTP server answers on a pool address (as with kube-proxy).
-    let local = netns::exec(&node.netns, "curl", &["-sS", "-g", "--max-time", "5", &format!("http://{UNANNOUNCED_V4}/")]).unwrap();
-    assert_eq!(String::from_utf8_lossy(&local.stdout).trim(), node.name, "pool address not routed locally in {}", node.netns);
-    let local6 = netns::exec(&node.netns, "curl", &["-sS", "-g", "--max-time", "5", &format!("http://[{UNANNOUNCED_V6}]/")]).unwrap();
+    let local =
+        netns::exec(&node.netns, "curl", &["-sS", "-g", "--max-time", "5", &format!("http://{UNANNOUNCED_V4}/")])
+            .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&local.stdout).trim(),
+        node.name,
+        "pool address not routed locally in {}",
+        node.netns
+    );
+    let local6 =
+        netns::exec(&node.netns, "curl", &["-sS", "-g", "--max-time", "5", &format!("http://[{UNANNOUNCED_V6}]/")])
+            .unwrap();
     assert_eq!(String::from_utf8_lossy(&local6.stdout).trim(), node.name);
 
     // The node's own address is answered (so silence below means "not announced", not "broken LAN")...
-    let arping = |target: &str| lab.client_exec("arping", &["-c", "2", "-w", "2", "-i", &client.interface, target]).unwrap();
+    let arping =
+        |target: &str| lab.client_exec("arping", &["-c", "2", "-w", "2", "-i", &client.interface, target]).unwrap();
     let answered = arping(&node.ipv4);
-    assert!(answered.status.success(), "no ARP reply from node {}: {}", node.ipv4, String::from_utf8_lossy(&answered.stdout));
-    assert!(String::from_utf8_lossy(&answered.stdout).to_lowercase().contains(&node.mac), "reply not from {}", node.mac);
+    assert!(
+        answered.status.success(),
+        "no ARP reply from node {}: {}",
+        node.ipv4,
+        String::from_utf8_lossy(&answered.stdout)
+    );
+    assert!(
+        String::from_utf8_lossy(&answered.stdout).to_lowercase().contains(&node.mac),
+        "reply not from {}",
+        node.mac
+    );
     // ...and a pool address is not.
     let silent = arping(UNANNOUNCED_V4);
-    assert!(!silent.status.success(), "the kernel answered ARP for pool address {UNANNOUNCED_V4}: {}", String::from_utf8_lossy(&silent.stdout));
+    assert!(
+        !silent.status.success(),
+        "the kernel answered ARP for pool address {UNANNOUNCED_V4}: {}",
+        String::from_utf8_lossy(&silent.stdout)
+    );
 
-    let ndisc = |target: &str| lab.client_exec("ndisc6", &["-1", "-r", "2", "-w", "500", target, &client.interface]).unwrap();
+    let ndisc =
+        |target: &str| lab.client_exec("ndisc6", &["-1", "-r", "2", "-w", "500", target, &client.interface]).unwrap();
     let answered6 = ndisc(&node.ipv6);
-    assert!(answered6.status.success(), "no NA from node {}: {}", node.ipv6, String::from_utf8_lossy(&answered6.stdout));
+    assert!(
+        answered6.status.success(),
+        "no NA from node {}: {}",
+        node.ipv6,
+        String::from_utf8_lossy(&answered6.stdout)
+    );
     assert!(String::from_utf8_lossy(&answered6.stdout).to_lowercase().contains(&node.mac));
     let silent6 = ndisc(UNANNOUNCED_V6);
     assert!(!silent6.status.success(), "the kernel answered NDP for pool address {UNANNOUNCED_V6}");
@@ -151,7 +193,8 @@ async fn dropping_a_lab_removes_its_namespaces_and_processes() {
     let lab = Lab::start(LabSpec::for_test(2, plane.port())).unwrap();
     let namespaces = lab.namespaces();
     // A process left running inside a node, as a crashed test might leave a speaker.
-    let sleeper = std::process::Command::new("ip").args(["netns", "exec", &namespaces[2], "sleep", "300"]).spawn().unwrap();
+    let sleeper =
+        std::process::Command::new("ip").args(["netns", "exec", &namespaces[2], "sleep", "300"]).spawn().unwrap();
     std::thread::sleep(std::time::Duration::from_millis(200));
     drop(lab);
     let remaining = netns::list();

@@ -25,7 +25,8 @@ pub fn install_all() -> Result<()> {
 fn install_debian_packages() -> Result<()> {
     // Debian keeps several of these in /usr/sbin, which a non-login PATH may lack.
     let sbin_aware = |tool: &str| {
-        run::on_path(tool) || ["/usr/sbin", "/sbin", "/usr/bin"].iter().any(|d| std::path::Path::new(d).join(tool).exists())
+        run::on_path(tool)
+            || ["/usr/sbin", "/sbin", "/usr/bin"].iter().any(|d| std::path::Path::new(d).join(tool).exists())
     };
     let missing: Vec<&str> = DEBIAN_TOOLS.iter().filter(|(tool, _)| !sbin_aware(tool)).map(|(_, pkg)| *pkg).collect();
     if missing.is_empty() {
@@ -41,6 +42,9 @@ fn install_debian_packages() -> Result<()> {
     update.args(["update", "-qq"]);
     run::step("apt-get update", update)?;
     let mut install = Command::new("apt-get");
-    install.args(["install", "-y", "-qq", "--no-install-recommends"]).args(&missing).env("DEBIAN_FRONTEND", "noninteractive");
+    install
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive");
     run::step(&format!("apt-get install {}", missing.join(" ")), install)
 }

@@ -74,7 +74,8 @@ impl GoToolchain {
     }
 
     fn run(&self, dir: &Path, args: &[&str]) -> Result<()> {
-        let status = self.command(dir, args).status().with_context(|| format!("could not run `go {}`", args.join(" ")))?;
+        let status =
+            self.command(dir, args).status().with_context(|| format!("could not run `go {}`", args.join(" ")))?;
         if !status.success() {
             bail!(
                 "`go {}` failed in {} ({status}); if it could not download modules, check that the Go module \
@@ -141,7 +142,8 @@ impl GoToolchain {
     fn build_helm(&self) -> Result<()> {
         let staging = staging_path(K8sBinary::Helm)?;
         let dir = source_dir("helm")?;
-        let mut install = self.command(&dir, &["install", &format!("helm.sh/helm/v3/cmd/helm@{}", toolchain::HELM_VERSION)]);
+        let mut install =
+            self.command(&dir, &["install", &format!("helm.sh/helm/v3/cmd/helm@{}", toolchain::HELM_VERSION)]);
         install.env("GOBIN", &staging).env_remove("GOFLAGS");
         let status = install.status().context("could not run `go install` for helm")?;
         if !status.success() {
@@ -171,7 +173,8 @@ impl GoToolchain {
                 String::from_utf8_lossy(&output.stderr)
             );
         }
-        let info: serde_json::Value = serde_json::from_slice(&output.stdout).context("`go mod download -json` output")?;
+        let info: serde_json::Value =
+            serde_json::from_slice(&output.stdout).context("`go mod download -json` output")?;
         let go_mod = info["GoMod"].as_str().context("`go mod download -json` gave no GoMod path")?;
         fs::read_to_string(go_mod).with_context(|| format!("reading {go_mod}"))
     }

@@ -1,1 +1,90 @@
-fn main() {}
+//! `ferrolb-lab up` runs the local lab in the foreground until SIGTERM/SIGINT (`cargo xtask lab` starts it in
+//! the background); `ferrolb-lab down` stops a running lab and removes whatever it left behind.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use ferrolb_e2e::lab_supervisor::{self, LabConfig, RunningLab};
+
+#[derive(Parser)]
+#[command(name = "ferrolb-lab")]
+struct Cli {
+    /// Where lab.json, logs, the kubeconfig and the control plane's data go.
+    #[arg(long, default_value = "target/lab")]
+    state_dir: PathBuf,
+    /// Prefix of the lab's network namespace names.
+    #[arg(long, default_value = "ferrolb-lab")]
+    prefix: String,
+    #[command(subcommand)]
+    command: Verb,
+}
+
+#[derive(Subcommand)]
+enum Verb {
+    /// Bring the lab up and supervise it until SIGTERM or SIGINT.
+    Up {
+        /// Directory holding ferrolb-controller and ferrolb-speaker.
+        #[arg(long)]
+        bin_dir: PathBuf,
+        /// The repository (for the generated CRDs and the demo manifests).
+        #[arg(long, default_value = ".")]
+        repo: PathBuf,
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+    },
+    /// Stop the lab and remove every namespace and process it made.
+    Down,
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        // `cargo xtask lab` sends this to a log file: colour codes only for a terminal.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let mut cli = Cli::parse();
+    // lab.json and the kubeconfig name these paths; they must work from any directory.
+    cli.state_dir = std::path::absolute(&cli.state_dir)?;
+    match cli.command {
+        Verb::Up { bin_dir, repo, nodes } => {
+            let (bin_dir, repo) = (std::path::absolute(bin_dir)?, std::path::absolute(repo)?);
+            let config = LabConfig { state_dir: cli.state_dir, bin_dir, repo, prefix: cli.prefix, nodes };
+            std::fs::create_dir_all(&config.state_dir)?;
+            std::fs::write(config.pid_file(), std::process::id().to_string()).context("writing the pid file")?;
+            let mut lab = RunningLab::start(config).context("bringing the lab up")?;
+            tracing::info!("lab is up");
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            runtime.block_on(lab.supervise(stop_signal()))?;
+            tracing::info!("stopping the lab");
+            drop(lab);
+            Ok(())
+        }
+        Verb::Down => {
+            let config = LabConfig {
+                state_dir: cli.state_dir,
+                bin_dir: PathBuf::new(),
+                repo: PathBuf::new(),
+                prefix: cli.prefix,
+                nodes: 0,
+            };
+            for leftover in lab_supervisor::down(&config) {
+                tracing::warn!("removed leftover: {leftover}");
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn stop_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => std::future::pending().await,
+    }
+}

@@ -1,0 +1,431 @@
+//! The lab behind `cargo xtask lab`: a control plane, a namespace LAN of nodes, the Node objects, the demo
+//! pool and Service, and our components run like a kubelet would run them (restarted ~2 s after they exit).
+//! Its state is published in `lab.json` for people and scripts, rewritten whenever a pid changes.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
+use kube::api::{Api, ObjectMeta, Patch, PatchParams};
+use serde::Serialize;
+
+use crate::control_plane::ControlPlane;
+use crate::error::{Error, IoContext, Result};
+use crate::netlab::{Lab, LabHost, LabSpec};
+use crate::objects::{Backend, NodeSpec, apply_endpoint_slice, apply_node};
+use crate::process::ManagedProcess;
+use crate::toolchain::K8sBinary;
+
+pub const DEMO_SERVICE: &str = "webapp1-loadbalancer-svc";
+pub const DEMO_NAMESPACE: &str = "default";
+pub const DEMO_POOL: &str = "demo-pool";
+pub const DEMO_POOL_ADDRESSES: [&str; 2] = ["192.0.2.200-192.0.2.250", "2001:db8::200-2001:db8::250"];
+pub const CONTROLLER_BINARY: &str = "ferrolb-controller";
+pub const SPEAKER_BINARY: &str = "ferrolb-speaker";
+/// How long a kubelet-like restart waits after a component exits.
+const RESTART_DELAY: Duration = Duration::from_secs(2);
+const SUPERVISE_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Where the lab's inputs are and where its state goes.
+#[derive(Debug, Clone)]
+pub struct LabConfig {
+    pub state_dir: PathBuf,
+    /// Where `ferrolb-controller` and `ferrolb-speaker` are (the workspace's target dir).
+    pub bin_dir: PathBuf,
+    /// The repository, for the generated CRDs and the demo manifests.
+    pub repo: PathBuf,
+    pub prefix: String,
+    pub nodes: usize,
+}
+
+impl LabConfig {
+    pub fn lab_json(&self) -> PathBuf {
+        self.state_dir.join("lab.json")
+    }
+
+    pub fn pid_file(&self) -> PathBuf {
+        self.state_dir.join("supervisor.pid")
+    }
+
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.state_dir.join("kubeconfig")
+    }
+}
+
+/// `lab.json`: what is running where.
+#[derive(Debug, Serialize)]
+pub struct LabState {
+    pub ready: bool,
+    pub kubeconfig: PathBuf,
+    pub kubectl: PathBuf,
+    pub supervisor: Pid,
+    pub apiserver: ApiServerState,
+    pub client: ClientState,
+    pub controller: Option<Pid>,
+    pub nodes: Vec<NodeState>,
+    pub pool: PoolState,
+    pub service: ServiceRef,
+    /// Parts of the lab that do not exist yet, and what that means for the demo.
+    pub missing: Vec<String>,
+}
+
+#[derive(Debug, Serialize, Clone, Copy, PartialEq, Eq)]
+pub struct Pid {
+    pub pid: u32,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ApiServerState {
+    pub url: String,
+    pub pid: u32,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ClientState {
+    pub netns: String,
+    pub ipv4: String,
+    pub ipv6: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct NodeState {
+    #[serde(flatten)]
+    pub host: LabHost,
+    pub speaker: Option<Pid>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PoolState {
+    pub name: String,
+    pub addresses: Vec<String>,
+    pub applied: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ServiceRef {
+    pub namespace: String,
+    pub name: String,
+}
+
+/// A component run like a kubelet runs a container: restarted after it exits.
+struct Supervised {
+    name: String,
+    command: Box<dyn Fn() -> Result<ManagedProcess> + Send>,
+    process: Option<ManagedProcess>,
+    exited_at: Option<std::time::Instant>,
+}
+
+impl Supervised {
+    fn pid(&self) -> Option<Pid> {
+        self.process.as_ref().map(|p| Pid { pid: p.pid() })
+    }
+
+    /// Restarts the component if it exited more than [`RESTART_DELAY`] ago; true if its pid changed.
+    fn tick(&mut self) -> bool {
+        if let Some(process) = self.process.as_mut()
+            && let Some(status) = process.try_wait()
+        {
+            tracing::warn!(component = %self.name, %status, log = %process.log_path().display(), "component exited; restarting in 2 s");
+            self.process = None;
+            self.exited_at = Some(std::time::Instant::now());
+            return true;
+        }
+        if self.process.is_none() && self.exited_at.is_none_or(|t| t.elapsed() >= RESTART_DELAY) {
+            match (self.command)() {
+                Ok(process) => {
+                    tracing::info!(component = %self.name, pid = process.pid(), "started");
+                    self.process = Some(process);
+                    self.exited_at = None;
+                    return true;
+                }
+                Err(e) => {
+                    tracing::error!(component = %self.name, error = %e, "could not start; retrying in 2 s");
+                    self.exited_at = Some(std::time::Instant::now());
+                }
+            }
+        }
+        false
+    }
+}
+
+/// Everything the running lab owns. Dropping it tears the lab down: components, namespaces, control plane.
+pub struct RunningLab {
+    config: LabConfig,
+    components: Vec<Supervised>,
+    has_controller: bool,
+    missing: Vec<String>,
+    pool_applied: bool,
+    // Drop order: components (above) first, then the LAN, then the control plane.
+    lab: Lab,
+    plane: ControlPlane,
+}
+
+impl RunningLab {
+    /// Brings the whole lab up. Blocking; call it outside any async runtime.
+    pub fn start(config: LabConfig) -> Result<Self> {
+        std::fs::create_dir_all(&config.state_dir).context(|| format!("creating {}", config.state_dir.display()))?;
+        crate::sweep::remove_with_prefix(&format!("{}-", config.prefix));
+        let plane_dir = config.state_dir.join("control-plane");
+        let _ = std::fs::remove_dir_all(&plane_dir);
+        tracing::info!("starting etcd and kube-apiserver");
+        let plane = ControlPlane::start(&plane_dir)?;
+        std::fs::copy(plane.kubeconfig_path(), config.kubeconfig()).context(|| "copying the kubeconfig".into())?;
+
+        tracing::info!(nodes = config.nodes, "building the node LAN");
+        let lab = Lab::start(LabSpec {
+            prefix: config.prefix.clone(),
+            nodes: config.nodes,
+            local_prefixes: vec![crate::netlab::DEFAULT_POOL_V4.into(), crate::netlab::DEFAULT_POOL_V6.into()],
+            api_port: Some(plane.port()),
+        })?;
+
+        let runtime =
+            tokio::runtime::Builder::new_current_thread().enable_all().build().context(|| "tokio runtime".into())?;
+        runtime.block_on(create_cluster_objects(&plane, &lab))?;
+
+        let mut missing = Vec::new();
+        let crds = config.repo.join("charts").join("ferrolb").join("crds");
+        let pool_applied = if has_yaml(&crds) {
+            kubectl(&config, &["apply", "--server-side", "-f", &crds.to_string_lossy()])?;
+            kubectl(&config, &["wait", "--for=condition=Established", "--timeout=60s", "crd", "--all"])?;
+            let demo = config.repo.join("tests").join("lab").join("demo-pool.yaml");
+            kubectl(&config, &["apply", "--server-side", "-f", &demo.to_string_lossy()])?;
+            true
+        } else {
+            missing.push(format!(
+                "ferrolb's CRDs ({} has none yet): the demo pool and L2Advertisement are not applied",
+                crds.display()
+            ));
+            false
+        };
+
+        let mut components = Vec::new();
+        let controller_bin = config.bin_dir.join(CONTROLLER_BINARY);
+        let has_controller = controller_bin.is_file();
+        if has_controller {
+            let kubeconfig = config.kubeconfig();
+            let log = config.state_dir.join("controller.log");
+            components.push(Supervised {
+                name: "controller".into(),
+                command: Box::new(move || {
+                    let mut command = Command::new(&controller_bin);
+                    command.env("KUBECONFIG", &kubeconfig).env("RUST_LOG", "info");
+                    ManagedProcess::spawn("controller", command, &log)
+                }),
+                process: None,
+                exited_at: None,
+            });
+        } else {
+            missing.push(format!(
+                "the controller ({CONTROLLER_BINARY} is not built: the controller issue delivers it): the demo Service stays <pending>"
+            ));
+        }
+        let speaker_bin = config.bin_dir.join(SPEAKER_BINARY);
+        if speaker_bin.is_file() {
+            for node in lab.nodes() {
+                let (bin, kubeconfig, netns, name) =
+                    (speaker_bin.clone(), config.kubeconfig(), node.netns.clone(), node.name.clone());
+                let log = config.state_dir.join(format!("speaker-{name}.log"));
+                components.push(Supervised {
+                    name: format!("speaker on {name}"),
+                    command: Box::new(move || {
+                        let mut command = Command::new(&bin);
+                        command.env("KUBECONFIG", &kubeconfig).env("NODE_NAME", &name).env("RUST_LOG", "info");
+                        ManagedProcess::spawn_in_netns(&format!("speaker-{name}"), &netns, command, &log)
+                    }),
+                    process: None,
+                    exited_at: None,
+                });
+            }
+        } else {
+            missing.push(format!(
+                "the speaker ({SPEAKER_BINARY} is not built: the speaker issue delivers it): no node announces the VIP, so it does not answer"
+            ));
+        }
+        for part in &missing {
+            tracing::warn!("missing: {part}");
+        }
+        let mut running = Self { config, components, has_controller, missing, pool_applied, lab, plane };
+        for component in &mut running.components {
+            component.tick();
+        }
+        running.write_state(true)?;
+        Ok(running)
+    }
+
+    /// Supervises the components until `stop` resolves.
+    pub async fn supervise(&mut self, stop: impl std::future::Future<Output = ()>) -> Result<()> {
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                _ = &mut stop => return Ok(()),
+                _ = tokio::time::sleep(SUPERVISE_INTERVAL) => {}
+            }
+            let mut changed = false;
+            for component in &mut self.components {
+                changed |= component.tick();
+            }
+            if changed {
+                self.write_state(true)?;
+            }
+        }
+    }
+
+    pub fn state(&self, ready: bool) -> LabState {
+        let speaker_pid = |node: &str| {
+            self.components.iter().find(|c| c.name == format!("speaker on {node}")).and_then(Supervised::pid)
+        };
+        LabState {
+            ready,
+            kubeconfig: self.config.kubeconfig(),
+            kubectl: K8sBinary::Kubectl.path(),
+            supervisor: Pid { pid: std::process::id() },
+            apiserver: ApiServerState { url: self.plane.server_url(), pid: self.plane.apiserver_pid() },
+            client: ClientState {
+                netns: self.lab.client().netns.clone(),
+                ipv4: self.lab.client().ipv4.clone(),
+                ipv6: self.lab.client().ipv6.clone(),
+            },
+            controller: if self.has_controller { self.components.first().and_then(Supervised::pid) } else { None },
+            nodes: self
+                .lab
+                .nodes()
+                .iter()
+                .map(|n| NodeState { host: n.clone(), speaker: speaker_pid(&n.name) })
+                .collect(),
+            pool: PoolState {
+                name: DEMO_POOL.into(),
+                addresses: DEMO_POOL_ADDRESSES.iter().map(|a| a.to_string()).collect(),
+                applied: self.pool_applied,
+            },
+            service: ServiceRef { namespace: DEMO_NAMESPACE.into(), name: DEMO_SERVICE.into() },
+            missing: self.missing.clone(),
+        }
+    }
+
+    /// Writes `lab.json` atomically (readers never see half a file).
+    fn write_state(&self, ready: bool) -> Result<()> {
+        let path = self.config.lab_json();
+        let partial = path.with_extension("json.partial");
+        let json = serde_json::to_string_pretty(&self.state(ready)).map_err(|e| Error::Lab(e.to_string()))?;
+        std::fs::write(&partial, json).context(|| format!("writing {}", partial.display()))?;
+        std::fs::rename(&partial, &path).context(|| format!("writing {}", path.display()))
+    }
+}
+
+impl Drop for RunningLab {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(self.config.lab_json());
+        self.components.clear();
+    }
+}
+
+/// Nodes `node-1..N` as a kubelet would register them, and the demo Service with a ready endpoint per node.
+async fn create_cluster_objects(plane: &ControlPlane, lab: &Lab) -> Result<()> {
+    let client = plane.admin_client().await?;
+    for node in lab.nodes() {
+        apply_node(&client, &NodeSpec::new(&node.name, &[&node.ipv4, &node.ipv6])).await?;
+    }
+    wait_for_default_namespace(&client).await?;
+    let services: Api<Service> = Api::namespaced(client.clone(), DEMO_NAMESPACE);
+    let service = Service {
+        metadata: ObjectMeta { name: Some(DEMO_SERVICE.into()), ..Default::default() },
+        spec: Some(ServiceSpec {
+            type_: Some("LoadBalancer".into()),
+            ip_family_policy: Some("PreferDualStack".into()),
+            selector: Some([("app".to_string(), "webapp1".to_string())].into()),
+            ports: Some(vec![ServicePort {
+                name: Some("http".into()),
+                port: 80,
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    services.patch(DEMO_SERVICE, &PatchParams::apply("ferrolb-lab").force(), &Patch::Apply(&service)).await?;
+    for (family, backends) in [
+        ("IPv4", lab.nodes().iter().enumerate().map(|(i, n)| (n, format!("203.0.113.{}", 10 + i))).collect::<Vec<_>>()),
+        ("IPv6", lab.nodes().iter().enumerate().map(|(i, n)| (n, format!("2001:db8:1::{}", 10 + i))).collect()),
+    ] {
+        let backends: Vec<Backend> = backends
+            .into_iter()
+            .map(|(node, address)| Backend { node: node.name.clone(), address, ready: true })
+            .collect();
+        apply_endpoint_slice(&client, DEMO_NAMESPACE, DEMO_SERVICE, family, 80, &backends).await?;
+    }
+    Ok(())
+}
+
+/// The API server creates `default` shortly after it reports ready.
+async fn wait_for_default_namespace(client: &kube::Client) -> Result<()> {
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    for _ in 0..100 {
+        if namespaces.get_opt(DEMO_NAMESPACE).await?.is_some() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(Error::NotReady {
+        what: "namespace default".into(),
+        seconds: 10,
+        detail: "the API server did not create it".into(),
+    })
+}
+
+fn has_yaml(dir: &Path) -> bool {
+    std::fs::read_dir(dir)
+        .map(|entries| entries.flatten().any(|e| e.path().extension().is_some_and(|x| x == "yaml" || x == "yml")))
+        .unwrap_or(false)
+}
+
+fn kubectl(config: &LabConfig, args: &[&str]) -> Result<()> {
+    let kubectl = K8sBinary::Kubectl.path();
+    let output = Command::new(&kubectl)
+        .arg("--kubeconfig")
+        .arg(config.kubeconfig())
+        .args(args)
+        .output()
+        .context(|| format!("running {}", kubectl.display()))?;
+    if !output.status.success() {
+        return Err(Error::Command {
+            command: format!("kubectl {}", args.join(" ")),
+            detail: String::from_utf8_lossy(&output.stderr).into(),
+        });
+    }
+    Ok(())
+}
+
+/// Stops the lab whose state is in `config.state_dir` and removes whatever it left, even if its supervisor
+/// was killed. Returns what it had to remove by hand.
+pub fn down(config: &LabConfig) -> Vec<String> {
+    let mut cleaned = Vec::new();
+    if let Ok(text) = std::fs::read_to_string(config.pid_file())
+        && let Ok(raw_pid) = text.trim().parse::<u32>()
+        && let Ok(signed) = i32::try_from(raw_pid)
+    {
+        let pid = nix::unistd::Pid::from_raw(signed);
+        if crate::sweep::process_alive(raw_pid)
+            && nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).is_ok()
+        {
+            // Its own teardown kills the components and deletes the namespaces; give it time to.
+            for _ in 0..150 {
+                if !crate::sweep::process_alive(raw_pid) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            if crate::sweep::process_alive(raw_pid)
+                && nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).is_ok()
+            {
+                cleaned.push(format!("supervisor {raw_pid} (killed after 15 s)"));
+            }
+        }
+    }
+    let _ = std::fs::remove_file(config.pid_file());
+    let _ = std::fs::remove_file(config.lab_json());
+    cleaned.extend(crate::sweep::remove_with_prefix(&format!("{}-", config.prefix)));
+    cleaned
+}

@@ -57,7 +57,12 @@ fn test(cargo_test_args: &[String]) -> Result<()> {
         args.push("--");
         args.extend(cargo_test_args.iter().map(String::as_str));
     }
-    run::step("cargo test --workspace", run::cargo(&args))?;
+    let totals = run::cargo_test("cargo test --workspace", run::cargo(&args))?;
     eprintln!("xtask test: everything passed in {:.0?}", started.elapsed());
+    // cargo's own last line is the last doc-test binary's, often "0 passed": print the whole run's count.
+    println!("tests: {} passed, {} failed, {} skipped", totals.passed, totals.failed, totals.ignored);
+    if totals.passed == 0 {
+        anyhow::bail!("cargo test ran no test");
+    }
     Ok(())
 }

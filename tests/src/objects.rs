@@ -121,3 +121,42 @@ pub async fn apply_endpoint_slice(
     };
     Ok(slices.patch(&name, &PatchParams::apply("ferrolb-e2e").force(), &Patch::Apply(&slice)).await?)
 }
+
+/// The CRD YAML users apply: `charts/ferrolb/crds/*.yaml`, as committed.
+pub fn chart_crd_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/ferrolb/crds")
+}
+
+/// Applies ferrolb's CRDs from the chart (server-side, so concurrent tests may all call it) and waits until
+/// the API server serves them.
+pub async fn install_ferrolb_crds(client: &Client) -> Result<()> {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let dir = chart_crd_dir();
+    let mut names = Vec::new();
+    let entries = std::fs::read_dir(&dir).map_err(|e| crate::Error::Lab(format!("{}: {e}", dir.display())))?;
+    for entry in entries.flatten().filter(|e| e.path().extension().is_some_and(|x| x == "yaml")) {
+        let text = std::fs::read_to_string(entry.path()).map_err(|e| crate::Error::Lab(e.to_string()))?;
+        let crd: CustomResourceDefinition = serde_yaml_ng::from_str(&text)
+            .map_err(|e| crate::Error::Lab(format!("{}: {e}", entry.path().display())))?;
+        let name = crd.metadata.name.clone().unwrap_or_default();
+        crds.patch(&name, &PatchParams::apply("ferrolb-e2e").force(), &Patch::Apply(&crd)).await?;
+        names.push(name);
+    }
+    for name in names {
+        let established = kube::runtime::wait::await_condition(
+            crds.clone(),
+            &name,
+            kube::runtime::wait::conditions::is_crd_established(),
+        );
+        tokio::time::timeout(std::time::Duration::from_secs(30), established)
+            .await
+            .map_err(|_| crate::Error::NotReady {
+                what: format!("CRD {name}"),
+                seconds: 30,
+                detail: "not Established".into(),
+            })?
+            .map_err(|e| crate::Error::Lab(e.to_string()))?;
+    }
+    Ok(())
+}

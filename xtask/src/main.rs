@@ -30,6 +30,8 @@ enum Command {
         #[arg(last = true)]
         cargo_test_args: Vec<String>,
     },
+    /// Regenerate the CRD YAML in charts/ferrolb/crds from the ferrolb-crds types.
+    Crds,
     /// Bring up the local lab (API server, controller, three speaker nodes, a demo Service), or `lab down`.
     Lab(lab::LabArgs),
 }
@@ -39,6 +41,11 @@ fn main() -> Result<()> {
         Command::Deps => deps::install_all(),
         Command::Test { cargo_test_args } => test(&cargo_test_args),
         Command::Lab(args) => lab::run(args),
+        Command::Crds => {
+            let dir = run::workspace_root().join("charts").join("ferrolb").join("crds");
+            let dir = dir.to_string_lossy();
+            run::step("crdgen", run::cargo(&["run", "--quiet", "-p", "ferrolb-crds", "--bin", "crdgen", "--", &dir]))
+        }
     }
 }
 

@@ -1,0 +1,134 @@
+//! The API server itself validates ferrolb's resources from the generated CRDs (OpenAPI + CEL): bad pools are
+//! refused at `kubectl apply`, with a message that names the bad entry, and no webhook is involved.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed step should stop the test, loudly
+
+use ferrolb_crds::pool::AddressEntry;
+use ferrolb_crds::{IPAddressPool, IPAddressPoolSpec, L2Advertisement, L2AdvertisementSpec};
+use ferrolb_e2e::objects::install_ferrolb_crds;
+use ferrolb_e2e::{ControlPlane, names};
+use kube::api::{Api, PostParams};
+
+async fn pools() -> Api<IPAddressPool> {
+    let client = ControlPlane::shared().admin_client().await.unwrap();
+    install_ferrolb_crds(&client).await.unwrap();
+    Api::all(client)
+}
+
+fn pool(addresses: &[&str]) -> IPAddressPool {
+    let mut pool = IPAddressPool::new(
+        &names::unique("pool"),
+        IPAddressPoolSpec {
+            addresses: addresses.iter().map(|a| AddressEntry::from(*a)).collect(),
+            auto_assign: true,
+            avoid_buggy_ips: false,
+            disabled: false,
+            service_allocation: None,
+        },
+    );
+    pool.metadata.labels = Some([("test".to_string(), "crds".to_string())].into());
+    pool
+}
+
+/// Creates the pool and returns the API server's refusal message (panics if it was accepted).
+async fn refusal(api: &Api<IPAddressPool>, addresses: &[&str]) -> String {
+    match api.create(&PostParams::default(), &pool(addresses)).await {
+        Err(kube::Error::Api(status)) => {
+            assert_eq!(status.code, 422, "expected 422 Invalid for {addresses:?}: {status:?}");
+            status.message
+        }
+        Ok(_) => panic!("the API server accepted the pool {addresses:?}"),
+        Err(e) => panic!("unexpected error for {addresses:?}: {e}"),
+    }
+}
+
+#[tokio::test]
+async fn valid_pools_of_every_form_are_accepted_with_defaults() {
+    let api = pools().await;
+    let created = api
+        .create(
+            &PostParams::default(),
+            &pool(&[
+                "192.0.2.0/28",
+                "198.51.100.10-198.51.100.20",
+                "203.0.113.7",
+                "2001:db8::/120",
+                "2001:db8:1::10-2001:db8:1::20",
+                "2001:db8:2::1",
+            ]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(created.spec.addresses.len(), 6);
+    // Defaults come from the schema: a bare pool auto-assigns and is neither draining nor avoiding .0/.255.
+    let raw = serde_json::json!({
+        "apiVersion": "ferrolb.io/v1alpha1", "kind": "IPAddressPool",
+        "metadata": {"name": names::unique("bare")},
+        "spec": {"addresses": ["192.0.2.64/29"]}
+    });
+    let bare: IPAddressPool = serde_json::from_value(raw).unwrap();
+    let stored = api.create(&PostParams::default(), &bare).await.unwrap();
+    assert!(stored.spec.auto_assign);
+    assert!(!stored.spec.disabled && !stored.spec.avoid_buggy_ips);
+}
+
+#[tokio::test]
+async fn malformed_addresses_are_refused_naming_the_entry() {
+    let api = pools().await;
+    let message = refusal(&api, &["192.0.2.0/28", "192.0.2.300/24"]).await;
+    assert!(
+        message.contains("spec.addresses[1]") && message.contains("\"192.0.2.300/24\" is not an IP address"),
+        "{message}"
+    );
+    let message = refusal(&api, &["not-an-address"]).await;
+    assert!(message.contains("\"not-an-address\" is not an IP address"), "{message}");
+    let message = refusal(&api, &["192.0.2.1-192.0.2"]).await;
+    assert!(message.contains("\"192.0.2.1-192.0.2\""), "{message}");
+}
+
+#[tokio::test]
+async fn cidrs_with_host_bits_are_refused() {
+    let api = pools().await;
+    let message = refusal(&api, &["192.0.2.1/24"]).await;
+    assert!(message.contains("\"192.0.2.1/24\" has bits set after its prefix length"), "{message}");
+    let message = refusal(&api, &["2001:db8::1/64"]).await;
+    assert!(message.contains("\"2001:db8::1/64\""), "{message}");
+}
+
+#[tokio::test]
+async fn reversed_and_mixed_family_ranges_are_refused() {
+    let api = pools().await;
+    let message = refusal(&api, &["10.0.0.9-10.0.0.1"]).await;
+    assert!(message.contains("range \"10.0.0.9-10.0.0.1\" is reversed"), "{message}");
+    let message = refusal(&api, &["192.0.2.10-192.0.2.9"]).await;
+    assert!(message.contains("is reversed"), "{message}");
+    let message = refusal(&api, &["192.0.2.1-2001:db8::1"]).await;
+    assert!(message.contains("range \"192.0.2.1-2001:db8::1\" mixes IPv4 and IPv6"), "{message}");
+    // A one-address range is fine.
+    api.create(&PostParams::default(), &pool(&["192.0.2.9-192.0.2.9"])).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_pool_without_addresses_is_refused() {
+    let api = pools().await;
+    let message = refusal(&api, &[]).await;
+    assert!(message.contains("spec.addresses"), "{message}");
+}
+
+#[tokio::test]
+async fn l2_advertisements_are_served() {
+    let client = ControlPlane::shared().admin_client().await.unwrap();
+    install_ferrolb_crds(&client).await.unwrap();
+    let api: Api<L2Advertisement> = Api::all(client);
+    let name = names::unique("adv");
+    let advertisement = L2Advertisement::new(
+        &name,
+        L2AdvertisementSpec {
+            ip_address_pools: vec!["a".into()],
+            interfaces: vec!["eth0".into()],
+            ..Default::default()
+        },
+    );
+    api.create(&PostParams::default(), &advertisement).await.unwrap();
+    assert_eq!(api.get(&name).await.unwrap().spec.interfaces, ["eth0"]);
+}

@@ -1,5 +1,5 @@
-//! ferrolb's controller. It will own VIP allocation (a pure allocator in `ipam`) and the thin reconcilers that
-//! read Services and pools and write Service status; only the elected leader writes.
-//!
-//! Not built yet: the `ferrolb-controller` binary arrives with the controller issue, and `cargo xtask lab`
-//! says so while it is missing.
+//! ferrolb's controller. `ipam` is the pure allocator (no I/O: pools and Services in, addresses out); the
+//! reconcilers that read Services and pools and write status are thin adapters around it, and only the
+//! elected leader writes.
+
+pub mod ipam;

@@ -2,4 +2,8 @@
 //! reconcilers that read Services and pools and write status are thin adapters around it, and only the
 //! elected leader writes.
 
+pub mod engine;
 pub mod ipam;
+pub mod metrics;
+pub mod run;
+pub mod writer;

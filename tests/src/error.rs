@@ -2,7 +2,9 @@ use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{binary} is not built at {path}: run `cargo xtask deps` (or `cargo xtask test`) to build it")]
+    #[error(
+        "{binary} is not built at {path}: run `cargo xtask deps` for Kubernetes binaries, `cargo build --workspace --bins` for ours (`cargo xtask test` does both)"
+    )]
     MissingBinary { binary: String, path: PathBuf },
     #[error("`{command}` failed: {detail}")]
     Command { command: String, detail: String },

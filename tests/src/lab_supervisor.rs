@@ -22,6 +22,10 @@ pub const DEMO_NAMESPACE: &str = "default";
 pub const DEMO_POOL: &str = "demo-pool";
 pub const DEMO_POOL_ADDRESSES: [&str; 2] = ["192.0.2.200-192.0.2.250", "2001:db8::200-2001:db8::250"];
 pub const CONTROLLER_BINARY: &str = "ferrolb-controller";
+/// Where the lab's components keep their Lease and announcements, as the chart's install namespace would.
+pub const INSTALL_NAMESPACE: &str = "ferrolb-system";
+/// Loopback only: the lab's host is the developer's machine.
+pub const CONTROLLER_METRICS_ADDRESS: &str = "127.0.0.1:7472";
 pub const SPEAKER_BINARY: &str = "ferrolb-speaker";
 /// How long a kubelet-like restart waits after a component exits.
 const RESTART_DELAY: Duration = Duration::from_secs(2);
@@ -210,7 +214,10 @@ impl RunningLab {
                 name: "controller".into(),
                 command: Box::new(move || {
                     let mut command = Command::new(&controller_bin);
-                    command.env("KUBECONFIG", &kubeconfig).env("RUST_LOG", "info");
+                    command
+                        .args(["--namespace", INSTALL_NAMESPACE, "--metrics-address", CONTROLLER_METRICS_ADDRESS])
+                        .env("KUBECONFIG", &kubeconfig)
+                        .env("RUST_LOG", "info");
                     ManagedProcess::spawn("controller", command, &log)
                 }),
                 process: None,
@@ -328,6 +335,7 @@ async fn create_cluster_objects(plane: &ControlPlane, lab: &Lab) -> Result<()> {
         apply_node(&client, &NodeSpec::new(&node.name, &[&node.ipv4, &node.ipv6])).await?;
     }
     wait_for_default_namespace(&client).await?;
+    crate::objects::create_namespace(&client, INSTALL_NAMESPACE).await?;
     let services: Api<Service> = Api::namespaced(client.clone(), DEMO_NAMESPACE);
     let service = Service {
         metadata: ObjectMeta { name: Some(DEMO_SERVICE.into()), ..Default::default() },

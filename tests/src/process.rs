@@ -153,3 +153,18 @@ pub fn tail(path: &Path, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
 }
+
+/// A binary of this workspace, built next to the running test (run `cargo build --workspace --bins` first;
+/// `cargo xtask test` does).
+pub fn workspace_binary(name: &str) -> Result<PathBuf> {
+    // Tests run from target/<profile>/deps/; the workspace's binaries are in target/<profile>/.
+    let exe =
+        std::env::current_exe().map_err(|e| Error::Io { context: "locating the test binary".into(), source: e })?;
+    let candidates = exe.ancestors().skip(1).take(2).map(|dir| dir.join(name));
+    for candidate in candidates {
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    Err(Error::MissingBinary { binary: name.into(), path: exe.parent().map(|d| d.join(name)).unwrap_or_default() })
+}

@@ -154,3 +154,42 @@ fn lab_restarts_a_component_that_exits_and_rewrites_lab_json() {
     );
     run.down();
 }
+
+#[test]
+fn the_demo_service_gets_its_external_ips_from_the_real_controller() {
+    let controller = ferrolb_e2e::process::workspace_binary("ferrolb-controller").unwrap();
+    let bins = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(&controller, bins.path().join("ferrolb-controller")).unwrap();
+    let mut run = LabRun::up(bins.path(), 1);
+    let state = run.wait_for_state(|s| s["controller"]["pid"].is_u64());
+    let (kubectl, kubeconfig) =
+        (state["kubectl"].as_str().unwrap().to_string(), state["kubeconfig"].as_str().unwrap().to_string());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut ips = String::new();
+    while Instant::now() < deadline {
+        let out = Command::new(&kubectl)
+            .args([
+                "--kubeconfig",
+                &kubeconfig,
+                "get",
+                "svc",
+                "webapp1-loadbalancer-svc",
+                "-o",
+                "jsonpath={.status.loadBalancer.ingress[*].ip}",
+            ])
+            .output()
+            .unwrap();
+        ips = String::from_utf8_lossy(&out.stdout).into_owned();
+        if !ips.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        ips,
+        "192.0.2.200 2001:db8::200",
+        "controller log:\n{}",
+        std::fs::read_to_string(run.state_dir.path().join("controller.log")).unwrap_or_default()
+    );
+    run.down();
+}

@@ -149,7 +149,14 @@ fn show_demo(state: &Value) -> Result<()> {
             state_dir().display()
         );
     }
-    for ip in &external_ips {
+    let has_speakers = state["nodes"].as_array().is_some_and(|nodes| nodes.iter().any(|n| !n["speaker"].is_null()));
+    if !external_ips.is_empty() && !has_speakers {
+        println!(
+            "\nNo speaker runs, so nothing answers ARP/NDP for {}: curl from the client would not get through.",
+            external_ips.join(", ")
+        );
+    }
+    for ip in external_ips.iter().filter(|_| has_speakers) {
         let url = if ip.contains(':') { format!("http://[{ip}]/") } else { format!("http://{ip}/") };
         println!("\n$ ip netns exec {client_ns} curl {url}");
         let answer = curl_until_answer(client_ns, &url);

@@ -1,0 +1,108 @@
+//! Prometheus metrics (text format on `/metrics`) and the health endpoints.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::routing::get;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolLabels {
+    pub pool: String,
+    pub family: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
+/// Every metric the controller exports. Cloning shares the same series.
+#[derive(Clone, Default)]
+pub struct Metrics {
+    /// Addresses a pool can hand out (saturating at 2^63 for large IPv6 pools).
+    pub pool_size: Family<PoolLabels, Gauge>,
+    pub pool_in_use: Family<PoolLabels, Gauge>,
+    pub allocations: Counter,
+    pub allocation_failures: Family<ReasonLabel, Counter>,
+    pub status_writes: Counter,
+    pub write_errors: Family<KindLabel, Counter>,
+    pub is_leader: Gauge,
+}
+
+impl Metrics {
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register("ferrolb_pool_addresses", "Addresses a pool can hand out", self.pool_size.clone());
+        registry.register(
+            "ferrolb_pool_addresses_in_use",
+            "Addresses of a pool held by Services",
+            self.pool_in_use.clone(),
+        );
+        registry.register("ferrolb_allocations", "Addresses given to Services", self.allocations.clone());
+        registry.register(
+            "ferrolb_allocation_failures",
+            "Refused allocations, by reason",
+            self.allocation_failures.clone(),
+        );
+        registry.register("ferrolb_status_writes", "Service status writes", self.status_writes.clone());
+        registry.register(
+            "ferrolb_write_errors",
+            "Failed writes to the API server, by kind",
+            self.write_errors.clone(),
+        );
+        registry.register("ferrolb_controller_leader", "1 while this replica is the leader", self.is_leader.clone());
+    }
+}
+
+/// Readiness: set once the controller is either a standby or the leader with its initial sync done.
+#[derive(Clone, Default)]
+pub struct Health {
+    pub ready: Arc<AtomicBool>,
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` until the process ends. Returns the bound address.
+pub async fn serve(address: SocketAddr, registry: Registry, health: Health) -> std::io::Result<SocketAddr> {
+    let registry = Arc::new(registry);
+    let app = Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let registry = registry.clone();
+                async move {
+                    let mut text = String::new();
+                    match prometheus_client::encoding::text::encode(&mut text, &registry) {
+                        Ok(()) => (StatusCode::OK, text),
+                        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+                    }
+                }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let ready = health.ready.load(Ordering::Relaxed);
+                async move { if ready { (StatusCode::OK, "ok") } else { (StatusCode::SERVICE_UNAVAILABLE, "syncing") } }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind(address).await?;
+    let bound = listener.local_addr()?;
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "metrics server stopped");
+        }
+    });
+    Ok(bound)
+}

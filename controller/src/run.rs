@@ -1,0 +1,172 @@
+//! The leader's loop: watches Services, pools and Namespaces, feeds the engine, and hands its outputs to the
+//! writer. Nothing is allocated before every watch has listed what exists (so addresses already in status
+//! are taken back first). A re-list after a watch gap also reports the objects deleted during the gap.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use ferrolb_crds::IPAddressPool;
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::{Namespace, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::ResourceExt;
+use kube::api::Api;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::events::Reporter;
+use kube::runtime::watcher::{self, Event, watcher};
+use tokio::sync::mpsc;
+
+use crate::engine::{Config, Engine, Output, key_of};
+use crate::ipam::ServiceKey;
+use crate::metrics::{Health, Metrics, PoolLabels, ReasonLabel};
+use crate::writer::{self, Write};
+
+/// Every Service is settled again this often: a safety net for a failed write or a missed event.
+const RESYNC_PERIOD: Duration = Duration::from_secs(60);
+/// Pool status is written at most this often (counts change with every allocation).
+const POOL_STATUS_PERIOD: Duration = Duration::from_millis(500);
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub config: Config,
+    /// Only pools matching this label selector are used (lets several instances share a cluster).
+    pub pool_selector: Option<String>,
+    pub reporter: Reporter,
+}
+
+enum Watched {
+    Service(Event<Service>),
+    Pool(Event<IPAddressPool>),
+    Namespace(Event<Namespace>),
+}
+
+/// Runs as the leader until `stop` resolves or a watch fails for good.
+pub async fn run(
+    client: kube::Client,
+    options: Options,
+    metrics: Metrics,
+    health: Health,
+    stop: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let (writes, writes_rx) = mpsc::unbounded_channel();
+    let writer = tokio::spawn(writer::run(client.clone(), options.reporter.clone(), metrics.clone(), writes_rx));
+    let mut engine = Engine::new(options.config.clone(), Box::new(|| Time(jiff::Timestamp::now())));
+
+    let pool_config = match &options.pool_selector {
+        Some(selector) => watcher::Config::default().labels(selector),
+        None => watcher::Config::default(),
+    };
+    let services = watcher(Api::<Service>::all(client.clone()), watcher::Config::default())
+        .default_backoff()
+        .map_ok(Watched::Service);
+    let pools = watcher(Api::<IPAddressPool>::all(client.clone()), pool_config).default_backoff().map_ok(Watched::Pool);
+    let namespaces = watcher(Api::<Namespace>::all(client.clone()), watcher::Config::default())
+        .default_backoff()
+        .map_ok(Watched::Namespace);
+    let mut events = futures::stream::select_all([services.boxed(), pools.boxed(), namespaces.boxed()]);
+
+    let mut listed = [false; 3];
+    let mut relisting_services: Option<HashSet<ServiceKey>> = None;
+    let mut relisting_pools: Option<HashSet<String>> = None;
+    let mut resync = tokio::time::interval(RESYNC_PERIOD);
+    resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut pool_flush = tokio::time::interval(POOL_STATUS_PERIOD);
+    tokio::pin!(stop);
+    loop {
+        let outputs = tokio::select! {
+            _ = &mut stop => break,
+            event = events.next() => match event {
+                None => anyhow::bail!("the watches ended"),
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "watch error; retrying with backoff");
+                    continue;
+                }
+                Some(Ok(Watched::Service(event))) => match event {
+                    Event::Init => { relisting_services = Some(HashSet::new()); Vec::new() }
+                    Event::InitApply(service) | Event::Apply(service) => {
+                        if let Some(seen) = relisting_services.as_mut() { seen.insert(key_of(&service)); }
+                        engine.apply_service(slim(service))
+                    }
+                    Event::Delete(service) => engine.delete_service(&service),
+                    Event::InitDone => {
+                        listed[0] = true;
+                        let seen = relisting_services.take().unwrap_or_default();
+                        engine.forget_services_not_in(&seen)
+                    }
+                },
+                Some(Ok(Watched::Pool(event))) => match event {
+                    Event::Init => { relisting_pools = Some(HashSet::new()); Vec::new() }
+                    Event::InitApply(pool) | Event::Apply(pool) => {
+                        if let Some(seen) = relisting_pools.as_mut() { seen.insert(pool.name_any()); }
+                        engine.apply_pool(pool)
+                    }
+                    Event::Delete(pool) => engine.delete_pool(&pool.name_any()),
+                    Event::InitDone => {
+                        listed[1] = true;
+                        let seen = relisting_pools.take().unwrap_or_default();
+                        engine.forget_pools_not_in(&seen)
+                    }
+                },
+                Some(Ok(Watched::Namespace(event))) => match event {
+                    Event::InitApply(ns) | Event::Apply(ns) => engine.apply_namespace(&ns),
+                    Event::Delete(ns) => { engine.delete_namespace(&ns.name_any()); Vec::new() }
+                    Event::Init => Vec::new(),
+                    Event::InitDone => { listed[2] = true; Vec::new() }
+                },
+            },
+            _ = resync.tick(), if engine.is_synced() => engine.reconcile_all(),
+            _ = pool_flush.tick(), if engine.is_synced() => {
+                for (name, status) in engine.take_pool_statuses() {
+                    let _ = writes.send(Write::PoolStatus(name, status));
+                }
+                export_pool_gauges(&engine, &metrics);
+                Vec::new()
+            }
+        };
+        let mut outputs = outputs;
+        if !engine.is_synced() && listed.iter().all(|l| *l) {
+            tracing::info!("every watch has listed; restoring addresses from Service status, then allocating");
+            outputs.extend(engine.initial_sync());
+            health.ready.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        for output in outputs {
+            count(&metrics, &output);
+            if writes.send(Write::Output(output)).is_err() {
+                anyhow::bail!("the status writer stopped");
+            }
+        }
+    }
+    drop(writes);
+    let _ = writer.await;
+    Ok(())
+}
+
+/// Services are kept in memory for their whole life: drop what ferrolb never reads.
+fn slim(mut service: Service) -> Service {
+    service.metadata.managed_fields = None;
+    service
+}
+
+/// Allocations are counted when a Service's addresses change (its `IPAllocated` Event); failures when a
+/// Service's condition turns to a new refusal, by reason.
+fn count(metrics: &Metrics, output: &Output) {
+    match output {
+        Output::Event(event) if event.reason == "IPAllocated" => {
+            metrics.allocations.inc();
+        }
+        Output::Status(status) => {
+            if let Some(condition) = status.condition.as_ref().filter(|c| c.status == "False") {
+                metrics.allocation_failures.get_or_create(&ReasonLabel { reason: condition.reason.clone() }).inc();
+            }
+        }
+        _ => {}
+    }
+}
+
+fn export_pool_gauges(engine: &Engine, metrics: &Metrics) {
+    for (pool, family, total, in_use) in engine.pool_gauges() {
+        let labels = PoolLabels { pool, family: family.to_string() };
+        metrics.pool_size.get_or_create(&labels).set(i64::try_from(total).unwrap_or(i64::MAX));
+        metrics.pool_in_use.get_or_create(&labels).set(i64::try_from(in_use).unwrap_or(i64::MAX));
+    }
+}

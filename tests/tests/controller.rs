@@ -1,0 +1,405 @@
+//! The controller against a real API server: Services of its class get addresses from its pools, written
+//! to status with a condition and Events; bad input is explained on the object; restarts and a second
+//! replica never move or duplicate an address.
+//!
+//! Each test runs its own controller with its own load-balancer class and pool label, so tests sharing the
+//! API server never touch each other's Services or pools.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed step should stop the test, loudly
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+
+use ferrolb_crds::pool::AddressEntry;
+use ferrolb_crds::{IPAddressPool, IPAddressPoolSpec};
+use ferrolb_e2e::objects::{create_namespace, install_ferrolb_crds};
+use ferrolb_e2e::process::workspace_binary;
+use ferrolb_e2e::{ControlPlane, ManagedProcess, names};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
+use nix::sys::signal::Signal;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+struct Setup {
+    plane: &'static ControlPlane,
+    client: kube::Client,
+    namespace: String,
+    class: String,
+    tag: String,
+    logs: tempfile::TempDir,
+    controllers: Vec<ManagedProcess>,
+}
+
+impl Setup {
+    async fn new() -> Self {
+        let plane = ControlPlane::shared();
+        let client = plane.admin_client().await.unwrap();
+        install_ferrolb_crds(&client).await.unwrap();
+        let namespace = names::unique("ctl");
+        create_namespace(&client, &namespace).await.unwrap();
+        let tag = namespace.clone();
+        Self {
+            plane,
+            client,
+            class: format!("{tag}.test/lb"),
+            namespace,
+            tag,
+            logs: tempfile::tempdir().unwrap(),
+            controllers: Vec::new(),
+        }
+    }
+
+    fn start_controller(&mut self) -> usize {
+        let index = self.controllers.len();
+        let mut command = Command::new(workspace_binary("ferrolb-controller").unwrap());
+        command
+            .args(["--load-balancer-class", &self.class, "--ignore-unset-class"])
+            .args(["--pool-selector", &format!("ferrolb-test={}", self.tag)])
+            .args(["--namespace", &self.namespace, "--identity", &format!("replica-{index}")])
+            .args(["--metrics-address", "127.0.0.1:0", "--lease-duration-seconds", "4", "--lease-grace-seconds", "1"])
+            .env("KUBECONFIG", self.plane.kubeconfig_path())
+            .env("RUST_LOG", "info,ferrolb_controller=debug");
+        let log = self.logs.path().join(format!("controller-{index}.log"));
+        self.controllers.push(ManagedProcess::spawn(&format!("controller-{index}"), command, &log).unwrap());
+        index
+    }
+
+    fn logs(&self) -> String {
+        self.controllers.iter().map(|c| format!("--- {}:\n{}", c.name(), c.log_tail(40))).collect::<Vec<_>>().join("\n")
+    }
+
+    async fn pool(&self, name: &str, addresses: &[&str], edit: impl FnOnce(&mut IPAddressPoolSpec)) -> String {
+        let name = format!("{}-{name}", self.tag);
+        let mut spec = IPAddressPoolSpec {
+            addresses: addresses.iter().map(|a| AddressEntry::from(*a)).collect(),
+            auto_assign: true,
+            avoid_buggy_ips: false,
+            disabled: false,
+            service_allocation: None,
+        };
+        edit(&mut spec);
+        let mut pool = IPAddressPool::new(&name, spec);
+        pool.metadata.labels = Some(BTreeMap::from([("ferrolb-test".to_string(), self.tag.clone())]));
+        Api::<IPAddressPool>::all(self.client.clone())
+            .patch(&name, &PatchParams::apply("test").force(), &Patch::Apply(&pool))
+            .await
+            .unwrap();
+        name
+    }
+
+    fn services(&self) -> Api<Service> {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    fn service_object(&self, name: &str, policy: &str, annotations: &[(&str, &str)]) -> Service {
+        Service {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                annotations: Some(annotations.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
+                ..Default::default()
+            },
+            spec: Some(ServiceSpec {
+                type_: Some("LoadBalancer".into()),
+                load_balancer_class: Some(self.class.clone()),
+                // Thousands of test Services must not exhaust the node-port range.
+                allocate_load_balancer_node_ports: Some(false),
+                ip_family_policy: Some(policy.into()),
+                ports: Some(vec![ServicePort { port: 80, ..Default::default() }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    async fn service(&self, name: &str, policy: &str, annotations: &[(&str, &str)]) {
+        self.services().create(&PostParams::default(), &self.service_object(name, policy, annotations)).await.unwrap();
+    }
+
+    /// Waits until the Service's status has addresses, and returns them.
+    async fn ips(&self, name: &str) -> Vec<String> {
+        eventually(
+            &format!("an address for {name}"),
+            || async {
+                let ips = ingress(&self.services().get(name).await.ok()?);
+                (!ips.is_empty()).then_some(ips)
+            },
+            self,
+        )
+        .await
+    }
+
+    /// Waits until ferrolb's condition on the Service has `reason`, and returns it.
+    async fn condition(&self, name: &str, reason: &str) -> Condition {
+        eventually(
+            &format!("condition {reason} on {name}"),
+            || async { our_condition(&self.services().get(name).await.ok()?).filter(|c| c.reason == reason) },
+            self,
+        )
+        .await
+    }
+
+    /// Waits until an Event with `reason` about the Service exists, and returns its note.
+    async fn event(&self, name: &str, reason: &str) -> String {
+        let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(self.client.clone(), &self.namespace);
+        eventually(
+            &format!("event {reason} on {name}"),
+            || async {
+                let list = events.list(&Default::default()).await.ok()?;
+                list.items.into_iter().find_map(|e| {
+                    (e.regarding.as_ref()?.name.as_deref() == Some(name) && e.reason.as_deref() == Some(reason))
+                        .then(|| e.note.unwrap_or_default())
+                })
+            },
+            self,
+        )
+        .await
+    }
+}
+
+fn ingress(service: &Service) -> Vec<String> {
+    service
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|i| i.ip)
+        .collect()
+}
+
+fn our_condition(service: &Service) -> Option<Condition> {
+    service.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == "ferrolb.io/IPAllocated").cloned()
+}
+
+async fn eventually<T, F, Fut>(what: &str, mut probe: F, setup: &Setup) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + WAIT;
+    while Instant::now() < deadline {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for {what}\n{}", setup.logs());
+}
+
+#[tokio::test]
+async fn services_get_addresses_with_ip_mode_vip_a_condition_an_event_and_pool_usage() {
+    let mut s = Setup::new().await;
+    let pool = s.pool("pool", &["192.0.2.16/29", "2001:db8::100/125"], |_| {}).await;
+    s.start_controller();
+    s.service("single", "SingleStack", &[]).await;
+    s.service("dual", "PreferDualStack", &[]).await;
+    assert_eq!(s.ips("single").await, ["192.0.2.16"]);
+    assert_eq!(s.ips("dual").await, ["192.0.2.17", "2001:db8::100"]);
+    let single = s.services().get("single").await.unwrap();
+    let ingress = single.status.unwrap().load_balancer.unwrap().ingress.unwrap();
+    assert_eq!(ingress[0].ip_mode.as_deref(), Some("VIP"));
+    let condition = s.condition("single", "Allocated").await;
+    assert_eq!(
+        (condition.status.as_str(), condition.message.as_str()),
+        ("True", format!("192.0.2.16 from pool \"{pool}\"").as_str())
+    );
+    assert!(s.event("dual", "IPAllocated").await.contains("192.0.2.17, 2001:db8::100"));
+
+    let pools: Api<IPAddressPool> = Api::all(s.client.clone());
+    let status = eventually(
+        "pool usage",
+        || async { pools.get(&pool).await.ok()?.status.filter(|st| st.ipv4.as_ref().is_some_and(|v| v.assigned == 2)) },
+        &s,
+    )
+    .await;
+    assert_eq!(status.ipv4.unwrap().available, "6");
+    assert_eq!(status.ipv6.unwrap().assigned, 1);
+    assert!(status.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+}
+
+#[tokio::test]
+async fn a_restart_keeps_every_address_and_new_services_get_fresh_ones() {
+    let mut s = Setup::new().await;
+    s.pool("pool", &["198.51.100.0/26"], |_| {}).await;
+    s.start_controller();
+    for i in 0..20 {
+        s.service(&format!("svc-{i}"), "SingleStack", &[]).await;
+    }
+    let mut before = BTreeMap::new();
+    for i in 0..20 {
+        before.insert(format!("svc-{i}"), s.ips(&format!("svc-{i}")).await);
+    }
+    s.controllers.remove(0); // SIGKILL on drop: a crash, not a clean stop
+    // While it is down, the pool is re-created with the addresses listed in another order.
+    s.pool("pool", &["198.51.100.32/27", "198.51.100.0/27"], |_| {}).await;
+    s.start_controller();
+    s.service("late", "SingleStack", &[]).await;
+    let late = s.ips("late").await;
+    let mut after = BTreeMap::new();
+    for i in 0..20 {
+        after.insert(format!("svc-{i}"), s.ips(&format!("svc-{i}")).await);
+    }
+    assert_eq!(before, after, "an address moved across a restart");
+    assert!(!before.values().any(|ips| ips == &late), "the new Service got an address already in use");
+}
+
+#[tokio::test]
+async fn two_replicas_never_double_allocate_and_the_standby_takes_over() {
+    let mut s = Setup::new().await;
+    s.pool("pool", &["203.0.113.0/25"], |_| {}).await;
+    s.start_controller();
+    s.start_controller();
+    for i in 0..40 {
+        s.service(&format!("a-{i}"), "SingleStack", &[]).await;
+    }
+    let mut all = BTreeSet::new();
+    for i in 0..40 {
+        all.extend(s.ips(&format!("a-{i}")).await);
+    }
+    assert_eq!(all.len(), 40, "two Services share an address");
+
+    let leases: Api<Lease> = Api::namespaced(s.client.clone(), &s.namespace);
+    let leader = leases.get("ferrolb-controller").await.unwrap().spec.unwrap().holder_identity.unwrap();
+    let index: usize = leader.trim_start_matches("replica-").parse().unwrap();
+    s.controllers[index].signal(Signal::SIGKILL).unwrap();
+    for i in 0..20 {
+        s.service(&format!("b-{i}"), "SingleStack", &[]).await;
+    }
+    for i in 0..20 {
+        all.extend(s.ips(&format!("b-{i}")).await);
+    }
+    assert_eq!(all.len(), 60, "two Services share an address after the takeover");
+    let new_leader = leases.get("ferrolb-controller").await.unwrap().spec.unwrap().holder_identity.unwrap();
+    assert_ne!(new_leader, leader);
+}
+
+#[tokio::test]
+async fn five_hundred_services_created_at_once_all_get_distinct_addresses() {
+    let mut s = Setup::new().await;
+    s.pool("pool", &["198.51.100.0/24", "203.0.113.0/24"], |_| {}).await;
+    s.start_controller();
+    let services = s.services();
+    let creations = (0..500).map(|i| {
+        let (services, object) = (services.clone(), s.service_object(&format!("bulk-{i}"), "SingleStack", &[]));
+        async move { services.create(&PostParams::default(), &object).await.map(|_| ()) }
+    });
+    let results: Vec<_> = futures::stream::iter(creations).buffer_unordered(50).collect().await;
+    assert!(results.iter().all(Result::is_ok));
+    let mut seen = BTreeSet::new();
+    for i in 0..500 {
+        let ips = s.ips(&format!("bulk-{i}")).await;
+        assert_eq!(ips.len(), 1);
+        assert!(ips[0].starts_with("198.51.100.") || ips[0].starts_with("203.0.113."), "{ips:?} outside the pool");
+        assert!(seen.insert(ips[0].clone()), "{} given twice", ips[0]);
+    }
+}
+
+#[tokio::test]
+async fn bad_input_is_explained_on_the_service_and_never_stops_the_controller() {
+    let mut s = Setup::new().await;
+    let tiny = s.pool("tiny", &["192.0.2.40"], |spec| spec.auto_assign = false).await;
+    s.pool("v4", &["192.0.2.48/30"], |_| {}).await;
+    s.start_controller();
+
+    s.service("bad-annotation", "SingleStack", &[("ferrolb.io/loadBalancerIPs", "192.0.2.300")]).await;
+    s.service("unknown-pool", "SingleStack", &[("ferrolb.io/address-pool", "nope")]).await;
+    s.service("outside", "SingleStack", &[("ferrolb.io/loadBalancerIPs", "198.51.100.77")]).await;
+    s.service("dual-required", "RequireDualStack", &[]).await;
+    s.service("first", "SingleStack", &[("ferrolb.io/address-pool", &tiny)]).await;
+    assert_eq!(s.ips("first").await, ["192.0.2.40"]);
+    s.service("exhausted", "SingleStack", &[("metallb.io/address-pool", &tiny)]).await;
+
+    let cases = [
+        ("bad-annotation", "InvalidRequest", "ferrolb.io/loadBalancerIPs"),
+        ("unknown-pool", "PoolNotFound", "pool \"nope\" does not exist"),
+        ("outside", "RequestedIpNotInPool", "198.51.100.77 is in no pool"),
+        ("dual-required", "FamilyUnavailable", "IPv6"),
+        ("exhausted", "PoolExhausted", &tiny),
+    ];
+    for (service, reason, detail) in cases {
+        let condition = s.condition(service, reason).await;
+        assert_eq!(condition.status, "False");
+        assert!(condition.message.contains(detail), "{service}: {}", condition.message);
+        let note = s.event(service, "AllocationFailed").await;
+        assert!(note.contains(detail), "{service}: {note}");
+    }
+    assert!(s.controllers[0].try_wait().is_none(), "the controller exited:\n{}", s.logs());
+    // Fixing the annotation fixes the Service.
+    let fix = serde_json::json!({"metadata": {"annotations": {"ferrolb.io/loadBalancerIPs": "192.0.2.49"}}});
+    s.services().patch("bad-annotation", &PatchParams::default(), &Patch::Merge(&fix)).await.unwrap();
+    assert_eq!(s.ips("bad-annotation").await, ["192.0.2.49"]);
+}
+
+#[tokio::test]
+async fn overlapping_pools_are_flagged_and_a_deleted_pool_leaves_addresses_in_place() {
+    let mut s = Setup::new().await;
+    let a = s.pool("a", &["192.0.2.64/28"], |_| {}).await;
+    let b = s.pool("b", &["192.0.2.72/29"], |_| {}).await;
+    s.start_controller();
+    let pools: Api<IPAddressPool> = Api::all(s.client.clone());
+    let conflicting = eventually(
+        "Conflicting on pool a",
+        || async {
+            pools
+                .get(&a)
+                .await
+                .ok()?
+                .status?
+                .conditions
+                .into_iter()
+                .find(|c| c.type_ == "Conflicting" && c.status == "True")
+        },
+        &s,
+    )
+    .await;
+    assert!(conflicting.message.contains(&b), "{}", conflicting.message);
+
+    s.service("web", "SingleStack", &[]).await;
+    let ips = s.ips("web").await;
+    pools.delete(&a, &DeleteParams::default()).await.unwrap();
+    pools.delete(&b, &DeleteParams::default()).await.unwrap();
+    let condition = s.condition("web", "OutsidePool").await;
+    assert!(condition.message.contains(&ips[0]));
+    assert_eq!(s.ips("web").await, ips, "a deleted pool must not re-IP its Services");
+}
+
+#[tokio::test]
+async fn addresses_are_released_when_the_service_goes_or_stops_being_a_load_balancer() {
+    let mut s = Setup::new().await;
+    let pool = s.pool("pool", &["192.0.2.80/31"], |_| {}).await;
+    s.start_controller();
+    s.service("one", "SingleStack", &[]).await;
+    s.service("two", "SingleStack", &[]).await;
+    let one = s.ips("one").await;
+    s.ips("two").await;
+    s.services().delete("one", &DeleteParams::default()).await.unwrap();
+    s.service("three", "SingleStack", &[]).await;
+    assert_eq!(s.ips("three").await, one, "the freed address is given again");
+
+    let to_cluster_ip = serde_json::json!({"spec": {"type": "ClusterIP", "loadBalancerClass": null, "allocateLoadBalancerNodePorts": null}});
+    s.services().patch("two", &PatchParams::default(), &Patch::Merge(&to_cluster_ip)).await.unwrap();
+    eventually(
+        "status of two cleared",
+        || async {
+            let two = s.services().get("two").await.ok()?;
+            (ingress(&two).is_empty() && our_condition(&two).is_none()).then_some(())
+        },
+        &s,
+    )
+    .await;
+    let pools: Api<IPAddressPool> = Api::all(s.client.clone());
+    eventually(
+        "pool usage back to 1",
+        || async { pools.get(&pool).await.ok()?.status?.ipv4.filter(|u| u.assigned == 1) },
+        &s,
+    )
+    .await;
+}

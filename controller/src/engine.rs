@@ -8,8 +8,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 
-use ferrolb_crds::IPAddressPool;
 use ferrolb_crds::pool::{FamilyUsage as UsageStatus, IPAddressPoolStatus};
+use ferrolb_crds::{IPAddressPool, L2Advertisement, L2AdvertisementSpec};
 use k8s_openapi::api::core::v1::{Namespace, ObjectReference, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{Resource, ResourceExt};
@@ -83,6 +83,7 @@ pub struct Engine {
     services: BTreeMap<ServiceKey, Service>,
     namespaces: BTreeMap<String, BTreeMap<String, String>>,
     pools: BTreeMap<String, PoolRecord>,
+    advertisements: BTreeMap<String, L2AdvertisementSpec>,
     reported: HashMap<ServiceKey, Reported>,
     reported_pool_errors: HashMap<String, String>,
     dirty_pools: BTreeSet<String>,
@@ -98,6 +99,7 @@ impl Engine {
             services: BTreeMap::new(),
             namespaces: BTreeMap::new(),
             pools: BTreeMap::new(),
+            advertisements: BTreeMap::new(),
             reported: HashMap::new(),
             reported_pool_errors: HashMap::new(),
             dirty_pools: BTreeSet::new(),
@@ -187,6 +189,14 @@ impl Engine {
 
     pub fn apply_pool(&mut self, pool: IPAddressPool) -> Vec<Output> {
         let name = pool.name_any();
+        // Our own status writes come back as watch events: only a change of spec or labels matters.
+        if let Some(known) = self.pools.get_mut(&name)
+            && known.object.spec == pool.spec
+            && known.object.labels() == pool.labels()
+        {
+            known.object = pool;
+            return Vec::new();
+        }
         let parsed = PoolDef::from_spec(&name, &pool.spec).map(|mut def| {
             def.labels = pool.labels().clone();
             def
@@ -245,6 +255,39 @@ impl Engine {
         }
         let keys: Vec<ServiceKey> = self.services.keys().filter(|k| k.namespace == name).cloned().collect();
         keys.iter().flat_map(|k| self.reconcile_service(k)).collect()
+    }
+
+    pub fn apply_advertisement(&mut self, advertisement: &L2Advertisement) -> Vec<Output> {
+        let name = advertisement.name_any();
+        if self.advertisements.get(&name) == Some(&advertisement.spec) {
+            return Vec::new();
+        }
+        self.advertisements.insert(name, advertisement.spec.clone());
+        if self.synced { self.reconcile_all() } else { Vec::new() }
+    }
+
+    pub fn delete_advertisement(&mut self, name: &str) -> Vec<Output> {
+        if self.advertisements.remove(name).is_none() || !self.synced {
+            return Vec::new();
+        }
+        self.reconcile_all()
+    }
+
+    /// After a re-list: advertisements deleted while the watch was down.
+    pub fn forget_advertisements_not_in(&mut self, seen: &std::collections::HashSet<String>) -> Vec<Output> {
+        let gone: Vec<String> = self.advertisements.keys().filter(|k| !seen.contains(*k)).cloned().collect();
+        gone.iter().flat_map(|name| self.delete_advertisement(name)).collect()
+    }
+
+    /// Whether some L2Advertisement announces the addresses of `pool`.
+    fn advertised(&self, pool: &str) -> bool {
+        let labels = self.pools.get(pool).map(|p| p.object.labels().clone()).unwrap_or_default();
+        self.advertisements.values().any(|adv| {
+            (adv.ip_address_pools.is_empty() && adv.ip_address_pool_selectors.is_empty())
+                || adv.ip_address_pools.iter().any(|p| p == pool)
+                || (!adv.ip_address_pool_selectors.is_empty()
+                    && ferrolb_crds::selector::matches_any(&adv.ip_address_pool_selectors, &labels).unwrap_or(false))
+        })
     }
 
     /// After a re-list: Services that were deleted while the watch was down.
@@ -339,7 +382,12 @@ impl Engine {
                 } else {
                     let reason = if service_requests_ips(&service) { "Requested" } else { "Allocated" };
                     let pool = assignment.pool.clone().unwrap_or_default();
-                    ("True", reason.to_string(), format!("{} from pool {pool:?}", join(&assignment.ips)))
+                    let mut message = format!("{} from pool {pool:?}", join(&assignment.ips));
+                    if !self.advertised(&pool) {
+                        message
+                            .push_str(&format!("; no L2Advertisement selects pool {pool:?}, so no node announces it"));
+                    }
+                    ("True", reason.to_string(), message)
                 }
             }
             Err((reason, error)) => {
@@ -376,7 +424,9 @@ impl Engine {
     fn release_unhandled(&mut self, key: &ServiceKey, service: &Service) -> Vec<Output> {
         let mut outputs = Vec::new();
         self.reported.remove(key);
-        if let Some(released) = self.allocator.release(key) {
+        let released = self.allocator.release(key);
+        let held = released.is_some();
+        if let Some(released) = released {
             self.mark_dirty(&released.ips);
             outputs.push(event(
                 service,
@@ -389,8 +439,9 @@ impl Engine {
                 ),
             ));
         }
-        let ours = our_condition(service).is_some();
-        if ours && let Some(status) = self.status_change(service, Vec::new(), None) {
+        // Only what this instance held is cleared: another ferrolb instance (another class) may own the
+        // status now, and its condition has the same type.
+        if held && let Some(status) = self.status_change(service, Vec::new(), None) {
             outputs.push(Output::Status(status));
         }
         outputs

@@ -86,8 +86,13 @@ fn events(outputs: &[Output]) -> Vec<(&'static str, &str)> {
         .collect()
 }
 
+fn advertise_all() -> L2Advertisement {
+    L2Advertisement::new("all", L2AdvertisementSpec::default())
+}
+
 fn synced(pools: &[IPAddressPool]) -> Engine {
     let mut e = engine();
+    e.apply_advertisement(&advertise_all());
     for p in pools {
         e.apply_pool(p.clone());
     }
@@ -112,6 +117,7 @@ fn a_new_service_gets_an_address_a_condition_and_one_event_and_no_write_loop() {
 #[test]
 fn restart_keeps_every_address_and_the_older_service_wins_a_clash() {
     let mut e = engine();
+    e.apply_advertisement(&advertise_all());
     e.apply_pool(pool("demo", &["192.0.2.200-192.0.2.210"]));
     e.apply_service(with_status(service("young", 20), &["192.0.2.205"]));
     e.apply_service(with_status(service("old", 10), &["192.0.2.205"]));
@@ -155,6 +161,7 @@ fn only_load_balancers_of_our_class_are_handled() {
     assert_eq!(statuses(&e.apply_service(ours)).len(), 1);
 
     let mut strict = Engine::new(Config { handle_unset_class: false, ..Config::default() }, clock());
+    strict.apply_advertisement(&advertise_all());
     strict.apply_pool(pool("demo", &["192.0.2.0/28"]));
     strict.initial_sync();
     assert!(strict.apply_service(service("unset", 1)).is_empty());
@@ -249,4 +256,75 @@ fn an_invalid_pool_is_reported_and_serves_nothing() {
     let status = e.take_pool_statuses().into_iter().find(|(n, _)| n == "bad").unwrap().1;
     assert_eq!(status.conditions[0].reason, "InvalidAddresses");
     assert!(e.apply_pool(pool("bad", &["2001:db8::9-2001:db8::1"])).is_empty(), "reported once");
+}
+
+#[test]
+fn an_address_no_advertisement_announces_is_allocated_and_the_service_says_so() {
+    let mut e = engine();
+    e.apply_pool(pool("quiet", &["192.0.2.0/28"]));
+    e.initial_sync();
+    let out = e.apply_service(service("web", 1));
+    let condition = statuses(&out)[0].condition.clone().unwrap();
+    assert_eq!(condition.status, "True");
+    assert!(
+        condition.message.ends_with("no L2Advertisement selects pool \"quiet\", so no node announces it"),
+        "{}",
+        condition.message
+    );
+    let web = written(service("web", 1), statuses(&out)[0]);
+    e.apply_service(web);
+    // An advertisement naming the pool clears the notice.
+    let named = L2Advertisement::new(
+        "named",
+        L2AdvertisementSpec { ip_address_pools: vec!["quiet".into()], ..Default::default() },
+    );
+    let out = e.apply_advertisement(&named);
+    assert_eq!(statuses(&out)[0].condition.as_ref().unwrap().message, "192.0.2.0 from pool \"quiet\"");
+    // One selecting other pools by label does not count.
+    let mut e2 = engine();
+    e2.apply_pool(pool("quiet", &["192.0.2.0/28"]));
+    e2.apply_advertisement(&L2Advertisement::new(
+        "labelled",
+        L2AdvertisementSpec {
+            ip_address_pool_selectors: vec![k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector {
+                match_labels: Some([("tier".to_string(), "edge".to_string())].into()),
+                ..Default::default()
+            }],
+            ..Default::default()
+        },
+    ));
+    e2.initial_sync();
+    let out = e2.apply_service(service("web", 1));
+    assert!(statuses(&out)[0].condition.as_ref().unwrap().message.contains("no L2Advertisement selects"));
+}
+
+#[test]
+fn a_pool_status_update_does_not_resettle_every_service() {
+    let mut e = synced(&[pool("demo", &["192.0.2.0/28"])]);
+    // The stored Service never shows our status, so any re-settling would emit a status write for it.
+    e.apply_service(service("web", 1));
+    let mut with_status = pool("demo", &["192.0.2.0/28"]);
+    with_status.status = Some(IPAddressPoolStatus { observed_generation: Some(1), ..Default::default() });
+    assert!(e.apply_pool(with_status).is_empty(), "our own pool status write re-settled the Services");
+    // A real edit does re-settle them.
+    let out = e.apply_pool(pool("demo", &["192.0.2.0/29"]));
+    assert_eq!(statuses(&out).len(), 1);
+    assert_eq!(e.allocator().pool("demo").unwrap().usable(Family::V4), 8);
+}
+
+#[test]
+fn status_written_by_another_instance_is_left_alone() {
+    let mut e = synced(&[pool("demo", &["192.0.2.0/28"])]);
+    // A Service of another class carrying another instance's address and condition.
+    let mut theirs = with_status(service("theirs", 1), &["198.51.100.7"]);
+    theirs.spec.as_mut().unwrap().load_balancer_class = Some("other.example/lb".into());
+    theirs.status.as_mut().unwrap().conditions = Some(vec![Condition {
+        type_: CONDITION_TYPE.into(),
+        status: "True".into(),
+        reason: "Allocated".into(),
+        message: "198.51.100.7 from pool \"elsewhere\"".into(),
+        last_transition_time: Time(jiff::Timestamp::from_second(1).unwrap()),
+        observed_generation: None,
+    }]);
+    assert!(e.apply_service(theirs).is_empty());
 }

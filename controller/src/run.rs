@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use ferrolb_crds::IPAddressPool;
+use ferrolb_crds::{IPAddressPool, L2Advertisement};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -38,6 +38,7 @@ enum Watched {
     Service(Event<Service>),
     Pool(Event<IPAddressPool>),
     Namespace(Event<Namespace>),
+    Advertisement(Event<L2Advertisement>),
 }
 
 /// Runs as the leader until `stop` resolves or a watch fails for good.
@@ -49,7 +50,9 @@ pub async fn run(
     stop: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let (writes, writes_rx) = mpsc::unbounded_channel();
-    let writer = tokio::spawn(writer::run(client.clone(), options.reporter.clone(), metrics.clone(), writes_rx));
+    let manager = writer::field_manager(&options.config.load_balancer_class);
+    let writer =
+        tokio::spawn(writer::run(client.clone(), options.reporter.clone(), manager, metrics.clone(), writes_rx));
     let mut engine = Engine::new(options.config.clone(), Box::new(|| Time(jiff::Timestamp::now())));
 
     let pool_config = match &options.pool_selector {
@@ -63,9 +66,14 @@ pub async fn run(
     let namespaces = watcher(Api::<Namespace>::all(client.clone()), watcher::Config::default())
         .default_backoff()
         .map_ok(Watched::Namespace);
-    let mut events = futures::stream::select_all([services.boxed(), pools.boxed(), namespaces.boxed()]);
+    let advertisements = watcher(Api::<L2Advertisement>::all(client.clone()), watcher::Config::default())
+        .default_backoff()
+        .map_ok(Watched::Advertisement);
+    let mut events =
+        futures::stream::select_all([services.boxed(), pools.boxed(), namespaces.boxed(), advertisements.boxed()]);
 
-    let mut listed = [false; 3];
+    let mut listed = [false; 4];
+    let mut relisting_advertisements: Option<HashSet<String>> = None;
     let mut relisting_services: Option<HashSet<ServiceKey>> = None;
     let mut relisting_pools: Option<HashSet<String>> = None;
     let mut resync = tokio::time::interval(RESYNC_PERIOD);
@@ -112,6 +120,19 @@ pub async fn run(
                     Event::Delete(ns) => { engine.delete_namespace(&ns.name_any()); Vec::new() }
                     Event::Init => Vec::new(),
                     Event::InitDone => { listed[2] = true; Vec::new() }
+                },
+                Some(Ok(Watched::Advertisement(event))) => match event {
+                    Event::Init => { relisting_advertisements = Some(HashSet::new()); Vec::new() }
+                    Event::InitApply(adv) | Event::Apply(adv) => {
+                        if let Some(seen) = relisting_advertisements.as_mut() { seen.insert(adv.name_any()); }
+                        engine.apply_advertisement(&adv)
+                    }
+                    Event::Delete(adv) => engine.delete_advertisement(&adv.name_any()),
+                    Event::InitDone => {
+                        listed[3] = true;
+                        let seen = relisting_advertisements.take().unwrap_or_default();
+                        engine.forget_advertisements_not_in(&seen)
+                    }
                 },
             },
             _ = resync.tick(), if engine.is_synced() => engine.reconcile_all(),

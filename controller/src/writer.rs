@@ -18,7 +18,15 @@ use crate::engine::{EventOut, EventType, Output, StatusOut};
 use crate::ipam::ServiceKey;
 use crate::metrics::Metrics;
 
-pub const FIELD_MANAGER: &str = "ferrolb-controller";
+/// The server-side-apply field manager of the instance handling `class`. Each class gets its own, so that
+/// giving up our fields never removes what another ferrolb instance wrote; replicas of one instance share it.
+pub fn field_manager(class: &str) -> String {
+    if class == ferrolb_crds::DEFAULT_LOAD_BALANCER_CLASS {
+        "ferrolb-controller".to_string()
+    } else {
+        format!("ferrolb-controller/{class}")
+    }
+}
 /// Writes in flight at once: enough to keep a local API server busy, few enough not to trip its limits.
 const CONCURRENT_WRITES: usize = 32;
 
@@ -39,6 +47,7 @@ enum Slot {
 pub async fn run(
     client: kube::Client,
     reporter: Reporter,
+    field_manager: String,
     metrics: Metrics,
     mut writes: mpsc::UnboundedReceiver<Write>,
 ) {
@@ -60,9 +69,10 @@ pub async fn run(
             }
             let Some(write) = pending.remove(&slot) else { continue };
             in_flight.insert(slot.clone());
-            let (client, recorder, metrics) = (client.clone(), recorder.clone(), metrics.clone());
+            let (client, recorder, metrics, manager) =
+                (client.clone(), recorder.clone(), metrics.clone(), field_manager.clone());
             tasks.spawn(async move {
-                apply(&client, &recorder, &metrics, write).await;
+                apply(&client, &recorder, &manager, &metrics, write).await;
                 slot
             });
         }
@@ -97,11 +107,11 @@ pub async fn run(
     }
 }
 
-async fn apply(client: &kube::Client, recorder: &Recorder, metrics: &Metrics, write: Write) {
+async fn apply(client: &kube::Client, recorder: &Recorder, manager: &str, metrics: &Metrics, write: Write) {
     match write {
         Write::Output(Output::Status(status)) => {
             let key = status.key.clone();
-            match write_service_status(client, &status).await {
+            match write_service_status(client, manager, &status).await {
                 Ok(()) => {
                     metrics.status_writes.inc();
                     tracing::debug!(service = %key, ingress = ?status.ingress, "status written");
@@ -120,8 +130,7 @@ async fn apply(client: &kube::Client, recorder: &Recorder, metrics: &Metrics, wr
             let pools: Api<IPAddressPool> = Api::all(client.clone());
             let patch =
                 serde_json::json!({"apiVersion": "ferrolb.io/v1alpha1", "kind": "IPAddressPool", "status": status});
-            if let Err(e) =
-                pools.patch_status(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await
+            if let Err(e) = pools.patch_status(&name, &PatchParams::apply(manager).force(), &Patch::Apply(&patch)).await
             {
                 metrics.write_errors.get_or_create(&crate::metrics::KindLabel { kind: "pool_status".into() }).inc();
                 tracing::warn!(pool = %name, error = %e, "could not write pool status");
@@ -130,7 +139,7 @@ async fn apply(client: &kube::Client, recorder: &Recorder, metrics: &Metrics, wr
     }
 }
 
-async fn write_service_status(client: &kube::Client, status: &StatusOut) -> Result<(), kube::Error> {
+async fn write_service_status(client: &kube::Client, manager: &str, status: &StatusOut) -> Result<(), kube::Error> {
     let services: Api<Service> = Api::namespaced(client.clone(), &status.key.namespace);
     let body = match &status.condition {
         // Applying an empty status gives up ownership of what ferrolb wrote, which removes it.
@@ -146,7 +155,7 @@ async fn write_service_status(client: &kube::Client, status: &StatusOut) -> Resu
         }
     };
     let patch = serde_json::json!({"apiVersion": "v1", "kind": "Service", "status": body});
-    services.patch_status(&status.key.name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await?;
+    services.patch_status(&status.key.name, &PatchParams::apply(manager).force(), &Patch::Apply(&patch)).await?;
     Ok(())
 }
 

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 
 use ferrolb_crds::pool::AddressEntry;
-use ferrolb_crds::{IPAddressPool, IPAddressPoolSpec};
+use ferrolb_crds::{IPAddressPool, IPAddressPoolSpec, L2Advertisement, L2AdvertisementSpec};
 use ferrolb_e2e::objects::{create_namespace, install_ferrolb_crds};
 use ferrolb_e2e::process::workspace_binary;
 use ferrolb_e2e::{ControlPlane, ManagedProcess, names};
@@ -200,17 +200,34 @@ async fn services_get_addresses_with_ip_mode_vip_a_condition_an_event_and_pool_u
     let pool = s.pool("pool", &["192.0.2.16/29", "2001:db8::100/125"], |_| {}).await;
     s.start_controller();
     s.service("single", "SingleStack", &[]).await;
+    // Until an L2Advertisement selects the pool, the Service says nobody announces its address.
+    let unannounced = s.condition("single", "Allocated").await;
+    let notice = format!("no L2Advertisement selects pool \"{pool}\", so no node announces it");
+    assert!(unannounced.message.ends_with(&notice), "{}", unannounced.message);
+    let spec = L2AdvertisementSpec { ip_address_pools: vec![pool.clone()], ..Default::default() };
+    let advertisement = L2Advertisement::new(&pool, spec);
+    Api::<L2Advertisement>::all(s.client.clone()).create(&PostParams::default(), &advertisement).await.unwrap();
     s.service("dual", "PreferDualStack", &[]).await;
     assert_eq!(s.ips("single").await, ["192.0.2.16"]);
     assert_eq!(s.ips("dual").await, ["192.0.2.17", "2001:db8::100"]);
     let single = s.services().get("single").await.unwrap();
-    let ingress = single.status.unwrap().load_balancer.unwrap().ingress.unwrap();
+    let ingress = single
+        .status
+        .clone()
+        .unwrap()
+        .load_balancer
+        .unwrap()
+        .ingress
+        .unwrap_or_else(|| panic!("{single:?}\n{}", s.logs()));
     assert_eq!(ingress[0].ip_mode.as_deref(), Some("VIP"));
-    let condition = s.condition("single", "Allocated").await;
-    assert_eq!(
-        (condition.status.as_str(), condition.message.as_str()),
-        ("True", format!("192.0.2.16 from pool \"{pool}\"").as_str())
-    );
+    let expected = format!("192.0.2.16 from pool \"{pool}\"");
+    let condition = eventually(
+        "the notice to go",
+        || async { our_condition(&s.services().get("single").await.ok()?).filter(|c| c.message == expected) },
+        &s,
+    )
+    .await;
+    assert_eq!((condition.status.as_str(), condition.reason.as_str()), ("True", "Allocated"));
     assert!(s.event("dual", "IPAllocated").await.contains("192.0.2.17, 2001:db8::100"));
 
     let pools: Api<IPAddressPool> = Api::all(s.client.clone());
@@ -247,7 +264,7 @@ async fn a_restart_keeps_every_address_and_new_services_get_fresh_ones() {
     for i in 0..20 {
         after.insert(format!("svc-{i}"), s.ips(&format!("svc-{i}")).await);
     }
-    assert_eq!(before, after, "an address moved across a restart");
+    assert_eq!(before, after, "an address moved across a restart\n{}", s.logs());
     assert!(!before.values().any(|ips| ips == &late), "the new Service got an address already in use");
 }
 
@@ -402,4 +419,25 @@ async fn addresses_are_released_when_the_service_goes_or_stops_being_a_load_bala
         &s,
     )
     .await;
+}
+
+#[tokio::test]
+async fn two_instances_of_different_classes_leave_each_others_services_alone() {
+    let mut a = Setup::new().await;
+    a.pool("pool", &["192.0.2.96/30"], |_| {}).await;
+    a.start_controller();
+    a.service("mine", "SingleStack", &[]).await;
+    let mine = a.ips("mine").await;
+    let condition = a.condition("mine", "Allocated").await;
+
+    // A second instance, for another class, starts while the first one's Service exists.
+    let mut b = Setup::new().await;
+    b.pool("pool", &["192.0.2.100/30"], |_| {}).await;
+    b.start_controller();
+    b.service("theirs", "SingleStack", &[]).await;
+    assert_eq!(b.ips("theirs").await, ["192.0.2.100"]);
+    // By now the second instance has listed and settled everything it sees: the first's Service is intact.
+    let after = a.services().get("mine").await.unwrap();
+    assert_eq!(ingress(&after), mine);
+    assert_eq!(our_condition(&after).map(|c| c.message), Some(condition.message));
 }

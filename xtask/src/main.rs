@@ -30,6 +30,11 @@ enum Command {
         #[arg(last = true)]
         cargo_test_args: Vec<String>,
     },
+    /// Benchmarks, printing their figures: `bench controller`.
+    Bench {
+        #[arg(value_parser = ["controller"])]
+        what: String,
+    },
     /// Regenerate the CRD YAML in charts/ferrolb/crds from the ferrolb-crds types.
     Crds,
     /// Bring up the local lab (API server, controller, three speaker nodes, a demo Service), or `lab down`.
@@ -41,6 +46,7 @@ fn main() -> Result<()> {
         Command::Deps => deps::install_all(),
         Command::Test { cargo_test_args } => test(&cargo_test_args),
         Command::Lab(args) => lab::run(args),
+        Command::Bench { what } => bench(&what),
         Command::Crds => {
             let dir = run::workspace_root().join("charts").join("ferrolb").join("crds");
             let dir = dir.to_string_lossy();
@@ -72,4 +78,25 @@ fn test(cargo_test_args: &[String]) -> Result<()> {
         anyhow::bail!("cargo test ran no test");
     }
     Ok(())
+}
+
+fn bench(what: &str) -> Result<()> {
+    deps::install_all()?;
+    match what {
+        "controller" => {
+            run::step(
+                "allocator: 100 000 allocations",
+                run::cargo(&["bench", "-p", "ferrolb-controller", "--bench", "allocator"]),
+            )?;
+            run::step(
+                "cargo build --release (controller, bench)",
+                run::cargo(&["build", "--release", "-p", "ferrolb-controller", "-p", "ferrolb-e2e", "--bins"]),
+            )?;
+            let release = toolchain::cargo_target_dir().join("release");
+            let mut bench = std::process::Command::new(release.join("ferrolb-bench"));
+            bench.args(["controller", "--controller"]).arg(release.join("ferrolb-controller"));
+            run::step("controller: latency, 10 000 Services, memory", bench)
+        }
+        other => anyhow::bail!("unknown benchmark {other}"),
+    }
 }

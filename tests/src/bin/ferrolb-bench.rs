@@ -1,0 +1,209 @@
+//! Benchmarks against a real API server, printing their figures (never asserting on time).
+//!
+//! `ferrolb-bench controller --controller PATH`: Service created → status written, p50/p99 over 1 000
+//! Services created 10 at a time; the time for 10 000 Services created 50 at a time to all get an address;
+//! the controller's peak RSS.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use ferrolb_crds::pool::AddressEntry;
+use ferrolb_crds::{IPAddressPool, IPAddressPoolSpec};
+use ferrolb_e2e::objects::{create_namespace, install_ferrolb_crds};
+use ferrolb_e2e::{ControlPlane, ManagedProcess};
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
+use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
+
+#[derive(Parser)]
+struct Cli {
+    #[command(subcommand)]
+    bench: Bench,
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// Allocation latency and throughput of ferrolb-controller.
+    Controller {
+        #[arg(long)]
+        controller: PathBuf,
+        #[arg(long, default_value_t = 1000)]
+        latency_services: usize,
+        #[arg(long, default_value_t = 10_000)]
+        bulk_services: usize,
+    },
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().bench {
+        Bench::Controller { controller, latency_services, bulk_services } => {
+            let dir = tempfile::tempdir()?;
+            let plane = ControlPlane::start(&dir.path().join("control-plane"))?;
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            runtime.block_on(controller_bench(&plane, dir.path(), &controller, latency_services, bulk_services))
+        }
+    }
+}
+
+async fn controller_bench(
+    plane: &ControlPlane,
+    dir: &std::path::Path,
+    binary: &std::path::Path,
+    latency_services: usize,
+    bulk_services: usize,
+) -> Result<()> {
+    let client = plane.admin_client().await?;
+    install_ferrolb_crds(&client).await?;
+    create_namespace(&client, "ferrolb-system").await?;
+    create_namespace(&client, "latency").await?;
+    create_namespace(&client, "bulk").await?;
+    let pool = IPAddressPool::new(
+        "bench",
+        IPAddressPoolSpec {
+            addresses: vec![AddressEntry::from("2001:db8:be::/112")],
+            auto_assign: true,
+            avoid_buggy_ips: false,
+            disabled: false,
+            service_allocation: None,
+        },
+    );
+    Api::<IPAddressPool>::all(client.clone())
+        .patch("bench", &PatchParams::apply("bench"), &Patch::Apply(&pool))
+        .await?;
+
+    let mut command = Command::new(binary);
+    command
+        .args(["--metrics-address", "127.0.0.1:0"])
+        .env("KUBECONFIG", plane.kubeconfig_path())
+        .env("RUST_LOG", "warn");
+    let controller = ManagedProcess::spawn("controller", command, &dir.join("controller.log"))?;
+
+    // Records when each Service is first seen with an address.
+    let seen: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let watch = {
+        let (seen, services) = (seen.clone(), Api::<Service>::all(client.clone()));
+        tokio::spawn(async move {
+            let stream = watcher(services, watcher::Config::default()).default_backoff().applied_objects();
+            futures::pin_mut!(stream);
+            while let Ok(Some(service)) = stream.try_next().await {
+                let has_ip = service
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.load_balancer.as_ref())
+                    .and_then(|l| l.ingress.as_ref())
+                    .is_some_and(|i| !i.is_empty());
+                if has_ip {
+                    let key = format!(
+                        "{}/{}",
+                        service.metadata.namespace.unwrap_or_default(),
+                        service.metadata.name.unwrap_or_default()
+                    );
+                    seen.lock().map(|mut s| s.entry(key).or_insert_with(Instant::now).to_owned()).ok();
+                }
+            }
+        })
+    };
+
+    println!("controller: Service created -> status written ({latency_services} Services, 10 at a time)");
+    let created = create_services(&client, "latency", latency_services, 10).await?;
+    wait_all(&seen, "latency", latency_services).await?;
+    let mut latencies: Vec<Duration> = {
+        let seen = seen.lock().map_err(|_| anyhow::anyhow!("lock"))?;
+        created
+            .iter()
+            .filter_map(|(name, at)| seen.get(&format!("latency/{name}")).map(|s| s.saturating_duration_since(*at)))
+            .collect()
+    };
+    latencies.sort();
+    println!(
+        "  p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        ms(percentile(&latencies, 50)),
+        ms(percentile(&latencies, 99)),
+        ms(latencies.last().copied().unwrap_or_default())
+    );
+
+    println!("controller: {bulk_services} Services created 50 at a time, until every one has an address");
+    let started = Instant::now();
+    create_services(&client, "bulk", bulk_services, 50).await?;
+    let created_in = started.elapsed();
+    wait_all(&seen, "bulk", bulk_services).await?;
+    println!(
+        "  all created in {:.1} s, all with an address after {:.1} s",
+        created_in.as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    );
+    let status = std::fs::read_to_string(format!("/proc/{}/status", controller.pid()))?;
+    let peak = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap_or("VmHWM: unknown");
+    let now = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap_or("VmRSS: unknown");
+    println!(
+        "  controller memory with {} Services: peak {} / now {}",
+        latency_services + bulk_services,
+        peak.trim_start_matches("VmHWM:").trim(),
+        now.trim_start_matches("VmRSS:").trim()
+    );
+    watch.abort();
+    Ok(())
+}
+
+async fn create_services(
+    client: &kube::Client,
+    namespace: &str,
+    count: usize,
+    concurrency: usize,
+) -> Result<Vec<(String, Instant)>> {
+    let services: Api<Service> = Api::namespaced(client.clone(), namespace);
+    let results: Vec<Result<(String, Instant)>> = futures::stream::iter(0..count)
+        .map(|i| {
+            let services = services.clone();
+            async move {
+                let name = format!("svc-{i}");
+                let service = Service {
+                    metadata: ObjectMeta { name: Some(name.clone()), ..Default::default() },
+                    spec: Some(ServiceSpec {
+                        type_: Some("LoadBalancer".into()),
+                        ip_families: Some(vec!["IPv6".into()]),
+                        allocate_load_balancer_node_ports: Some(false),
+                        ports: Some(vec![ServicePort { port: 80, ..Default::default() }]),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                };
+                services.create(&PostParams::default(), &service).await.with_context(|| format!("creating {name}"))?;
+                Ok((name, Instant::now()))
+            }
+        })
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
+    results.into_iter().collect()
+}
+
+async fn wait_all(seen: &Arc<Mutex<HashMap<String, Instant>>>, namespace: &str, count: usize) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let prefix = format!("{namespace}/");
+    while Instant::now() < deadline {
+        let done = seen.lock().map(|s| s.keys().filter(|k| k.starts_with(&prefix)).count()).unwrap_or(0);
+        if done >= count {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("not every Service in {namespace} got an address within 600 s")
+}
+
+fn percentile(sorted: &[Duration], p: usize) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() * p).div_ceil(100)).saturating_sub(1).min(sorted.len() - 1)]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}

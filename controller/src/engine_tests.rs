@@ -1,7 +1,6 @@
 use std::collections::BTreeMap;
 
 use ferrolb_crds::IPAddressPoolSpec;
-use ferrolb_crds::pool::AddressEntry;
 use k8s_openapi::api::core::v1::{LoadBalancerIngress, LoadBalancerStatus, ServicePort, ServiceSpec, ServiceStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
@@ -16,16 +15,7 @@ fn engine() -> Engine {
 }
 
 fn pool(name: &str, addresses: &[&str]) -> IPAddressPool {
-    IPAddressPool::new(
-        name,
-        IPAddressPoolSpec {
-            addresses: addresses.iter().map(|a| AddressEntry::from(*a)).collect(),
-            auto_assign: true,
-            avoid_buggy_ips: false,
-            disabled: false,
-            service_allocation: None,
-        },
-    )
+    IPAddressPool::new(name, IPAddressPoolSpec::with_addresses(addresses))
 }
 
 fn service(name: &str, created: i64) -> Service {

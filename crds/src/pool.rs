@@ -53,6 +53,19 @@ fn default_true() -> bool {
     true
 }
 
+impl IPAddressPoolSpec {
+    /// A pool of `addresses` with every other field at its default (auto-assign, all addresses, enabled).
+    pub fn with_addresses(addresses: &[&str]) -> Self {
+        Self {
+            addresses: addresses.iter().map(|a| AddressEntry::from(*a)).collect(),
+            auto_assign: true,
+            avoid_buggy_ips: false,
+            disabled: false,
+            service_allocation: None,
+        }
+    }
+}
+
 /// Restricts a pool to some Services and orders pools for them.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]

@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 
-use ferrolb_crds::pool::AddressEntry;
 use ferrolb_crds::{IPAddressPool, IPAddressPoolSpec, L2Advertisement, L2AdvertisementSpec};
 use ferrolb_e2e::objects::{create_namespace, install_ferrolb_crds};
 use ferrolb_e2e::process::workspace_binary;
@@ -77,13 +76,7 @@ impl Setup {
 
     async fn pool(&self, name: &str, addresses: &[&str], edit: impl FnOnce(&mut IPAddressPoolSpec)) -> String {
         let name = format!("{}-{name}", self.tag);
-        let mut spec = IPAddressPoolSpec {
-            addresses: addresses.iter().map(|a| AddressEntry::from(*a)).collect(),
-            auto_assign: true,
-            avoid_buggy_ips: false,
-            disabled: false,
-            service_allocation: None,
-        };
+        let mut spec = IPAddressPoolSpec::with_addresses(addresses);
         edit(&mut spec);
         let mut pool = IPAddressPool::new(&name, spec);
         pool.metadata.labels = Some(BTreeMap::from([("ferrolb-test".to_string(), self.tag.clone())]));

@@ -3,7 +3,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed step should stop the test, loudly
 
-use ferrolb_crds::pool::AddressEntry;
 use ferrolb_crds::{IPAddressPool, IPAddressPoolSpec, L2Advertisement, L2AdvertisementSpec};
 use ferrolb_e2e::objects::install_ferrolb_crds;
 use ferrolb_e2e::{ControlPlane, names};
@@ -16,16 +15,7 @@ async fn pools() -> Api<IPAddressPool> {
 }
 
 fn pool(addresses: &[&str]) -> IPAddressPool {
-    let mut pool = IPAddressPool::new(
-        &names::unique("pool"),
-        IPAddressPoolSpec {
-            addresses: addresses.iter().map(|a| AddressEntry::from(*a)).collect(),
-            auto_assign: true,
-            avoid_buggy_ips: false,
-            disabled: false,
-            service_allocation: None,
-        },
-    );
+    let mut pool = IPAddressPool::new(&names::unique("pool"), IPAddressPoolSpec::with_addresses(addresses));
     pool.metadata.labels = Some([("test".to_string(), "crds".to_string())].into());
     pool
 }

@@ -78,14 +78,7 @@ impl PoolDef {
 
     /// A pool from entries, for tests and tools.
     pub fn from_entries(name: &str, entries: &[&str]) -> Result<Self, PoolError> {
-        let spec = IPAddressPoolSpec {
-            addresses: entries.iter().map(|e| (*e).into()).collect(),
-            auto_assign: true,
-            avoid_buggy_ips: false,
-            disabled: false,
-            service_allocation: None,
-        };
-        Self::from_spec(name, &spec)
+        Self::from_spec(name, &IPAddressPoolSpec::with_addresses(entries))
     }
 
     pub fn ranges(&self, family: Family) -> &RunSet {

@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use ferrolb_crds::pool::AddressEntry;
 use ferrolb_crds::{IPAddressPool, IPAddressPoolSpec};
 use ferrolb_e2e::objects::{create_namespace, install_ferrolb_crds};
 use ferrolb_e2e::{ControlPlane, ManagedProcess};
@@ -63,16 +62,7 @@ async fn controller_bench(
     create_namespace(&client, "ferrolb-system").await?;
     create_namespace(&client, "latency").await?;
     create_namespace(&client, "bulk").await?;
-    let pool = IPAddressPool::new(
-        "bench",
-        IPAddressPoolSpec {
-            addresses: vec![AddressEntry::from("2001:db8:be::/112")],
-            auto_assign: true,
-            avoid_buggy_ips: false,
-            disabled: false,
-            service_allocation: None,
-        },
-    );
+    let pool = IPAddressPool::new("bench", IPAddressPoolSpec::with_addresses(&["2001:db8:be::/112"]));
     Api::<IPAddressPool>::all(client.clone())
         .patch("bench", &PatchParams::apply("bench"), &Patch::Apply(&pool))
         .await?;

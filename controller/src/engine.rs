@@ -67,6 +67,8 @@ pub enum Output {
 struct Reported {
     ips: Vec<IpAddr>,
     failure: Option<String>,
+    /// Addresses it keeps that no pool contains any more.
+    outside: Vec<String>,
 }
 
 struct PoolRecord {
@@ -86,6 +88,7 @@ pub struct Engine {
     advertisements: BTreeMap<String, L2AdvertisementSpec>,
     reported: HashMap<ServiceKey, Reported>,
     reported_pool_errors: HashMap<String, String>,
+    reported_overlaps: HashMap<String, Vec<String>>,
     dirty_pools: BTreeSet<String>,
     synced: bool,
     clock: Box<dyn Fn() -> Time + Send>,
@@ -102,6 +105,7 @@ impl Engine {
             advertisements: BTreeMap::new(),
             reported: HashMap::new(),
             reported_pool_errors: HashMap::new(),
+            reported_overlaps: HashMap::new(),
             dirty_pools: BTreeSet::new(),
             synced: false,
             clock,
@@ -144,11 +148,11 @@ impl Engine {
             let request = self.request_or_placeholder(service, &held);
             match self.allocator.restore(&request, &held) {
                 Ok(_) => {
-                    self.reported.insert(key.clone(), Reported { ips: held, failure: None });
+                    self.reported.insert(key.clone(), Reported { ips: held, ..Default::default() });
                 }
                 Err(conflict) => {
                     // What its status said, so the allocation Event reads "moved from ...".
-                    self.reported.insert(key.clone(), Reported { ips: held, failure: None });
+                    self.reported.insert(key.clone(), Reported { ips: held, ..Default::default() });
                     outputs.push(Output::Event(EventOut {
                         regarding: service.object_ref(&()),
                         type_: EventType::Warning,
@@ -226,6 +230,7 @@ impl Engine {
         self.pools.insert(name.clone(), PoolRecord { object: pool, error });
         // Overlaps change for the others too.
         self.dirty_pools.extend(self.pools.keys().cloned());
+        outputs.extend(self.overlap_events());
         if self.synced {
             outputs.extend(self.reconcile_all());
         }
@@ -236,7 +241,10 @@ impl Engine {
         self.pools.remove(name);
         self.allocator.remove_pool(name);
         self.reported_pool_errors.remove(name);
+        self.reported_overlaps.remove(name);
         self.dirty_pools.extend(self.pools.keys().cloned());
+        // Only new overlaps are reported; a deletion can only end some, and the condition says so.
+        let _ = self.overlap_events();
         if !self.synced {
             return Vec::new();
         }
@@ -277,6 +285,29 @@ impl Engine {
     pub fn forget_advertisements_not_in(&mut self, seen: &std::collections::HashSet<String>) -> Vec<Output> {
         let gone: Vec<String> = self.advertisements.keys().filter(|k| !seen.contains(*k)).cloned().collect();
         gone.iter().flat_map(|name| self.delete_advertisement(name)).collect()
+    }
+
+    /// A Warning on every pool that now overlaps a pool it did not overlap before.
+    fn overlap_events(&mut self) -> Vec<Output> {
+        let mut outputs = Vec::new();
+        let current: Vec<(String, Vec<String>)> =
+            self.allocator.pools().map(|def| (def.name.clone(), def.overlaps(self.allocator.pools()))).collect();
+        for (name, overlaps) in current {
+            let before = self.reported_overlaps.insert(name.clone(), overlaps.clone()).unwrap_or_default();
+            let new: Vec<&String> = overlaps.iter().filter(|o| !before.contains(o)).collect();
+            if let (false, Some(record)) = (new.is_empty(), self.pools.get(&name)) {
+                outputs.push(Output::Event(EventOut {
+                    regarding: record.object.object_ref(&()),
+                    type_: EventType::Warning,
+                    reason: "PoolOverlap",
+                    note: format!(
+                        "overlaps pool {}: an address in both is still given to one Service only, but the pools' counts and priorities no longer add up",
+                        new.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                    ),
+                }));
+            }
+        }
+        outputs
     }
 
     /// Whether some L2Advertisement announces the addresses of `pool`.
@@ -395,6 +426,18 @@ impl Engine {
                 ("False", reason.clone(), format!("{error}{kept}"))
             }
         };
+        let outside: Vec<String> = match &outcome {
+            Ok(assignment) => assignment
+                .ips
+                .iter()
+                .filter(|ip| self.allocator.pools_containing(**ip).is_empty())
+                .map(|ip| ip.to_string())
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        if !outside.is_empty() && outside != reported.outside {
+            outputs.push(event(&service, EventType::Warning, "OutsidePool", message.clone()));
+        }
         match &outcome {
             Ok(assignment) if reported.ips != assignment.ips => {
                 let note = if reported.ips.is_empty() {
@@ -411,7 +454,7 @@ impl Engine {
         }
         self.reported.insert(
             key.clone(),
-            Reported { ips: after.clone(), failure: outcome.as_ref().err().map(|_| message.clone()) },
+            Reported { ips: after.clone(), failure: outcome.as_ref().err().map(|_| message.clone()), outside },
         );
         let condition = self.condition(&service, status, &reason, &message);
         if let Some(status) = self.status_change(&service, after, Some(condition)) {

@@ -202,6 +202,8 @@ fn deleting_the_pool_keeps_the_address_and_says_so() {
     let status = statuses(&out)[0];
     assert_eq!(status.ingress, ["192.0.2.0".parse::<IpAddr>().unwrap()]);
     assert_eq!(status.condition.as_ref().unwrap().reason, "OutsidePool");
+    assert_eq!(events(&out).iter().map(|(reason, _)| *reason).collect::<Vec<_>>(), ["OutsidePool"]);
+    assert!(e.reconcile_all().iter().all(|o| !matches!(o, Output::Event(_))), "reported once");
     // A new Service now has nowhere to get an address from.
     let out = e.apply_service(service("late", 2));
     assert_eq!(statuses(&out)[0].condition.as_ref().unwrap().reason, "NoPools");
@@ -219,7 +221,18 @@ fn deleting_a_service_frees_its_address() {
 
 #[test]
 fn pool_status_counts_usage_and_flags_overlaps() {
-    let mut e = synced(&[pool("a", &["192.0.2.0/28", "2001:db8::/64"]), pool("b", &["192.0.2.8/29"])]);
+    let mut e = synced(&[pool("a", &["192.0.2.0/28", "2001:db8::/64"])]);
+    let out = e.apply_pool(pool("b", &["192.0.2.8/29"]));
+    let overlap_events: Vec<&EventOut> =
+        out.iter().filter_map(|o| if let Output::Event(ev) = o { Some(ev) } else { None }).collect();
+    let mut named: Vec<&str> = overlap_events.iter().map(|ev| ev.regarding.name.as_deref().unwrap()).collect();
+    named.sort();
+    assert_eq!(named, ["a", "b"], "each overlapping pool gets a PoolOverlap Warning");
+    assert!(overlap_events.iter().all(|ev| ev.reason == "PoolOverlap" && ev.type_ == EventType::Warning));
+    assert!(
+        e.apply_pool(pool("b", &["192.0.2.8/29", "192.0.2.32/30"])).iter().all(|o| !matches!(o, Output::Event(_))),
+        "reported once"
+    );
     e.take_pool_statuses();
     e.apply_service(service("web", 1));
     let statuses: BTreeMap<String, IPAddressPoolStatus> = e.take_pool_statuses().into_iter().collect();

@@ -371,6 +371,21 @@ async fn overlapping_pools_are_flagged_and_a_deleted_pool_leaves_addresses_in_pl
     )
     .await;
     assert!(conflicting.message.contains(&b), "{}", conflicting.message);
+    // Pools are cluster-scoped: their Events land in the default namespace.
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(s.client.clone(), "default");
+    let note = eventually(
+        "PoolOverlap Event on pool a",
+        || async {
+            events.list(&Default::default()).await.ok()?.items.into_iter().find_map(|e| {
+                (e.regarding.as_ref()?.name.as_deref() == Some(a.as_str())
+                    && e.reason.as_deref() == Some("PoolOverlap"))
+                .then(|| e.note.unwrap_or_default())
+            })
+        },
+        &s,
+    )
+    .await;
+    assert!(note.contains(&b), "{note}");
 
     s.service("web", "SingleStack", &[]).await;
     let ips = s.ips("web").await;
@@ -378,6 +393,7 @@ async fn overlapping_pools_are_flagged_and_a_deleted_pool_leaves_addresses_in_pl
     pools.delete(&b, &DeleteParams::default()).await.unwrap();
     let condition = s.condition("web", "OutsidePool").await;
     assert!(condition.message.contains(&ips[0]));
+    assert!(s.event("web", "OutsidePool").await.contains(&ips[0]));
     assert_eq!(s.ips("web").await, ips, "a deleted pool must not re-IP its Services");
 }
 

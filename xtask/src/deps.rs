@@ -10,6 +10,7 @@ use crate::{k8s_bins, run};
 /// Commands the suite uses, and the Debian package that provides each.
 const DEBIAN_TOOLS: &[(&str, &str)] = &[
     ("ip", "iproute2"),
+    ("sysctl", "procps"),
     ("curl", "curl"),
     ("arping", "arping"),
     ("ndisc6", "ndisc6"),

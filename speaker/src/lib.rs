@@ -1,5 +1,7 @@
-//! ferrolb's speaker. It will own membership (gossip), the pure owner election, and the ARP/NDP announcer
-//! (or keepalived's configuration in keepalived mode).
+//! ferrolb's speaker. `election` is the pure owner election every speaker computes identically; membership
+//! (gossip), the ARP/NDP announcer and keepalived mode build on it.
 //!
-//! Not built yet: the `ferrolb-speaker` binary arrives with the speaker issue, and `cargo xtask lab` says so
-//! while it is missing.
+//! The `ferrolb-speaker` binary does not exist yet (the speaker issue delivers it), and `cargo xtask lab`
+//! says so while it is missing.
+
+pub mod election;

@@ -1,0 +1,132 @@
+//! Which node answers for a Service's VIPs. Every speaker computes this from the same inputs and gets the
+//! same answer, so no central writer and no API write is needed on the failover path.
+//!
+//! **Candidates** for a Service are the nodes that are all of:
+//! - live members of the speakers' gossip group;
+//! - not labelled `node.kubernetes.io/exclude-from-external-load-balancers`;
+//! - not `NetworkUnavailable`;
+//! - matched by the `nodeSelectors` of an L2Advertisement that selects the Service, and have one of that
+//!   advertisement's `interfaces` (any usable interface when it lists none);
+//! - with `externalTrafficPolicy: Local`, running a ready endpoint of the Service.
+//!
+//! A Service with no ready endpoint anywhere has no candidates: nobody announces it.
+//!
+//! **Owner**: the candidate with the highest rendezvous score `xxh3_64(node name ‖ 0x00 ‖ first VIP as text)`
+//! (XXH3, 64-bit, seed 0; the first VIP is the IPv4 one when there is one). All of a Service's VIPs, of
+//! both families, go to that one node. This function is part of the wire contract between speakers of
+//! different versions: changing it moves VIPs.
+//!
+//! Rendezvous hashing moves the fewest VIPs when membership changes: a node leaving only moves the VIPs it
+//! owned, a node joining only takes VIPs for itself.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use ferrolb_crds::selector;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+
+/// Nodes carrying this label never announce load-balancer addresses (a Kubernetes convention).
+pub const EXCLUDE_LABEL: &str = "node.kubernetes.io/exclude-from-external-load-balancers";
+
+/// What the election needs to know about a node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeView {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    /// The Node's `NetworkUnavailable` condition is True.
+    pub network_unavailable: bool,
+    /// Interfaces the node's speaker can announce on (from its gossip metadata).
+    pub interfaces: BTreeSet<String>,
+}
+
+/// The part of an L2Advertisement that decides where a Service it selects may be announced.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AdvertisementView {
+    pub node_selectors: Vec<LabelSelector>,
+    /// Empty: any interface the speaker finds usable.
+    pub interfaces: BTreeSet<String>,
+}
+
+/// What the election needs to know about a Service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceView {
+    /// IPv4 first.
+    pub vips: Vec<IpAddr>,
+    pub traffic_policy_local: bool,
+    /// Nodes running a ready endpoint of the Service.
+    pub ready_endpoint_nodes: BTreeSet<String>,
+}
+
+/// A node allowed to announce a Service, and the interfaces it would announce on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate<'a> {
+    pub node: &'a str,
+    pub interfaces: BTreeSet<String>,
+}
+
+/// The nodes that may announce `service`, given the advertisements that select it.
+pub fn candidates<'a>(
+    nodes: &'a [NodeView],
+    live: &BTreeSet<String>,
+    advertisements: &[AdvertisementView],
+    service: &ServiceView,
+) -> Vec<Candidate<'a>> {
+    if service.ready_endpoint_nodes.is_empty() {
+        return Vec::new();
+    }
+    nodes
+        .iter()
+        .filter(|node| live.contains(&node.name))
+        .filter(|node| !node.labels.contains_key(EXCLUDE_LABEL) && !node.network_unavailable)
+        .filter(|node| !service.traffic_policy_local || service.ready_endpoint_nodes.contains(&node.name))
+        .filter_map(|node| {
+            let mut interfaces = BTreeSet::new();
+            for advertisement in advertisements {
+                // A malformed selector selects nothing: announcing from an unintended node is worse.
+                if !selector::matches_any(&advertisement.node_selectors, &node.labels).unwrap_or(false) {
+                    continue;
+                }
+                if advertisement.interfaces.is_empty() {
+                    interfaces.extend(node.interfaces.iter().cloned());
+                } else {
+                    interfaces.extend(advertisement.interfaces.intersection(&node.interfaces).cloned());
+                }
+            }
+            (!interfaces.is_empty()).then_some(Candidate { node: &node.name, interfaces })
+        })
+        .collect()
+}
+
+/// The rendezvous score of `node` for a Service whose first VIP is `vip`.
+pub fn score(node: &str, vip: IpAddr) -> u64 {
+    let mut key = Vec::with_capacity(node.len() + 40);
+    key.extend_from_slice(node.as_bytes());
+    key.push(0);
+    key.extend_from_slice(vip.to_string().as_bytes());
+    xxhash_rust::xxh3::xxh3_64(&key)
+}
+
+/// The owner among `candidates` of a Service whose VIPs are `vips`: highest score, ties (never seen in
+/// practice) broken by the smaller name so the answer never depends on input order.
+pub fn owner<'c, 'a>(candidates: &'c [Candidate<'a>], vips: &[IpAddr]) -> Option<&'c Candidate<'a>> {
+    let first = first_vip(vips)?;
+    candidates.iter().max_by(|a, b| score(a.node, first).cmp(&score(b.node, first)).then_with(|| b.node.cmp(a.node)))
+}
+
+/// Every candidate, best first: the owner, then who takes over if it goes (keepalived mode turns this order
+/// into VRRP priorities).
+pub fn ranking<'c, 'a>(candidates: &'c [Candidate<'a>], vips: &[IpAddr]) -> Vec<&'c Candidate<'a>> {
+    let Some(first) = first_vip(vips) else { return Vec::new() };
+    let mut ranked: Vec<&Candidate<'a>> = candidates.iter().collect();
+    ranked.sort_by(|a, b| score(b.node, first).cmp(&score(a.node, first)).then_with(|| a.node.cmp(b.node)));
+    ranked
+}
+
+/// The VIP the election hashes: the IPv4 one when there is one, so both families land on one node.
+fn first_vip(vips: &[IpAddr]) -> Option<IpAddr> {
+    vips.iter().copied().find(IpAddr::is_ipv4).or_else(|| vips.first().copied())
+}
+
+#[cfg(test)]
+#[path = "election_tests.rs"]
+mod tests;

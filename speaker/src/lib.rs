@@ -5,3 +5,4 @@
 //! says so while it is missing.
 
 pub mod election;
+pub mod frames;

@@ -1,0 +1,98 @@
+//! Ethernet frames the announcer reads and writes: ARP (RFC 826) and IPv6 Neighbor Discovery (RFC 4861).
+//! Pure: bytes in, structs out and back. Frames come from the LAN, so parsing is total: any input yields a
+//! value or an error, never a panic, and nothing is trusted beyond what was checked.
+
+pub mod arp;
+pub mod ndp;
+
+use std::fmt;
+
+/// An Ethernet MAC address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Mac(pub [u8; 6]);
+
+impl Mac {
+    pub const BROADCAST: Mac = Mac([0xff; 6]);
+
+    pub fn is_multicast(self) -> bool {
+        self.0[0] & 1 == 1
+    }
+}
+
+impl fmt::Display for Mac {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let [a, b, c, d, e, g] = self.0;
+        write!(f, "{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{g:02x}")
+    }
+}
+
+impl std::str::FromStr for Mac {
+    type Err = FrameError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut bytes = [0u8; 6];
+        let mut parts = s.split(':');
+        for byte in &mut bytes {
+            let part = parts.next().ok_or(FrameError::BadMac)?;
+            if part.len() != 2 {
+                return Err(FrameError::BadMac);
+            }
+            *byte = u8::from_str_radix(part, 16).map_err(|_| FrameError::BadMac)?;
+        }
+        if parts.next().is_some() {
+            return Err(FrameError::BadMac);
+        }
+        Ok(Mac(bytes))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FrameError {
+    Truncated {
+        needed: usize,
+        got: usize,
+    },
+    NotArp,
+    NotIpv6,
+    UnsupportedArp,
+    NotNeighborDiscovery,
+    /// RFC 4861 7.1.1: ND messages must arrive with hop limit 255 (so they cannot come from off-link).
+    HopLimit(u8),
+    BadChecksum,
+    BadCode(u8),
+    MulticastTarget,
+    BadOption,
+    BadMac,
+}
+
+impl fmt::Display for FrameError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Truncated { needed, got } => write!(f, "frame truncated: needed {needed} bytes, got {got}"),
+            Self::NotArp => f.write_str("not an ARP frame"),
+            Self::NotIpv6 => f.write_str("not an IPv6 frame"),
+            Self::UnsupportedArp => f.write_str("ARP for something other than IPv4 over Ethernet"),
+            Self::NotNeighborDiscovery => f.write_str("not a Neighbor Solicitation or Advertisement"),
+            Self::HopLimit(h) => write!(f, "neighbor discovery with hop limit {h}, not 255"),
+            Self::BadChecksum => f.write_str("ICMPv6 checksum mismatch"),
+            Self::BadCode(c) => write!(f, "ICMPv6 code {c}, expected 0"),
+            Self::MulticastTarget => f.write_str("neighbor discovery target is multicast"),
+            Self::BadOption => f.write_str("malformed neighbor discovery option"),
+            Self::BadMac => f.write_str("not a MAC address (xx:xx:xx:xx:xx:xx)"),
+        }
+    }
+}
+
+impl std::error::Error for FrameError {}
+
+/// `bytes[at..at + N]`, or the error saying how much was missing.
+pub(crate) fn take<const N: usize>(bytes: &[u8], at: usize) -> Result<[u8; N], FrameError> {
+    bytes
+        .get(at..at + N)
+        .and_then(|s| <[u8; N]>::try_from(s).ok())
+        .ok_or(FrameError::Truncated { needed: at + N, got: bytes.len() })
+}
+
+pub(crate) const ETHERNET_HEADER: usize = 14;
+/// Frames shorter than this are padded on the wire (60 bytes plus the FCS the NIC adds).
+pub(crate) const MIN_FRAME: usize = 60;

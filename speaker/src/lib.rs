@@ -6,3 +6,4 @@
 
 pub mod election;
 pub mod frames;
+pub mod packet_socket;

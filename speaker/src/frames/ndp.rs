@@ -178,12 +178,10 @@ pub fn multicast_mac(group: Ipv6Addr) -> Mac {
 
 /// The NA answering `solicitation` if it asks for a VIP we own: to the solicitor (or all-nodes when it
 /// solicited from the unspecified address during DAD), Solicited set, Override set, with our MAC.
-pub fn answer(
-    solicitation: &NdFrame,
-    owned: &BTreeSet<Ipv6Addr>,
-    our_mac: Mac,
-    our_link_local: Ipv6Addr,
-) -> Option<NdFrame> {
+///
+/// Its source address is the VIP itself, as Linux does for its own addresses: the kernel accepts any
+/// on-link source, but tools such as ndisc6 only accept an answer that comes from the target.
+pub fn answer(solicitation: &NdFrame, owned: &BTreeSet<Ipv6Addr>, our_mac: Mac) -> Option<NdFrame> {
     if solicitation.kind != Kind::Solicitation || !owned.contains(&solicitation.target) {
         return None;
     }
@@ -196,7 +194,7 @@ pub fn answer(
     Some(NdFrame {
         eth_dst,
         eth_src: our_mac,
-        ip_src: our_link_local,
+        ip_src: solicitation.target,
         ip_dst,
         kind: Kind::Advertisement { router: false, solicited: !dad, override_: true },
         target: solicitation.target,
@@ -269,7 +267,7 @@ mod tests {
             (ns.kind, ns.link_layer, ns.eth_dst),
             (Kind::Solicitation, Some(CLIENT), multicast_mac(ip("ff02::1:ff00:200")))
         );
-        let na = answer(&ns, &BTreeSet::from([ip("2001:db8::200")]), OURS, ip("fe80::f0:ff:fe00:b")).unwrap();
+        let na = answer(&ns, &BTreeSet::from([ip("2001:db8::200")]), OURS).unwrap();
         assert_eq!((na.eth_dst, na.ip_dst), (CLIENT, ip("fe80::f0:ff:fe00:2")));
     }
 
@@ -301,18 +299,17 @@ mod tests {
     #[test]
     fn owned_vips_are_answered_solicited_with_override() {
         let owned = BTreeSet::from([ip("2001:db8::200")]);
-        let link_local = ip("fe80::f0:ff:fe00:b");
-        let na = answer(&solicitation("2001:db8::200"), &owned, OURS, link_local).unwrap();
-        assert_eq!((na.eth_dst, na.ip_dst, na.ip_src), (CLIENT, ip("2001:db8::2"), link_local));
+        let na = answer(&solicitation("2001:db8::200"), &owned, OURS).unwrap();
+        assert_eq!((na.eth_dst, na.ip_dst, na.ip_src), (CLIENT, ip("2001:db8::2"), ip("2001:db8::200")));
         assert_eq!(na.kind, Kind::Advertisement { router: false, solicited: true, override_: true });
         assert_eq!((na.target, na.link_layer), (ip("2001:db8::200"), Some(OURS)));
         assert_eq!(NdFrame::parse(&na.encode()), Ok(na));
-        assert_eq!(answer(&solicitation("2001:db8::201"), &owned, OURS, link_local), None);
+        assert_eq!(answer(&solicitation("2001:db8::201"), &owned, OURS), None);
         // Duplicate address detection from ::: answered to all-nodes, not solicited.
         let mut dad = solicitation("2001:db8::200");
         dad.ip_src = Ipv6Addr::UNSPECIFIED;
         dad.link_layer = None;
-        let defended = answer(&dad, &owned, OURS, link_local).unwrap();
+        let defended = answer(&dad, &owned, OURS).unwrap();
         assert_eq!(
             (defended.ip_dst, defended.kind),
             (ALL_NODES, Kind::Advertisement { router: false, solicited: false, override_: true })

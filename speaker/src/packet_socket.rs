@@ -1,0 +1,147 @@
+//! One AF_PACKET socket per interface and EtherType: it only moves whole Ethernet frames in and out, and
+//! never interprets them (that is [`crate::frames`]). Bound to one interface so a frame is answered from the
+//! interface it arrived on; not promiscuous, and multicast groups are joined explicitly.
+
+#![allow(unsafe_code)] // sockaddr_ll and packet_mreq have no safe constructor; each call says why it is sound.
+
+use std::io;
+use std::mem::MaybeUninit;
+use std::os::fd::AsRawFd;
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::io::unix::AsyncFd;
+
+use crate::frames::Mac;
+
+/// EtherTypes the announcer listens to.
+pub const ETHERTYPE_ARP: u16 = 0x0806;
+pub const ETHERTYPE_IPV6: u16 = 0x86dd;
+/// Large enough for any frame on a standard-MTU link.
+const MAX_FRAME: usize = 1600;
+
+/// A packet socket not yet attached to an async runtime. It is `Send`: create it in the network namespace
+/// of its interface (sockets keep the namespace they were created in), then use it anywhere.
+#[derive(Debug)]
+pub struct BoundSocket {
+    socket: Socket,
+    interface: String,
+    ifindex: u32,
+}
+
+impl BoundSocket {
+    /// Opens a socket receiving and sending frames of `ethertype` on `interface`.
+    pub fn open(interface: &str, ethertype: u16) -> io::Result<Self> {
+        let ifindex = nix::net::if_::if_nametoindex(interface).map_err(io::Error::from)?;
+        let protocol = i32::from(ethertype.to_be());
+        let socket = Socket::new(Domain::PACKET, Type::RAW, Some(Protocol::from(protocol)))?;
+        let mut address: libc::sockaddr_ll = zeroed_sockaddr_ll();
+        address.sll_family = libc::AF_PACKET as libc::c_ushort;
+        address.sll_protocol = ethertype.to_be();
+        address.sll_ifindex = i32::try_from(ifindex).map_err(|_| io::Error::other("interface index out of range"))?;
+        // SAFETY: `address` is a fully initialised sockaddr_ll and the length passed is its size.
+        let rc = unsafe {
+            libc::bind(
+                socket.as_raw_fd(),
+                (&address as *const libc::sockaddr_ll).cast::<libc::sockaddr>(),
+                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        socket.set_nonblocking(true)?;
+        Ok(Self { socket, interface: interface.to_string(), ifindex })
+    }
+
+    /// Receives frames sent to the Ethernet multicast address `group` (e.g. a solicited-node group's).
+    pub fn join_multicast(&self, group: Mac) -> io::Result<()> {
+        self.membership(libc::PACKET_ADD_MEMBERSHIP, group)
+    }
+
+    pub fn leave_multicast(&self, group: Mac) -> io::Result<()> {
+        self.membership(libc::PACKET_DROP_MEMBERSHIP, group)
+    }
+
+    fn membership(&self, operation: libc::c_int, group: Mac) -> io::Result<()> {
+        let mut address = [0u8; 8];
+        address[..6].copy_from_slice(&group.0);
+        let request = libc::packet_mreq {
+            mr_ifindex: i32::try_from(self.ifindex).map_err(|_| io::Error::other("interface index out of range"))?,
+            mr_type: libc::PACKET_MR_MULTICAST as libc::c_ushort,
+            mr_alen: 6,
+            mr_address: address,
+        };
+        // SAFETY: `request` is a fully initialised packet_mreq and the length passed is its size.
+        let rc = unsafe {
+            libc::setsockopt(
+                self.socket.as_raw_fd(),
+                libc::SOL_PACKET,
+                operation,
+                (&request as *const libc::packet_mreq).cast::<libc::c_void>(),
+                std::mem::size_of::<libc::packet_mreq>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    pub fn interface(&self) -> &str {
+        &self.interface
+    }
+
+    /// Attaches the socket to the current tokio runtime.
+    pub fn into_async(self) -> io::Result<PacketSocket> {
+        // SAFETY: a socket2::Socket owns its descriptor and returns the same one from as_raw_fd for as long
+        // as it lives; the AsyncFd owns the Socket, so the descriptor stays open while registered.
+        let fd = unsafe { AsyncFd::register(self.socket) }.map_err(|e| io::Error::other(e.to_string()))?;
+        Ok(PacketSocket { fd, interface: self.interface })
+    }
+}
+
+fn zeroed_sockaddr_ll() -> libc::sockaddr_ll {
+    // SAFETY: sockaddr_ll is plain old data; all-zero bytes are a valid value.
+    unsafe { std::mem::zeroed() }
+}
+
+/// A bound packet socket driven by tokio.
+#[derive(Debug)]
+pub struct PacketSocket {
+    fd: AsyncFd<Socket>,
+    interface: String,
+}
+
+impl PacketSocket {
+    pub fn interface(&self) -> &str {
+        &self.interface
+    }
+
+    /// The next frame received (copied into a fresh buffer).
+    pub async fn recv(&self) -> io::Result<Vec<u8>> {
+        loop {
+            let mut guard = self.fd.readable().await?;
+            let mut buffer = [MaybeUninit::<u8>::uninit(); MAX_FRAME];
+            match guard.try_io(|fd| fd.get_ref().recv(&mut buffer)) {
+                Ok(Ok(len)) => {
+                    // SAFETY: recv initialised the first `len` bytes.
+                    let bytes = buffer[..len].iter().map(|b| unsafe { b.assume_init() }).collect();
+                    return Ok(bytes);
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+
+    /// Sends one whole Ethernet frame out of the bound interface.
+    pub async fn send(&self, frame: &[u8]) -> io::Result<()> {
+        loop {
+            let mut guard = self.fd.writable().await?;
+            match guard.try_io(|fd| fd.get_ref().send(frame)) {
+                Ok(result) => return result.map(|_| ()),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+}

@@ -382,7 +382,9 @@ impl Engine {
         }
         let namespace_labels = self.namespaces.get(&key.namespace).cloned().unwrap_or_default();
         let before = self.allocator.assignment(key).map(|a| a.ips.clone()).unwrap_or_default();
-        let outcome = ServiceRequest::from_service(&service, namespace_labels)
+        let request = ServiceRequest::from_service(&service, namespace_labels);
+        let requested_ips = request.as_ref().is_ok_and(|r| !r.requested_ips.is_empty());
+        let outcome = request
             .map_err(|e| ("InvalidRequest".to_string(), e.to_string()))
             .and_then(|request| self.allocator.assign(&request).map_err(|e| (reason_of(&e), e.to_string())));
         let after = self.allocator.assignment(key).map(|a| a.ips.clone()).unwrap_or_default();
@@ -411,7 +413,7 @@ impl Engine {
                         ),
                     )
                 } else {
-                    let reason = if service_requests_ips(&service) { "Requested" } else { "Allocated" };
+                    let reason = if requested_ips { "Requested" } else { "Allocated" };
                     let pool = assignment.pool.clone().unwrap_or_default();
                     let mut message = format!("{} from pool {pool:?}", join(&assignment.ips));
                     if !self.advertised(&pool) {
@@ -675,10 +677,6 @@ pub fn ingress_ips(service: &Service) -> Vec<IpAddr> {
 
 fn our_condition(service: &Service) -> Option<&Condition> {
     service.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == CONDITION_TYPE)
-}
-
-fn service_requests_ips(service: &Service) -> bool {
-    ServiceRequest::from_service(service, BTreeMap::new()).is_ok_and(|r| !r.requested_ips.is_empty())
 }
 
 /// `pool_exhausted` → `PoolExhausted`: Event and condition reasons are CamelCase.

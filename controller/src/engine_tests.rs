@@ -331,3 +331,13 @@ fn status_written_by_another_instance_is_left_alone() {
     }]);
     assert!(e.apply_service(theirs).is_empty());
 }
+
+#[test]
+fn a_requested_address_is_reported_as_requested() {
+    let mut e = synced(&[pool("demo", &["192.0.2.0/28"])]);
+    let mut asks = service("asks", 1);
+    asks.metadata.annotations = Some(BTreeMap::from([("ferrolb.io/loadBalancerIPs".into(), "192.0.2.9".into())]));
+    let out = e.apply_service(asks);
+    let condition = statuses(&out)[0].condition.clone().unwrap();
+    assert_eq!((condition.reason.as_str(), condition.message.as_str()), ("Requested", "192.0.2.9 from pool \"demo\""));
+}

@@ -4,6 +4,7 @@
 //! The `ferrolb-speaker` binary does not exist yet (the speaker issue delivers it), and `cargo xtask lab`
 //! says so while it is missing.
 
+pub mod announcer;
 pub mod election;
 pub mod frames;
 pub mod packet_socket;

@@ -136,9 +136,7 @@ impl Engine {
     /// (oldest Service first, so the older keeps a clashing address), then settles every Service.
     pub fn initial_sync(&mut self) -> Vec<Output> {
         let mut outputs = Vec::new();
-        let mut ordered: Vec<&Service> = self.services.values().collect();
-        ordered.sort_by_key(|s| (s.metadata.creation_timestamp.clone().map(|t| t.0), s.namespace(), s.name_any()));
-        let keys: Vec<ServiceKey> = ordered.iter().map(|s| key_of(s)).collect();
+        let keys = self.keys_oldest_first();
         for key in &keys {
             let Some(service) = self.services.get(key) else { continue };
             let held = ingress_ips(service);
@@ -340,13 +338,15 @@ impl Engine {
 
     /// Settles every Service again (after a pool change, and periodically as a safety net).
     pub fn reconcile_all(&mut self) -> Vec<Output> {
-        let mut ordered: Vec<(Option<jiff::Timestamp>, ServiceKey)> = self
-            .services
-            .iter()
-            .map(|(k, s)| (s.metadata.creation_timestamp.clone().map(|t| t.0), k.clone()))
-            .collect();
+        self.keys_oldest_first().iter().flat_map(|key| self.reconcile_service(key)).collect()
+    }
+
+    /// Every Service, oldest first, then by namespace/name: the order in which address clashes are settled.
+    fn keys_oldest_first(&self) -> Vec<ServiceKey> {
+        let mut ordered: Vec<(Option<jiff::Timestamp>, &ServiceKey)> =
+            self.services.iter().map(|(k, s)| (s.metadata.creation_timestamp.clone().map(|t| t.0), k)).collect();
         ordered.sort();
-        ordered.into_iter().flat_map(|(_, key)| self.reconcile_service(&key)).collect()
+        ordered.into_iter().map(|(_, key)| key.clone()).collect()
     }
 
     /// Status for every pool whose counts or conditions may have changed since the last call.

@@ -2,7 +2,7 @@
 //! pool and Service, and our components run like a kubelet would run them (restarted ~2 s after they exit).
 //! Its state is published in `lab.json` for people and scripts, rewritten whenever a pid changes.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
@@ -190,9 +190,16 @@ impl RunningLab {
 
         let mut missing = Vec::new();
         let crds = config.repo.join("charts").join("ferrolb").join("crds");
-        let pool_applied = if has_yaml(&crds) {
-            kubectl(&config, &["apply", "--server-side", "-f", &crds.to_string_lossy()])?;
-            kubectl(&config, &["wait", "--for=condition=Established", "--timeout=60s", "crd", "--all"])?;
+        let installed = if crds.is_dir() {
+            runtime.block_on(async {
+                let client = plane.admin_client().await?;
+                crate::objects::install_crds_from(&client, &crds).await
+            })?
+        } else {
+            0
+        };
+        let pool_applied = if installed > 0 {
+            // The demo pool goes in as a user's YAML would: with kubectl.
             let demo = config.repo.join("tests").join("lab").join("demo-pool.yaml");
             kubectl(&config, &["apply", "--server-side", "-f", &demo.to_string_lossy()])?;
             true
@@ -381,12 +388,6 @@ async fn wait_for_default_namespace(client: &kube::Client) -> Result<()> {
         seconds: 10,
         detail: "the API server did not create it".into(),
     })
-}
-
-fn has_yaml(dir: &Path) -> bool {
-    std::fs::read_dir(dir)
-        .map(|entries| entries.flatten().any(|e| e.path().extension().is_some_and(|x| x == "yaml" || x == "yml")))
-        .unwrap_or(false)
 }
 
 fn kubectl(config: &LabConfig, args: &[&str]) -> Result<()> {

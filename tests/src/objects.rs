@@ -130,11 +130,15 @@ pub fn chart_crd_dir() -> std::path::PathBuf {
 /// Applies ferrolb's CRDs from the chart (server-side, so concurrent tests may all call it) and waits until
 /// the API server serves them.
 pub async fn install_ferrolb_crds(client: &Client) -> Result<()> {
+    install_crds_from(client, &chart_crd_dir()).await.map(|_| ())
+}
+
+/// Applies every CRD in `dir/*.yaml` and waits until each is Established. Returns how many there were.
+pub async fn install_crds_from(client: &Client, dir: &std::path::Path) -> Result<usize> {
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let dir = chart_crd_dir();
     let mut names = Vec::new();
-    let entries = std::fs::read_dir(&dir).map_err(|e| crate::Error::Lab(format!("{}: {e}", dir.display())))?;
+    let entries = std::fs::read_dir(dir).map_err(|e| crate::Error::Lab(format!("{}: {e}", dir.display())))?;
     for entry in entries.flatten().filter(|e| e.path().extension().is_some_and(|x| x == "yaml")) {
         let text = std::fs::read_to_string(entry.path()).map_err(|e| crate::Error::Lab(e.to_string()))?;
         let crd: CustomResourceDefinition = serde_yaml_ng::from_str(&text)
@@ -143,10 +147,10 @@ pub async fn install_ferrolb_crds(client: &Client) -> Result<()> {
         crds.patch(&name, &PatchParams::apply("ferrolb-e2e").force(), &Patch::Apply(&crd)).await?;
         names.push(name);
     }
-    for name in names {
+    for name in &names {
         let established = kube::runtime::wait::await_condition(
             crds.clone(),
-            &name,
+            name,
             kube::runtime::wait::conditions::is_crd_established(),
         );
         tokio::time::timeout(std::time::Duration::from_secs(30), established)
@@ -158,5 +162,5 @@ pub async fn install_ferrolb_crds(client: &Client) -> Result<()> {
             })?
             .map_err(|e| crate::Error::Lab(e.to_string()))?;
     }
-    Ok(())
+    Ok(names.len())
 }

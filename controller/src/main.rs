@@ -5,18 +5,13 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use ferrolb_controller::engine::Config;
-use ferrolb_controller::metrics::{self, Health, Metrics};
+use ferrolb_controller::metrics::{Health, Metrics};
 use ferrolb_controller::run::{self, Options};
+use ferrolb_telemetry::{LogFormat, init_logging, shutdown_signal};
 use kube::runtime::events::Reporter;
 use kube_lease_manager::LeaseManagerBuilder;
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
-}
 
 #[derive(Debug, Parser)]
 #[command(
@@ -69,17 +64,6 @@ fn main() -> anyhow::Result<()> {
     result
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-}
-
 async fn run(args: Args) -> anyhow::Result<()> {
     let client = kube::Client::try_default()
         .await
@@ -88,7 +72,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut registry = prometheus_client::registry::Registry::default();
     metrics.register(&mut registry);
     let health = Health::default();
-    let bound = metrics::serve(args.metrics_address, registry, health.clone())
+    let bound = ferrolb_telemetry::serve(args.metrics_address, registry, health.clone())
         .await
         .with_context(|| format!("serving metrics on {}", args.metrics_address))?;
     tracing::info!(address = %bound, "serving /metrics, /healthz, /readyz");
@@ -191,17 +175,4 @@ fn default_identity() -> String {
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "ferrolb".into());
     format!("{host}-{}", std::process::id())
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-                _ = int.recv() => tracing::info!("SIGINT: shutting down"),
-            }
-        }
-        _ => std::future::pending().await,
-    }
 }

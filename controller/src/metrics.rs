@@ -1,12 +1,5 @@
-//! Prometheus metrics (text format on `/metrics`) and the health endpoints.
+//! The controller's Prometheus metrics (served with the health endpoints by `ferrolb-telemetry`).
 
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-
-use axum::Router;
-use axum::http::StatusCode;
-use axum::routing::get;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -67,42 +60,4 @@ impl Metrics {
 }
 
 /// Readiness: set once the controller is either a standby or the leader with its initial sync done.
-#[derive(Clone, Default)]
-pub struct Health {
-    pub ready: Arc<AtomicBool>,
-}
-
-/// Serves `/metrics`, `/healthz` and `/readyz` until the process ends. Returns the bound address.
-pub async fn serve(address: SocketAddr, registry: Registry, health: Health) -> std::io::Result<SocketAddr> {
-    let registry = Arc::new(registry);
-    let app = Router::new()
-        .route(
-            "/metrics",
-            get(move || {
-                let registry = registry.clone();
-                async move {
-                    let mut text = String::new();
-                    match prometheus_client::encoding::text::encode(&mut text, &registry) {
-                        Ok(()) => (StatusCode::OK, text),
-                        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-                    }
-                }
-            }),
-        )
-        .route("/healthz", get(|| async { "ok" }))
-        .route(
-            "/readyz",
-            get(move || {
-                let ready = health.ready.load(Ordering::Relaxed);
-                async move { if ready { (StatusCode::OK, "ok") } else { (StatusCode::SERVICE_UNAVAILABLE, "syncing") } }
-            }),
-        );
-    let listener = tokio::net::TcpListener::bind(address).await?;
-    let bound = listener.local_addr()?;
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "metrics server stopped");
-        }
-    });
-    Ok(bound)
-}
+pub use ferrolb_telemetry::Health;

@@ -5,6 +5,7 @@
 //! Validation that can live in the API server does (OpenAPI + CEL), so bad YAML is refused at `kubectl apply`
 //! with no webhook. This crate must never do I/O.
 
+pub mod address;
 pub mod annotations;
 pub mod l2advertisement;
 pub mod l2announcement;

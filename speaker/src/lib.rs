@@ -1,10 +1,12 @@
-//! ferrolb's speaker. `election` is the pure owner election every speaker computes identically; membership
-//! (gossip), the ARP/NDP announcer and keepalived mode build on it.
+//! ferrolb's speaker: on every node, agrees with the other speakers (gossip, no central writer) on one owner
+//! node per VIP, and on the owner answers ARP and Neighbor Solicitations for it.
 //!
-//! The `ferrolb-speaker` binary does not exist yet (the speaker issue delivers it), and `cargo xtask lab`
-//! says so while it is missing.
+//! Pure logic: `election`, `plan`, `announcer`, `frames`, `gossip_auth`. I/O edges: `membership` (UDP),
+//! `packet_socket` and `responder` (AF_PACKET), `links` (netlink), `cluster` (Kubernetes API).
 
 pub mod announcer;
 pub mod election;
 pub mod frames;
+pub mod gossip_auth;
+pub mod membership;
 pub mod packet_socket;

@@ -311,12 +311,7 @@ impl Engine {
     /// Whether some L2Advertisement announces the addresses of `pool`.
     fn advertised(&self, pool: &str) -> bool {
         let labels = self.pools.get(pool).map(|p| p.object.labels().clone()).unwrap_or_default();
-        self.advertisements.values().any(|adv| {
-            (adv.ip_address_pools.is_empty() && adv.ip_address_pool_selectors.is_empty())
-                || adv.ip_address_pools.iter().any(|p| p == pool)
-                || (!adv.ip_address_pool_selectors.is_empty()
-                    && ferrolb_crds::selector::matches_any(&adv.ip_address_pool_selectors, &labels).unwrap_or(false))
-        })
+        self.advertisements.values().any(|adv| adv.selects_pool(pool, &labels))
     }
 
     /// After a re-list: Services that were deleted while the watch was down.

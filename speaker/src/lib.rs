@@ -8,5 +8,7 @@ pub mod announcer;
 pub mod election;
 pub mod frames;
 pub mod gossip_auth;
+pub mod links;
 pub mod membership;
 pub mod packet_socket;
+pub mod plan;

@@ -96,7 +96,8 @@ pub enum SettingsError {
 
 impl Settings {
     pub fn validate(&self) -> Result<(), SettingsError> {
-        if [self.probe_period, self.probe_rtt, self.suspect_to_down_after, self.rejoin_interval].contains(&Duration::ZERO)
+        if [self.probe_period, self.probe_rtt, self.suspect_to_down_after, self.rejoin_interval]
+            .contains(&Duration::ZERO)
         {
             return Err(SettingsError::Zero);
         }
@@ -116,8 +117,10 @@ impl Settings {
         config.max_packet_size = NonZeroUsize::new(MAX_DATAGRAM - TAG_LEN).unwrap_or(NonZeroUsize::MIN);
         // A member declared down while alive (a cut link) hears about it and renews its identity.
         config.notify_down_members = true;
-        config.periodic_gossip =
-            Some(foca::PeriodicParams { frequency: self.probe_period / 2, num_members: NonZeroUsize::MIN.saturating_add(2) });
+        config.periodic_gossip = Some(foca::PeriodicParams {
+            frequency: self.probe_period / 2,
+            num_members: NonZeroUsize::MIN.saturating_add(2),
+        });
         config
     }
 }
@@ -156,7 +159,8 @@ impl Membership {
     ) -> Result<Self, SettingsError> {
         settings.validate()?;
         let (commands, commands_rx) = mpsc::unbounded_channel();
-        let (members_tx, members) = watch::channel(Members::from([(me.node.clone(), me.interfaces.iter().cloned().collect())]));
+        let (members_tx, members) =
+            watch::channel(Members::from([(me.node.clone(), me.interfaces.iter().cloned().collect())]));
         let driver = Driver {
             foca: Foca::new(me, settings.foca_config(), rand::make_rng::<StdRng>(), PostcardCodec),
             runtime: AccumulatingRuntime::new(),
@@ -362,10 +366,12 @@ mod tests {
 
     async fn wait_for(members: &mut watch::Receiver<Members>, want: &[&str]) {
         let want: BTreeSet<String> = want.iter().map(|s| s.to_string()).collect();
-        let reached =
-            tokio::time::timeout(Duration::from_secs(10), members.wait_for(|m| m.keys().cloned().collect::<BTreeSet<_>>() == want))
-                .await
-                .is_ok();
+        let reached = tokio::time::timeout(
+            Duration::from_secs(10),
+            members.wait_for(|m| m.keys().cloned().collect::<BTreeSet<_>>() == want),
+        )
+        .await
+        .is_ok();
         assert!(reached, "membership never became {want:?}: {:?}", *members.borrow());
     }
 

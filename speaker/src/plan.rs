@@ -1,0 +1,180 @@
+//! What every speaker decides from the cluster's objects and the live membership, with no I/O: for each
+//! announced Service, its owner node, and for this node, which VIP goes out of which interface.
+//!
+//! A Service's VIPs are announced when an L2Advertisement selects both the Service (service selectors) and
+//! the pool the VIP belongs to; a VIP in no pool, or in a pool no advertisement selects, is never announced
+//! (never answer for an IP that is not allocated from a pool we announce). The owner is chosen by
+//! [`crate::election`] among the nodes those advertisements allow.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use ferrolb_crds::L2AdvertisementSpec;
+use ferrolb_crds::l2announcement::ServiceReference;
+
+use crate::election::{self, AdvertisementView, NodeView, ServiceView};
+use crate::links::Inventory;
+use crate::membership::Members;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceInfo {
+    pub service: ServiceReference,
+    pub labels: BTreeMap<String, String>,
+    /// From `status.loadBalancer.ingress`, IPv4 first.
+    pub vips: Vec<IpAddr>,
+    pub traffic_policy_local: bool,
+    pub ready_endpoint_nodes: BTreeSet<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolInfo {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub addresses: Vec<String>,
+}
+
+/// A Node as the plan needs it (its interfaces come from the membership, not from the API).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeInfo {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub network_unavailable: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct World {
+    pub nodes: Vec<NodeInfo>,
+    pub services: Vec<ServiceInfo>,
+    pub advertisements: Vec<L2AdvertisementSpec>,
+    pub pools: Vec<PoolInfo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub service: ServiceReference,
+    /// The VIPs announced (those of the Service's VIPs whose pool is advertised).
+    pub vips: Vec<IpAddr>,
+    /// `None`: no node may announce it (no live candidate, or no ready endpoint anywhere).
+    pub owner: Option<String>,
+    /// The owner's interfaces named by the advertisements.
+    pub named_interfaces: BTreeSet<String>,
+    /// Some advertisement names no interface: the owner also picks its own (see [`Inventory::interfaces_for`]).
+    pub any_interface: bool,
+}
+
+/// The decision for every Service some advertisement announces, in Service order.
+pub fn decide(world: &World, members: &Members) -> Vec<Decision> {
+    let live: BTreeSet<String> = members.keys().cloned().collect();
+    let nodes: Vec<NodeView> = world
+        .nodes
+        .iter()
+        .map(|n| NodeView {
+            name: n.name.clone(),
+            labels: n.labels.clone(),
+            network_unavailable: n.network_unavailable,
+            interfaces: members.get(&n.name).cloned().unwrap_or_default(),
+        })
+        .collect();
+    let mut pools: Vec<&PoolInfo> = world.pools.iter().collect();
+    pools.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut decisions: Vec<Decision> = world
+        .services
+        .iter()
+        .filter_map(|service| decide_one(service, &nodes, &live, &world.advertisements, &pools))
+        .collect();
+    decisions.sort_by(|a, b| (&a.service.namespace, &a.service.name).cmp(&(&b.service.namespace, &b.service.name)));
+    decisions
+}
+
+fn decide_one(
+    service: &ServiceInfo,
+    nodes: &[NodeView],
+    live: &BTreeSet<String>,
+    advertisements: &[L2AdvertisementSpec],
+    pools: &[&PoolInfo],
+) -> Option<Decision> {
+    let applying: Vec<&L2AdvertisementSpec> =
+        advertisements.iter().filter(|adv| adv.selects_service(&service.labels)).collect();
+    let mut relevant: Vec<&L2AdvertisementSpec> = Vec::new();
+    let mut vips = Vec::new();
+    for vip in &service.vips {
+        // Pools never overlap within one installation (the controller refuses that); by name if they do.
+        let Some(pool) =
+            pools.iter().find(|p| ferrolb_crds::address::entries_contain(p.addresses.iter().map(String::as_str), *vip))
+        else {
+            continue;
+        };
+        let selecting: Vec<&L2AdvertisementSpec> =
+            applying.iter().copied().filter(|adv| adv.selects_pool(&pool.name, &pool.labels)).collect();
+        if selecting.is_empty() {
+            continue;
+        }
+        vips.push(*vip);
+        for adv in selecting {
+            if !relevant.contains(&adv) {
+                relevant.push(adv);
+            }
+        }
+    }
+    if vips.is_empty() {
+        return None;
+    }
+    let views: Vec<AdvertisementView> = relevant
+        .iter()
+        .map(|adv| AdvertisementView {
+            node_selectors: adv.node_selectors.clone(),
+            interfaces: adv.interfaces.iter().cloned().collect(),
+        })
+        .collect();
+    let view = ServiceView {
+        vips: vips.clone(),
+        traffic_policy_local: service.traffic_policy_local,
+        ready_endpoint_nodes: service.ready_endpoint_nodes.clone(),
+    };
+    let candidates = election::candidates(nodes, live, &views, &view);
+    let owner = election::owner(&candidates, &vips);
+    let (mut named_interfaces, mut any_interface) = (BTreeSet::new(), false);
+    if let Some(owner) = owner
+        && let Some(node) = nodes.iter().find(|n| n.name == owner.node)
+    {
+        for adv in &views {
+            if !ferrolb_crds::selector::matches_any(&adv.node_selectors, &node.labels).unwrap_or(false) {
+                continue;
+            }
+            if adv.interfaces.is_empty() {
+                any_interface = true;
+            } else {
+                named_interfaces.extend(adv.interfaces.intersection(&node.interfaces).cloned());
+            }
+        }
+    }
+    Some(Decision {
+        service: service.service.clone(),
+        vips,
+        owner: owner.map(|o| o.node.to_string()),
+        named_interfaces,
+        any_interface,
+    })
+}
+
+/// What `me` announces: VIP → interfaces. A VIP held by two Services (shared IP) is announced once.
+pub fn mine(decisions: &[Decision], me: &str, inventory: &Inventory) -> BTreeMap<IpAddr, BTreeSet<String>> {
+    let usable: BTreeSet<String> = inventory.usable().into_iter().collect();
+    let mut held: BTreeMap<IpAddr, BTreeSet<String>> = BTreeMap::new();
+    for decision in decisions.iter().filter(|d| d.owner.as_deref() == Some(me)) {
+        for vip in &decision.vips {
+            let mut interfaces: BTreeSet<String> = decision.named_interfaces.intersection(&usable).cloned().collect();
+            if decision.any_interface {
+                interfaces.extend(inventory.interfaces_for(*vip));
+            }
+            if !interfaces.is_empty() {
+                held.entry(*vip).or_default().extend(interfaces);
+            }
+        }
+    }
+    held
+}
+
+#[cfg(test)]
+#[path = "plan_tests.rs"]
+mod tests;

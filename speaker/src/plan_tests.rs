@@ -1,0 +1,222 @@
+#![allow(clippy::unwrap_used)]
+
+use super::*;
+use crate::links::Link;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use proptest::prelude::*;
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+fn node(name: &str) -> NodeInfo {
+    NodeInfo { name: name.into(), labels: labels(&[("kubernetes.io/hostname", name)]), network_unavailable: false }
+}
+
+fn service(name: &str, vips: &[&str], endpoints: &[&str]) -> ServiceInfo {
+    ServiceInfo {
+        service: ServiceReference { namespace: "default".into(), name: name.into() },
+        labels: labels(&[("app", name)]),
+        vips: vips.iter().map(|v| ip(v)).collect(),
+        traffic_policy_local: false,
+        ready_endpoint_nodes: endpoints.iter().map(|e| e.to_string()).collect(),
+    }
+}
+
+fn pool(name: &str, addresses: &[&str]) -> PoolInfo {
+    PoolInfo {
+        name: name.into(),
+        labels: labels(&[("pool", name)]),
+        addresses: addresses.iter().map(|a| a.to_string()).collect(),
+    }
+}
+
+fn advertise(pools: &[&str]) -> L2AdvertisementSpec {
+    L2AdvertisementSpec { ip_address_pools: pools.iter().map(|p| p.to_string()).collect(), ..Default::default() }
+}
+
+fn members(nodes: &[&str], interfaces: &[&str]) -> Members {
+    nodes.iter().map(|n| (n.to_string(), interfaces.iter().map(|i| i.to_string()).collect())).collect()
+}
+
+fn world(services: Vec<ServiceInfo>, advertisements: Vec<L2AdvertisementSpec>) -> World {
+    World {
+        nodes: vec![node("node-1"), node("node-2"), node("node-3")],
+        services,
+        advertisements,
+        pools: vec![
+            pool("demo", &["192.0.2.200-192.0.2.250", "2001:db8::200/120"]),
+            pool("quiet", &["198.51.100.0/24"]),
+        ],
+    }
+}
+
+const ALL: [&str; 3] = ["node-1", "node-2", "node-3"];
+
+fn owner_of(world: &World, members: &Members) -> Option<String> {
+    decide(world, members).first().and_then(|d| d.owner.clone())
+}
+
+fn lab_inventory() -> Inventory {
+    let link = |name: &str, addresses: &[&str]| Link {
+        name: name.into(),
+        index: 2,
+        mac: Some(crate::frames::Mac([2, 0, 0, 0, 0, 1])),
+        up: true,
+        broadcast: true,
+        loopback: false,
+        kind: Some("veth".into()),
+        addresses: addresses.iter().map(|a| a.parse().unwrap()).collect(),
+    };
+    Inventory {
+        links: vec![link("eth0", &["192.0.2.11/24", "2001:db8::11/64"]), link("eth1", &["203.0.113.11/24"])],
+        default_route: BTreeMap::new(),
+    }
+}
+
+#[test]
+fn both_families_go_to_the_election_owner_on_the_interface_of_their_subnet() {
+    let w = world(vec![service("web", &["192.0.2.200", "2001:db8::200"], &["node-1"])], vec![advertise(&["demo"])]);
+    let all = members(&ALL, &["eth0", "eth1"]);
+    let decisions = decide(&w, &all);
+    assert_eq!(decisions.len(), 1);
+    let owner = decisions[0].owner.clone().unwrap();
+    let views: Vec<_> =
+        ALL.iter().map(|n| election::Candidate { node: n, interfaces: ["eth0".to_string()].into() }).collect();
+    assert_eq!(owner, election::owner(&views, &[ip("192.0.2.200")]).unwrap().node);
+    let held = mine(&decisions, &owner, &lab_inventory());
+    let eth0: BTreeSet<String> = ["eth0".to_string()].into();
+    assert_eq!(held, BTreeMap::from([(ip("192.0.2.200"), eth0.clone()), (ip("2001:db8::200"), eth0)]));
+    for other in ALL.iter().filter(|n| **n != owner) {
+        assert!(mine(&decisions, other, &lab_inventory()).is_empty());
+    }
+}
+
+#[test]
+fn addresses_outside_an_advertised_pool_are_never_announced() {
+    let outside = service("outside", &["203.0.113.9"], &["node-1"]);
+    let quiet = service("quiet", &["198.51.100.7"], &["node-1"]);
+    let mixed = service("mixed", &["198.51.100.8", "2001:db8::201"], &["node-1"]);
+    let w = world(vec![outside, quiet, mixed], vec![advertise(&["demo"])]);
+    let decisions = decide(&w, &members(&ALL, &["eth0"]));
+    assert_eq!(decisions.len(), 1);
+    assert_eq!(decisions[0].service.name, "mixed");
+    assert_eq!(decisions[0].vips, [ip("2001:db8::201")]);
+}
+
+#[test]
+fn service_selectors_pool_selectors_and_all_pools() {
+    let svc = service("web", &["192.0.2.200"], &["node-1"]);
+    let by_label = L2AdvertisementSpec {
+        ip_address_pool_selectors: vec![LabelSelector {
+            match_labels: Some(labels(&[("pool", "demo")])),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    assert_eq!(decide(&world(vec![svc.clone()], vec![by_label]), &members(&ALL, &["eth0"])).len(), 1);
+    assert_eq!(decide(&world(vec![svc.clone()], vec![advertise(&[])]), &members(&ALL, &["eth0"])).len(), 1);
+    let other_services = L2AdvertisementSpec {
+        service_selectors: vec![LabelSelector { match_labels: Some(labels(&[("app", "db")])), ..Default::default() }],
+        ..advertise(&["demo"])
+    };
+    assert!(decide(&world(vec![svc], vec![other_services]), &members(&ALL, &["eth0"])).is_empty());
+}
+
+#[test]
+fn only_live_eligible_nodes_own() {
+    let svc = service("web", &["192.0.2.200"], &["node-1"]);
+    let mut w = world(vec![svc.clone()], vec![advertise(&["demo"])]);
+    let owner = owner_of(&w, &members(&ALL, &["eth0"])).unwrap();
+    // Dead: the owner is no member.
+    let rest: Vec<&str> = ALL.iter().copied().filter(|n| *n != owner).collect();
+    let next = owner_of(&w, &members(&rest, &["eth0"])).unwrap();
+    assert_ne!(next, owner);
+    // Excluded by label, or network unavailable: the same successor.
+    for n in &mut w.nodes {
+        if n.name == owner {
+            n.labels.insert(election::EXCLUDE_LABEL.into(), String::new());
+        }
+    }
+    assert_eq!(owner_of(&w, &members(&ALL, &["eth0"])).unwrap(), next);
+    let mut w = world(vec![svc], vec![advertise(&["demo"])]);
+    w.nodes.iter_mut().filter(|n| n.name == owner).for_each(|n| n.network_unavailable = true);
+    assert_eq!(owner_of(&w, &members(&ALL, &["eth0"])).unwrap(), next);
+}
+
+#[test]
+fn node_selectors_and_named_interfaces_restrict_the_owner() {
+    let svc = service("web", &["192.0.2.200"], &["node-1"]);
+    let only_node_3 = L2AdvertisementSpec {
+        node_selectors: vec![LabelSelector {
+            match_labels: Some(labels(&[("kubernetes.io/hostname", "node-3")])),
+            ..Default::default()
+        }],
+        ..advertise(&["demo"])
+    };
+    assert_eq!(
+        owner_of(&world(vec![svc.clone()], vec![only_node_3]), &members(&ALL, &["eth0"])).as_deref(),
+        Some("node-3")
+    );
+
+    let on_eth1 = L2AdvertisementSpec { interfaces: vec!["eth1".into()], ..advertise(&["demo"]) };
+    let mut m = members(&ALL, &["eth0"]);
+    m.insert("node-2".into(), ["eth0".to_string(), "eth1".to_string()].into());
+    let decisions = decide(&world(vec![svc], vec![on_eth1]), &m);
+    assert_eq!(decisions[0].owner.as_deref(), Some("node-2"), "the only node with eth1");
+    let held = mine(&decisions, "node-2", &lab_inventory());
+    assert_eq!(held, BTreeMap::from([(ip("192.0.2.200"), ["eth1".to_string()].into())]));
+}
+
+#[test]
+fn local_traffic_policy_follows_ready_endpoints_and_no_endpoint_means_no_owner() {
+    let mut svc = service("web", &["192.0.2.200"], &["node-2"]);
+    svc.traffic_policy_local = true;
+    let w = world(vec![svc.clone()], vec![advertise(&["demo"])]);
+    assert_eq!(owner_of(&w, &members(&ALL, &["eth0"])).as_deref(), Some("node-2"));
+    svc.ready_endpoint_nodes.clear();
+    svc.traffic_policy_local = false;
+    let w = world(vec![svc], vec![advertise(&["demo"])]);
+    assert_eq!(decide(&w, &members(&ALL, &["eth0"]))[0].owner, None);
+}
+
+proptest! {
+    /// Whatever the membership, each Service has at most one owner, it is live and eligible, it holds both
+    /// families, and a node that was not the owner leaving never moves the VIP.
+    #[test]
+    fn one_live_owner_and_stable_when_others_leave(
+        n in 0u8..200,
+        alive in proptest::collection::btree_set(0usize..3, 1..=3),
+        local in any::<bool>(),
+        endpoints in proptest::collection::btree_set(0usize..3, 1..=3),
+    ) {
+        let vip4 = format!("192.0.2.{}", 200 + n % 50);
+        let vip6 = format!("2001:db8::{:x}", 0x200 + u16::from(n));
+        let mut svc = service("web", &[&vip4, &vip6], &[]);
+        svc.traffic_policy_local = local;
+        svc.ready_endpoint_nodes = endpoints.iter().map(|i| ALL[*i].to_string()).collect();
+        let w = world(vec![svc.clone()], vec![advertise(&["demo"])]);
+        let live: Vec<&str> = alive.iter().map(|i| ALL[*i]).collect();
+        let m = members(&live, &["eth0"]);
+        let decisions = decide(&w, &m);
+        let owner = decisions[0].owner.clone();
+        let holders: Vec<&str> = ALL.iter().copied().filter(|node| !mine(&decisions, node, &lab_inventory()).is_empty()).collect();
+        match &owner {
+            Some(o) => {
+                prop_assert!(live.contains(&o.as_str()));
+                prop_assert!(!local || svc.ready_endpoint_nodes.contains(o));
+                prop_assert_eq!(holders, vec![o.as_str()]);
+                prop_assert_eq!(mine(&decisions, o, &lab_inventory()).len(), 2);
+                for leaving in live.iter().filter(|l| **l != o.as_str()) {
+                    let fewer: Vec<&str> = live.iter().copied().filter(|l| l != leaving).collect();
+                    prop_assert_eq!(owner_of(&w, &members(&fewer, &["eth0"])), owner.clone());
+                }
+            }
+            None => prop_assert!(holders.is_empty()),
+        }
+    }
+}

@@ -32,7 +32,7 @@ pub struct L2AnnouncementSpec {
     pub interfaces: Vec<String>,
 }
 
-#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, JsonSchema)]
 pub struct ServiceReference {
     pub namespace: String,
     pub name: String,

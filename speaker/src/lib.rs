@@ -5,10 +5,15 @@
 //! `packet_socket` and `responder` (AF_PACKET), `links` (netlink), `cluster` (Kubernetes API).
 
 pub mod announcer;
+pub mod cluster;
 pub mod election;
 pub mod frames;
 pub mod gossip_auth;
 pub mod links;
 pub mod membership;
+pub mod metrics;
 pub mod packet_socket;
 pub mod plan;
+pub mod report;
+pub mod responder;
+pub mod run;

@@ -8,7 +8,7 @@ use std::io;
 use std::mem::MaybeUninit;
 use std::os::fd::AsRawFd;
 
-use socket2::{Domain, Protocol, Socket, Type};
+use socket2::{Domain, Protocol, SockFilter, Socket, Type};
 use tokio::io::unix::AsyncFd;
 
 use crate::frames::Mac;
@@ -55,40 +55,35 @@ impl BoundSocket {
 
     /// Receives frames sent to the Ethernet multicast address `group` (e.g. a solicited-node group's).
     pub fn join_multicast(&self, group: Mac) -> io::Result<()> {
-        self.membership(libc::PACKET_ADD_MEMBERSHIP, group)
+        membership(&self.socket, self.ifindex, libc::PACKET_ADD_MEMBERSHIP, group)
     }
 
     pub fn leave_multicast(&self, group: Mac) -> io::Result<()> {
-        self.membership(libc::PACKET_DROP_MEMBERSHIP, group)
-    }
-
-    fn membership(&self, operation: libc::c_int, group: Mac) -> io::Result<()> {
-        let mut address = [0u8; 8];
-        address[..6].copy_from_slice(&group.0);
-        let request = libc::packet_mreq {
-            mr_ifindex: i32::try_from(self.ifindex).map_err(|_| io::Error::other("interface index out of range"))?,
-            mr_type: libc::PACKET_MR_MULTICAST as libc::c_ushort,
-            mr_alen: 6,
-            mr_address: address,
-        };
-        // SAFETY: `request` is a fully initialised packet_mreq and the length passed is its size.
-        let rc = unsafe {
-            libc::setsockopt(
-                self.socket.as_raw_fd(),
-                libc::SOL_PACKET,
-                operation,
-                (&request as *const libc::packet_mreq).cast::<libc::c_void>(),
-                std::mem::size_of::<libc::packet_mreq>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
+        membership(&self.socket, self.ifindex, libc::PACKET_DROP_MEMBERSHIP, group)
     }
 
     pub fn interface(&self) -> &str {
         &self.interface
+    }
+
+    /// Keeps only Neighbor Solicitations and Advertisements (ICMPv6 types 135 and 136 right after a plain
+    /// IPv6 header) on an IPv6 socket, so the node's ordinary IPv6 traffic is never copied to us.
+    pub fn only_neighbor_discovery(&self) -> io::Result<()> {
+        const LDB_ABS: u16 = 0x30; // BPF_LD | BPF_B | BPF_ABS
+        const JEQ: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
+        const RET: u16 = 0x06; // BPF_RET | BPF_K
+        const NEXT_HEADER: u32 = 14 + 6;
+        const ICMPV6_TYPE: u32 = 14 + 40;
+        let program = [
+            SockFilter::new(LDB_ABS, 0, 0, NEXT_HEADER),
+            SockFilter::new(JEQ, 0, 4, 58),
+            SockFilter::new(LDB_ABS, 0, 0, ICMPV6_TYPE),
+            SockFilter::new(JEQ, 1, 0, 135),
+            SockFilter::new(JEQ, 0, 1, 136),
+            SockFilter::new(RET, 0, 0, 0xffff),
+            SockFilter::new(RET, 0, 0, 0),
+        ];
+        self.socket.attach_filter(&program)
     }
 
     /// Attaches the socket to the current tokio runtime.
@@ -96,8 +91,33 @@ impl BoundSocket {
         // SAFETY: a socket2::Socket owns its descriptor and returns the same one from as_raw_fd for as long
         // as it lives; the AsyncFd owns the Socket, so the descriptor stays open while registered.
         let fd = unsafe { AsyncFd::register(self.socket) }.map_err(|e| io::Error::other(e.to_string()))?;
-        Ok(PacketSocket { fd, interface: self.interface })
+        Ok(PacketSocket { fd, interface: self.interface, ifindex: self.ifindex })
     }
+}
+
+fn membership(socket: &Socket, ifindex: u32, operation: libc::c_int, group: Mac) -> io::Result<()> {
+    let mut address = [0u8; 8];
+    address[..6].copy_from_slice(&group.0);
+    let request = libc::packet_mreq {
+        mr_ifindex: i32::try_from(ifindex).map_err(|_| io::Error::other("interface index out of range"))?,
+        mr_type: libc::PACKET_MR_MULTICAST as libc::c_ushort,
+        mr_alen: 6,
+        mr_address: address,
+    };
+    // SAFETY: `request` is a fully initialised packet_mreq and the length passed is its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_PACKET,
+            operation,
+            (&request as *const libc::packet_mreq).cast::<libc::c_void>(),
+            std::mem::size_of::<libc::packet_mreq>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 fn zeroed_sockaddr_ll() -> libc::sockaddr_ll {
@@ -110,9 +130,18 @@ fn zeroed_sockaddr_ll() -> libc::sockaddr_ll {
 pub struct PacketSocket {
     fd: AsyncFd<Socket>,
     interface: String,
+    ifindex: u32,
 }
 
 impl PacketSocket {
+    pub fn join_multicast(&self, group: Mac) -> io::Result<()> {
+        membership(self.fd.get_ref(), self.ifindex, libc::PACKET_ADD_MEMBERSHIP, group)
+    }
+
+    pub fn leave_multicast(&self, group: Mac) -> io::Result<()> {
+        membership(self.fd.get_ref(), self.ifindex, libc::PACKET_DROP_MEMBERSHIP, group)
+    }
+
     pub fn interface(&self) -> &str {
         &self.interface
     }

@@ -237,15 +237,22 @@ impl RunningLab {
         }
         let speaker_bin = config.bin_dir.join(SPEAKER_BINARY);
         if speaker_bin.is_file() {
+            let key = config.state_dir.join("gossip.key");
+            crate::objects::write_gossip_key(&key)?;
             for node in lab.nodes() {
-                let (bin, kubeconfig, netns, name) =
-                    (speaker_bin.clone(), config.kubeconfig(), node.netns.clone(), node.name.clone());
+                let (bin, kubeconfig, netns, name, key) =
+                    (speaker_bin.clone(), config.kubeconfig(), node.netns.clone(), node.name.clone(), key.clone());
                 let log = config.state_dir.join(format!("speaker-{name}.log"));
                 components.push(Supervised {
                     name: format!("speaker on {name}"),
                     command: Box::new(move || {
                         let mut command = Command::new(&bin);
-                        command.env("KUBECONFIG", &kubeconfig).env("NODE_NAME", &name).env("RUST_LOG", "info");
+                        command
+                            .env("KUBECONFIG", &kubeconfig)
+                            .env("NODE_NAME", &name)
+                            .env("POD_NAMESPACE", INSTALL_NAMESPACE)
+                            .env("FERROLB_GOSSIP_KEY_FILE", &key)
+                            .env("RUST_LOG", "info");
                         ManagedProcess::spawn_in_netns(&format!("speaker-{name}"), &netns, command, &log)
                     }),
                     process: None,

@@ -164,3 +164,17 @@ pub async fn install_crds_from(client: &Client, dir: &std::path::Path) -> Result
     }
     Ok(names.len())
 }
+
+/// Writes a fresh random gossip key (as the chart's Secret would hold) to `path`, readable by root only.
+pub fn write_gossip_key(path: &std::path::Path) -> Result<()> {
+    use crate::error::IoContext;
+    use std::io::Read;
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .context(|| "reading /dev/urandom".into())?;
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::write(path, hex).context(|| format!("writing {}", path.display()))?;
+    std::fs::set_permissions(path, <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o600))
+        .context(|| format!("restricting {}", path.display()))
+}

@@ -166,10 +166,16 @@ fn show_demo(state: &Value) -> Result<()> {
         }
     }
 
+    if has_speakers && !external_ips.is_empty() {
+        println!("\n$ kubectl get l2announcements -n ferrolb-system");
+        print!("{}", kubectl_cmd(&["get", "l2announcements", "-n", "ferrolb-system"])?);
+    }
+
     println!("\nThe lab keeps running. Use it with:");
     println!("  export KUBECONFIG={kubeconfig}");
     println!("  alias kubectl={kubectl}");
     println!("  kubectl get svc,nodes -o wide");
+    println!("  kubectl get l2announcements -n ferrolb-system    # which node holds each VIP");
     println!("  ip netns exec {client_ns} curl http://<EXTERNAL-IP>/");
     println!("State (pids, namespaces, addresses): {}", state_dir().join("lab.json").display());
     println!("Logs: {}/*.log", state_dir().display());

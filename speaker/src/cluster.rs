@@ -1,0 +1,294 @@
+//! What the speaker reads from the API: Nodes, Services, EndpointSlices, L2Advertisements, IPAddressPools
+//! and the L2Announcements of the install namespace, each kept in a reflector store. Any change wakes the
+//! main loop, which rebuilds the plan's [`World`] from the stores. Read-only: the speaker writes nothing
+//! but L2Announcements and Events.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use ferrolb_crds::l2announcement::ServiceReference;
+use ferrolb_crds::{IPAddressPool, L2Advertisement, L2Announcement};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Node, ObjectReference, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::Api;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::watcher::{self, watcher};
+use kube::{Resource, ResourceExt};
+use tokio::sync::Notify;
+
+use crate::plan::{NodeInfo, PoolInfo, ServiceInfo, World};
+
+/// Which Services this installation handles (must match the controller's settings).
+#[derive(Debug, Clone)]
+pub struct ClassFilter {
+    pub load_balancer_class: String,
+    pub handle_unset_class: bool,
+}
+
+impl ClassFilter {
+    pub fn handles(&self, service: &Service) -> bool {
+        let Some(spec) = &service.spec else { return false };
+        spec.type_.as_deref() == Some("LoadBalancer")
+            && match &spec.load_balancer_class {
+                Some(class) => *class == self.load_balancer_class,
+                None => self.handle_unset_class,
+            }
+    }
+}
+
+pub struct Cluster {
+    nodes: Store<Node>,
+    services: Store<Service>,
+    slices: Store<EndpointSlice>,
+    advertisements: Store<L2Advertisement>,
+    pools: Store<IPAddressPool>,
+    announcements: Store<L2Announcement>,
+    classes: ClassFilter,
+    changed: Arc<Notify>,
+}
+
+impl Cluster {
+    /// Starts every watch. `pool_selector` limits the pools (as the controller's `--pool-selector` does).
+    pub fn start(client: &kube::Client, namespace: &str, classes: ClassFilter, pool_selector: Option<&str>) -> Self {
+        let changed = Arc::new(Notify::new());
+        let pool_config = match pool_selector {
+            Some(selector) => watcher::Config::default().labels(selector),
+            None => watcher::Config::default(),
+        };
+        Self {
+            nodes: watch(Api::all(client.clone()), watcher::Config::default(), &changed),
+            services: watch(Api::all(client.clone()), watcher::Config::default(), &changed),
+            slices: watch(Api::all(client.clone()), watcher::Config::default(), &changed),
+            advertisements: watch(Api::all(client.clone()), watcher::Config::default(), &changed),
+            pools: watch(Api::all(client.clone()), pool_config, &changed),
+            announcements: watch(Api::namespaced(client.clone(), namespace), watcher::Config::default(), &changed),
+            classes,
+            changed,
+        }
+    }
+
+    /// Resolves once every watch has listed.
+    pub async fn ready(&self) -> Result<(), reflector::store::WriterDropped> {
+        self.nodes.wait_until_ready().await?;
+        self.services.wait_until_ready().await?;
+        self.slices.wait_until_ready().await?;
+        self.advertisements.wait_until_ready().await?;
+        self.pools.wait_until_ready().await?;
+        self.announcements.wait_until_ready().await
+    }
+
+    /// Resolves at the next change of any watched object.
+    pub async fn changed(&self) {
+        self.changed.notified().await;
+    }
+
+    pub fn world(&self) -> World {
+        let mut endpoints: HashMap<(String, String), BTreeSet<String>> = HashMap::new();
+        for slice in self.slices.state() {
+            let (Some(namespace), Some(service)) =
+                (slice.namespace(), slice.labels().get("kubernetes.io/service-name").cloned())
+            else {
+                continue;
+            };
+            let nodes = endpoints.entry((namespace, service)).or_default();
+            nodes.extend(ready_nodes(&slice));
+        }
+        let services = self
+            .services
+            .state()
+            .iter()
+            .filter(|s| self.classes.handles(s))
+            .filter_map(|s| {
+                let key = (s.namespace().unwrap_or_default(), s.name_any());
+                service_info(s, endpoints.get(&key).cloned().unwrap_or_default())
+            })
+            .collect();
+        World {
+            nodes: self.nodes.state().iter().map(|n| node_info(n)).collect(),
+            services,
+            advertisements: self.advertisements.state().iter().map(|a| a.spec.clone()).collect(),
+            pools: self
+                .pools
+                .state()
+                .iter()
+                .map(|p| PoolInfo {
+                    name: p.name_any(),
+                    labels: p.labels().clone(),
+                    addresses: p.spec.addresses.iter().map(|a| a.as_str().to_string()).collect(),
+                })
+                .collect(),
+        }
+    }
+
+    pub fn node(&self, name: &str) -> Option<Arc<Node>> {
+        self.nodes.state().into_iter().find(|n| n.name_any() == name)
+    }
+
+    /// Gossip addresses of every Node: its first InternalIP of `family` (`true`: IPv4), else ExternalIP.
+    pub fn gossip_peers(&self, port: u16, ipv4: bool) -> BTreeSet<SocketAddr> {
+        self.nodes.state().iter().filter_map(|n| node_address(n, ipv4)).map(|ip| SocketAddr::new(ip, port)).collect()
+    }
+
+    pub fn service_reference(&self, service: &ServiceReference) -> Option<ObjectReference> {
+        self.services
+            .state()
+            .into_iter()
+            .find(|s| s.namespace().as_deref() == Some(&service.namespace) && s.name_any() == service.name)
+            .map(|s| s.object_ref(&()))
+    }
+
+    /// The L2Announcements in the install namespace: name → spec.
+    pub fn announcements(&self) -> BTreeMap<String, ferrolb_crds::L2AnnouncementSpec> {
+        self.announcements.state().iter().map(|a| (a.name_any(), a.spec.clone())).collect()
+    }
+}
+
+fn watch<K>(api: Api<K>, config: watcher::Config, changed: &Arc<Notify>) -> Store<K>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + Send + Sync + serde::de::DeserializeOwned + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let changed = changed.clone();
+    let kind = K::kind(&()).to_string();
+    let stream = watcher(api, config)
+        .default_backoff()
+        // Kept for the process's life: drop what the speaker never reads.
+        .modify(|object| {
+            object.meta_mut().managed_fields = None;
+            object.meta_mut().annotations = None;
+        })
+        .reflect(writer);
+    tokio::spawn(async move {
+        futures::pin_mut!(stream);
+        while let Some(event) = stream.next().await {
+            match event {
+                Ok(_) => changed.notify_one(),
+                Err(e) => tracing::warn!(kind = %kind, error = %e, "watch error; retrying with backoff"),
+            }
+        }
+    });
+    reader
+}
+
+/// Nodes with a ready endpoint in `slice` (`ready` unset means ready, as the API documents).
+pub fn ready_nodes(slice: &EndpointSlice) -> impl Iterator<Item = String> + '_ {
+    slice
+        .endpoints
+        .iter()
+        .flatten()
+        .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) != Some(false))
+        .filter_map(|e| e.node_name.clone())
+}
+
+/// The plan's view of a Service of ours; `None` while it has no address in status.
+pub fn service_info(service: &Service, ready_endpoint_nodes: BTreeSet<String>) -> Option<ServiceInfo> {
+    let mut vips: Vec<IpAddr> = service
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i.ip.as_deref().and_then(|ip| ip.parse().ok()))
+        .collect();
+    if vips.is_empty() {
+        return None;
+    }
+    vips.sort_by_key(|ip| !ip.is_ipv4());
+    Some(ServiceInfo {
+        service: ServiceReference { namespace: service.namespace().unwrap_or_default(), name: service.name_any() },
+        labels: service.labels().clone(),
+        vips,
+        traffic_policy_local: service.spec.as_ref().and_then(|s| s.external_traffic_policy.as_deref()) == Some("Local"),
+        ready_endpoint_nodes,
+    })
+}
+
+pub fn node_info(node: &Node) -> NodeInfo {
+    let network_unavailable = node
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .into_iter()
+        .flatten()
+        .any(|c| c.type_ == "NetworkUnavailable" && c.status == "True");
+    NodeInfo { name: node.name_any(), labels: node.labels().clone(), network_unavailable }
+}
+
+pub fn node_address(node: &Node, ipv4: bool) -> Option<IpAddr> {
+    let addresses = node.status.as_ref().and_then(|s| s.addresses.as_ref())?;
+    let of_kind = |kind: &str| {
+        addresses
+            .iter()
+            .filter(|a| a.type_ == kind)
+            .filter_map(|a| a.address.parse::<IpAddr>().ok())
+            .find(|ip| ip.is_ipv4() == ipv4)
+    };
+    of_kind("InternalIP").or_else(|| of_kind("ExternalIP"))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn service(yaml: serde_json::Value) -> Service {
+        serde_json::from_value(yaml).unwrap()
+    }
+
+    #[test]
+    fn services_are_ours_by_class_and_carry_their_status_addresses_ipv4_first() {
+        let classes = ClassFilter { load_balancer_class: "ferrolb.io/lb".into(), handle_unset_class: true };
+        let s = service(serde_json::json!({
+            "metadata": {"name": "web", "namespace": "shop", "labels": {"app": "web"}},
+            "spec": {"type": "LoadBalancer", "externalTrafficPolicy": "Local"},
+            "status": {"loadBalancer": {"ingress": [{"ip": "2001:db8::200"}, {"ip": "192.0.2.200"}, {"hostname": "x"}]}}
+        }));
+        assert!(classes.handles(&s));
+        let info = service_info(&s, BTreeSet::from(["node-1".to_string()])).unwrap();
+        assert_eq!(info.vips, ["192.0.2.200".parse::<IpAddr>().unwrap(), "2001:db8::200".parse().unwrap()]);
+        assert!(info.traffic_policy_local);
+        assert_eq!(info.service.namespace, "shop");
+
+        let other = service(
+            serde_json::json!({"metadata": {"name": "x"}, "spec": {"type": "LoadBalancer", "loadBalancerClass": "other"}}),
+        );
+        assert!(!classes.handles(&other));
+        let unset = service(serde_json::json!({"metadata": {"name": "x"}, "spec": {"type": "LoadBalancer"}}));
+        assert!(!ClassFilter { handle_unset_class: false, ..classes.clone() }.handles(&unset));
+        let cluster_ip = service(serde_json::json!({"metadata": {"name": "x"}, "spec": {"type": "ClusterIP"}}));
+        assert!(!classes.handles(&cluster_ip));
+        assert!(service_info(&unset, BTreeSet::new()).is_none(), "no address yet");
+    }
+
+    #[test]
+    fn nodes_endpoints_and_addresses() {
+        let node: Node = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "node-1", "labels": {"zone": "a"}},
+            "status": {
+                "conditions": [{"type": "NetworkUnavailable", "status": "True"}],
+                "addresses": [{"type": "Hostname", "address": "node-1"}, {"type": "InternalIP", "address": "2001:db8::11"}, {"type": "InternalIP", "address": "192.0.2.11"}]
+            }
+        }))
+        .unwrap();
+        assert!(node_info(&node).network_unavailable);
+        assert_eq!(node_address(&node, true), Some("192.0.2.11".parse().unwrap()));
+        assert_eq!(node_address(&node, false), Some("2001:db8::11".parse().unwrap()));
+
+        let slice: EndpointSlice = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web-1", "namespace": "shop", "labels": {"kubernetes.io/service-name": "web"}},
+            "addressType": "IPv4",
+            "endpoints": [
+                {"addresses": ["10.0.0.1"], "nodeName": "node-1"},
+                {"addresses": ["10.0.0.2"], "nodeName": "node-2", "conditions": {"ready": false}},
+                {"addresses": ["10.0.0.3"], "nodeName": "node-3", "conditions": {"ready": true}},
+                {"addresses": ["10.0.0.4"]}
+            ]
+        }))
+        .unwrap();
+        assert_eq!(ready_nodes(&slice).collect::<Vec<_>>(), ["node-1", "node-3"]);
+    }
+}

@@ -1,0 +1,138 @@
+//! `ferrolb-speaker`: runs on every node (DaemonSet, hostNetwork, CAP_NET_RAW). The speakers agree over
+//! gossip on one owner node per VIP; the owner answers ARP and Neighbor Solicitations for it.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use ferrolb_speaker::announcer::Timing;
+use ferrolb_speaker::cluster::ClassFilter;
+use ferrolb_speaker::gossip_auth::SharedKey;
+use ferrolb_speaker::membership;
+use ferrolb_speaker::metrics::Metrics;
+use ferrolb_speaker::run::{self, Options};
+use ferrolb_telemetry::{Health, LogFormat, init_logging, shutdown_signal};
+use kube::runtime::events::{Recorder, Reporter};
+
+#[derive(Debug, Parser)]
+#[command(name = "ferrolb-speaker", version, about = "Announces ferrolb's VIPs from one elected node each (ARP/NDP)")]
+struct Args {
+    /// This node's name (the Pod's spec.nodeName).
+    #[arg(long, env = "NODE_NAME")]
+    node_name: String,
+    /// Namespace where L2Announcements are written (the install namespace).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "ferrolb-system")]
+    namespace: String,
+    /// `spec.loadBalancerClass` of the Services to announce (the controller's setting).
+    #[arg(long, env = "FERROLB_LOAD_BALANCER_CLASS", default_value = ferrolb_crds::DEFAULT_LOAD_BALANCER_CLASS)]
+    load_balancer_class: String,
+    /// Leave LoadBalancer Services that set no class to another implementation.
+    #[arg(long, env = "FERROLB_IGNORE_UNSET_CLASS")]
+    ignore_unset_class: bool,
+    /// Only use IPAddressPools matching this label selector (the controller's setting).
+    #[arg(long, env = "FERROLB_POOL_SELECTOR")]
+    pool_selector: Option<String>,
+    /// File holding the gossip key shared by every speaker (mounted from a Secret), at least 16 bytes.
+    #[arg(long, env = "FERROLB_GOSSIP_KEY_FILE", default_value = "/etc/ferrolb/gossip/key")]
+    gossip_key_file: PathBuf,
+    #[arg(long, env = "FERROLB_GOSSIP_PORT", default_value_t = 7946)]
+    gossip_port: u16,
+    /// Address the other speakers reach this one at; the Node's InternalIP by default.
+    #[arg(long, env = "FERROLB_GOSSIP_ADDRESS")]
+    gossip_address: Option<IpAddr>,
+    /// How often a random peer is probed.
+    #[arg(long, env = "FERROLB_PROBE_PERIOD_MS", default_value_t = 250)]
+    probe_period_ms: u64,
+    /// How long a direct probe waits before indirect probes start (below the probe period).
+    #[arg(long, env = "FERROLB_PROBE_RTT_MS", default_value_t = 100)]
+    probe_rtt_ms: u64,
+    /// How long a suspected peer has to refute before it is declared dead.
+    #[arg(long, env = "FERROLB_SUSPECT_TIMEOUT_MS", default_value_t = 300)]
+    suspect_timeout_ms: u64,
+    /// How often nodes known from the API but not alive in the gossip are contacted.
+    #[arg(long, env = "FERROLB_REJOIN_INTERVAL_MS", default_value_t = 1000)]
+    rejoin_interval_ms: u64,
+    /// Gratuitous ARPs / unsolicited NAs sent on takeover.
+    #[arg(long, env = "FERROLB_ANNOUNCE_BURST", default_value_t = 3)]
+    announce_burst: u32,
+    #[arg(long, env = "FERROLB_ANNOUNCE_BURST_INTERVAL_MS", default_value_t = 250)]
+    announce_burst_interval_ms: u64,
+    /// Re-announcement period while a VIP is held (switch tables and caches age out).
+    #[arg(long, env = "FERROLB_ANNOUNCE_REFRESH_SECONDS", default_value_t = 60)]
+    announce_refresh_seconds: u64,
+    /// After start-up or an interface coming back, take nothing over for this long unless another speaker
+    /// is seen first.
+    #[arg(long, env = "FERROLB_JOIN_GRACE_MS", default_value_t = 2000)]
+    join_grace_ms: u64,
+    /// Where /metrics, /healthz and /readyz are served.
+    #[arg(long, env = "FERROLB_METRICS_ADDRESS", default_value = "0.0.0.0:7473")]
+    metrics_address: SocketAddr,
+    #[arg(long, env = "FERROLB_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    init_logging(args.log_format);
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
+    let result = runtime.block_on(start(args));
+    if let Err(e) = &result {
+        tracing::error!(error = format!("{e:#}"), "speaker stopped");
+    }
+    result
+}
+
+async fn start(args: Args) -> anyhow::Result<()> {
+    let key_bytes = std::fs::read(&args.gossip_key_file)
+        .with_context(|| format!("reading the gossip key from {}", args.gossip_key_file.display()))?;
+    let gossip_key = SharedKey::from_file_contents(&key_bytes)
+        .with_context(|| format!("the gossip key in {}", args.gossip_key_file.display()))?;
+    let gossip = membership::Settings {
+        probe_period: Duration::from_millis(args.probe_period_ms),
+        probe_rtt: Duration::from_millis(args.probe_rtt_ms),
+        suspect_to_down_after: Duration::from_millis(args.suspect_timeout_ms),
+        indirect_probes: 2,
+        rejoin_interval: Duration::from_millis(args.rejoin_interval_ms),
+    };
+    gossip.validate().context("gossip timers")?;
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API (KUBECONFIG or in-cluster config)")?;
+
+    let metrics = Metrics::default();
+    let mut registry = prometheus_client::registry::Registry::default();
+    metrics.register(&mut registry);
+    let health = Health::default();
+    let bound = ferrolb_telemetry::serve(args.metrics_address, registry, health.clone())
+        .await
+        .with_context(|| format!("serving metrics on {}", args.metrics_address))?;
+    tracing::info!(address = %bound, node = %args.node_name, "serving /metrics, /healthz, /readyz");
+
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter { controller: "ferrolb-speaker".into(), instance: Some(args.node_name.clone()) },
+    );
+    let options = Options {
+        node_name: args.node_name,
+        namespace: args.namespace,
+        classes: ClassFilter {
+            load_balancer_class: args.load_balancer_class,
+            handle_unset_class: !args.ignore_unset_class,
+        },
+        pool_selector: args.pool_selector,
+        gossip_port: args.gossip_port,
+        gossip_address: args.gossip_address,
+        gossip_key,
+        gossip,
+        timing: Timing {
+            burst: args.announce_burst.max(1),
+            burst_interval: Duration::from_millis(args.announce_burst_interval_ms),
+            refresh_interval: Duration::from_secs(args.announce_refresh_seconds.max(1)),
+        },
+        join_grace: Duration::from_millis(args.join_grace_ms),
+    };
+    run::run(client, options, metrics, health, recorder, shutdown_signal()).await
+}

@@ -1,0 +1,73 @@
+//! The speaker's Prometheus metrics (served with the health endpoints by `ferrolb-telemetry`).
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FamilyLabel {
+    pub family: &'static str,
+}
+
+impl FamilyLabel {
+    pub const IPV4: Self = Self { family: "IPv4" };
+    pub const IPV6: Self = Self { family: "IPv6" };
+
+    pub fn of(ip: std::net::IpAddr) -> Self {
+        if ip.is_ipv4() { Self::IPV4 } else { Self::IPV6 }
+    }
+}
+
+/// Every metric the speaker exports. Cloning shares the same series.
+#[derive(Clone, Debug, Default)]
+pub struct Metrics {
+    pub owned_vips: Gauge,
+    pub members: Gauge,
+    pub ownership_changes: Counter,
+    /// Gratuitous ARPs (each a request and a reply) and unsolicited NAs sent.
+    pub announcements_sent: Family<FamilyLabel, Counter>,
+    /// ARP requests and Neighbor Solicitations answered.
+    pub requests_answered: Family<FamilyLabel, Counter>,
+    pub conflicts: Family<FamilyLabel, Counter>,
+    pub send_errors: Counter,
+    pub rejected_gossip: Counter,
+}
+
+impl Metrics {
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register("ferrolb_speaker_owned_vips", "VIPs this node announces", self.owned_vips.clone());
+        registry.register(
+            "ferrolb_speaker_members",
+            "Live speakers this node sees, itself included",
+            self.members.clone(),
+        );
+        registry.register(
+            "ferrolb_speaker_ownership_changes",
+            "VIPs this node took over or gave up",
+            self.ownership_changes.clone(),
+        );
+        registry.register(
+            "ferrolb_speaker_announcements_sent",
+            "Gratuitous ARPs and unsolicited Neighbor Advertisements sent",
+            self.announcements_sent.clone(),
+        );
+        registry.register(
+            "ferrolb_speaker_requests_answered",
+            "ARP requests and Neighbor Solicitations answered",
+            self.requests_answered.clone(),
+        );
+        registry.register(
+            "ferrolb_speaker_ip_conflicts",
+            "Frames from another MAC claiming a VIP this node owns",
+            self.conflicts.clone(),
+        );
+        registry.register("ferrolb_speaker_send_errors", "Frames that could not be sent", self.send_errors.clone());
+        registry.register(
+            "ferrolb_speaker_rejected_gossip_datagrams",
+            "Gossip datagrams dropped because their authentication tag did not verify",
+            self.rejected_gossip.clone(),
+        );
+    }
+}

@@ -1,0 +1,252 @@
+//! What the speakers tell the API, off the failover path: one L2Announcement per announced Service in the
+//! install namespace ("which node holds my VIP?"), a `NodeAssigned` Event when a node takes a Service over,
+//! and an `IPConflict` Event when another host claims an owned VIP.
+//!
+//! Who writes what, with no coordination: the owner writes its Service's object (server-side apply, so a new
+//! owner simply overwrites a dead one's); the owner that gives a Service up with no successor deletes it;
+//! and the live member with the smallest name deletes objects of Services nobody owns any more (a Service
+//! deleted while its owner was down).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::time::Duration;
+
+use ferrolb_crds::l2announcement::ServiceReference;
+use ferrolb_crds::{L2Announcement, L2AnnouncementSpec};
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder};
+use tokio::sync::mpsc;
+
+use crate::plan::Decision;
+
+pub const FIELD_MANAGER: &str = "ferrolb-speaker";
+/// Longer than the watch takes to show our own write.
+const RESEND_AFTER: Duration = Duration::from_secs(5);
+
+/// Object name of a Service's L2Announcement: namespace and name cannot contain dots, so this is unique.
+pub fn announcement_name(service: &ServiceReference) -> String {
+    format!("{}.{}", service.namespace, service.name)
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Op {
+    Apply(String, L2AnnouncementSpec),
+    Delete(String),
+}
+
+/// The L2Announcement writes and deletions `me` owes, given the decisions, what this node announces
+/// (VIP → interfaces), whether it is the janitor, and the objects that exist.
+pub fn announcement_ops(
+    decisions: &[Decision],
+    me: &str,
+    held: &BTreeMap<IpAddr, BTreeSet<String>>,
+    janitor: bool,
+    existing: &BTreeMap<String, L2AnnouncementSpec>,
+) -> Vec<Op> {
+    let mut ops = Vec::new();
+    let mut owned_somewhere = BTreeSet::new();
+    for decision in decisions {
+        let name = announcement_name(&decision.service);
+        if decision.owner.is_some() {
+            owned_somewhere.insert(name.clone());
+        }
+        if decision.owner.as_deref() != Some(me) {
+            continue;
+        }
+        let interfaces: BTreeSet<String> =
+            decision.vips.iter().filter_map(|v| held.get(v)).flatten().cloned().collect();
+        if interfaces.is_empty() {
+            continue;
+        }
+        let spec = L2AnnouncementSpec {
+            service: decision.service.clone(),
+            ips: decision.vips.iter().map(IpAddr::to_string).collect(),
+            node: me.to_string(),
+            interfaces: interfaces.into_iter().collect(),
+        };
+        if existing.get(&name) != Some(&spec) {
+            ops.push(Op::Apply(name, spec));
+        }
+    }
+    for (name, spec) in existing {
+        if !owned_somewhere.contains(name) && (janitor || spec.node == me) {
+            ops.push(Op::Delete(name.clone()));
+        }
+    }
+    ops
+}
+
+/// An Event for the writer to publish.
+#[derive(Debug, Clone)]
+pub struct Notice {
+    pub regarding: ObjectReference,
+    pub warning: bool,
+    pub reason: &'static str,
+    pub note: String,
+}
+
+pub enum Report {
+    Ops(Vec<Op>),
+    Notice(Notice),
+}
+
+/// Carries reports out in order; L2Announcement writes for the same name are coalesced, and a failed write
+/// is retried a few times (the next plan recomputes it anyway).
+pub async fn run(
+    client: kube::Client,
+    namespace: String,
+    recorder: Recorder,
+    mut reports: mpsc::UnboundedReceiver<Report>,
+) {
+    let api: Api<L2Announcement> = Api::namespaced(client, &namespace);
+    // The last op sent per name: a plan recomputed before the watch shows our write must not repeat it. After
+    // a while a repeat is real (another speaker changed the object since), so it is sent again.
+    let mut sent: BTreeMap<String, (Op, tokio::time::Instant)> = BTreeMap::new();
+    while let Some(report) = reports.recv().await {
+        let mut batch = vec![report];
+        while let Ok(more) = reports.try_recv() {
+            batch.push(more);
+        }
+        let mut ops: BTreeMap<String, Op> = BTreeMap::new();
+        for report in batch {
+            match report {
+                Report::Ops(list) => {
+                    for op in list {
+                        let name = match &op {
+                            Op::Apply(name, _) | Op::Delete(name) => name.clone(),
+                        };
+                        ops.insert(name, op);
+                    }
+                }
+                Report::Notice(notice) => publish(&recorder, notice).await,
+            }
+        }
+        for (name, op) in ops {
+            if sent.get(&name).is_some_and(|(last, at)| *last == op && at.elapsed() < RESEND_AFTER) {
+                continue;
+            }
+            if execute(&api, &name, &op).await {
+                sent.insert(name, (op, tokio::time::Instant::now()));
+            }
+        }
+        sent.retain(|_, (_, at)| at.elapsed() < RESEND_AFTER);
+    }
+}
+
+async fn execute(api: &Api<L2Announcement>, name: &str, op: &Op) -> bool {
+    for attempt in 0..3u32 {
+        let result = match op {
+            Op::Apply(_, spec) => {
+                let object = L2Announcement::new(name, spec.clone());
+                let mut value = serde_json::to_value(&object).unwrap_or_default();
+                if let Some(map) = value.as_object_mut() {
+                    map.insert("apiVersion".into(), "ferrolb.io/v1alpha1".into());
+                    map.insert("kind".into(), "L2Announcement".into());
+                }
+                api.patch(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&value)).await.map(|_| ())
+            }
+            Op::Delete(_) => match api.delete(name, &DeleteParams::default()).await {
+                Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+                other => other.map(|_| ()),
+            },
+        };
+        match result {
+            Ok(()) => return true,
+            Err(e) => {
+                tracing::warn!(announcement = %name, attempt, error = %e, "L2Announcement write failed");
+                tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+            }
+        }
+    }
+    false
+}
+
+async fn publish(recorder: &Recorder, notice: Notice) {
+    let object = format!(
+        "{}/{}",
+        notice.regarding.namespace.as_deref().unwrap_or_default(),
+        notice.regarding.name.as_deref().unwrap_or_default()
+    );
+    if notice.warning {
+        tracing::warn!(service = %object, reason = notice.reason, "{}", notice.note);
+    } else {
+        tracing::info!(service = %object, reason = notice.reason, "{}", notice.note);
+    }
+    let event = Event {
+        type_: if notice.warning { EventType::Warning } else { EventType::Normal },
+        reason: notice.reason.into(),
+        note: Some(notice.note),
+        action: "Announce".into(),
+        secondary: None,
+    };
+    if let Err(e) = recorder.publish(&event, &notice.regarding).await {
+        tracing::warn!(service = %object, error = %e, "could not publish Event");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn decision(name: &str, owner: Option<&str>) -> Decision {
+        Decision {
+            service: ServiceReference { namespace: "default".into(), name: name.into() },
+            vips: vec!["192.0.2.200".parse().unwrap()],
+            owner: owner.map(Into::into),
+            named_interfaces: BTreeSet::new(),
+            any_interface: true,
+        }
+    }
+
+    fn spec(name: &str, node: &str) -> L2AnnouncementSpec {
+        L2AnnouncementSpec {
+            service: ServiceReference { namespace: "default".into(), name: name.into() },
+            ips: vec!["192.0.2.200".into()],
+            node: node.into(),
+            interfaces: vec!["eth0".into()],
+        }
+    }
+
+    fn held() -> BTreeMap<IpAddr, BTreeSet<String>> {
+        BTreeMap::from([("192.0.2.200".parse().unwrap(), BTreeSet::from(["eth0".to_string()]))])
+    }
+
+    #[test]
+    fn the_owner_writes_once_and_overwrites_a_dead_owners_object() {
+        let decisions = [decision("web", Some("node-2"))];
+        let none = BTreeMap::new();
+        assert_eq!(
+            announcement_ops(&decisions, "node-2", &held(), false, &none),
+            [Op::Apply("default.web".into(), spec("web", "node-2"))]
+        );
+        let current = BTreeMap::from([("default.web".to_string(), spec("web", "node-2"))]);
+        assert!(announcement_ops(&decisions, "node-2", &held(), false, &current).is_empty());
+        let stale = BTreeMap::from([("default.web".to_string(), spec("web", "node-1"))]);
+        assert_eq!(announcement_ops(&decisions, "node-2", &held(), false, &stale).len(), 1);
+        // Others leave it alone, even the janitor, while it has an owner.
+        assert!(announcement_ops(&decisions, "node-1", &BTreeMap::new(), true, &stale).is_empty());
+    }
+
+    #[test]
+    fn objects_of_services_nobody_owns_are_deleted_by_their_writer_or_the_janitor() {
+        let existing = BTreeMap::from([("default.gone".to_string(), spec("gone", "node-3"))]);
+        let decisions = [decision("unowned", None)];
+        assert!(announcement_ops(&decisions, "node-1", &BTreeMap::new(), false, &existing).is_empty());
+        assert_eq!(
+            announcement_ops(&decisions, "node-1", &BTreeMap::new(), true, &existing),
+            [Op::Delete("default.gone".into())]
+        );
+        assert_eq!(
+            announcement_ops(&decisions, "node-3", &BTreeMap::new(), false, &existing),
+            [Op::Delete("default.gone".into())]
+        );
+    }
+
+    #[test]
+    fn an_owner_that_cannot_announce_writes_nothing() {
+        let decisions = [decision("web", Some("node-2"))];
+        assert!(announcement_ops(&decisions, "node-2", &BTreeMap::new(), false, &BTreeMap::new()).is_empty());
+    }
+}

@@ -1,0 +1,293 @@
+//! The speaker's main loop: wires the watches, the membership, the interface inventory, the announcer and
+//! the sockets together. Every input (an object changed, a member came or went, a link changed) leads to the
+//! same step: rebuild the plan, bring the announcer to it, swap the answered set, and queue the reports.
+//! The failover path (member down → plan → gratuitous ARP/NA) touches no API.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
+
+use anyhow::Context;
+use ferrolb_crds::l2announcement::ServiceReference;
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::announcer::{Announcer, Timing};
+use crate::cluster::{ClassFilter, Cluster, node_address};
+use crate::frames::Mac;
+use crate::gossip_auth::SharedKey;
+use crate::links;
+use crate::membership::{self, MemberId, Membership, MembershipMetrics};
+use crate::metrics::Metrics;
+use crate::plan::{self, Decision};
+use crate::report::{self, Notice, Report};
+use crate::responder::{Conflict, Responder};
+
+/// API changes come in bursts (a Deployment rollout touches many EndpointSlices): plan once per burst.
+const API_SETTLE: Duration = Duration::from_millis(30);
+/// One conflict Event per VIP and foreign MAC per this period.
+const CONFLICT_EVENT_PERIOD: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub node_name: String,
+    /// Where L2Announcements are written (the install namespace).
+    pub namespace: String,
+    pub classes: ClassFilter,
+    pub pool_selector: Option<String>,
+    pub gossip_port: u16,
+    /// The address other speakers reach this one at; the Node's InternalIP when unset.
+    pub gossip_address: Option<IpAddr>,
+    pub gossip_key: SharedKey,
+    pub gossip: membership::Settings,
+    pub timing: Timing,
+    /// After start-up, or after an interface comes back, take no VIP over until another member is seen or
+    /// this long has passed: a node that cannot yet see the others would otherwise claim every VIP.
+    pub join_grace: Duration,
+}
+
+pub async fn run(
+    client: kube::Client,
+    options: Options,
+    metrics: Metrics,
+    health: ferrolb_telemetry::Health,
+    recorder: kube::runtime::events::Recorder,
+    stop: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let me = options.node_name.clone();
+    let cluster =
+        Cluster::start(&client, &options.namespace, options.classes.clone(), options.pool_selector.as_deref());
+    tracing::info!("listing Nodes, Services, EndpointSlices, L2Advertisements, IPAddressPools, L2Announcements");
+    cluster.ready().await.context("a watch stopped before listing")?;
+
+    let node = cluster
+        .node(&me)
+        .with_context(|| format!("there is no Node named {me:?} (set NODE_NAME to this node's name)"))?;
+    let gossip_ip = options
+        .gossip_address
+        .or_else(|| node_address(&node, true))
+        .or_else(|| node_address(&node, false))
+        .with_context(|| format!("Node {me} has no InternalIP or ExternalIP: set --gossip-address"))?;
+    let bind: SocketAddr = if gossip_ip.is_ipv4() {
+        (Ipv4Addr::UNSPECIFIED, options.gossip_port).into()
+    } else {
+        (Ipv6Addr::UNSPECIFIED, options.gossip_port).into()
+    };
+    let socket = UdpSocket::bind(bind).await.with_context(|| format!("binding the gossip port {bind}"))?;
+
+    let mut inventory = links::scan().await.context("reading the node's interfaces (netlink)")?;
+    let mut link_changes = links::watch_changes().context("watching the node's interfaces (netlink)")?;
+    let identity = MemberId {
+        addr: SocketAddr::new(gossip_ip, options.gossip_port),
+        node: me.clone(),
+        interfaces: inventory.usable(),
+        bump: jiff::Timestamp::now().as_millisecond().unsigned_abs(),
+    };
+    tracing::info!(address = %identity.addr, interfaces = ?identity.interfaces, "joining the speakers' gossip");
+    let membership = Membership::start(
+        socket,
+        identity,
+        options.gossip_key.clone(),
+        &options.gossip,
+        MembershipMetrics { rejected_datagrams: metrics.rejected_gossip.clone() },
+    )?;
+    let mut peers = cluster.gossip_peers(options.gossip_port, gossip_ip.is_ipv4());
+    membership.set_peers(peers.clone());
+    let mut members = membership.members();
+
+    let (conflicts_tx, mut conflicts) = mpsc::unbounded_channel();
+    let mut responder = Responder::new(conflicts_tx, metrics.clone());
+    responder.sync(&inventory);
+    let (reports, reports_rx) = mpsc::unbounded_channel();
+    let writer = tokio::spawn(report::run(client.clone(), options.namespace.clone(), recorder, reports_rx));
+
+    let mut state = State {
+        me: me.clone(),
+        announcer: Announcer::new(options.timing),
+        hold_until: Some(Instant::now() + options.join_grace),
+        decisions: Vec::new(),
+        announced_services: BTreeSet::new(),
+        conflict_events: HashMap::new(),
+    };
+    health.set_ready(true);
+    let mut api_dirty: Option<Instant> = Some(Instant::now());
+    tokio::pin!(stop);
+    loop {
+        let far = Instant::now() + Duration::from_secs(3600);
+        let next_due = state.announcer.next_due().map(Instant::from_std).unwrap_or(far);
+        tokio::select! {
+            _ = &mut stop => break,
+            _ = cluster.changed() => {
+                api_dirty.get_or_insert(Instant::now() + API_SETTLE);
+                continue;
+            }
+            _ = tokio::time::sleep_until(api_dirty.unwrap_or(far)), if api_dirty.is_some() => {
+                api_dirty = None;
+                let now_peers = cluster.gossip_peers(options.gossip_port, gossip_ip.is_ipv4());
+                if now_peers != peers {
+                    peers = now_peers;
+                    membership.set_peers(peers.clone());
+                }
+            }
+            changed = members.changed() => changed.context("the gossip membership stopped")?,
+            Some(()) = link_changes.recv() => {
+                // A link change comes with address and route changes: read once they have settled.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                while link_changes.try_recv().is_ok() {}
+                match links::scan().await {
+                    Ok(scanned) => {
+                        let before: BTreeSet<String> = inventory.usable().into_iter().collect();
+                        let after: BTreeSet<String> = scanned.usable().into_iter().collect();
+                        if before != after {
+                            tracing::info!(usable = ?after, "usable interfaces changed");
+                            membership.set_interfaces(after.iter().cloned().collect());
+                            if after.difference(&before).next().is_some() {
+                                state.hold_until = Some(Instant::now() + options.join_grace);
+                            }
+                        }
+                        inventory = scanned;
+                        responder.sync(&inventory);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "rescanning interfaces failed"),
+                }
+            }
+            Some(conflict) = conflicts.recv() => {
+                state.report_conflict(&cluster, &reports, conflict);
+                continue;
+            }
+            _ = tokio::time::sleep_until(next_due) => {
+                let actions = state.announcer.due(std::time::Instant::now());
+                responder.execute(actions).await;
+                continue;
+            }
+            _ = tokio::time::sleep_until(state.hold_until.unwrap_or(far)), if state.hold_until.is_some() => {
+                state.hold_until = None;
+            }
+        }
+        let live = members.borrow_and_update().clone();
+        metrics.members.set(i64::try_from(live.len()).unwrap_or(i64::MAX));
+        if state.hold_until.is_some() && live.len() > 1 {
+            state.hold_until = None;
+        }
+        let world = cluster.world();
+        let decisions = plan::decide(&world, &live);
+        let mut desired = plan::mine(&decisions, &me, &inventory);
+        if state.hold_until.is_some() {
+            // Not yet in touch with the others: give up what the plan says to, take nothing new.
+            let held: BTreeSet<IpAddr> = state.announcer.owned().copied().collect();
+            desired.retain(|vip, _| held.contains(vip));
+        }
+        let before: BTreeSet<IpAddr> = state.announcer.owned().copied().collect();
+        let actions = state.announcer.update(&desired, std::time::Instant::now());
+        let held = held_interfaces(&state.announcer, &desired);
+        // Stop answering for lost VIPs before anything else happens.
+        responder.set_owned(&held);
+        let after: BTreeSet<IpAddr> = held.keys().copied().collect();
+        let changes = before.symmetric_difference(&after).count();
+        if changes > 0 {
+            metrics.ownership_changes.inc_by(changes as u64);
+            for vip in after.difference(&before) {
+                tracing::info!(%vip, "took over");
+            }
+            for vip in before.difference(&after) {
+                tracing::info!(%vip, "gave up");
+            }
+        }
+        metrics.owned_vips.set(i64::try_from(after.len()).unwrap_or(i64::MAX));
+        responder.execute(actions).await;
+        let janitor = live.keys().next() == Some(&me);
+        state.report(&cluster, &reports, decisions, &held, janitor);
+    }
+
+    tracing::info!("stopping: releasing every VIP and leaving the gossip group");
+    let actions = state.announcer.update(&BTreeMap::new(), std::time::Instant::now());
+    responder.set_owned(&BTreeMap::new());
+    responder.execute(actions).await;
+    membership.leave().await;
+    drop(reports);
+    let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+    Ok(())
+}
+
+fn held_interfaces(
+    announcer: &Announcer,
+    desired: &BTreeMap<IpAddr, BTreeSet<String>>,
+) -> BTreeMap<IpAddr, BTreeSet<String>> {
+    announcer.owned().filter_map(|vip| desired.get(vip).map(|i| (*vip, i.clone()))).collect()
+}
+
+struct State {
+    me: String,
+    announcer: Announcer,
+    hold_until: Option<Instant>,
+    decisions: Vec<Decision>,
+    /// Services this node announced after the last plan (for `NodeAssigned`).
+    announced_services: BTreeSet<ServiceReference>,
+    conflict_events: HashMap<(IpAddr, Mac), Instant>,
+}
+
+impl State {
+    fn report(
+        &mut self,
+        cluster: &Cluster,
+        reports: &mpsc::UnboundedSender<Report>,
+        decisions: Vec<Decision>,
+        held: &BTreeMap<IpAddr, BTreeSet<String>>,
+        janitor: bool,
+    ) {
+        let ops = report::announcement_ops(&decisions, &self.me, held, janitor, &cluster.announcements());
+        if !ops.is_empty() {
+            let _ = reports.send(Report::Ops(ops));
+        }
+        let mut announced = BTreeSet::new();
+        for decision in decisions.iter().filter(|d| d.owner.as_deref() == Some(self.me.as_str())) {
+            let interfaces: BTreeSet<&String> = decision.vips.iter().filter_map(|v| held.get(v)).flatten().collect();
+            if interfaces.is_empty() {
+                continue;
+            }
+            announced.insert(decision.service.clone());
+            if self.announced_services.contains(&decision.service) {
+                continue;
+            }
+            if let Some(regarding) = cluster.service_reference(&decision.service) {
+                let vips: Vec<String> = decision.vips.iter().map(IpAddr::to_string).collect();
+                let interfaces: Vec<&str> = interfaces.iter().map(|s| s.as_str()).collect();
+                let _ = reports.send(Report::Notice(Notice {
+                    regarding,
+                    warning: false,
+                    reason: "NodeAssigned",
+                    note: format!("{} announced from node {} on {}", vips.join(", "), self.me, interfaces.join(", ")),
+                }));
+            }
+        }
+        self.announced_services = announced;
+        self.decisions = decisions;
+    }
+
+    fn report_conflict(&mut self, cluster: &Cluster, reports: &mpsc::UnboundedSender<Report>, conflict: Conflict) {
+        let key = (conflict.vip, conflict.mac);
+        if self.conflict_events.get(&key).is_some_and(|at| at.elapsed() < CONFLICT_EVENT_PERIOD) {
+            return;
+        }
+        self.conflict_events.insert(key, Instant::now());
+        self.conflict_events.retain(|_, at| at.elapsed() < CONFLICT_EVENT_PERIOD);
+        let holders: Vec<&Decision> = self.decisions.iter().filter(|d| d.vips.contains(&conflict.vip)).collect();
+        if holders.is_empty() {
+            tracing::warn!(vip = %conflict.vip, mac = %conflict.mac, interface = %conflict.interface, "IP conflict on a VIP no Service holds any more");
+        }
+        for decision in holders {
+            if let Some(regarding) = cluster.service_reference(&decision.service) {
+                let _ = reports.send(Report::Notice(Notice {
+                    regarding,
+                    warning: true,
+                    reason: "IPConflict",
+                    note: format!(
+                        "another host (MAC {}) claims {} on {} of node {}, which announces it: two hosts answer for this address; find and remove the other one",
+                        conflict.mac, conflict.vip, conflict.interface, self.me
+                    ),
+                }));
+            }
+        }
+    }
+}

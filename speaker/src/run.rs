@@ -106,6 +106,7 @@ pub async fn run(
         me: me.clone(),
         announcer: Announcer::new(options.timing),
         hold_until: Some(Instant::now() + options.join_grace),
+        hold_ends_on_contact: true,
         decisions: Vec::new(),
         announced_services: BTreeSet::new(),
         conflict_events: HashMap::new(),
@@ -143,7 +144,10 @@ pub async fn run(
                             tracing::info!(usable = ?after, "usable interfaces changed");
                             membership.set_interfaces(after.iter().cloned().collect());
                             if after.difference(&before).next().is_some() {
+                                // Back from a cut link: what the gossip says now may be from before the
+                                // cut, so wait the whole grace for the others to see us and us them.
                                 state.hold_until = Some(Instant::now() + options.join_grace);
+                                state.hold_ends_on_contact = false;
                             }
                         }
                         inventory = scanned;
@@ -167,7 +171,7 @@ pub async fn run(
         }
         let live = members.borrow_and_update().clone();
         metrics.members.set(i64::try_from(live.len()).unwrap_or(i64::MAX));
-        if state.hold_until.is_some() && live.len() > 1 {
+        if state.hold_until.is_some() && state.hold_ends_on_contact && live.len() > 1 {
             state.hold_until = None;
         }
         let world = cluster.world();
@@ -221,6 +225,8 @@ struct State {
     me: String,
     announcer: Announcer,
     hold_until: Option<Instant>,
+    /// At start-up the hold ends as soon as another member is seen.
+    hold_ends_on_contact: bool,
     decisions: Vec<Decision>,
     /// Services this node announced after the last plan (for `NodeAssigned`).
     announced_services: BTreeSet<ServiceReference>,

@@ -41,6 +41,9 @@ pub struct LabConfig {
     pub repo: PathBuf,
     pub prefix: String,
     pub nodes: usize,
+    /// The controller's /metrics address on the host ([`CONTROLLER_METRICS_ADDRESS`] for the developer's lab;
+    /// port 0 where several labs run at once).
+    pub controller_metrics_address: String,
 }
 
 impl LabConfig {
@@ -216,13 +219,14 @@ impl RunningLab {
         let has_controller = controller_bin.is_file();
         if has_controller {
             let kubeconfig = config.kubeconfig();
+            let metrics_address = config.controller_metrics_address.clone();
             let log = config.state_dir.join("controller.log");
             components.push(Supervised {
                 name: "controller".into(),
                 command: Box::new(move || {
                     let mut command = Command::new(&controller_bin);
                     command
-                        .args(["--namespace", INSTALL_NAMESPACE, "--metrics-address", CONTROLLER_METRICS_ADDRESS])
+                        .args(["--namespace", INSTALL_NAMESPACE, "--metrics-address", &metrics_address])
                         .env("KUBECONFIG", &kubeconfig)
                         .env("RUST_LOG", "info");
                     ManagedProcess::spawn("controller", command, &log)
@@ -291,6 +295,58 @@ impl RunningLab {
                 self.write_state(true)?;
             }
         }
+    }
+
+    pub fn lab(&self) -> &Lab {
+        &self.lab
+    }
+
+    pub fn plane(&self) -> &ControlPlane {
+        &self.plane
+    }
+
+    fn speaker(&self, node: &str) -> Option<&Supervised> {
+        self.components.iter().find(|c| c.name == format!("speaker on {node}"))
+    }
+
+    pub fn speaker_pid(&self, node: &str) -> Option<u32> {
+        self.speaker(node).and_then(Supervised::pid).map(|p| p.pid)
+    }
+
+    /// Sends `signal` to the speaker of `node`.
+    pub fn signal_speaker(&self, node: &str, signal: nix::sys::signal::Signal) -> Result<()> {
+        let process = self
+            .speaker(node)
+            .and_then(|c| c.process.as_ref())
+            .ok_or_else(|| Error::Lab(format!("no speaker runs on {node}")))?;
+        process.signal(signal)
+    }
+
+    /// Waits up to `timeout` for the speaker of `node` to exit, and reaps it.
+    pub fn wait_speaker_exit(&mut self, node: &str, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let component = self.components.iter_mut().find(|c| c.name == format!("speaker on {node}"))?;
+        let status = component.process.as_mut()?.wait_timeout(timeout)?;
+        component.process = None;
+        component.exited_at = Some(std::time::Instant::now());
+        Some(status)
+    }
+
+    /// Starts, at once, every component that is not running (the supervisor would wait 2 s).
+    pub fn start_stopped(&mut self) {
+        for component in &mut self.components {
+            if component.process.is_none() {
+                component.exited_at = None;
+                component.tick();
+            }
+        }
+    }
+
+    /// The last `lines` of the speaker log of `node`.
+    pub fn speaker_log(&self, node: &str, lines: usize) -> String {
+        self.speaker(node)
+            .and_then(|c| c.process.as_ref())
+            .map(|p| p.log_tail(lines))
+            .unwrap_or_else(|| crate::process::tail(&self.config.state_dir.join(format!("speaker-{node}.log")), lines))
     }
 
     pub fn state(&self, ready: bool) -> LabState {

@@ -158,6 +158,8 @@ impl Lab {
                 "net.ipv6.conf.all.accept_dad=0",
                 "net.ipv6.conf.default.accept_dad=0",
                 "net.ipv6.conf.eth0.accept_dad=0",
+                // As on a server: a link that goes down and up keeps its IPv6 addresses.
+                "net.ipv6.conf.eth0.keep_addr_on_down=1",
             ],
         )?;
         netns::ip(&["-n", ns, "link", "set", "lo", "up"])?;

@@ -26,7 +26,8 @@ impl LabRun {
         let supervisor = ferrolb_e2e::process::spawn_tied_to_this_process({
             let mut command = Command::new(LAB_BIN);
             command
-                .args(["--state-dir", &state_dir.path().to_string_lossy(), "--prefix", &prefix, "up"])
+                .args(["--state-dir", &state_dir.path().to_string_lossy(), "--prefix", &prefix])
+                .args(["--controller-metrics-address", "127.0.0.1:0", "up"])
                 .args([
                     "--bin-dir",
                     &bin_dir.to_string_lossy(),

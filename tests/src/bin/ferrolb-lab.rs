@@ -13,6 +13,9 @@ struct Cli {
     /// Where lab.json, logs, the kubeconfig and the control plane's data go.
     #[arg(long, default_value = "target/lab")]
     state_dir: PathBuf,
+    /// The controller's /metrics address on the host (port 0: any free port).
+    #[arg(long, default_value = lab_supervisor::CONTROLLER_METRICS_ADDRESS)]
+    controller_metrics_address: String,
     /// Prefix of the lab's network namespace names.
     #[arg(long, default_value = "ferrolb-lab")]
     prefix: String,
@@ -49,7 +52,14 @@ fn main() -> Result<()> {
     match cli.command {
         Verb::Up { bin_dir, repo, nodes } => {
             let (bin_dir, repo) = (std::path::absolute(bin_dir)?, std::path::absolute(repo)?);
-            let config = LabConfig { state_dir: cli.state_dir, bin_dir, repo, prefix: cli.prefix, nodes };
+            let config = LabConfig {
+                state_dir: cli.state_dir,
+                bin_dir,
+                repo,
+                prefix: cli.prefix,
+                nodes,
+                controller_metrics_address: cli.controller_metrics_address,
+            };
             std::fs::create_dir_all(&config.state_dir)?;
             std::fs::write(config.pid_file(), std::process::id().to_string()).context("writing the pid file")?;
             let mut lab = RunningLab::start(config).context("bringing the lab up")?;
@@ -67,6 +77,7 @@ fn main() -> Result<()> {
                 repo: PathBuf::new(),
                 prefix: cli.prefix,
                 nodes: 0,
+                controller_metrics_address: cli.controller_metrics_address,
             };
             for leftover in lab_supervisor::down(&config) {
                 tracing::warn!("removed leftover: {leftover}");

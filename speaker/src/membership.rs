@@ -125,6 +125,14 @@ impl Settings {
     }
 }
 
+/// The gossip state machine as the driver runs it (public so the fuzzer can feed it untrusted datagrams).
+pub type Core = Foca<MemberId, PostcardCodec, StdRng, foca::NoCustomBroadcast>;
+
+/// A fresh gossip state machine for `me`.
+pub fn core(me: MemberId, settings: &Settings) -> Core {
+    Foca::new(me, settings.foca_config(), rand::make_rng::<StdRng>(), PostcardCodec)
+}
+
 /// Live members: node name → the interfaces its speaker can announce on. This node is always in it.
 pub type Members = BTreeMap<String, BTreeSet<String>>;
 
@@ -162,7 +170,7 @@ impl Membership {
         let (members_tx, members) =
             watch::channel(Members::from([(me.node.clone(), me.interfaces.iter().cloned().collect())]));
         let driver = Driver {
-            foca: Foca::new(me, settings.foca_config(), rand::make_rng::<StdRng>(), PostcardCodec),
+            foca: core(me, settings),
             runtime: AccumulatingRuntime::new(),
             socket: Arc::new(socket),
             key,
@@ -200,7 +208,7 @@ impl Membership {
 }
 
 struct Driver {
-    foca: Foca<MemberId, PostcardCodec, StdRng, foca::NoCustomBroadcast>,
+    foca: Core,
     runtime: AccumulatingRuntime<MemberId>,
     socket: Arc<UdpSocket>,
     key: SharedKey,

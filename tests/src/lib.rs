@@ -7,6 +7,7 @@
 
 pub mod control_plane;
 pub mod error;
+pub mod fuzz;
 pub mod lab_supervisor;
 pub mod names;
 pub mod netlab;

@@ -30,10 +30,18 @@ enum Command {
         #[arg(last = true)]
         cargo_test_args: Vec<String>,
     },
-    /// Benchmarks, printing their figures: `bench controller`.
+    /// Benchmarks, printing their figures: `bench controller`, `bench failover`.
     Bench {
-        #[arg(value_parser = ["controller"])]
+        #[arg(value_parser = ["controller", "failover"])]
         what: String,
+    },
+    /// Fuzz the speaker's wire parsers (ARP, NDP, gossip) and pool-entry parsing: every target, or one.
+    Fuzz {
+        #[arg(value_parser = ["arp", "ndp", "gossip", "address-entry"])]
+        target: Option<String>,
+        /// Time per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
     },
     /// Regenerate the CRD YAML in charts/ferrolb/crds from the ferrolb-crds types.
     Crds,
@@ -47,6 +55,19 @@ fn main() -> Result<()> {
         Command::Test { cargo_test_args } => test(&cargo_test_args),
         Command::Lab(args) => lab::run(args),
         Command::Bench { what } => bench(&what),
+        Command::Fuzz { target, seconds } => {
+            run::step(
+                "cargo build --release -p ferrolb-e2e --bin ferrolb-fuzz",
+                run::cargo(&["build", "--release", "-p", "ferrolb-e2e", "--bin", "ferrolb-fuzz"]),
+            )?;
+            let mut fuzz =
+                std::process::Command::new(toolchain::cargo_target_dir().join("release").join("ferrolb-fuzz"));
+            fuzz.arg("--seconds").arg(seconds.to_string());
+            if let Some(target) = target {
+                fuzz.arg(target);
+            }
+            run::step("fuzz", fuzz)
+        }
         Command::Crds => {
             let dir = run::workspace_root().join("charts").join("ferrolb").join("crds");
             let dir = dir.to_string_lossy();
@@ -97,6 +118,26 @@ fn bench(what: &str) -> Result<()> {
             bench.args(["controller", "--controller"]).arg(release.join("ferrolb-controller"));
             run::step("controller: latency, 10 000 Services, memory", bench)
         }
-        other => anyhow::bail!("unknown benchmark {other}"),
+        "failover" => {
+            run::step(
+                "cargo build --release (controller, speaker, bench)",
+                run::cargo(&[
+                    "build",
+                    "--release",
+                    "-p",
+                    "ferrolb-controller",
+                    "-p",
+                    "ferrolb-speaker",
+                    "-p",
+                    "ferrolb-e2e",
+                    "--bins",
+                ]),
+            )?;
+            let release = toolchain::cargo_target_dir().join("release");
+            let mut bench = std::process::Command::new(release.join("ferrolb-bench"));
+            bench.arg("failover").arg("--bin-dir").arg(&release).arg("--repo").arg(run::workspace_root());
+            run::step("failover: SIGKILL, link cut, SIGTERM (20 trials each); speaker memory with 10 000 VIPs", bench)
+        }
+        other => anyhow::bail!("unknown benchmark {other}: controller or failover"),
     }
 }

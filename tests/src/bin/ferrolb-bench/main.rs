@@ -1,5 +1,7 @@
 //! Benchmarks against a real API server, printing their figures (never asserting on time).
 //!
+//! `ferrolb-bench failover`: see [`failover`].
+//!
 //! `ferrolb-bench controller --controller PATH`: Service created → status written, p50/p99 over 1 000
 //! Services created 10 at a time; the time for 10 000 Services created 50 at a time to all get an address;
 //! the controller's peak RSS.
@@ -37,7 +39,23 @@ enum Bench {
         #[arg(long, default_value_t = 10_000)]
         bulk_services: usize,
     },
+    /// Failover time seen from the client, and the speakers' memory with many VIPs.
+    Failover {
+        /// Where ferrolb-controller and ferrolb-speaker are.
+        #[arg(long)]
+        bin_dir: PathBuf,
+        /// The repository (CRDs, demo manifests).
+        #[arg(long)]
+        repo: PathBuf,
+        #[arg(long, default_value_t = 20)]
+        trials: usize,
+        /// VIPs for the memory figure (0: skip it).
+        #[arg(long, default_value_t = 10_000)]
+        vips: usize,
+    },
 }
+
+mod failover;
 
 fn main() -> Result<()> {
     match Cli::parse().bench {
@@ -47,6 +65,7 @@ fn main() -> Result<()> {
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             runtime.block_on(controller_bench(&plane, dir.path(), &controller, latency_services, bulk_services))
         }
+        Bench::Failover { bin_dir, repo, trials, vips } => failover::run(bin_dir, repo, trials, vips),
     }
 }
 

@@ -99,6 +99,15 @@ impl Inventory {
         self.links.iter().find(|l| l.name == name)
     }
 
+    /// Keeps only the interfaces named in `allowed` (an operator's allowlist); an empty list keeps all.
+    pub fn restricted_to(mut self, allowed: &[String]) -> Self {
+        if !allowed.is_empty() {
+            self.links.retain(|l| allowed.contains(&l.name));
+            self.default_route.retain(|_, name| allowed.contains(name));
+        }
+        self
+    }
+
     /// The interfaces this node can announce on (what the others learn through gossip).
     pub fn usable(&self) -> Vec<String> {
         let mut names: Vec<String> = self.links.iter().filter(|l| l.usable()).map(|l| l.name.clone()).collect();
@@ -266,6 +275,7 @@ mod tests {
             default_route: BTreeMap::new(),
         };
         assert_eq!(inventory.usable(), ["eth0", "eth1"]);
+        assert_eq!(inventory.clone().restricted_to(&["eth1".into(), "eth9".into()]).usable(), ["eth1"]);
         assert_eq!(inventory.link("eth0").unwrap().link_local(), Some("fe80::1".parse().unwrap()));
     }
 

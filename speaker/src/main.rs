@@ -66,6 +66,9 @@ struct Args {
     /// is seen first.
     #[arg(long, env = "FERROLB_JOIN_GRACE_MS", default_value_t = 2000)]
     join_grace_ms: u64,
+    /// The only interfaces the speaker may announce on, comma-separated (default: every usable one).
+    #[arg(long, env = "FERROLB_INTERFACES", value_delimiter = ',')]
+    interfaces: Vec<String>,
     /// Where /metrics, /healthz and /readyz are served.
     #[arg(long, env = "FERROLB_METRICS_ADDRESS", default_value = "0.0.0.0:7473")]
     metrics_address: SocketAddr,
@@ -133,6 +136,12 @@ async fn start(args: Args) -> anyhow::Result<()> {
             refresh_interval: Duration::from_secs(args.announce_refresh_seconds.max(1)),
         },
         join_grace: Duration::from_millis(args.join_grace_ms),
+        allowed_interfaces: args
+            .interfaces
+            .into_iter()
+            .map(|i| i.trim().to_string())
+            .filter(|i| !i.is_empty())
+            .collect(),
     };
     run::run(client, options, metrics, health, recorder, shutdown_signal()).await
 }

@@ -363,13 +363,19 @@ mod tests {
         assert_eq!(renewed.addr(), a.addr());
     }
 
-    async fn member(node: &str, key: &str) -> (Membership, SocketAddr) {
+    async fn member_with_metrics(node: &str, key: &str) -> (Membership, SocketAddr, MembershipMetrics) {
         let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let addr = socket.local_addr().unwrap();
         let me = MemberId { addr, node: node.into(), interfaces: vec!["eth0".into()], bump: 1 };
         let key = SharedKey::from_file_contents(key.as_bytes()).unwrap();
         let settings = Settings { rejoin_interval: Duration::from_millis(100), ..Settings::default() };
-        (Membership::start(socket, me, key, &settings, MembershipMetrics::default()).unwrap(), addr)
+        let metrics = MembershipMetrics::default();
+        (Membership::start(socket, me, key, &settings, metrics.clone()).unwrap(), addr, metrics)
+    }
+
+    async fn member(node: &str, key: &str) -> (Membership, SocketAddr) {
+        let (membership, addr, _) = member_with_metrics(node, key).await;
+        (membership, addr)
     }
 
     async fn wait_for(members: &mut watch::Receiver<Members>, want: &[&str]) {
@@ -385,7 +391,7 @@ mod tests {
 
     #[tokio::test]
     async fn members_find_each_other_leave_and_ignore_a_wrong_key() {
-        let (a, a_addr) = member("a", "the right key, 16+ bytes").await;
+        let (a, a_addr, a_metrics) = member_with_metrics("a", "the right key, 16+ bytes").await;
         let (b, b_addr) = member("b", "the right key, 16+ bytes").await;
         let (c, c_addr) = member("c", "a different key, 16+ bytes").await;
         let peers = BTreeSet::from([a_addr, b_addr, c_addr]);
@@ -399,6 +405,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(500)).await;
         assert_eq!(seen_by_c.borrow_and_update().keys().collect::<Vec<_>>(), ["c"]);
         assert_eq!(seen_by_a.borrow().keys().collect::<Vec<_>>(), ["a", "b"]);
+        assert!(a_metrics.rejected_datagrams.get() > 0, "c's datagrams are counted as rejected");
 
         // Interfaces travel with the identity.
         b.set_interfaces(vec!["eth0".into(), "eth1".into()]);

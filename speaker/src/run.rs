@@ -42,6 +42,8 @@ pub struct Options {
     pub gossip_key: SharedKey,
     pub gossip: membership::Settings,
     pub timing: Timing,
+    /// The only interfaces the speaker may use (empty: any usable one).
+    pub allowed_interfaces: Vec<String>,
     /// After start-up, or after an interface comes back, take no VIP over until another member is seen or
     /// this long has passed: a node that cannot yet see the others would otherwise claim every VIP.
     pub join_grace: Duration,
@@ -76,7 +78,10 @@ pub async fn run(
     };
     let socket = UdpSocket::bind(bind).await.with_context(|| format!("binding the gossip port {bind}"))?;
 
-    let mut inventory = links::scan().await.context("reading the node's interfaces (netlink)")?;
+    let mut inventory = links::scan()
+        .await
+        .context("reading the node's interfaces (netlink)")?
+        .restricted_to(&options.allowed_interfaces);
     let mut link_changes = links::watch_changes().context("watching the node's interfaces (netlink)")?;
     let identity = MemberId {
         addr: SocketAddr::new(gossip_ip, options.gossip_port),
@@ -138,6 +143,7 @@ pub async fn run(
                 while link_changes.try_recv().is_ok() {}
                 match links::scan().await {
                     Ok(scanned) => {
+                        let scanned = scanned.restricted_to(&options.allowed_interfaces);
                         let before: BTreeSet<String> = inventory.usable().into_iter().collect();
                         let after: BTreeSet<String> = scanned.usable().into_iter().collect();
                         if before != after {

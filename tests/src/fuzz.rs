@@ -291,7 +291,7 @@ pub fn run(target: Target, budget: Budget, seed: u64) -> Result<Stats, Crash> {
     let (mut inputs, mut accepted) = (0u64, 0u64);
     let done = |inputs: u64| match budget {
         Budget::Inputs(n) => inputs >= n,
-        Budget::Time(t) => inputs % 256 == 0 && started.elapsed() >= t,
+        Budget::Time(t) => inputs.is_multiple_of(256) && started.elapsed() >= t,
     };
     // Seeds first: they must be accepted (gossip: the first, an announce; later ones may depend on state the
     // fuzzed core does not have), or the harness would test nothing.
@@ -309,7 +309,7 @@ pub fn run(target: Target, budget: Budget, seed: u64) -> Result<Stats, Crash> {
         let input = mutate(&mut rng, &seeds);
         inputs += 1;
         // A wedged gossip core (it accumulates members without bound) is replaced now and then.
-        if inputs % 4096 == 0 {
+        if inputs.is_multiple_of(4096) {
             gossip = None;
         }
         match std::panic::catch_unwind(AssertUnwindSafe(|| check(target, &input, &mut gossip))) {

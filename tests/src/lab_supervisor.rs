@@ -156,6 +156,14 @@ impl Supervised {
     }
 }
 
+/// Who the components run as, when not as the admin.
+#[derive(Debug, Clone)]
+pub struct Identities {
+    pub controller_kubeconfig: PathBuf,
+    pub speaker_kubeconfig: PathBuf,
+    pub gossip_key: PathBuf,
+}
+
 /// Everything the running lab owns. Dropping it tears the lab down: components, namespaces, control plane.
 pub struct RunningLab {
     config: LabConfig,
@@ -169,8 +177,16 @@ pub struct RunningLab {
 }
 
 impl RunningLab {
-    /// Brings the whole lab up. Blocking; call it outside any async runtime.
+    /// Brings the whole lab up, the components running with the admin's kubeconfig. Blocking; call it
+    /// outside any async runtime.
     pub fn start(config: LabConfig) -> Result<Self> {
+        let mut lab = Self::prepare(config)?;
+        lab.start_components(None)?;
+        Ok(lab)
+    }
+
+    /// Everything but the components: control plane, LAN, Nodes, CRDs, the demo pool and Service.
+    pub fn prepare(config: LabConfig) -> Result<Self> {
         std::fs::create_dir_all(&config.state_dir).context(|| format!("creating {}", config.state_dir.display()))?;
         crate::sweep::remove_with_prefix(&format!("{}-", config.prefix));
         let plane_dir = config.state_dir.join("control-plane");
@@ -214,11 +230,28 @@ impl RunningLab {
             false
         };
 
+        Ok(Self { config, components: Vec::new(), has_controller: false, missing, pool_applied, lab, plane })
+    }
+
+    /// Starts the controller and a speaker per node: with the admin's kubeconfig and a fresh gossip key, or
+    /// with the given identities (to prove what a ServiceAccount's RBAC allows).
+    pub fn start_components(&mut self, identities: Option<Identities>) -> Result<()> {
+        let config = &self.config;
+        let lab = &self.lab;
+        let missing = &mut self.missing;
         let mut components = Vec::new();
+        let (controller_kubeconfig, speaker_kubeconfig, key) = match identities {
+            Some(ids) => (ids.controller_kubeconfig, ids.speaker_kubeconfig, ids.gossip_key),
+            None => {
+                let key = config.state_dir.join("gossip.key");
+                crate::objects::write_gossip_key(&key)?;
+                (config.kubeconfig(), config.kubeconfig(), key)
+            }
+        };
         let controller_bin = config.bin_dir.join(CONTROLLER_BINARY);
         let has_controller = controller_bin.is_file();
         if has_controller {
-            let kubeconfig = config.kubeconfig();
+            let kubeconfig = controller_kubeconfig;
             let metrics_address = config.controller_metrics_address.clone();
             let log = config.state_dir.join("controller.log");
             components.push(Supervised {
@@ -241,11 +274,14 @@ impl RunningLab {
         }
         let speaker_bin = config.bin_dir.join(SPEAKER_BINARY);
         if speaker_bin.is_file() {
-            let key = config.state_dir.join("gossip.key");
-            crate::objects::write_gossip_key(&key)?;
             for node in lab.nodes() {
-                let (bin, kubeconfig, netns, name, key) =
-                    (speaker_bin.clone(), config.kubeconfig(), node.netns.clone(), node.name.clone(), key.clone());
+                let (bin, kubeconfig, netns, name, key) = (
+                    speaker_bin.clone(),
+                    speaker_kubeconfig.clone(),
+                    node.netns.clone(),
+                    node.name.clone(),
+                    key.clone(),
+                );
                 let log = config.state_dir.join(format!("speaker-{name}.log"));
                 components.push(Supervised {
                     name: format!("speaker on {name}"),
@@ -268,15 +304,15 @@ impl RunningLab {
                 "the speaker ({SPEAKER_BINARY} is not built: the speaker issue delivers it): no node announces the VIP, so it does not answer"
             ));
         }
-        for part in &missing {
+        for part in missing.iter() {
             tracing::warn!("missing: {part}");
         }
-        let mut running = Self { config, components, has_controller, missing, pool_applied, lab, plane };
-        for component in &mut running.components {
+        self.components = components;
+        self.has_controller = has_controller;
+        for component in &mut self.components {
             component.tick();
         }
-        running.write_state(true)?;
-        Ok(running)
+        self.write_state(true)
     }
 
     /// Supervises the components until `stop` resolves.
@@ -329,6 +365,25 @@ impl RunningLab {
         component.process = None;
         component.exited_at = Some(std::time::Instant::now());
         Some(status)
+    }
+
+    /// Stops the controller (SIGTERM, then SIGKILL after `timeout`) and starts it again at once.
+    pub fn restart_controller(&mut self, timeout: Duration) -> Result<()> {
+        let component = self
+            .components
+            .iter_mut()
+            .find(|c| c.name == "controller")
+            .ok_or_else(|| Error::Lab("no controller in this lab".into()))?;
+        if let Some(mut process) = component.process.take() {
+            process.signal(nix::sys::signal::Signal::SIGTERM)?;
+            if process.wait_timeout(timeout).is_none() {
+                process.signal(nix::sys::signal::Signal::SIGKILL)?;
+                let _ = process.wait_timeout(timeout);
+            }
+        }
+        component.exited_at = None;
+        component.tick();
+        Ok(())
     }
 
     /// Starts, at once, every component that is not running (the supervisor would wait 2 s).

@@ -1,0 +1,18 @@
+# Both ferrolb binaries in one small image. Build: docker build -t ghcr.io/ferrolb/ferrolb:0.1.0 .
+# The chart runs /usr/local/bin/ferrolb-controller (as UID 65532) and /usr/local/bin/ferrolb-speaker (as root
+# with CAP_NET_RAW only) from it.
+
+FROM rust:1.95-bookworm AS build
+WORKDIR /src
+COPY . .
+RUN cargo build --release --locked -p ferrolb-controller -p ferrolb-speaker -p ferrolb-cli \
+ && install -D -m 0755 target/release/ferrolb-controller /out/ferrolb-controller \
+ && install -D -m 0755 target/release/ferrolb-speaker /out/ferrolb-speaker \
+ && install -D -m 0755 target/release/ferrolb /out/ferrolb
+
+# glibc, CA certificates and nothing else (no shell, no package manager).
+FROM gcr.io/distroless/cc-debian12:nonroot
+COPY --from=build /out/ /usr/local/bin/
+# The controller's user; the chart overrides it for the speaker, which needs root for CAP_NET_RAW.
+USER 65532:65532
+ENTRYPOINT ["/usr/local/bin/ferrolb-controller"]

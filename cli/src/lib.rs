@@ -1,0 +1,3 @@
+//! The `ferrolb` command-line tool's logic, without I/O.
+
+pub mod migrate;

@@ -1,0 +1,74 @@
+//! `ferrolb migrate` on manifests written from MetalLB's documented formats.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use ferrolb_cli::migrate::{MigrateError, migrate};
+
+fn fixture(name: &str) -> String {
+    std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)).unwrap()
+}
+
+#[test]
+fn documented_pools_and_advertisements_convert_field_for_field() {
+    let migration = migrate(&fixture("metallb-documented.yaml")).unwrap();
+    let names: Vec<_> = migration.pools.iter().map(|p| p.metadata.name.clone().unwrap()).collect();
+    assert_eq!(names, ["first-pool", "expensive", "ns-specific"]);
+    let first = &migration.pools[0];
+    assert_eq!(first.metadata.namespace, None, "ferrolb pools are cluster-scoped");
+    assert_eq!(first.metadata.labels.as_ref().unwrap()["zone"], "east", "labels kept for pool selectors");
+    let entries: Vec<&str> = first.spec.addresses.iter().map(|a| a.as_str()).collect();
+    assert_eq!(entries, ["192.168.10.0/24", "192.168.9.1-192.168.9.5", "fc00:f853:0ccd:e799::/124"]);
+    assert!(first.spec.auto_assign && !first.spec.avoid_buggy_ips);
+    let expensive = &migration.pools[1];
+    assert!(!expensive.spec.auto_assign && expensive.spec.avoid_buggy_ips);
+    let specific = &migration.pools[2];
+    assert_eq!(specific.spec.addresses[0].as_str(), "192.168.20.0-192.168.20.20", "spaces around the dash removed");
+    let allocation = specific.spec.service_allocation.as_ref().unwrap();
+    assert_eq!(allocation.priority, Some(50));
+    assert_eq!(allocation.namespaces, ["namespace-a", "namespace-b"]);
+    assert_eq!(allocation.namespace_selectors.len(), 1);
+    assert_eq!(allocation.service_selectors[0].match_expressions.as_ref().unwrap()[0].key, "app");
+
+    assert_eq!(migration.advertisements.len(), 2);
+    let example = &migration.advertisements[0].spec;
+    assert_eq!(example.ip_address_pools, ["first-pool"]);
+    assert_eq!(example.interfaces, ["eth3"]);
+    assert_eq!(example.node_selectors[0].match_labels.as_ref().unwrap()["kubernetes.io/hostname"], "NodeA");
+    assert_eq!(migration.advertisements[1].spec.ip_address_pool_selectors.len(), 1);
+
+    assert_eq!(migration.warnings.len(), 2, "{:?}", migration.warnings);
+    assert!(migration.warnings.iter().all(|w| w.contains("no BGP mode")));
+
+    // The output reads back as ferrolb objects.
+    let yaml = migration.to_yaml().unwrap();
+    let documents: Vec<serde_json::Value> =
+        serde_yaml_ng::Deserializer::from_str(&yaml).map(|d| serde::Deserialize::deserialize(d).unwrap()).collect();
+    assert_eq!(documents.len(), 5);
+    assert!(documents.iter().all(|d| d["apiVersion"] == "ferrolb.io/v1alpha1"));
+    let _: ferrolb_crds::IPAddressPool = serde_json::from_value(documents[0].clone()).unwrap();
+    let _: ferrolb_crds::L2Advertisement = serde_json::from_value(documents[4].clone()).unwrap();
+}
+
+#[test]
+fn the_legacy_configmap_becomes_pools_and_layer2_advertisements() {
+    let migration = migrate(&fixture("metallb-legacy-configmap.yaml")).unwrap();
+    assert_eq!(migration.pools.len(), 2);
+    assert_eq!(migration.pools[0].spec.addresses[0].as_str(), "192.168.1.240-192.168.1.250");
+    assert!(!migration.pools[1].spec.auto_assign);
+    assert_eq!(migration.advertisements.len(), 1, "only the layer2 pool is announced");
+    assert_eq!(migration.advertisements[0].spec.ip_address_pools, ["default"]);
+    assert!(migration.warnings[0].contains("bgp-pool"), "{:?}", migration.warnings);
+}
+
+#[test]
+fn what_ferrolb_would_refuse_is_an_error_naming_it() {
+    let bad = "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {name: p}\nspec:\n  addresses: [192.168.1.1/24]\n";
+    let error = migrate(bad).unwrap_err();
+    assert!(matches!(error, MigrateError::Invalid { .. }));
+    assert!(error.to_string().contains("192.168.1.1/24") && error.to_string().contains("\"p\""), "{error}");
+    let duplicate = "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {name: p, namespace: a}\nspec: {addresses: [192.0.2.1]}\n---\napiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {name: p, namespace: b}\nspec: {addresses: [192.0.2.2]}\n";
+    assert!(matches!(migrate(duplicate).unwrap_err(), MigrateError::DuplicatePool(_)));
+    assert!(matches!(migrate("{not: [valid").unwrap_err(), MigrateError::Yaml { .. }));
+    let other = migrate("apiVersion: v1\nkind: Service\nmetadata: {name: web}\n").unwrap();
+    assert!(other.pools.is_empty() && other.warnings[0].contains("not MetalLB"));
+}

@@ -1,0 +1,262 @@
+//! The Helm chart on the real API server: `helm lint`, `helm install`, then ferrolb run with the tokens of the
+//! chart's ServiceAccounts through an e2e scenario (so the RBAC suffices), `kubectl auth can-i` for what it
+//! must not allow, `helm upgrade` keeping the gossip key and every address, and `helm uninstall` leaving
+//! only the CRDs.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed step should stop the test, loudly
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use ferrolb_crds::{IPAddressPool, L2Announcement};
+use ferrolb_e2e::lab_supervisor::{
+    DEMO_NAMESPACE, DEMO_POOL, DEMO_SERVICE, INSTALL_NAMESPACE, Identities, LabConfig, RunningLab,
+};
+use ferrolb_e2e::names;
+use ferrolb_e2e::toolchain::K8sBinary;
+use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, ListParams};
+
+const RELEASE: &str = "ferrolb";
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn chart() -> String {
+    repo().join("charts").join("ferrolb").to_string_lossy().into_owned()
+}
+
+/// Runs helm with its caches and config in `home` (never the developer's own).
+fn helm(home: &Path, kubeconfig: Option<&Path>, args: &[&str]) -> std::process::Output {
+    let mut command = Command::new(K8sBinary::Helm.path());
+    command
+        .args(args)
+        .env("HELM_CACHE_HOME", home.join("cache"))
+        .env("HELM_CONFIG_HOME", home.join("config"))
+        .env("HELM_DATA_HOME", home.join("data"));
+    if let Some(kubeconfig) = kubeconfig {
+        command.arg("--kubeconfig").arg(kubeconfig);
+    }
+    command.output().unwrap()
+}
+
+fn ok(output: &std::process::Output) -> String {
+    assert!(
+        output.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[test]
+fn the_chart_lints_and_its_schema_refuses_bad_values() {
+    let home = tempfile::tempdir().unwrap();
+    ok(&helm(home.path(), None, &["lint", &chart(), "--strict"]));
+    for bad in ["speaker.gossip.key=tooshort", "logFormat=xml", "controller.replicas=0", "speaker.unknown=1"] {
+        let output = helm(home.path(), None, &["lint", &chart(), "--set", bad]);
+        assert!(!output.status.success(), "{bad} was accepted");
+    }
+    // Rendering: least privilege is visible in the manifests themselves.
+    let rendered = ok(&helm(home.path(), None, &["template", RELEASE, &chart(), "-n", INSTALL_NAMESPACE]));
+    assert!(
+        !rendered.contains("'*'") && !rendered.contains("\"*\"") && !rendered.contains("[*]"),
+        "a wildcard in RBAC"
+    );
+    assert!(
+        rendered.contains("add: [NET_RAW]") && !rendered.contains("NET_ADMIN"),
+        "the speaker gets CAP_NET_RAW only"
+    );
+    assert!(rendered.contains("readOnlyRootFilesystem: true") && rendered.contains("runAsNonRoot: true"));
+}
+
+struct Installed {
+    running: RunningLab,
+    runtime: tokio::runtime::Runtime,
+    client: kube::Client,
+    kubeconfig: PathBuf,
+    helm_home: tempfile::TempDir,
+    _state: tempfile::TempDir,
+}
+
+impl Installed {
+    fn helm(&self, args: &[&str]) -> std::process::Output {
+        helm(self.helm_home.path(), Some(&self.kubeconfig), args)
+    }
+
+    fn can_i(&self, account: &str, args: &[&str]) -> bool {
+        let output = Command::new(K8sBinary::Kubectl.path())
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(["auth", "can-i", "--as", &format!("system:serviceaccount:{INSTALL_NAMESPACE}:{account}")])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&output.stdout).trim() == "yes"
+    }
+
+    fn wait_for(&self, what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if done() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!(
+            "timed out waiting for {what}\ncontroller: {}\nspeaker: {}",
+            self.log("controller.log"),
+            self.running.speaker_log("node-1", 20)
+        );
+    }
+
+    fn log(&self, name: &str) -> String {
+        ferrolb_e2e::process::tail(&self._state.path().join(name), 20)
+    }
+
+    fn gossip_key(&self) -> Vec<u8> {
+        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), INSTALL_NAMESPACE);
+        let secret = self.runtime.block_on(secrets.get("ferrolb-gossip")).unwrap();
+        secret.data.unwrap()["key"].0.clone()
+    }
+
+    fn service_ips(&self) -> Vec<String> {
+        let services: Api<Service> = Api::namespaced(self.client.clone(), DEMO_NAMESPACE);
+        let service = self.runtime.block_on(services.get(DEMO_SERVICE)).unwrap();
+        service
+            .status
+            .and_then(|s| s.load_balancer)
+            .and_then(|l| l.ingress)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|i| i.ip)
+            .collect()
+    }
+
+    fn curl(&self, url: &str) -> Option<String> {
+        self.running.lab().client_curl(url, 1).unwrap()
+    }
+}
+
+fn install() -> Installed {
+    let state = tempfile::tempdir().unwrap();
+    let speaker = ferrolb_e2e::process::workspace_binary("ferrolb-speaker").unwrap();
+    let config = LabConfig {
+        state_dir: state.path().to_path_buf(),
+        bin_dir: speaker.parent().unwrap().to_path_buf(),
+        repo: repo(),
+        prefix: names::unique_lab_prefix(),
+        nodes: 3,
+        controller_metrics_address: "127.0.0.1:0".into(),
+    };
+    let running = RunningLab::prepare(config).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let client = runtime.block_on(running.plane().admin_client()).unwrap();
+    let kubeconfig = running.plane().kubeconfig_path();
+    let installed =
+        Installed { running, runtime, client, kubeconfig, helm_home: tempfile::tempdir().unwrap(), _state: state };
+    ok(&installed.helm(&["install", RELEASE, &chart(), "-n", INSTALL_NAMESPACE]));
+    installed
+}
+
+#[test]
+fn ferrolb_runs_on_the_charts_rbac_which_allows_nothing_more_and_upgrade_and_uninstall_behave() {
+    let mut installed = install();
+
+    // The components run with the chart's ServiceAccounts and gossip key, nothing else.
+    let (controller_kubeconfig, speaker_kubeconfig) = installed.runtime.block_on(async {
+        let plane = installed.running.plane();
+        (
+            plane.service_account_kubeconfig(INSTALL_NAMESPACE, "ferrolb-controller").await.unwrap(),
+            plane.service_account_kubeconfig(INSTALL_NAMESPACE, "ferrolb-speaker").await.unwrap(),
+        )
+    });
+    let key = installed._state.path().join("chart-gossip.key");
+    let key_before = installed.gossip_key();
+    assert!(key_before.len() >= 32, "a generated key of 48 characters");
+    std::fs::write(&key, &key_before).unwrap();
+    installed
+        .running
+        .start_components(Some(Identities { controller_kubeconfig, speaker_kubeconfig, gossip_key: key }))
+        .unwrap();
+
+    // The scenario: an address in status, pool status, the VIP answering, the announcement and both Events.
+    installed.wait_for("the demo VIP to answer", || installed.curl("http://192.0.2.200/").is_some());
+    assert!(installed.curl("http://[2001:db8::200]/").is_some());
+    let ips = installed.service_ips();
+    assert_eq!(ips, ["192.0.2.200", "2001:db8::200"]);
+    let pools: Api<IPAddressPool> = Api::all(installed.client.clone());
+    installed.wait_for("pool status", || {
+        installed.runtime.block_on(pools.get(DEMO_POOL)).unwrap().status.is_some_and(|s| s.ipv4.is_some())
+    });
+    let announcements: Api<L2Announcement> = Api::namespaced(installed.client.clone(), INSTALL_NAMESPACE);
+    installed.wait_for("the L2Announcement", || {
+        !installed.runtime.block_on(announcements.list(&ListParams::default())).unwrap().items.is_empty()
+    });
+    let events: Api<Event> = Api::namespaced(installed.client.clone(), DEMO_NAMESPACE);
+    installed.wait_for("IPAllocated and NodeAssigned Events", || {
+        let reasons: Vec<String> = installed
+            .runtime
+            .block_on(events.list(&ListParams::default()))
+            .unwrap()
+            .items
+            .into_iter()
+            .filter_map(|e| e.reason)
+            .collect();
+        reasons.iter().any(|r| r == "IPAllocated") && reasons.iter().any(|r| r == "NodeAssigned")
+    });
+
+    // What each may do, and what it must not.
+    let speaker = "ferrolb-speaker";
+    let controller = "ferrolb-controller";
+    let ns = ["-n", INSTALL_NAMESPACE];
+    assert!(installed.can_i(speaker, &["create", "l2announcements.ferrolb.io", ns[0], ns[1]]));
+    assert!(installed.can_i(speaker, &["list", "endpointslices.discovery.k8s.io", "-A"]));
+    assert!(installed.can_i(controller, &["patch", "services", "--subresource=status", "-A"]));
+    for (account, args) in [
+        (speaker, vec!["patch", "services", "--subresource=status", "-A"]),
+        (speaker, vec!["update", "services", "-A"]),
+        (speaker, vec!["delete", "services", "-A"]),
+        (speaker, vec!["create", "l2announcements.ferrolb.io", "-n", "default"]),
+        (speaker, vec!["patch", "ipaddresspools.ferrolb.io"]),
+        (speaker, vec!["get", "secrets", "-n", INSTALL_NAMESPACE]),
+        (speaker, vec!["create", "pods", "-n", INSTALL_NAMESPACE]),
+        (speaker, vec!["*", "*"]),
+        (controller, vec!["update", "services", "-A"]),
+        (controller, vec!["delete", "services", "-A"]),
+        (controller, vec!["create", "l2announcements.ferrolb.io", "-n", INSTALL_NAMESPACE]),
+        (controller, vec!["update", "ipaddresspools.ferrolb.io"]),
+        (controller, vec!["get", "secrets", "-n", INSTALL_NAMESPACE]),
+        (controller, vec!["create", "leases.coordination.k8s.io", "-n", "default"]),
+        (controller, vec!["*", "*"]),
+    ] {
+        assert!(!installed.can_i(account, &args), "{account} may {args:?}");
+    }
+
+    // Upgrade: same key, and after a controller restart every address is where it was.
+    ok(&installed.helm(&["upgrade", RELEASE, &chart(), "-n", INSTALL_NAMESPACE, "--set", "logLevel=debug"]));
+    assert_eq!(installed.gossip_key(), key_before, "helm upgrade kept the gossip key");
+    installed.running.restart_controller(Duration::from_secs(10)).unwrap();
+    installed.wait_for("the controller to be back", || installed.log("controller.log").contains("leading"));
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(installed.service_ips(), ips, "every address survived the upgrade");
+
+    // Uninstall: only the CRDs stay.
+    ok(&installed.helm(&["uninstall", RELEASE, "-n", INSTALL_NAMESPACE, "--wait"]));
+    let leftovers = Command::new(K8sBinary::Kubectl.path())
+        .arg("--kubeconfig")
+        .arg(&installed.kubeconfig)
+        .args(["get", "serviceaccounts,secrets,services,deployments,daemonsets,roles,rolebindings,clusterroles,clusterrolebindings", "-A", "-l", "app.kubernetes.io/instance=ferrolb", "-o", "name"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&leftovers.stdout).trim(), "", "left after uninstall");
+    let crds: Api<CustomResourceDefinition> = Api::all(installed.client.clone());
+    for crd in ["ipaddresspools.ferrolb.io", "l2advertisements.ferrolb.io", "l2announcements.ferrolb.io"] {
+        assert!(installed.runtime.block_on(crds.get_opt(crd)).unwrap().is_some(), "{crd} kept (Helm's convention)");
+    }
+}

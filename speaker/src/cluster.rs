@@ -5,18 +5,18 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use ferrolb_crds::l2announcement::ServiceReference;
 use ferrolb_crds::{IPAddressPool, L2Advertisement, L2Announcement};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, ObjectReference, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher::{self, watcher};
-use kube::{Resource, ResourceExt};
 use tokio::sync::Notify;
 
 use crate::plan::{NodeInfo, PoolInfo, ServiceInfo, World};
@@ -41,13 +41,118 @@ impl ClassFilter {
 
 pub struct Cluster {
     nodes: Store<Node>,
-    services: Store<Service>,
-    slices: Store<EndpointSlice>,
+    /// Services and EndpointSlices (and announcements, one per Service) come by the thousand: only what the
+    /// plan reads is kept of them.
+    services: Compact<ServiceEntry>,
+    slices: Compact<SliceEntry>,
     advertisements: Store<L2Advertisement>,
     pools: Store<IPAddressPool>,
-    announcements: Store<L2Announcement>,
-    classes: ClassFilter,
+    announcements: Compact<ferrolb_crds::L2AnnouncementSpec>,
     changed: Arc<Notify>,
+}
+
+/// A Service of ours with an address: the plan's view (without endpoints) and its uid for Events.
+#[derive(Debug, Clone)]
+struct ServiceEntry {
+    info: ServiceInfo,
+    uid: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+struct SliceEntry {
+    namespace: String,
+    service: String,
+    ready_nodes: BTreeSet<String>,
+}
+
+/// A store keeping, per object, only what the speaker reads of it, built from a watch (re-lists replace it
+/// whole, so objects deleted while the watch was down go too).
+struct Compact<V> {
+    items: Arc<RwLock<HashMap<String, V>>>,
+    ready: tokio::sync::watch::Receiver<bool>,
+}
+
+impl<V: Clone> Compact<V> {
+    fn values(&self) -> Vec<V> {
+        self.items.read().map(|items| items.values().cloned().collect()).unwrap_or_default()
+    }
+
+    fn get(&self, key: &str) -> Option<V> {
+        self.items.read().ok().and_then(|items| items.get(key).cloned())
+    }
+
+    async fn wait_until_ready(&self) -> Result<(), CompactStopped> {
+        let mut ready = self.ready.clone();
+        ready.wait_for(|r| *r).await.map(|_| ()).map_err(|_| CompactStopped)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("a watch stopped before listing")]
+pub struct CompactStopped;
+
+fn key_of<K: kube::Resource>(object: &K) -> String {
+    match object.meta().namespace.as_deref() {
+        Some(namespace) => format!("{namespace}/{}", object.meta().name.as_deref().unwrap_or_default()),
+        None => object.meta().name.clone().unwrap_or_default(),
+    }
+}
+
+fn watch_compact<K, V>(
+    api: Api<K>,
+    config: watcher::Config,
+    changed: &Arc<Notify>,
+    extract: impl Fn(&K) -> Option<V> + Send + 'static,
+) -> Compact<V>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + Send + Sync + serde::de::DeserializeOwned + 'static,
+    V: Send + Sync + 'static,
+{
+    let items: Arc<RwLock<HashMap<String, V>>> = Arc::default();
+    let (ready_tx, ready) = tokio::sync::watch::channel(false);
+    let (store, changed) = (items.clone(), changed.clone());
+    let kind = K::kind(&()).to_string();
+    tokio::spawn(async move {
+        let stream = watcher(api, config).default_backoff();
+        futures::pin_mut!(stream);
+        let mut relisting: Option<HashMap<String, V>> = None;
+        while let Some(event) = stream.next().await {
+            let event = match event {
+                Ok(event) => event,
+                Err(e) => {
+                    tracing::warn!(kind = %kind, error = %e, "watch error; retrying with backoff");
+                    continue;
+                }
+            };
+            let Ok(mut items) = store.write() else { return };
+            match event {
+                watcher::Event::Init => relisting = Some(HashMap::new()),
+                watcher::Event::InitApply(object) => {
+                    if let (Some(fresh), Some(value)) = (relisting.as_mut(), extract(&object)) {
+                        fresh.insert(key_of(&object), value);
+                    }
+                }
+                watcher::Event::InitDone => {
+                    if let Some(fresh) = relisting.take() {
+                        *items = fresh;
+                    }
+                    let _ = ready_tx.send(true);
+                }
+                watcher::Event::Apply(object) => {
+                    match extract(&object) {
+                        Some(value) => items.insert(key_of(&object), value),
+                        None => items.remove(&key_of(&object)),
+                    };
+                }
+                watcher::Event::Delete(object) => {
+                    items.remove(&key_of(&object));
+                }
+            }
+            drop(items);
+            changed.notify_one();
+        }
+    });
+    Compact { items, ready }
 }
 
 impl Cluster {
@@ -58,25 +163,45 @@ impl Cluster {
             Some(selector) => watcher::Config::default().labels(selector),
             None => watcher::Config::default(),
         };
+        let services =
+            watch_compact(Api::all(client.clone()), watcher::Config::default(), &changed, move |s: &Service| {
+                if !classes.handles(s) {
+                    return None;
+                }
+                service_info(s, BTreeSet::new()).map(|info| ServiceEntry { info, uid: s.metadata.uid.clone() })
+            });
+        let slices =
+            watch_compact(Api::all(client.clone()), watcher::Config::default(), &changed, |slice: &EndpointSlice| {
+                Some(SliceEntry {
+                    namespace: slice.namespace()?,
+                    service: slice.labels().get("kubernetes.io/service-name")?.clone(),
+                    ready_nodes: ready_nodes(slice).collect(),
+                })
+            });
+        let announcements = watch_compact(
+            Api::namespaced(client.clone(), namespace),
+            watcher::Config::default(),
+            &changed,
+            |a: &L2Announcement| Some(a.spec.clone()),
+        );
         Self {
             nodes: watch(Api::all(client.clone()), watcher::Config::default(), &changed),
-            services: watch(Api::all(client.clone()), watcher::Config::default(), &changed),
-            slices: watch(Api::all(client.clone()), watcher::Config::default(), &changed),
+            services,
+            slices,
             advertisements: watch(Api::all(client.clone()), watcher::Config::default(), &changed),
             pools: watch(Api::all(client.clone()), pool_config, &changed),
-            announcements: watch(Api::namespaced(client.clone(), namespace), watcher::Config::default(), &changed),
-            classes,
+            announcements,
             changed,
         }
     }
 
     /// Resolves once every watch has listed.
-    pub async fn ready(&self) -> Result<(), reflector::store::WriterDropped> {
-        self.nodes.wait_until_ready().await?;
+    pub async fn ready(&self) -> Result<(), CompactStopped> {
+        self.nodes.wait_until_ready().await.map_err(|_| CompactStopped)?;
         self.services.wait_until_ready().await?;
         self.slices.wait_until_ready().await?;
-        self.advertisements.wait_until_ready().await?;
-        self.pools.wait_until_ready().await?;
+        self.advertisements.wait_until_ready().await.map_err(|_| CompactStopped)?;
+        self.pools.wait_until_ready().await.map_err(|_| CompactStopped)?;
         self.announcements.wait_until_ready().await
     }
 
@@ -87,23 +212,18 @@ impl Cluster {
 
     pub fn world(&self) -> World {
         let mut endpoints: HashMap<(String, String), BTreeSet<String>> = HashMap::new();
-        for slice in self.slices.state() {
-            let (Some(namespace), Some(service)) =
-                (slice.namespace(), slice.labels().get("kubernetes.io/service-name").cloned())
-            else {
-                continue;
-            };
-            let nodes = endpoints.entry((namespace, service)).or_default();
-            nodes.extend(ready_nodes(&slice));
+        for slice in self.slices.values() {
+            endpoints.entry((slice.namespace, slice.service)).or_default().extend(slice.ready_nodes);
         }
         let services = self
             .services
-            .state()
-            .iter()
-            .filter(|s| self.classes.handles(s))
-            .filter_map(|s| {
-                let key = (s.namespace().unwrap_or_default(), s.name_any());
-                service_info(s, endpoints.get(&key).cloned().unwrap_or_default())
+            .values()
+            .into_iter()
+            .map(|entry| {
+                let mut info = entry.info;
+                let key = (info.service.namespace.clone(), info.service.name.clone());
+                info.ready_endpoint_nodes = endpoints.remove(&key).unwrap_or_default();
+                info
             })
             .collect();
         World {
@@ -132,17 +252,28 @@ impl Cluster {
         self.nodes.state().iter().filter_map(|n| node_address(n, ipv4)).map(|ip| SocketAddr::new(ip, port)).collect()
     }
 
+    /// What an Event about `service` refers to.
     pub fn service_reference(&self, service: &ServiceReference) -> Option<ObjectReference> {
-        self.services
-            .state()
-            .into_iter()
-            .find(|s| s.namespace().as_deref() == Some(&service.namespace) && s.name_any() == service.name)
-            .map(|s| s.object_ref(&()))
+        let entry = self.services.get(&format!("{}/{}", service.namespace, service.name))?;
+        Some(ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Service".into()),
+            namespace: Some(service.namespace.clone()),
+            name: Some(service.name.clone()),
+            uid: entry.uid,
+            ..Default::default()
+        })
     }
 
     /// The L2Announcements in the install namespace: name → spec.
     pub fn announcements(&self) -> BTreeMap<String, ferrolb_crds::L2AnnouncementSpec> {
-        self.announcements.state().iter().map(|a| (a.name_any(), a.spec.clone())).collect()
+        self.announcements
+            .items
+            .read()
+            .map(|items| {
+                items.iter().map(|(k, v)| (k.rsplit('/').next().unwrap_or(k).to_string(), v.clone())).collect()
+            })
+            .unwrap_or_default()
     }
 }
 

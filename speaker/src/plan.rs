@@ -175,6 +175,24 @@ pub fn mine(decisions: &[Decision], me: &str, inventory: &Inventory) -> BTreeMap
     held
 }
 
+/// Services `me` owns with VIPs it has no interface for (`placed` is what [`mine`] returned): none of the
+/// usable interfaces has an address in the VIP's subnet and there is no default route of its family, or the
+/// advertisement's interfaces are not usable here. The user must be told: nothing answers for them.
+pub fn unplaced(
+    decisions: &[Decision],
+    me: &str,
+    placed: &BTreeMap<IpAddr, BTreeSet<String>>,
+) -> Vec<(ServiceReference, Vec<IpAddr>)> {
+    decisions
+        .iter()
+        .filter(|d| d.owner.as_deref() == Some(me))
+        .filter_map(|d| {
+            let missing: Vec<IpAddr> = d.vips.iter().filter(|v| !placed.contains_key(v)).copied().collect();
+            (!missing.is_empty()).then(|| (d.service.clone(), missing))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 #[path = "plan_tests.rs"]
 mod tests;

@@ -97,6 +97,20 @@ fn both_families_go_to_the_election_owner_on_the_interface_of_their_subnet() {
 }
 
 #[test]
+fn a_vip_with_no_interface_on_its_owner_is_reported_unplaced() {
+    let mut w = world(vec![service("web", &["192.0.2.200", "2001:db8::200"], &["node-1"])], vec![advertise(&["demo"])]);
+    // A pool outside every subnet of the node, and no default route.
+    w.pools[0].addresses.push("2001:db8:b::/112".into());
+    w.services[0].vips[1] = ip("2001:db8:b::1");
+    let decisions = decide(&w, &members(&ALL, &["eth0"]));
+    let owner = decisions[0].owner.clone().unwrap();
+    let placed = mine(&decisions, &owner, &lab_inventory());
+    assert_eq!(placed.keys().copied().collect::<Vec<_>>(), [ip("192.0.2.200")]);
+    assert_eq!(unplaced(&decisions, &owner, &placed), [(decisions[0].service.clone(), vec![ip("2001:db8:b::1")])]);
+    assert!(unplaced(&decisions, "node-x", &placed).is_empty());
+}
+
+#[test]
 fn addresses_outside_an_advertised_pool_are_never_announced() {
     let outside = service("outside", &["203.0.113.9"], &["node-1"]);
     let quiet = service("quiet", &["198.51.100.7"], &["node-1"]);

@@ -115,6 +115,7 @@ pub async fn run(
         decisions: Vec::new(),
         announced_services: BTreeSet::new(),
         conflict_events: HashMap::new(),
+        unplaced_services: BTreeSet::new(),
     };
     health.set_ready(true);
     let mut api_dirty: Option<Instant> = Some(Instant::now());
@@ -183,6 +184,7 @@ pub async fn run(
         let world = cluster.world();
         let decisions = plan::decide(&world, &live);
         let mut desired = plan::mine(&decisions, &me, &inventory);
+        let unplaced = plan::unplaced(&decisions, &me, &desired);
         if state.hold_until.is_some() {
             // Not yet in touch with the others: give up what the plan says to, take nothing new.
             let held: BTreeSet<IpAddr> = state.announcer.owned().copied().collect();
@@ -208,6 +210,7 @@ pub async fn run(
         responder.execute(actions).await;
         let janitor = live.keys().next() == Some(&me);
         state.report(&cluster, &reports, decisions, &held, janitor);
+        state.report_unplaced(&cluster, &reports, unplaced);
     }
 
     tracing::info!("stopping: releasing every VIP and leaving the gossip group");
@@ -237,6 +240,8 @@ struct State {
     /// Services this node announced after the last plan (for `NodeAssigned`).
     announced_services: BTreeSet<ServiceReference>,
     conflict_events: HashMap<(IpAddr, Mac), Instant>,
+    /// Services this node owns but cannot announce (some VIP has no interface), already reported.
+    unplaced_services: BTreeSet<ServiceReference>,
 }
 
 impl State {
@@ -275,6 +280,31 @@ impl State {
         }
         self.announced_services = announced;
         self.decisions = decisions;
+    }
+
+    fn report_unplaced(
+        &mut self,
+        cluster: &Cluster,
+        reports: &mpsc::UnboundedSender<Report>,
+        unplaced: Vec<(ServiceReference, Vec<IpAddr>)>,
+    ) {
+        let now: BTreeSet<ServiceReference> = unplaced.iter().map(|(s, _)| s.clone()).collect();
+        for (service, vips) in unplaced {
+            if self.unplaced_services.contains(&service) {
+                continue;
+            }
+            let vips: Vec<String> = vips.iter().map(IpAddr::to_string).collect();
+            let note = format!(
+                "node {} owns {} but none of its usable interfaces has an address in that subnet and it has no default route of that family: nothing answers for it; name the interface in the L2Advertisement (spec.interfaces)",
+                self.me,
+                vips.join(", ")
+            );
+            tracing::warn!(service = %format!("{}/{}", service.namespace, service.name), "{note}");
+            if let Some(regarding) = cluster.service_reference(&service) {
+                let _ = reports.send(Report::Notice(Notice { regarding, warning: true, reason: "NotAnnounced", note }));
+            }
+        }
+        self.unplaced_services = now;
     }
 
     fn report_conflict(&mut self, cluster: &Cluster, reports: &mpsc::UnboundedSender<Report>, conflict: Conflict) {

@@ -122,3 +122,28 @@ async fn l2_advertisements_are_served() {
     api.create(&PostParams::default(), &advertisement).await.unwrap();
     assert_eq!(api.get(&name).await.unwrap().spec.interfaces, ["eth0"]);
 }
+
+/// `ferrolb migrate`'s output for MetalLB's documented examples is accepted by the API server as it is.
+#[tokio::test]
+async fn migrated_metallb_configuration_is_accepted_by_the_api_server() {
+    let _ = pools().await; // the CRDs
+    let fixture =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../cli/tests/fixtures/metallb-documented.yaml");
+    let migrated = ferrolb_cli::migrate::migrate(&std::fs::read_to_string(fixture).unwrap()).unwrap();
+    let plane = ControlPlane::shared();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("ferrolb.yaml");
+    // Unique names: the shared API server serves other tests too.
+    let yaml = migrated.to_yaml().unwrap().replace("name: ", &format!("name: {}-", names::unique("mig")));
+    std::fs::write(&file, yaml).unwrap();
+    let output = std::process::Command::new(ferrolb_e2e::toolchain::K8sBinary::Kubectl.path())
+        .arg("--kubeconfig")
+        .arg(plane.kubeconfig_path())
+        .args(["apply", "--dry-run=server", "-f"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(stdout.matches("(server dry run)").count(), 5, "{stdout}");
+}

@@ -207,13 +207,13 @@ fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> Result<()> {
 /// `vips` single-stack IPv6 Services from a pool that only node-1 announces, each with a ready endpoint:
 /// node-1's speaker ends up announcing all of them. Prints every speaker's RSS.
 fn memory_with_vips(lab: &RunningLab, vips: usize) -> Result<()> {
-    println!("speaker memory: {vips} IPv6 VIPs, all announced by node-1");
+    println!("speaker memory: {vips} IPv6 VIPs, all announced by node-1 (a pool inside the nodes' IPv6 subnet)");
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
         let client = lab.plane().admin_client().await?;
         let pool = IPAddressPool::new(
             "bench-v6",
-            IPAddressPoolSpec { auto_assign: false, ..IPAddressPoolSpec::with_addresses(&["2001:db8:b::/112"]) },
+            IPAddressPoolSpec { auto_assign: false, ..IPAddressPoolSpec::with_addresses(&["2001:db8::1:0/112"]) },
         );
         Api::<IPAddressPool>::all(client.clone()).create(&PostParams::default(), &pool).await?;
         let advertisement = L2Advertisement::new(

@@ -9,6 +9,7 @@ pub mod cluster;
 pub mod election;
 pub mod frames;
 pub mod gossip_auth;
+pub mod keepalived;
 pub mod links;
 pub mod membership;
 pub mod metrics;

@@ -6,19 +6,45 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use ferrolb_speaker::announcer::Timing;
 use ferrolb_speaker::cluster::ClassFilter;
 use ferrolb_speaker::gossip_auth::SharedKey;
+use ferrolb_speaker::keepalived::{self, render, run::KeepalivedOptions};
 use ferrolb_speaker::membership;
 use ferrolb_speaker::metrics::Metrics;
 use ferrolb_speaker::run::{self, Options};
 use ferrolb_telemetry::{Health, LogFormat, init_logging, shutdown_signal};
 use kube::runtime::events::{Recorder, Reporter};
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Mode {
+    /// The speaker answers ARP and NDP itself (gossip election, sub-second failover).
+    Native,
+    /// The speaker renders keepalived's VRRP configuration and supervises keepalived (needs CAP_NET_ADMIN).
+    Keepalived,
+}
+
 #[derive(Debug, Parser)]
 #[command(name = "ferrolb-speaker", version, about = "Announces ferrolb's VIPs from one elected node each (ARP/NDP)")]
 struct Args {
+    #[arg(long, env = "FERROLB_MODE", value_enum, default_value = "native")]
+    mode: Mode,
+    /// keepalived mode: the keepalived executable.
+    #[arg(long, env = "FERROLB_KEEPALIVED_BINARY", default_value = "keepalived")]
+    keepalived_binary: PathBuf,
+    /// keepalived mode: where its configuration, pid files and notify FIFO go.
+    #[arg(long, env = "FERROLB_KEEPALIVED_DIR", default_value = "/run/ferrolb/keepalived")]
+    keepalived_dir: PathBuf,
+    /// keepalived mode: the VRIDs ferrolb may use on the LAN, `FIRST-LAST` (keep clear of other VRRP users).
+    #[arg(long, env = "FERROLB_VRID_RANGE", default_value = "1-255", value_parser = parse_vrid_range)]
+    vrid_range: (u8, u8),
+    /// keepalived mode: VRRP advertisement interval (failover takes about three of them).
+    #[arg(long, env = "FERROLB_ADVERT_INTERVAL_MS", default_value_t = 1000)]
+    advert_interval_ms: u64,
+    /// keepalived mode: multicast VRRP instead of unicast to the candidates' node addresses.
+    #[arg(long, env = "FERROLB_VRRP_MULTICAST")]
+    vrrp_multicast: bool,
     /// This node's name (the Pod's spec.nodeName).
     #[arg(long, env = "NODE_NAME")]
     node_name: String,
@@ -88,11 +114,26 @@ fn main() -> anyhow::Result<()> {
     result
 }
 
+fn parse_vrid_range(text: &str) -> Result<(u8, u8), String> {
+    let (first, last) = text.split_once('-').ok_or("expected FIRST-LAST, e.g. 1-255")?;
+    let first: u8 = first.trim().parse().map_err(|_| format!("{first:?} is not a VRID (1-255)"))?;
+    let last: u8 = last.trim().parse().map_err(|_| format!("{last:?} is not a VRID (1-255)"))?;
+    if first == 0 || first > last {
+        return Err(format!("{text:?} is not a range of VRIDs within 1-255"));
+    }
+    Ok((first, last))
+}
+
 async fn start(args: Args) -> anyhow::Result<()> {
-    let key_bytes = std::fs::read(&args.gossip_key_file)
-        .with_context(|| format!("reading the gossip key from {}", args.gossip_key_file.display()))?;
-    let gossip_key = SharedKey::from_file_contents(&key_bytes)
-        .with_context(|| format!("the gossip key in {}", args.gossip_key_file.display()))?;
+    // keepalived mode needs no gossip, so no key.
+    let gossip_key = if args.mode == Mode::Native {
+        let key_bytes = std::fs::read(&args.gossip_key_file)
+            .with_context(|| format!("reading the gossip key from {}", args.gossip_key_file.display()))?;
+        SharedKey::from_file_contents(&key_bytes)
+            .with_context(|| format!("the gossip key in {}", args.gossip_key_file.display()))?
+    } else {
+        SharedKey::from_file_contents(b"unused in keepalived mode")?
+    };
     let gossip = membership::Settings {
         probe_period: Duration::from_millis(args.probe_period_ms),
         probe_rtt: Duration::from_millis(args.probe_rtt_ms),
@@ -143,5 +184,21 @@ async fn start(args: Args) -> anyhow::Result<()> {
             .filter(|i| !i.is_empty())
             .collect(),
     };
-    run::run(client, options, metrics, health, recorder, shutdown_signal()).await
+    match args.mode {
+        Mode::Native => run::run(client, options, metrics, health, recorder, shutdown_signal()).await,
+        Mode::Keepalived => {
+            let keepalived = KeepalivedOptions {
+                binary: args.keepalived_binary,
+                dir: args.keepalived_dir,
+                settings: render::Settings {
+                    vrid_first: args.vrid_range.0,
+                    vrid_last: args.vrid_range.1,
+                    advert_interval: Duration::from_millis(args.advert_interval_ms.max(10)),
+                    unicast: !args.vrrp_multicast,
+                    ..render::Settings::default()
+                },
+            };
+            keepalived::run::run(client, options, keepalived, metrics, health, recorder, shutdown_signal()).await
+        }
+    }
 }

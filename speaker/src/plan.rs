@@ -60,6 +60,8 @@ pub struct Decision {
     pub named_interfaces: BTreeSet<String>,
     /// Some advertisement names no interface: the owner also picks its own (see [`Inventory::interfaces_for`]).
     pub any_interface: bool,
+    /// Every candidate, best first (the owner first): keepalived mode turns it into VRRP priorities.
+    pub ranking: Vec<String>,
 }
 
 /// The decision for every Service some advertisement announces, in Service order.
@@ -133,6 +135,7 @@ fn decide_one(
     };
     let candidates = election::candidates(nodes, live, &views, &view);
     let owner = election::owner(&candidates, &vips);
+    let ranking: Vec<String> = election::ranking(&candidates, &vips).iter().map(|c| c.node.to_string()).collect();
     let (mut named_interfaces, mut any_interface) = (BTreeSet::new(), false);
     if let Some(owner) = owner
         && let Some(node) = nodes.iter().find(|n| n.name == owner.node)
@@ -154,6 +157,7 @@ fn decide_one(
         owner: owner.map(|o| o.node.to_string()),
         named_interfaces,
         any_interface,
+        ranking,
     })
 }
 

@@ -21,8 +21,6 @@ use tokio::sync::mpsc;
 use crate::plan::Decision;
 
 pub const FIELD_MANAGER: &str = "ferrolb-speaker";
-/// Longer than the watch takes to show our own write.
-const RESEND_AFTER: Duration = Duration::from_secs(5);
 
 /// Object name of a Service's L2Announcement: namespace and name cannot contain dots, so this is unique.
 pub fn announcement_name(service: &ServiceReference) -> String {
@@ -33,6 +31,14 @@ pub fn announcement_name(service: &ServiceReference) -> String {
 pub enum Op {
     Apply(String, L2AnnouncementSpec),
     Delete(String),
+}
+
+impl Op {
+    pub fn name(&self) -> &str {
+        match self {
+            Op::Apply(name, _) | Op::Delete(name) => name,
+        }
+    }
 }
 
 /// The L2Announcement writes and deletions `me` owes, given the decisions, what this node announces
@@ -92,7 +98,7 @@ pub enum Report {
 }
 
 /// Carries reports out in order; L2Announcement writes for the same name are coalesced, and a failed write
-/// is retried a few times (the next plan recomputes it anyway).
+/// is retried a few times (the main loop hands it over again later).
 pub async fn run(
     client: kube::Client,
     namespace: String,
@@ -100,9 +106,6 @@ pub async fn run(
     mut reports: mpsc::UnboundedReceiver<Report>,
 ) {
     let api: Api<L2Announcement> = Api::namespaced(client, &namespace);
-    // The last op sent per name: a plan recomputed before the watch shows our write must not repeat it. After
-    // a while a repeat is real (another speaker changed the object since), so it is sent again.
-    let mut sent: BTreeMap<String, (Op, tokio::time::Instant)> = BTreeMap::new();
     while let Some(report) = reports.recv().await {
         let mut batch = vec![report];
         while let Ok(more) = reports.try_recv() {
@@ -113,24 +116,15 @@ pub async fn run(
             match report {
                 Report::Ops(list) => {
                     for op in list {
-                        let name = match &op {
-                            Op::Apply(name, _) | Op::Delete(name) => name.clone(),
-                        };
-                        ops.insert(name, op);
+                        ops.insert(op.name().to_string(), op);
                     }
                 }
                 Report::Notice(notice) => publish(&recorder, notice).await,
             }
         }
         for (name, op) in ops {
-            if sent.get(&name).is_some_and(|(last, at)| *last == op && at.elapsed() < RESEND_AFTER) {
-                continue;
-            }
-            if execute(&api, &name, &op).await {
-                sent.insert(name, (op, tokio::time::Instant::now()));
-            }
+            execute(&api, &name, &op).await;
         }
-        sent.retain(|_, (_, at)| at.elapsed() < RESEND_AFTER);
     }
 }
 
@@ -197,6 +191,7 @@ mod tests {
             owner: owner.map(Into::into),
             named_interfaces: BTreeSet::new(),
             any_interface: true,
+            ranking: owner.into_iter().map(String::from).collect(),
         }
     }
 

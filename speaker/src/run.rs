@@ -26,6 +26,8 @@ use crate::responder::{Conflict, Responder};
 
 /// API changes come in bursts (a Deployment rollout touches many EndpointSlices): plan once per burst.
 const API_SETTLE: Duration = Duration::from_millis(30);
+/// L2Announcement writes are handed to the writer once per this period at most (a failed one is retried then).
+const OPS_RESEND_PERIOD: Duration = Duration::from_secs(60);
 /// One conflict Event per VIP and foreign MAC per this period.
 const CONFLICT_EVENT_PERIOD: Duration = Duration::from_secs(60);
 
@@ -107,16 +109,7 @@ pub async fn run(
     let (reports, reports_rx) = mpsc::unbounded_channel();
     let writer = tokio::spawn(report::run(client.clone(), options.namespace.clone(), recorder, reports_rx));
 
-    let mut state = State {
-        me: me.clone(),
-        announcer: Announcer::new(options.timing),
-        hold_until: Some(Instant::now() + options.join_grace),
-        hold_ends_on_contact: true,
-        decisions: Vec::new(),
-        announced_services: BTreeSet::new(),
-        conflict_events: HashMap::new(),
-        unplaced_services: BTreeSet::new(),
-    };
+    let mut state = State::new(me.clone(), options.timing, options.join_grace);
     health.set_ready(true);
     let mut api_dirty: Option<Instant> = Some(Instant::now());
     tokio::pin!(stop);
@@ -230,7 +223,7 @@ fn held_interfaces(
     announcer.owned().filter_map(|vip| desired.get(vip).map(|i| (*vip, i.clone()))).collect()
 }
 
-struct State {
+pub(crate) struct State {
     me: String,
     announcer: Announcer,
     hold_until: Option<Instant>,
@@ -240,12 +233,30 @@ struct State {
     /// Services this node announced after the last plan (for `NodeAssigned`).
     announced_services: BTreeSet<ServiceReference>,
     conflict_events: HashMap<(IpAddr, Mac), Instant>,
+    /// L2Announcement writes already handed to the writer.
+    ops_sent: HashMap<String, report::Op>,
+    ops_sent_since: Instant,
     /// Services this node owns but cannot announce (some VIP has no interface), already reported.
     unplaced_services: BTreeSet<ServiceReference>,
 }
 
 impl State {
-    fn report(
+    pub(crate) fn new(me: String, timing: Timing, join_grace: Duration) -> Self {
+        Self {
+            me,
+            announcer: Announcer::new(timing),
+            hold_until: Some(Instant::now() + join_grace),
+            hold_ends_on_contact: true,
+            decisions: Vec::new(),
+            announced_services: BTreeSet::new(),
+            conflict_events: HashMap::new(),
+            unplaced_services: BTreeSet::new(),
+            ops_sent: HashMap::new(),
+            ops_sent_since: Instant::now(),
+        }
+    }
+
+    pub(crate) fn report(
         &mut self,
         cluster: &Cluster,
         reports: &mpsc::UnboundedSender<Report>,
@@ -254,8 +265,22 @@ impl State {
         janitor: bool,
     ) {
         let ops = report::announcement_ops(&decisions, &self.me, held, janitor, &cluster.announcements());
-        if !ops.is_empty() {
-            let _ = reports.send(Report::Ops(ops));
+        // The watch shows our own writes only after a while: until then the same ops come out of every plan.
+        // Send each once; forget them now and then, so a write that failed for good is tried again.
+        if self.ops_sent_since.elapsed() > OPS_RESEND_PERIOD {
+            self.ops_sent.clear();
+            self.ops_sent_since = Instant::now();
+        }
+        // Ops no longer needed (the watch caught up) are forgotten, so the same op can be sent again later.
+        let needed: BTreeSet<&str> = ops.iter().map(report::Op::name).collect();
+        self.ops_sent.retain(|name, _| needed.contains(name.as_str()));
+        let fresh: Vec<report::Op> =
+            ops.iter().filter(|op| self.ops_sent.get(op.name()) != Some(*op)).cloned().collect();
+        for op in &fresh {
+            self.ops_sent.insert(op.name().to_string(), op.clone());
+        }
+        if !fresh.is_empty() {
+            let _ = reports.send(Report::Ops(fresh));
         }
         let mut announced = BTreeSet::new();
         for decision in decisions.iter().filter(|d| d.owner.as_deref() == Some(self.me.as_str())) {
@@ -282,7 +307,7 @@ impl State {
         self.decisions = decisions;
     }
 
-    fn report_unplaced(
+    pub(crate) fn report_unplaced(
         &mut self,
         cluster: &Cluster,
         reports: &mpsc::UnboundedSender<Report>,

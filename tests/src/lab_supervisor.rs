@@ -44,6 +44,10 @@ pub struct LabConfig {
     /// The controller's /metrics address on the host ([`CONTROLLER_METRICS_ADDRESS`] for the developer's lab;
     /// port 0 where several labs run at once).
     pub controller_metrics_address: String,
+    /// Speakers in keepalived mode (each with its own keepalived under the state dir) instead of native.
+    pub keepalived: bool,
+    /// Extra arguments for every speaker (timers, ...).
+    pub speaker_args: Vec<String>,
 }
 
 impl LabConfig {
@@ -282,12 +286,23 @@ impl RunningLab {
                     node.name.clone(),
                     key.clone(),
                 );
+                let mut args = config.speaker_args.clone();
+                if config.keepalived {
+                    let dir = config.state_dir.join(format!("keepalived-{name}"));
+                    args.extend([
+                        "--mode".into(),
+                        "keepalived".into(),
+                        "--keepalived-dir".into(),
+                        dir.to_string_lossy().into_owned(),
+                    ]);
+                }
                 let log = config.state_dir.join(format!("speaker-{name}.log"));
                 components.push(Supervised {
                     name: format!("speaker on {name}"),
                     command: Box::new(move || {
                         let mut command = Command::new(&bin);
                         command
+                            .args(&args)
                             .env("KUBECONFIG", &kubeconfig)
                             .env("NODE_NAME", &name)
                             .env("POD_NAMESPACE", INSTALL_NAMESPACE)

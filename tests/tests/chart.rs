@@ -153,6 +153,8 @@ fn install() -> Installed {
         prefix: names::unique_lab_prefix(),
         nodes: 3,
         controller_metrics_address: "127.0.0.1:0".into(),
+        keepalived: false,
+        speaker_args: Vec::new(),
     };
     let running = RunningLab::prepare(config).unwrap();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();

@@ -24,6 +24,9 @@ pub struct LabArgs {
     action: String,
     #[arg(long, default_value_t = 3)]
     nodes: usize,
+    /// native: the speakers answer ARP/NDP; keepalived: they drive keepalived (VRRP).
+    #[arg(long, value_parser = ["native", "keepalived"], default_value = "native")]
+    mode: String,
 }
 
 fn state_dir() -> PathBuf {
@@ -47,7 +50,7 @@ pub fn run(args: LabArgs) -> Result<()> {
         eprintln!("==> a lab is already running here: taking it down first");
         down()?;
     }
-    let state = start_supervisor(args.nodes)?;
+    let state = start_supervisor(args.nodes, args.mode == "keepalived")?;
     show_demo(&state)
 }
 
@@ -62,7 +65,7 @@ fn down() -> Result<()> {
     Ok(())
 }
 
-fn start_supervisor(nodes: usize) -> Result<Value> {
+fn start_supervisor(nodes: usize, keepalived: bool) -> Result<Value> {
     let dir = state_dir();
     std::fs::create_dir_all(&dir)?;
     let _ = std::fs::remove_file(dir.join("lab.json"));
@@ -72,6 +75,7 @@ fn start_supervisor(nodes: usize) -> Result<Value> {
     let mut supervisor = Command::new(lab_binary())
         .arg("--state-dir")
         .arg(&dir)
+        .args(keepalived.then_some("--keepalived"))
         .arg("up")
         .arg("--bin-dir")
         .arg(run::workspace_bin_dir())

@@ -34,6 +34,9 @@ enum Command {
     Bench {
         #[arg(value_parser = ["controller", "failover"])]
         what: String,
+        /// For `failover`: native or keepalived speakers.
+        #[arg(long, value_parser = ["native", "keepalived"], default_value = "native")]
+        mode: String,
     },
     /// Fuzz the speaker's wire parsers (ARP, NDP, gossip) and pool-entry parsing: every target, or one.
     Fuzz {
@@ -54,7 +57,7 @@ fn main() -> Result<()> {
         Command::Deps => deps::install_all(),
         Command::Test { cargo_test_args } => test(&cargo_test_args),
         Command::Lab(args) => lab::run(args),
-        Command::Bench { what } => bench(&what),
+        Command::Bench { what, mode } => bench(&what, &mode),
         Command::Fuzz { target, seconds } => {
             run::step(
                 "cargo build --release -p ferrolb-e2e --bin ferrolb-fuzz",
@@ -101,7 +104,7 @@ fn test(cargo_test_args: &[String]) -> Result<()> {
     Ok(())
 }
 
-fn bench(what: &str) -> Result<()> {
+fn bench(what: &str, mode: &str) -> Result<()> {
     deps::install_all()?;
     match what {
         "controller" => {
@@ -136,6 +139,9 @@ fn bench(what: &str) -> Result<()> {
             let release = toolchain::cargo_target_dir().join("release");
             let mut bench = std::process::Command::new(release.join("ferrolb-bench"));
             bench.arg("failover").arg("--bin-dir").arg(&release).arg("--repo").arg(run::workspace_root());
+            if mode == "keepalived" {
+                bench.arg("--keepalived");
+            }
             run::step("failover: SIGKILL, link cut, SIGTERM (20 trials each); speaker memory with 10 000 VIPs", bench)
         }
         other => anyhow::bail!("unknown benchmark {other}: controller or failover"),

@@ -13,6 +13,9 @@ struct Cli {
     /// Where lab.json, logs, the kubeconfig and the control plane's data go.
     #[arg(long, default_value = "target/lab")]
     state_dir: PathBuf,
+    /// Speakers in keepalived mode.
+    #[arg(long)]
+    keepalived: bool,
     /// The controller's /metrics address on the host (port 0: any free port).
     #[arg(long, default_value = lab_supervisor::CONTROLLER_METRICS_ADDRESS)]
     controller_metrics_address: String,
@@ -59,6 +62,8 @@ fn main() -> Result<()> {
                 prefix: cli.prefix,
                 nodes,
                 controller_metrics_address: cli.controller_metrics_address,
+                keepalived: cli.keepalived,
+                speaker_args: Vec::new(),
             };
             std::fs::create_dir_all(&config.state_dir)?;
             std::fs::write(config.pid_file(), std::process::id().to_string()).context("writing the pid file")?;
@@ -78,6 +83,8 @@ fn main() -> Result<()> {
                 prefix: cli.prefix,
                 nodes: 0,
                 controller_metrics_address: cli.controller_metrics_address,
+                keepalived: cli.keepalived,
+                speaker_args: Vec::new(),
             };
             for leftover in lab_supervisor::down(&config) {
                 tracing::warn!("removed leftover: {leftover}");

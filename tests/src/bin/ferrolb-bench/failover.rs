@@ -45,7 +45,7 @@ impl Fault {
     }
 }
 
-pub fn run(bin_dir: PathBuf, repo: PathBuf, trials: usize, vips: usize) -> Result<()> {
+pub fn run(bin_dir: PathBuf, repo: PathBuf, trials: usize, vips: usize, keepalived: bool) -> Result<()> {
     let state = tempfile::tempdir()?;
     let config = LabConfig {
         state_dir: state.path().to_path_buf(),
@@ -54,14 +54,17 @@ pub fn run(bin_dir: PathBuf, repo: PathBuf, trials: usize, vips: usize) -> Resul
         prefix: ferrolb_e2e::names::unique_lab_prefix(),
         nodes: 3,
         controller_metrics_address: "127.0.0.1:0".into(),
+        keepalived,
+        speaker_args: Vec::new(),
     };
     let mut lab = RunningLab::start(config).context("starting the lab")?;
     let client_ns = lab.lab().client().netns.clone();
     wait_until(Duration::from_secs(60), || curl(&client_ns).is_some()).context("the demo VIP never answered")?;
 
     let faults = if trials == 0 { Vec::new() } else { vec![Fault::Sigkill, Fault::LinkCut, Fault::Sigterm] };
+    let mode = if keepalived { "keepalived mode, advert interval 1 s" } else { "native mode" };
     for fault in faults {
-        println!("failover: {} ({trials} trials)", fault.describe());
+        println!("failover ({mode}): {} ({trials} trials)", fault.describe());
         let mut samples = Vec::new();
         for trial in 0..trials {
             let owner = stable_owner(&client_ns)?;
@@ -99,7 +102,7 @@ pub fn run(bin_dir: PathBuf, repo: PathBuf, trials: usize, vips: usize) -> Resul
         );
     }
 
-    if vips > 0 {
+    if vips > 0 && !keepalived {
         memory_with_vips(&lab, vips)?;
     }
     Ok(())

@@ -49,9 +49,12 @@ enum Bench {
         repo: PathBuf,
         #[arg(long, default_value_t = 20)]
         trials: usize,
-        /// VIPs for the memory figure (0: skip it).
+        /// VIPs for the memory figure (0: skip it; native mode only).
         #[arg(long, default_value_t = 10_000)]
         vips: usize,
+        /// Speakers in keepalived mode.
+        #[arg(long)]
+        keepalived: bool,
     },
 }
 
@@ -65,7 +68,9 @@ fn main() -> Result<()> {
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             runtime.block_on(controller_bench(&plane, dir.path(), &controller, latency_services, bulk_services))
         }
-        Bench::Failover { bin_dir, repo, trials, vips } => failover::run(bin_dir, repo, trials, vips),
+        Bench::Failover { bin_dir, repo, trials, vips, keepalived } => {
+            failover::run(bin_dir, repo, trials, vips, keepalived)
+        }
     }
 }
 

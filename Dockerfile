@@ -10,8 +10,17 @@ RUN cargo build --release --locked -p ferrolb-controller -p ferrolb-speaker -p f
  && install -D -m 0755 target/release/ferrolb-speaker /out/ferrolb-speaker \
  && install -D -m 0755 target/release/ferrolb /out/ferrolb
 
-# glibc, CA certificates and nothing else (no shell, no package manager).
-FROM gcr.io/distroless/cc-debian12:nonroot
+# keepalived mode: the speaker with keepalived beside it (the chart's speaker.keepalived.image).
+# Build: docker build --target keepalived -t ghcr.io/ferrolb/ferrolb-keepalived:0.1.0 .
+FROM debian:bookworm-slim AS keepalived
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends keepalived \
+ && rm -rf /var/lib/apt/lists/*
+COPY --from=build /out/ferrolb-speaker /usr/local/bin/
+ENTRYPOINT ["/usr/local/bin/ferrolb-speaker"]
+
+# The default target: glibc, CA certificates and nothing else (no shell, no package manager).
+FROM gcr.io/distroless/cc-debian12:nonroot AS runtime
 COPY --from=build /out/ /usr/local/bin/
 # The controller's user; the chart overrides it for the speaker, which needs root for CAP_NET_RAW.
 USER 65532:65532

@@ -234,7 +234,8 @@ pub(crate) struct State {
     announced_services: BTreeSet<ServiceReference>,
     conflict_events: HashMap<(IpAddr, Mac), Instant>,
     /// L2Announcement writes already handed to the writer.
-    ops_sent: HashMap<String, report::Op>,
+    /// Per object: the op sent, and the object as it was when it was sent.
+    ops_sent: HashMap<String, (report::Op, Option<ferrolb_crds::L2AnnouncementSpec>)>,
     ops_sent_since: Instant,
     /// Services this node owns but cannot announce (some VIP has no interface), already reported.
     unplaced_services: BTreeSet<ServiceReference>,
@@ -264,20 +265,20 @@ impl State {
         held: &BTreeMap<IpAddr, BTreeSet<String>>,
         janitor: bool,
     ) {
-        let ops = report::announcement_ops(&decisions, &self.me, held, janitor, &cluster.announcements());
+        let existing = cluster.announcements();
+        let ops = report::announcement_ops(&decisions, &self.me, held, janitor, &existing);
         // The watch shows our own writes only after a while: until then the same ops come out of every plan.
-        // Send each once; forget them now and then, so a write that failed for good is tried again.
+        // Each is sent once, and sent again only once the object has changed since (our write landed, or
+        // someone else's did), or after a while (a write that failed for good is tried again).
         if self.ops_sent_since.elapsed() > OPS_RESEND_PERIOD {
             self.ops_sent.clear();
             self.ops_sent_since = Instant::now();
         }
-        // Ops no longer needed (the watch caught up) are forgotten, so the same op can be sent again later.
-        let needed: BTreeSet<&str> = ops.iter().map(report::Op::name).collect();
-        self.ops_sent.retain(|name, _| needed.contains(name.as_str()));
+        self.ops_sent.retain(|name, (_, seen)| existing.get(name) == seen.as_ref());
         let fresh: Vec<report::Op> =
-            ops.iter().filter(|op| self.ops_sent.get(op.name()) != Some(*op)).cloned().collect();
+            ops.iter().filter(|op| self.ops_sent.get(op.name()).map(|(sent, _)| sent) != Some(*op)).cloned().collect();
         for op in &fresh {
-            self.ops_sent.insert(op.name().to_string(), op.clone());
+            self.ops_sent.insert(op.name().to_string(), (op.clone(), existing.get(op.name()).cloned()));
         }
         if !fresh.is_empty() {
             let _ = reports.send(Report::Ops(fresh));

@@ -8,6 +8,7 @@
 pub mod control_plane;
 pub mod error;
 pub mod fuzz;
+pub mod l2lab;
 pub mod lab_supervisor;
 pub mod names;
 pub mod netlab;

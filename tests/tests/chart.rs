@@ -58,7 +58,13 @@ fn ok(output: &std::process::Output) -> String {
 fn the_chart_lints_and_its_schema_refuses_bad_values() {
     let home = tempfile::tempdir().unwrap();
     ok(&helm(home.path(), None, &["lint", &chart(), "--strict"]));
-    for bad in ["speaker.gossip.key=tooshort", "logFormat=xml", "controller.replicas=0", "speaker.unknown=1"] {
+    for bad in [
+        "speaker.gossip.key=tooshort",
+        "logFormat=xml",
+        "controller.replicas=0",
+        "speaker.unknown=1",
+        "speaker.mode=bgp",
+    ] {
         let output = helm(home.path(), None, &["lint", &chart(), "--set", bad]);
         assert!(!output.status.success(), "{bad} was accepted");
     }
@@ -73,6 +79,13 @@ fn the_chart_lints_and_its_schema_refuses_bad_values() {
         "the speaker gets CAP_NET_RAW only"
     );
     assert!(rendered.contains("readOnlyRootFilesystem: true") && rendered.contains("runAsNonRoot: true"));
+    let keepalived = ok(&helm(
+        home.path(),
+        None,
+        &["template", RELEASE, &chart(), "-n", INSTALL_NAMESPACE, "--set", "speaker.mode=keepalived"],
+    ));
+    assert!(keepalived.contains("add: [NET_RAW, NET_ADMIN]"), "keepalived mode adds NET_ADMIN, and only then");
+    assert!(keepalived.contains("ferrolb-keepalived:") && keepalived.contains("value: \"keepalived\""));
 }
 
 struct Installed {

@@ -95,7 +95,10 @@ pub async fn run(
                 tracing::info!(%instance, state = ?instance_state, "VRRP state");
                 instance_states.insert(instance, instance_state);
             }
-            _ = supervisor.exited(), if restart_due.is_none() => continue,
+            _ = supervisor.exited(), if restart_due.is_none() => {
+                // Its VRRP process is gone with it: this node holds nothing until keepalived says otherwise.
+                instance_states.clear();
+            }
             _ = tokio::time::sleep_until(restart_due.unwrap_or(far)), if restart_due.is_some() => {
                 if let Err(e) = supervisor.restart() {
                     tracing::error!(error = %e, "restarting keepalived failed");

@@ -132,7 +132,33 @@ impl Supervisor {
         }
     }
 
+    /// A keepalived left by a previous speaker (still releasing its VIPs after the speaker died) holds the
+    /// pid file, and a new one would refuse to start ("daemon is already running"): stop it first.
+    fn stop_leftover(&self) {
+        let pid_file = self.dir.join("keepalived.pid");
+        let Some(pid) = std::fs::read_to_string(&pid_file).ok().and_then(|p| p.trim().parse::<i32>().ok()) else {
+            return;
+        };
+        // Only a keepalived: the pid may have been reused by anything since.
+        let is_keepalived =
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "keepalived");
+        let pid = Pid::from_raw(pid);
+        if !is_keepalived {
+            return;
+        }
+        tracing::warn!(pid = pid.as_raw(), "a keepalived from a previous run is still there: stopping it");
+        let _ = kill(pid, Signal::SIGTERM);
+        for _ in 0..50 {
+            if kill(pid, None).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = kill(pid, Signal::SIGKILL);
+    }
+
     fn start(&mut self) -> Result<(), SuperviseError> {
+        self.stop_leftover();
         let mut command = Command::new(&self.binary);
         command
             .args(["-n", "-l", "-D", "-f"])

@@ -28,6 +28,11 @@ use crate::responder::{Conflict, Responder};
 const API_SETTLE: Duration = Duration::from_millis(30);
 /// L2Announcement writes are handed to the writer once per this period at most (a failed one is retried then).
 const OPS_RESEND_PERIOD: Duration = Duration::from_secs(60);
+/// An op still needed this long after it was sent is sent again (its write was lost, or overwritten before
+/// the watch showed it to us).
+const OPS_IN_FLIGHT: Duration = Duration::from_secs(3);
+/// The plan and reports are redone this often even when nothing changed (a safety net for lost writes).
+pub(crate) const RESYNC_PERIOD: Duration = Duration::from_secs(5);
 /// One conflict Event per VIP and foreign MAC per this period.
 const CONFLICT_EVENT_PERIOD: Duration = Duration::from_secs(60);
 
@@ -112,6 +117,8 @@ pub async fn run(
     let mut state = State::new(me.clone(), options.timing, options.join_grace);
     health.set_ready(true);
     let mut api_dirty: Option<Instant> = Some(Instant::now());
+    let mut resync = tokio::time::interval(RESYNC_PERIOD);
+    resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(stop);
     loop {
         let far = Instant::now() + Duration::from_secs(3600);
@@ -131,6 +138,7 @@ pub async fn run(
                 }
             }
             changed = members.changed() => changed.context("the gossip membership stopped")?,
+            _ = resync.tick() => {}
             Some(()) = link_changes.recv() => {
                 // A link change comes with address and route changes: read once they have settled.
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -235,7 +243,7 @@ pub(crate) struct State {
     conflict_events: HashMap<(IpAddr, Mac), Instant>,
     /// L2Announcement writes already handed to the writer.
     /// Per object: the op sent, and the object as it was when it was sent.
-    ops_sent: HashMap<String, (report::Op, Option<ferrolb_crds::L2AnnouncementSpec>)>,
+    ops_sent: HashMap<String, (report::Op, Option<ferrolb_crds::L2AnnouncementSpec>, Instant)>,
     ops_sent_since: Instant,
     /// Services this node owns but cannot announce (some VIP has no interface), already reported.
     unplaced_services: BTreeSet<ServiceReference>,
@@ -274,11 +282,14 @@ impl State {
             self.ops_sent.clear();
             self.ops_sent_since = Instant::now();
         }
-        self.ops_sent.retain(|name, (_, seen)| existing.get(name) == seen.as_ref());
-        let fresh: Vec<report::Op> =
-            ops.iter().filter(|op| self.ops_sent.get(op.name()).map(|(sent, _)| sent) != Some(*op)).cloned().collect();
+        self.ops_sent.retain(|name, (_, seen, at)| existing.get(name) == seen.as_ref() && at.elapsed() < OPS_IN_FLIGHT);
+        let fresh: Vec<report::Op> = ops
+            .iter()
+            .filter(|op| self.ops_sent.get(op.name()).map(|(sent, _, _)| sent) != Some(*op))
+            .cloned()
+            .collect();
         for op in &fresh {
-            self.ops_sent.insert(op.name().to_string(), (op.clone(), existing.get(op.name()).cloned()));
+            self.ops_sent.insert(op.name().to_string(), (op.clone(), existing.get(op.name()).cloned(), Instant::now()));
         }
         if !fresh.is_empty() {
             let _ = reports.send(Report::Ops(fresh));

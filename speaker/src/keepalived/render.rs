@@ -223,7 +223,8 @@ pub fn render(
         let _ = writeln!(config);
         let _ = writeln!(config, "# {}", services.join(", "));
         let _ = writeln!(config, "vrrp_instance {instance} {{");
-        let _ = writeln!(config, "    state BACKUP");
+        // The owner starts (and, across a reload, stays) master; the others wait as backups.
+        let _ = writeln!(config, "    state {}", if rank == 0 { "MASTER" } else { "BACKUP" });
         let _ = writeln!(config, "    interface {interface}");
         let _ = writeln!(config, "    virtual_router_id {}", group.vrid);
         let _ = writeln!(config, "    priority {}", priority(rank, group.key.ranking.len()));

@@ -24,6 +24,9 @@ use crate::report;
 use crate::run::{Options, State};
 
 const API_SETTLE: Duration = Duration::from_millis(30);
+/// keepalived pauses its adverts while it reloads (about a second with hundreds of VIPs on a small node):
+/// reloads are spaced at least this far apart, so a burst of Service changes costs one reload, not many.
+const MIN_RELOAD_SPACING: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone)]
 pub struct KeepalivedOptions {
@@ -60,6 +63,9 @@ pub async fn run(
     let mut instance_states: BTreeMap<String, InstanceState> = BTreeMap::new();
     let (mut groups, mut decisions, mut world): (Vec<Group>, Vec<Decision>, World) = Default::default();
     let mut dirty = Some(Instant::now());
+    let mut last_render: Option<Instant> = None;
+    let mut resync = tokio::time::interval(crate::run::RESYNC_PERIOD);
+    resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     health.set_ready(true);
     tracing::info!(binary = %keepalived.binary.display(), dir = %keepalived.dir.display(), "keepalived mode");
     tokio::pin!(stop);
@@ -73,7 +79,14 @@ pub async fn run(
                 continue;
             }
             _ = tokio::time::sleep_until(dirty.unwrap_or(far)), if dirty.is_some() => {
+                if let Some(last) = last_render
+                    && last.elapsed() < MIN_RELOAD_SPACING
+                {
+                    dirty = Some(last + MIN_RELOAD_SPACING);
+                    continue;
+                }
                 dirty = None;
+                last_render = Some(Instant::now());
                 world = cluster.world();
                 decisions = plan::decide(&world, &every_node_a_member(&world));
                 match render::groups(&decisions, &settings) {
@@ -91,6 +104,7 @@ pub async fn run(
                 }
                 apply(&me, &world, &groups, &inventory, &settings, &mut supervisor, &cluster, &mut state, &reports).await;
             }
+            _ = resync.tick() => {}
             Some((instance, instance_state)) = states.recv() => {
                 tracing::info!(%instance, state = ?instance_state, "VRRP state");
                 instance_states.insert(instance, instance_state);

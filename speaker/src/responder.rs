@@ -110,24 +110,16 @@ impl Responder {
         }
         let arp = Arc::new(arp.into_async()?);
         let nd = Arc::new(nd.into_async()?);
-        let tasks = vec![
-            tokio::spawn(answer_arp(
-                arp.clone(),
-                mac,
-                self.owned.clone(),
-                self.our_macs.clone(),
-                self.conflicts.clone(),
-                self.metrics.clone(),
-            )),
-            tokio::spawn(answer_nd(
-                nd.clone(),
-                mac,
-                self.owned.clone(),
-                self.our_macs.clone(),
-                self.conflicts.clone(),
-                self.metrics.clone(),
-            )),
-        ];
+        let reactions: [(Arc<PacketSocket>, FamilyLabel, React); 2] =
+            [(arp.clone(), FamilyLabel::IPV4, react_arp), (nd.clone(), FamilyLabel::IPV6, react_nd)];
+        let tasks = reactions
+            .into_iter()
+            .map(|(socket, family, react)| {
+                let (owned, our_macs, conflicts, metrics) =
+                    (self.owned.clone(), self.our_macs.clone(), self.conflicts.clone(), self.metrics.clone());
+                tokio::spawn(serve(socket, family, react, mac, Shared { owned, our_macs, conflicts, metrics }))
+            })
+            .collect();
         Ok(Port { mac, link_local, arp, nd, tasks })
     }
 
@@ -205,85 +197,69 @@ impl Responder {
     }
 }
 
-fn owned_v4(owned: &OwnedByInterface, interface: &str) -> BTreeSet<Ipv4Addr> {
-    owned.read().ok().and_then(|o| o.get(interface).map(|x| x.v4.clone())).unwrap_or_default()
-}
-
-fn owned_v6(owned: &OwnedByInterface, interface: &str) -> BTreeSet<Ipv6Addr> {
-    owned.read().ok().and_then(|o| o.get(interface).map(|x| x.v6.clone())).unwrap_or_default()
-}
-
 fn macs(ours: &Arc<RwLock<BTreeSet<Mac>>>) -> BTreeSet<Mac> {
     ours.read().map(|m| m.clone()).unwrap_or_default()
 }
 
-async fn answer_arp(
-    socket: Arc<PacketSocket>,
-    mac: Mac,
-    owned: OwnedByInterface,
-    our_macs: Arc<RwLock<BTreeSet<Mac>>>,
-    conflicts: mpsc::UnboundedSender<Conflict>,
-    metrics: Metrics,
-) {
-    let interface = socket.interface().to_string();
-    loop {
-        let frame = match socket.recv().await {
-            Ok(frame) => frame,
-            Err(e) => {
-                tracing::warn!(%interface, error = %e, "ARP socket receive failed");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let Ok(frame) = ArpFrame::parse(&frame) else { continue };
-        let mine = owned_v4(&owned, &interface);
-        if mine.is_empty() {
-            continue;
-        }
-        if let Some((vip, other)) = arp::conflict(&frame, &mine, &macs(&our_macs)) {
-            metrics.conflicts.get_or_create(&FamilyLabel::IPV4).inc();
-            let _ = conflicts.send(Conflict { vip: IpAddr::V4(vip), mac: other, interface: interface.clone() });
-        }
-        if let Some(reply) = arp::answer(&frame, &mine, mac) {
-            match socket.send(&reply.encode()).await {
-                Ok(()) => metrics.requests_answered.get_or_create(&FamilyLabel::IPV4).inc(),
-                Err(_) => metrics.send_errors.inc(),
-            };
-        }
-    }
+/// What one received frame calls for.
+struct Reaction {
+    conflict: Option<(IpAddr, Mac)>,
+    reply: Option<Vec<u8>>,
 }
 
-async fn answer_nd(
-    socket: Arc<PacketSocket>,
-    mac: Mac,
+/// The ARP side: requests for owned IPv4 VIPs are answered; replies or requests claiming one are conflicts.
+fn react_arp(frame: &[u8], owned: &Owned, our_mac: Mac, our_macs: &BTreeSet<Mac>) -> Option<Reaction> {
+    let frame = ArpFrame::parse(frame).ok()?;
+    Some(Reaction {
+        conflict: arp::conflict(&frame, &owned.v4, our_macs).map(|(vip, mac)| (IpAddr::V4(vip), mac)),
+        reply: arp::answer(&frame, &owned.v4, our_mac).map(|r| r.encode().to_vec()),
+    })
+}
+
+/// The NDP side. Parsing checks the hop limit (255) and the checksum: anything else is not Neighbor Discovery.
+fn react_nd(frame: &[u8], owned: &Owned, our_mac: Mac, our_macs: &BTreeSet<Mac>) -> Option<Reaction> {
+    let frame = NdFrame::parse(frame).ok()?;
+    Some(Reaction {
+        conflict: ndp::conflict(&frame, &owned.v6, our_macs).map(|(vip, mac)| (IpAddr::V6(vip), mac)),
+        reply: ndp::answer(&frame, &owned.v6, our_mac).map(|r| r.encode()),
+    })
+}
+
+type React = fn(&[u8], &Owned, Mac, &BTreeSet<Mac>) -> Option<Reaction>;
+
+/// What every receive task shares with the responder.
+struct Shared {
     owned: OwnedByInterface,
     our_macs: Arc<RwLock<BTreeSet<Mac>>>,
     conflicts: mpsc::UnboundedSender<Conflict>,
     metrics: Metrics,
-) {
+}
+
+/// Receives frames on `socket` until the task is aborted, and answers or reports them with `react`.
+async fn serve(socket: Arc<PacketSocket>, family: FamilyLabel, react: React, mac: Mac, shared: Shared) {
+    let Shared { owned, our_macs, conflicts, metrics } = shared;
     let interface = socket.interface().to_string();
     loop {
         let frame = match socket.recv().await {
             Ok(frame) => frame,
             Err(e) => {
-                tracing::warn!(%interface, error = %e, "Neighbor Discovery socket receive failed");
+                tracing::warn!(%interface, family = family.family, error = %e, "packet socket receive failed");
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                 continue;
             }
         };
-        // Parsing checks the hop limit (255) and the checksum: anything else is not Neighbor Discovery.
-        let Ok(frame) = NdFrame::parse(&frame) else { continue };
-        let mine = owned_v6(&owned, &interface);
-        if mine.is_empty() {
+        let mine = owned.read().ok().and_then(|o| o.get(&interface).cloned()).unwrap_or_default();
+        if mine.v4.is_empty() && mine.v6.is_empty() {
             continue;
         }
-        if let Some((vip, other)) = ndp::conflict(&frame, &mine, &macs(&our_macs)) {
-            metrics.conflicts.get_or_create(&FamilyLabel::IPV6).inc();
-            let _ = conflicts.send(Conflict { vip: IpAddr::V6(vip), mac: other, interface: interface.clone() });
+        let Some(reaction) = react(&frame, &mine, mac, &macs(&our_macs)) else { continue };
+        if let Some((vip, other)) = reaction.conflict {
+            metrics.conflicts.get_or_create(&family).inc();
+            let _ = conflicts.send(Conflict { vip, mac: other, interface: interface.clone() });
         }
-        if let Some(reply) = ndp::answer(&frame, &mine, mac) {
-            match socket.send(&reply.encode()).await {
-                Ok(()) => metrics.requests_answered.get_or_create(&FamilyLabel::IPV6).inc(),
+        if let Some(reply) = reaction.reply {
+            match socket.send(&reply).await {
+                Ok(()) => metrics.requests_answered.get_or_create(&family).inc(),
                 Err(_) => metrics.send_errors.inc(),
             };
         }

@@ -178,3 +178,24 @@ pub fn write_gossip_key(path: &std::path::Path) -> Result<()> {
     std::fs::set_permissions(path, <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o600))
         .context(|| format!("restricting {}", path.display()))
 }
+
+/// A single-stack IPv6 LoadBalancer Service on port 80 (no node ports), optionally asking for `pool`: what
+/// the benchmarks and scale tests create by the hundred.
+pub fn ipv6_load_balancer(name: &str, pool: Option<&str>) -> k8s_openapi::api::core::v1::Service {
+    use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
+    Service {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            annotations: pool.map(|p| BTreeMap::from([("ferrolb.io/address-pool".to_string(), p.to_string())])),
+            ..Default::default()
+        },
+        spec: Some(ServiceSpec {
+            type_: Some("LoadBalancer".into()),
+            ip_families: Some(vec!["IPv6".into()]),
+            allocate_load_balancer_node_ports: Some(false),
+            ports: Some(vec![ServicePort { port: 80, ..Default::default() }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}

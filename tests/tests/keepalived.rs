@@ -14,8 +14,8 @@ use ferrolb_e2e::l2lab::{L2Lab, VIP4};
 use ferrolb_e2e::netns;
 use ferrolb_e2e::objects::{Backend, apply_endpoint_slice, create_namespace};
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
-use kube::api::{Api, DeleteParams, ObjectMeta, PostParams};
+use k8s_openapi::api::core::v1::Service;
+use kube::api::{Api, DeleteParams, PostParams};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
@@ -95,21 +95,7 @@ async fn create_services(client: &kube::Client, names: Vec<String>) {
         .for_each_concurrent(20, |name| {
             let (services, client) = (services.clone(), client.clone());
             async move {
-                let service = Service {
-                    metadata: ObjectMeta {
-                        name: Some(name.clone()),
-                        annotations: Some([("ferrolb.io/address-pool".to_string(), "many".to_string())].into()),
-                        ..Default::default()
-                    },
-                    spec: Some(ServiceSpec {
-                        type_: Some("LoadBalancer".into()),
-                        ip_families: Some(vec!["IPv6".into()]),
-                        allocate_load_balancer_node_ports: Some(false),
-                        ports: Some(vec![ServicePort { port: 80, ..Default::default() }]),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                };
+                let service = ferrolb_e2e::objects::ipv6_load_balancer(&name, Some("many"));
                 services.create(&PostParams::default(), &service).await.unwrap();
                 let backends: Vec<Backend> = (1..=3)
                     .map(|i| Backend { node: format!("node-{i}"), address: format!("2001:db8:2::{i}"), ready: true })

@@ -19,9 +19,9 @@ use ferrolb_crds::{IPAddressPool, IPAddressPoolSpec, L2Advertisement, L2Advertis
 use ferrolb_e2e::lab_supervisor::{LabConfig, RunningLab};
 use ferrolb_e2e::netns;
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
+use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-use kube::api::{Api, ObjectMeta, PostParams};
+use kube::api::{Api, PostParams};
 use nix::sys::signal::Signal;
 
 use crate::{ms, percentile};
@@ -239,20 +239,7 @@ fn memory_with_vips(lab: &RunningLab, vips: usize) -> Result<()> {
                 let (services, client) = (services.clone(), client.clone());
                 async move {
                     let name = format!("vip-{i}");
-                    let mut metadata = ObjectMeta { name: Some(name.clone()), ..Default::default() };
-                    metadata.annotations =
-                        Some([("ferrolb.io/address-pool".to_string(), "bench-v6".to_string())].into());
-                    let service = Service {
-                        metadata,
-                        spec: Some(ServiceSpec {
-                            type_: Some("LoadBalancer".into()),
-                            ip_families: Some(vec!["IPv6".into()]),
-                            allocate_load_balancer_node_ports: Some(false),
-                            ports: Some(vec![ServicePort { port: 80, ..Default::default() }]),
-                            ..Default::default()
-                        }),
-                        ..Default::default()
-                    };
+                    let service = ferrolb_e2e::objects::ipv6_load_balancer(&name, Some("bench-v6"));
                     services
                         .create(&PostParams::default(), &service)
                         .await

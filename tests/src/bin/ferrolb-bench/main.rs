@@ -18,8 +18,8 @@ use ferrolb_crds::{IPAddressPool, IPAddressPoolSpec};
 use ferrolb_e2e::objects::{create_namespace, install_ferrolb_crds};
 use ferrolb_e2e::{ControlPlane, ManagedProcess};
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
-use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use k8s_openapi::api::core::v1::Service;
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 
 #[derive(Parser)]
@@ -177,17 +177,7 @@ async fn create_services(
             let services = services.clone();
             async move {
                 let name = format!("svc-{i}");
-                let service = Service {
-                    metadata: ObjectMeta { name: Some(name.clone()), ..Default::default() },
-                    spec: Some(ServiceSpec {
-                        type_: Some("LoadBalancer".into()),
-                        ip_families: Some(vec!["IPv6".into()]),
-                        allocate_load_balancer_node_ports: Some(false),
-                        ports: Some(vec![ServicePort { port: 80, ..Default::default() }]),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                };
+                let service = ferrolb_e2e::objects::ipv6_load_balancer(&name, None);
                 services.create(&PostParams::default(), &service).await.with_context(|| format!("creating {name}"))?;
                 Ok((name, Instant::now()))
             }

@@ -13,9 +13,9 @@ use ferrolb_speaker::gossip_auth::SharedKey;
 use ferrolb_speaker::keepalived::{self, render, run::KeepalivedOptions};
 use ferrolb_speaker::membership;
 use ferrolb_speaker::metrics::Metrics;
+use ferrolb_speaker::report::EventSource;
 use ferrolb_speaker::run::{self, Options};
 use ferrolb_telemetry::{Health, LogFormat, init_logging, shutdown_signal};
-use kube::runtime::events::{Recorder, Reporter};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Mode {
@@ -106,7 +106,7 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     init_logging(args.log_format);
     let runtime =
-        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
+        tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the async runtime")?;
     let result = runtime.block_on(start(args));
     if let Err(e) = &result {
         tracing::error!(error = format!("{e:#}"), "speaker stopped");
@@ -155,10 +155,7 @@ async fn start(args: Args) -> anyhow::Result<()> {
         .with_context(|| format!("serving metrics on {}", args.metrics_address))?;
     tracing::info!(address = %bound, node = %args.node_name, "serving /metrics, /healthz, /readyz");
 
-    let recorder = Recorder::new(
-        client.clone(),
-        Reporter { controller: "ferrolb-speaker".into(), instance: Some(args.node_name.clone()) },
-    );
+    let events = EventSource { client: client.clone(), instance: args.node_name.clone() };
     let options = Options {
         node_name: args.node_name,
         namespace: args.namespace,
@@ -185,7 +182,7 @@ async fn start(args: Args) -> anyhow::Result<()> {
             .collect(),
     };
     match args.mode {
-        Mode::Native => run::run(client, options, metrics, health, recorder, shutdown_signal()).await,
+        Mode::Native => run::run(client, options, metrics, health, events, shutdown_signal()).await,
         Mode::Keepalived => {
             let keepalived = KeepalivedOptions {
                 binary: args.keepalived_binary,
@@ -198,7 +195,7 @@ async fn start(args: Args) -> anyhow::Result<()> {
                     ..render::Settings::default()
                 },
             };
-            keepalived::run::run(client, options, keepalived, metrics, health, recorder, shutdown_signal()).await
+            keepalived::run::run(client, options, keepalived, metrics, health, events, shutdown_signal()).await
         }
     }
 }

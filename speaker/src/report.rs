@@ -14,8 +14,10 @@ use std::time::Duration;
 use ferrolb_crds::l2announcement::ServiceReference;
 use ferrolb_crds::{L2Announcement, L2AnnouncementSpec};
 use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::api::{ObjectMeta, PostParams};
 use tokio::sync::mpsc;
 
 use crate::plan::Decision;
@@ -97,12 +99,25 @@ pub enum Report {
     Notice(Notice),
 }
 
+/// Who the speaker's Events say reported them.
+#[derive(Clone)]
+pub struct EventSource {
+    pub client: kube::Client,
+    /// This node's name.
+    pub instance: String,
+}
+
+/// Events are created directly rather than through kube's `Recorder`: its series cache keeps every Event for
+/// six minutes, megabytes when thousands of Services are taken over at once, and the speaker's Events are
+/// rare and distinct (takeovers, conflicts, rate-limited) so there is nothing to aggregate.
+pub const REPORTING_CONTROLLER: &str = "ferrolb.io/speaker";
+
 /// Carries reports out in order; L2Announcement writes for the same name are coalesced, and a failed write
 /// is retried a few times (the main loop hands it over again later).
 pub async fn run(
     client: kube::Client,
     namespace: String,
-    recorder: Recorder,
+    events: EventSource,
     mut reports: mpsc::UnboundedReceiver<Report>,
 ) {
     let api: Api<L2Announcement> = Api::namespaced(client, &namespace);
@@ -119,7 +134,7 @@ pub async fn run(
                         ops.insert(op.name().to_string(), op);
                     }
                 }
-                Report::Notice(notice) => publish(&recorder, notice).await,
+                Report::Notice(notice) => publish(&events, notice).await,
             }
         }
         for (name, op) in ops {
@@ -156,25 +171,33 @@ async fn execute(api: &Api<L2Announcement>, name: &str, op: &Op) -> bool {
     false
 }
 
-async fn publish(recorder: &Recorder, notice: Notice) {
-    let object = format!(
-        "{}/{}",
-        notice.regarding.namespace.as_deref().unwrap_or_default(),
-        notice.regarding.name.as_deref().unwrap_or_default()
-    );
+async fn publish(source: &EventSource, notice: Notice) {
+    let namespace = notice.regarding.namespace.clone().unwrap_or_default();
+    let name = notice.regarding.name.clone().unwrap_or_default();
+    let object = format!("{namespace}/{name}");
     if notice.warning {
         tracing::warn!(service = %object, reason = notice.reason, "{}", notice.note);
     } else {
         tracing::info!(service = %object, reason = notice.reason, "{}", notice.note);
     }
     let event = Event {
-        type_: if notice.warning { EventType::Warning } else { EventType::Normal },
-        reason: notice.reason.into(),
-        note: Some(notice.note),
-        action: "Announce".into(),
-        secondary: None,
+        metadata: ObjectMeta {
+            generate_name: Some(format!("{name}.")),
+            namespace: Some(namespace.clone()),
+            ..Default::default()
+        },
+        event_time: Some(MicroTime(jiff::Timestamp::now())),
+        type_: Some(if notice.warning { "Warning" } else { "Normal" }.into()),
+        reason: Some(notice.reason.into()),
+        note: Some(notice.note.chars().take(1000).collect()),
+        action: Some("Announce".into()),
+        regarding: Some(notice.regarding),
+        reporting_controller: Some(REPORTING_CONTROLLER.into()),
+        reporting_instance: Some(source.instance.clone()),
+        ..Default::default()
     };
-    if let Err(e) = recorder.publish(&event, &notice.regarding).await {
+    let api: Api<Event> = Api::namespaced(source.client.clone(), &namespace);
+    if let Err(e) = api.create(&PostParams::default(), &event).await {
         tracing::warn!(service = %object, error = %e, "could not publish Event");
     }
 }

@@ -61,7 +61,7 @@ pub async fn run(
     options: Options,
     metrics: Metrics,
     health: ferrolb_telemetry::Health,
-    recorder: kube::runtime::events::Recorder,
+    events: report::EventSource,
     stop: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let me = options.node_name.clone();
@@ -112,7 +112,7 @@ pub async fn run(
     let mut responder = Responder::new(conflicts_tx, metrics.clone());
     responder.sync(&inventory);
     let (reports, reports_rx) = mpsc::unbounded_channel();
-    let writer = tokio::spawn(report::run(client.clone(), options.namespace.clone(), recorder, reports_rx));
+    let writer = tokio::spawn(report::run(client.clone(), options.namespace.clone(), events, reports_rx));
 
     let mut state = State::new(me.clone(), options.timing, options.join_grace);
     health.set_ready(true);

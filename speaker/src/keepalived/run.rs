@@ -42,7 +42,7 @@ pub async fn run(
     keepalived: KeepalivedOptions,
     metrics: Metrics,
     health: ferrolb_telemetry::Health,
-    recorder: kube::runtime::events::Recorder,
+    events: report::EventSource,
     stop: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let me = options.node_name.clone();
@@ -58,7 +58,7 @@ pub async fn run(
     let (mut supervisor, mut states) = Supervisor::new(keepalived.binary.clone(), keepalived.dir.clone())?;
     let settings = Settings { notify_fifo: Supervisor::notify_fifo(&keepalived.dir), ..keepalived.settings };
     let (reports, reports_rx) = mpsc::unbounded_channel();
-    let writer = tokio::spawn(report::run(client.clone(), options.namespace.clone(), recorder, reports_rx));
+    let writer = tokio::spawn(report::run(client.clone(), options.namespace.clone(), events, reports_rx));
     let mut state = State::new(me.clone(), Timing::default(), Duration::ZERO);
     let mut instance_states: BTreeMap<String, InstanceState> = BTreeMap::new();
     let (mut groups, mut decisions, mut world): (Vec<Group>, Vec<Decision>, World) = Default::default();

@@ -7,8 +7,9 @@
 //! and the live member with the smallest name deletes objects of Services nobody owns any more (a Service
 //! deleted while its owner was down).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ferrolb_crds::l2announcement::ServiceReference;
@@ -18,7 +19,7 @@ use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::api::{ObjectMeta, PostParams};
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 
 use crate::plan::Decision;
 
@@ -112,34 +113,83 @@ pub struct EventSource {
 /// rare and distinct (takeovers, conflicts, rate-limited) so there is nothing to aggregate.
 pub const REPORTING_CONTROLLER: &str = "ferrolb.io/speaker";
 
-/// Carries reports out in order; L2Announcement writes for the same name are coalesced, and a failed write
-/// is retried a few times (the main loop hands it over again later).
-pub async fn run(
-    client: kube::Client,
-    namespace: String,
-    events: EventSource,
-    mut reports: mpsc::UnboundedReceiver<Report>,
-) {
-    let api: Api<L2Announcement> = Api::namespaced(client, &namespace);
-    while let Some(report) = reports.recv().await {
-        let mut batch = vec![report];
-        while let Ok(more) = reports.try_recv() {
-            batch.push(more);
-        }
-        let mut ops: BTreeMap<String, Op> = BTreeMap::new();
-        for report in batch {
-            match report {
-                Report::Ops(list) => {
-                    for op in list {
-                        ops.insert(op.name().to_string(), op);
+/// Hands reports to the writer. L2Announcement ops wait in a map keyed by object (a newer op for an object
+/// replaces an older one still waiting), so however often the plan repeats them, the backlog never exceeds
+/// one op per object; Events queue in order.
+#[derive(Clone)]
+pub struct Reports {
+    pending: Arc<Mutex<BTreeMap<String, Op>>>,
+    wake: Arc<Notify>,
+    notices: mpsc::UnboundedSender<Notice>,
+}
+
+pub struct ReportsReceiver {
+    pending: Arc<Mutex<BTreeMap<String, Op>>>,
+    wake: Arc<Notify>,
+    notices: mpsc::UnboundedReceiver<Notice>,
+}
+
+pub fn channel() -> (Reports, ReportsReceiver) {
+    let (pending, wake) = (Arc::<Mutex<BTreeMap<String, Op>>>::default(), Arc::new(Notify::new()));
+    let (notices, notices_rx) = mpsc::unbounded_channel();
+    (
+        Reports { pending: pending.clone(), wake: wake.clone(), notices },
+        ReportsReceiver { pending, wake, notices: notices_rx },
+    )
+}
+
+impl Reports {
+    pub fn send(&self, report: Report) -> Result<(), WriterStopped> {
+        match report {
+            Report::Ops(ops) => {
+                if let Ok(mut pending) = self.pending.lock() {
+                    for op in ops {
+                        pending.insert(op.name().to_string(), op);
                     }
                 }
-                Report::Notice(notice) => publish(&events, notice).await,
+                self.wake.notify_one();
+                Ok(())
+            }
+            Report::Notice(notice) => self.notices.send(notice).map_err(|_| WriterStopped),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the report writer stopped")]
+pub struct WriterStopped;
+
+/// An op applied this recently is not applied again: the watch has not shown it to the plan yet.
+const APPLIED_RECENTLY: Duration = Duration::from_secs(3);
+
+/// Carries reports out until every `Reports` is dropped: Events in order, L2Announcement ops one object at a
+/// time; a failed write is retried a few times (and the plan hands it over again later).
+pub async fn run(client: kube::Client, namespace: String, events: EventSource, mut reports: ReportsReceiver) {
+    let api: Api<L2Announcement> = Api::namespaced(client, &namespace);
+    let mut applied: HashMap<String, (Op, tokio::time::Instant)> = HashMap::new();
+    let mut open = true;
+    while open {
+        tokio::select! {
+            notice = reports.notices.recv() => match notice {
+                Some(notice) => publish(&events, notice).await,
+                None => open = false,
+            },
+            _ = reports.wake.notified() => {}
+        }
+        loop {
+            let next = reports.pending.lock().ok().and_then(|mut pending| pending.pop_first());
+            let Some((name, op)) = next else { break };
+            if applied.get(&name).is_some_and(|(last, at)| *last == op && at.elapsed() < APPLIED_RECENTLY) {
+                continue;
+            }
+            if execute(&api, &name, &op).await {
+                applied.insert(name, (op, tokio::time::Instant::now()));
+            }
+            while let Ok(notice) = reports.notices.try_recv() {
+                publish(&events, notice).await;
             }
         }
-        for (name, op) in ops {
-            execute(&api, &name, &op).await;
-        }
+        applied.retain(|_, (_, at)| at.elapsed() < APPLIED_RECENTLY);
     }
 }
 

@@ -26,11 +26,6 @@ use crate::responder::{Conflict, Responder};
 
 /// API changes come in bursts (a Deployment rollout touches many EndpointSlices): plan once per burst.
 const API_SETTLE: Duration = Duration::from_millis(30);
-/// L2Announcement writes are handed to the writer once per this period at most (a failed one is retried then).
-const OPS_RESEND_PERIOD: Duration = Duration::from_secs(60);
-/// An op still needed this long after it was sent is sent again (its write was lost, or overwritten before
-/// the watch showed it to us).
-const OPS_IN_FLIGHT: Duration = Duration::from_secs(3);
 /// The plan and reports are redone this often even when nothing changed (a safety net for lost writes).
 pub(crate) const RESYNC_PERIOD: Duration = Duration::from_secs(5);
 /// One conflict Event per VIP and foreign MAC per this period.
@@ -111,7 +106,7 @@ pub async fn run(
     let (conflicts_tx, mut conflicts) = mpsc::unbounded_channel();
     let mut responder = Responder::new(conflicts_tx, metrics.clone());
     responder.sync(&inventory);
-    let (reports, reports_rx) = mpsc::unbounded_channel();
+    let (reports, reports_rx) = report::channel();
     let writer = tokio::spawn(report::run(client.clone(), options.namespace.clone(), events, reports_rx));
 
     let mut state = State::new(me.clone(), options.timing, options.join_grace);
@@ -241,10 +236,6 @@ pub(crate) struct State {
     /// Services this node announced after the last plan (for `NodeAssigned`).
     announced_services: BTreeSet<ServiceReference>,
     conflict_events: HashMap<(IpAddr, Mac), Instant>,
-    /// L2Announcement writes already handed to the writer.
-    /// Per object: the op sent, and the object as it was when it was sent.
-    ops_sent: HashMap<String, (report::Op, Option<ferrolb_crds::L2AnnouncementSpec>, Instant)>,
-    ops_sent_since: Instant,
     /// Services this node owns but cannot announce (some VIP has no interface), already reported.
     unplaced_services: BTreeSet<ServiceReference>,
 }
@@ -260,39 +251,20 @@ impl State {
             announced_services: BTreeSet::new(),
             conflict_events: HashMap::new(),
             unplaced_services: BTreeSet::new(),
-            ops_sent: HashMap::new(),
-            ops_sent_since: Instant::now(),
         }
     }
 
     pub(crate) fn report(
         &mut self,
         cluster: &Cluster,
-        reports: &mpsc::UnboundedSender<Report>,
+        reports: &report::Reports,
         decisions: Vec<Decision>,
         held: &BTreeMap<IpAddr, BTreeSet<String>>,
         janitor: bool,
     ) {
-        let existing = cluster.announcements();
-        let ops = report::announcement_ops(&decisions, &self.me, held, janitor, &existing);
-        // The watch shows our own writes only after a while: until then the same ops come out of every plan.
-        // Each is sent once, and sent again only once the object has changed since (our write landed, or
-        // someone else's did), or after a while (a write that failed for good is tried again).
-        if self.ops_sent_since.elapsed() > OPS_RESEND_PERIOD {
-            self.ops_sent.clear();
-            self.ops_sent_since = Instant::now();
-        }
-        self.ops_sent.retain(|name, (_, seen, at)| existing.get(name) == seen.as_ref() && at.elapsed() < OPS_IN_FLIGHT);
-        let fresh: Vec<report::Op> = ops
-            .iter()
-            .filter(|op| self.ops_sent.get(op.name()).map(|(sent, _, _)| sent) != Some(*op))
-            .cloned()
-            .collect();
-        for op in &fresh {
-            self.ops_sent.insert(op.name().to_string(), (op.clone(), existing.get(op.name()).cloned(), Instant::now()));
-        }
-        if !fresh.is_empty() {
-            let _ = reports.send(Report::Ops(fresh));
+        let ops = report::announcement_ops(&decisions, &self.me, held, janitor, &cluster.announcements());
+        if !ops.is_empty() {
+            let _ = reports.send(Report::Ops(ops));
         }
         let mut announced = BTreeSet::new();
         for decision in decisions.iter().filter(|d| d.owner.as_deref() == Some(self.me.as_str())) {
@@ -322,7 +294,7 @@ impl State {
     pub(crate) fn report_unplaced(
         &mut self,
         cluster: &Cluster,
-        reports: &mpsc::UnboundedSender<Report>,
+        reports: &report::Reports,
         unplaced: Vec<(ServiceReference, Vec<IpAddr>)>,
     ) {
         let now: BTreeSet<ServiceReference> = unplaced.iter().map(|(s, _)| s.clone()).collect();
@@ -344,7 +316,7 @@ impl State {
         self.unplaced_services = now;
     }
 
-    fn report_conflict(&mut self, cluster: &Cluster, reports: &mpsc::UnboundedSender<Report>, conflict: Conflict) {
+    fn report_conflict(&mut self, cluster: &Cluster, reports: &report::Reports, conflict: Conflict) {
         let key = (conflict.vip, conflict.mac);
         if self.conflict_events.get(&key).is_some_and(|at| at.elapsed() < CONFLICT_EVENT_PERIOD) {
             return;

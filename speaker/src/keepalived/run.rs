@@ -9,7 +9,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::render::{self, Group, InstanceState, NodeAddresses, Settings};
@@ -57,7 +56,7 @@ pub async fn run(
     let mut link_changes = links::watch_changes().context("watching the node's interfaces (netlink)")?;
     let (mut supervisor, mut states) = Supervisor::new(keepalived.binary.clone(), keepalived.dir.clone())?;
     let settings = Settings { notify_fifo: Supervisor::notify_fifo(&keepalived.dir), ..keepalived.settings };
-    let (reports, reports_rx) = mpsc::unbounded_channel();
+    let (reports, reports_rx) = report::channel();
     let writer = tokio::spawn(report::run(client.clone(), options.namespace.clone(), events, reports_rx));
     let mut state = State::new(me.clone(), Timing::default(), Duration::ZERO);
     let mut instance_states: BTreeMap<String, InstanceState> = BTreeMap::new();
@@ -179,7 +178,7 @@ async fn apply(
     supervisor: &mut Supervisor,
     cluster: &Cluster,
     state: &mut State,
-    reports: &mpsc::UnboundedSender<report::Report>,
+    reports: &report::Reports,
 ) {
     let addresses: BTreeMap<String, NodeAddresses> = world
         .nodes

@@ -231,8 +231,9 @@ async fn publish(source: &EventSource, notice: Notice) {
         tracing::info!(service = %object, reason = notice.reason, "{}", notice.note);
     }
     let event = Event {
+        // Named as Kubernetes names Events: the object's name, a dot, a unique suffix.
         metadata: ObjectMeta {
-            generate_name: Some(format!("{name}.")),
+            name: Some(format!("{name}.{:x}{:04x}", jiff::Timestamp::now().as_nanosecond(), rand::random::<u16>())),
             namespace: Some(namespace.clone()),
             ..Default::default()
         },

@@ -57,11 +57,7 @@ fn main() -> anyhow::Result<()> {
     init_logging(args.log_format);
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
-    let result = runtime.block_on(run(args));
-    if let Err(e) = &result {
-        tracing::error!(error = format!("{e:#}"), "controller stopped");
-    }
-    result
+    ferrolb_telemetry::run_logged("controller", runtime, run(args))
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {

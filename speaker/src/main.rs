@@ -107,11 +107,7 @@ fn main() -> anyhow::Result<()> {
     init_logging(args.log_format);
     let runtime =
         tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the async runtime")?;
-    let result = runtime.block_on(start(args));
-    if let Err(e) = &result {
-        tracing::error!(error = format!("{e:#}"), "speaker stopped");
-    }
-    result
+    ferrolb_telemetry::run_logged("speaker", runtime, start(args))
 }
 
 fn parse_vrid_range(text: &str) -> Result<(u8, u8), String> {

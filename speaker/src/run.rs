@@ -60,14 +60,8 @@ pub async fn run(
     stop: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let me = options.node_name.clone();
-    let cluster =
-        Cluster::start(&client, &options.namespace, options.classes.clone(), options.pool_selector.as_deref());
-    tracing::info!("listing Nodes, Services, EndpointSlices, L2Advertisements, IPAddressPools, L2Announcements");
-    cluster.ready().await.context("a watch stopped before listing")?;
+    let (cluster, node) = watch_cluster(&client, &options).await?;
 
-    let node = cluster
-        .node(&me)
-        .with_context(|| format!("there is no Node named {me:?} (set NODE_NAME to this node's name)"))?;
     let gossip_ip = options
         .gossip_address
         .or_else(|| node_address(&node, true))
@@ -217,6 +211,21 @@ pub async fn run(
     drop(reports);
     let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
     Ok(())
+}
+
+/// Starts every watch, waits until each has listed, and finds this node's Node.
+pub(crate) async fn watch_cluster(
+    client: &kube::Client,
+    options: &Options,
+) -> anyhow::Result<(Cluster, std::sync::Arc<k8s_openapi::api::core::v1::Node>)> {
+    let cluster = Cluster::start(client, &options.namespace, options.classes.clone(), options.pool_selector.as_deref());
+    tracing::info!("listing Nodes, Services, EndpointSlices, L2Advertisements, IPAddressPools, L2Announcements");
+    cluster.ready().await.context("a watch stopped before listing")?;
+    let me = &options.node_name;
+    let node = cluster
+        .node(me)
+        .with_context(|| format!("there is no Node named {me:?} (set NODE_NAME to this node's name)"))?;
+    Ok((cluster, node))
 }
 
 fn held_interfaces(

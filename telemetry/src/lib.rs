@@ -75,6 +75,19 @@ pub fn init_logging(format: LogFormat) {
     }
 }
 
+/// Runs a binary's main future to completion on `runtime`, logging the error it ends with (the whole chain).
+pub fn run_logged<T, E: std::fmt::Display>(
+    component: &str,
+    runtime: tokio::runtime::Runtime,
+    main: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, E> {
+    let result = runtime.block_on(main);
+    if let Err(e) = &result {
+        tracing::error!(error = format!("{e:#}"), "{component} stopped");
+    }
+    result
+}
+
 /// Resolves on the first SIGTERM or SIGINT.
 pub async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};

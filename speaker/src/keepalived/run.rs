@@ -45,10 +45,7 @@ pub async fn run(
     stop: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let me = options.node_name.clone();
-    let cluster =
-        Cluster::start(&client, &options.namespace, options.classes.clone(), options.pool_selector.as_deref());
-    cluster.ready().await.context("a watch stopped before listing")?;
-    cluster.node(&me).with_context(|| format!("there is no Node named {me:?} (set NODE_NAME to this node's name)"))?;
+    let (cluster, _node) = crate::run::watch_cluster(&client, &options).await?;
     let mut inventory = links::scan()
         .await
         .context("reading the node's interfaces (netlink)")?

@@ -106,7 +106,7 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     init_logging(args.log_format);
     let runtime =
-        tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the async runtime")?;
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
     ferrolb_telemetry::run_logged("speaker", runtime, start(args))
 }
 

@@ -168,7 +168,9 @@ pub async fn run(
         }
         let live = members.borrow_and_update().clone();
         metrics.members.set(i64::try_from(live.len()).unwrap_or(i64::MAX));
-        if state.hold_until.is_some() && state.hold_ends_on_contact && live.len() > 1 {
+        // At start-up the hold ends early once every node the API lists is seen: taking over while some are
+        // still starting would only move VIPs twice.
+        if state.hold_until.is_some() && state.hold_ends_on_contact && live.len() >= peers.len().max(2) {
             state.hold_until = None;
         }
         let world = cluster.world();

@@ -146,8 +146,17 @@ impl L2Lab {
         });
     }
 
+    /// The owner once things have settled: the node that answers HTTP is the one the L2Announcement names
+    /// (right after start-up the client may still hold a MAC from a takeover that was undone).
     pub fn owner(&self) -> String {
-        let owner = self.curl(VIP4).unwrap();
+        let mut owner = String::new();
+        self.wait_for("a settled owner", || match (self.curl(VIP4), self.announced_owner()) {
+            (Some(answer), Some(announced)) if answer == announced => {
+                owner = answer;
+                true
+            }
+            _ => false,
+        });
         self.assert_single_owner(&owner);
         owner
     }

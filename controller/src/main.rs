@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use ferrolb_controller::engine::Config;
-use ferrolb_controller::metrics::{Health, Metrics};
+use ferrolb_controller::metrics::Metrics;
 use ferrolb_controller::run::{self, Options};
 use ferrolb_telemetry::{LogFormat, init_logging, shutdown_signal};
 use kube::runtime::events::Reporter;
@@ -65,10 +65,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .await
         .context("connecting to the Kubernetes API (KUBECONFIG or in-cluster config)")?;
     let metrics = Metrics::default();
-    let mut registry = prometheus_client::registry::Registry::default();
-    metrics.register(&mut registry);
-    let health = Health::default();
-    let bound = ferrolb_telemetry::serve(args.metrics_address, registry, health.clone())
+    let (bound, health) = ferrolb_telemetry::serve_metrics(args.metrics_address, |registry| metrics.register(registry))
         .await
         .with_context(|| format!("serving metrics on {}", args.metrics_address))?;
     tracing::info!(address = %bound, "serving /metrics, /healthz, /readyz");

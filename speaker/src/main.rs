@@ -15,7 +15,7 @@ use ferrolb_speaker::membership;
 use ferrolb_speaker::metrics::Metrics;
 use ferrolb_speaker::report::EventSource;
 use ferrolb_speaker::run::{self, Options};
-use ferrolb_telemetry::{Health, LogFormat, init_logging, shutdown_signal};
+use ferrolb_telemetry::{LogFormat, init_logging, shutdown_signal};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Mode {
@@ -143,10 +143,7 @@ async fn start(args: Args) -> anyhow::Result<()> {
         .context("connecting to the Kubernetes API (KUBECONFIG or in-cluster config)")?;
 
     let metrics = Metrics::default();
-    let mut registry = prometheus_client::registry::Registry::default();
-    metrics.register(&mut registry);
-    let health = Health::default();
-    let bound = ferrolb_telemetry::serve(args.metrics_address, registry, health.clone())
+    let (bound, health) = ferrolb_telemetry::serve_metrics(args.metrics_address, |registry| metrics.register(registry))
         .await
         .with_context(|| format!("serving metrics on {}", args.metrics_address))?;
     tracing::info!(address = %bound, node = %args.node_name, "serving /metrics, /healthz, /readyz");

@@ -22,6 +22,19 @@ impl Health {
     }
 }
 
+/// Serves `/metrics` (what `register` puts in a fresh registry), `/healthz` and `/readyz` until the process
+/// ends. Returns the bound address and the readiness flag `/readyz` reports.
+pub async fn serve_metrics(
+    address: SocketAddr,
+    register: impl FnOnce(&mut Registry),
+) -> std::io::Result<(SocketAddr, Health)> {
+    let mut registry = Registry::default();
+    register(&mut registry);
+    let health = Health::default();
+    let bound = serve(address, registry, health.clone()).await?;
+    Ok((bound, health))
+}
+
 /// Serves `/metrics`, `/healthz` and `/readyz` until the process ends. Returns the bound address.
 pub async fn serve(address: SocketAddr, registry: Registry, health: Health) -> std::io::Result<SocketAddr> {
     let registry = Arc::new(registry);

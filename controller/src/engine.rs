@@ -655,20 +655,7 @@ pub fn key_of(service: &Service) -> ServiceKey {
     ServiceKey::new(service.namespace().unwrap_or_else(|| "default".into()), service.name_any())
 }
 
-/// The IPs in a Service's `status.loadBalancer.ingress`, IPv4 first.
-pub fn ingress_ips(service: &Service) -> Vec<IpAddr> {
-    let mut ips: Vec<IpAddr> = service
-        .status
-        .as_ref()
-        .and_then(|s| s.load_balancer.as_ref())
-        .and_then(|lb| lb.ingress.as_ref())
-        .into_iter()
-        .flatten()
-        .filter_map(|i| i.ip.as_deref()?.parse().ok())
-        .collect();
-    ips.sort_by_key(|ip| (Family::of(*ip), *ip));
-    ips
-}
+pub use ferrolb_crds::service::ingress_ips;
 
 fn our_condition(service: &Service) -> Option<&Condition> {
     service.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == CONDITION_TYPE)

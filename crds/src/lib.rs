@@ -11,6 +11,7 @@ pub mod l2advertisement;
 pub mod l2announcement;
 pub mod pool;
 pub mod selector;
+pub mod service;
 
 pub use l2advertisement::{L2Advertisement, L2AdvertisementSpec};
 pub use l2announcement::{L2Announcement, L2AnnouncementSpec};

@@ -316,19 +316,10 @@ pub fn ready_nodes(slice: &EndpointSlice) -> impl Iterator<Item = String> + '_ {
 
 /// The plan's view of a Service of ours; `None` while it has no address in status.
 pub fn service_info(service: &Service, ready_endpoint_nodes: BTreeSet<String>) -> Option<ServiceInfo> {
-    let mut vips: Vec<IpAddr> = service
-        .status
-        .as_ref()
-        .and_then(|s| s.load_balancer.as_ref())
-        .and_then(|lb| lb.ingress.as_ref())
-        .into_iter()
-        .flatten()
-        .filter_map(|i| i.ip.as_deref().and_then(|ip| ip.parse().ok()))
-        .collect();
+    let vips = ferrolb_crds::service::ingress_ips(service);
     if vips.is_empty() {
         return None;
     }
-    vips.sort_by_key(|ip| !ip.is_ipv4());
     Some(ServiceInfo {
         service: ServiceReference { namespace: service.namespace().unwrap_or_default(), name: service.name_any() },
         labels: service.labels().clone(),

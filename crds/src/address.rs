@@ -47,9 +47,14 @@ pub fn parse_entry(entry: &str) -> Result<(IpAddr, IpAddr), AddressEntryError> {
     Ok((ip, ip))
 }
 
-/// Whether `ip` is in one of `entries` (entries that do not parse contain nothing).
-pub fn entries_contain<'a>(entries: impl IntoIterator<Item = &'a str>, ip: IpAddr) -> bool {
-    entries.into_iter().filter_map(|e| parse_entry(e).ok()).any(|(first, last)| first <= ip && ip <= last)
+/// The ranges of the entries that parse (one that does not contains nothing), for repeated lookups.
+pub fn valid_ranges<'a>(entries: impl IntoIterator<Item = &'a str>) -> Vec<(IpAddr, IpAddr)> {
+    entries.into_iter().filter_map(|e| parse_entry(e).ok()).collect()
+}
+
+/// Whether `ip` is in one of `ranges`.
+pub fn ranges_contain(ranges: &[(IpAddr, IpAddr)], ip: IpAddr) -> bool {
+    ranges.iter().any(|(first, last)| *first <= ip && ip <= *last)
 }
 
 fn to_u128(ip: IpAddr) -> u128 {
@@ -101,11 +106,11 @@ mod tests {
 
     #[test]
     fn containment_ignores_broken_entries() {
-        let entries = ["nonsense", "192.0.2.200-192.0.2.250", "2001:db8::200/120"];
-        assert!(entries_contain(entries, ip("192.0.2.200")));
-        assert!(entries_contain(entries, ip("2001:db8::2ff")));
-        assert!(!entries_contain(entries, ip("192.0.2.251")));
-        assert!(!entries_contain(entries, ip("2001:db8::300")));
+        let ranges = valid_ranges(["nonsense", "192.0.2.200-192.0.2.250", "2001:db8::200/120"]);
+        assert!(ranges_contain(&ranges, ip("192.0.2.200")));
+        assert!(ranges_contain(&ranges, ip("2001:db8::2ff")));
+        assert!(!ranges_contain(&ranges, ip("192.0.2.251")));
+        assert!(!ranges_contain(&ranges, ip("2001:db8::300")));
     }
 
     proptest! {

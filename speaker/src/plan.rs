@@ -64,6 +64,17 @@ pub struct Decision {
     pub ranking: Vec<String>,
 }
 
+struct ParsedPool<'a> {
+    info: &'a PoolInfo,
+    ranges: Vec<(IpAddr, IpAddr)>,
+}
+
+impl ParsedPool<'_> {
+    fn contains(&self, ip: IpAddr) -> bool {
+        ferrolb_crds::address::ranges_contain(&self.ranges, ip)
+    }
+}
+
 /// The decision for every Service some advertisement announces, in Service order.
 pub fn decide(world: &World, members: &Members) -> Vec<Decision> {
     let live: BTreeSet<String> = members.keys().cloned().collect();
@@ -77,8 +88,16 @@ pub fn decide(world: &World, members: &Members) -> Vec<Decision> {
             interfaces: members.get(&n.name).cloned().unwrap_or_default(),
         })
         .collect();
-    let mut pools: Vec<&PoolInfo> = world.pools.iter().collect();
-    pools.sort_by(|a, b| a.name.cmp(&b.name));
+    // Entries are parsed once per plan, not once per VIP; one that does not parse contains nothing.
+    let mut pools: Vec<ParsedPool> = world
+        .pools
+        .iter()
+        .map(|info| ParsedPool {
+            info,
+            ranges: ferrolb_crds::address::valid_ranges(info.addresses.iter().map(String::as_str)),
+        })
+        .collect();
+    pools.sort_by(|a, b| a.info.name.cmp(&b.info.name));
     let mut decisions: Vec<Decision> = world
         .services
         .iter()
@@ -93,7 +112,7 @@ fn decide_one(
     nodes: &[NodeView],
     live: &BTreeSet<String>,
     advertisements: &[L2AdvertisementSpec],
-    pools: &[&PoolInfo],
+    pools: &[ParsedPool],
 ) -> Option<Decision> {
     let applying: Vec<&L2AdvertisementSpec> =
         advertisements.iter().filter(|adv| adv.selects_service(&service.labels)).collect();
@@ -101,9 +120,7 @@ fn decide_one(
     let mut vips = Vec::new();
     for vip in &service.vips {
         // Pools never overlap within one installation (the controller refuses that); by name if they do.
-        let Some(pool) =
-            pools.iter().find(|p| ferrolb_crds::address::entries_contain(p.addresses.iter().map(String::as_str), *vip))
-        else {
+        let Some(pool) = pools.iter().find(|p| p.contains(*vip)).map(|p| p.info) else {
             continue;
         };
         let selecting: Vec<&L2AdvertisementSpec> =

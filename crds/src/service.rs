@@ -3,6 +3,20 @@
 use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+
+/// The Service status condition the controller owns: where the Service's addresses came from, or why it has
+/// none.
+pub const ALLOCATED_CONDITION: &str = "ferrolb.io/IPAllocated";
+
+/// The Service status condition that records which IPAddressPool the Service's addresses were allocated
+/// from; its message is the pool's name, exactly. Written by the controller next to
+/// [`ALLOCATED_CONDITION`], it outlives edits and deletion of the pool, so a restarted controller restores
+/// each address to its own pool and the speakers keep announcing an address its pool no longer contains
+/// through the advertisements of that pool.
+pub const POOL_CONDITION: &str = "ferrolb.io/AddressPool";
+/// The reason of [`POOL_CONDITION`].
+pub const POOL_CONDITION_REASON: &str = "AllocatedFrom";
 
 /// The IPs in a Service's `status.loadBalancer.ingress` (entries without an IP, or with an unparsable one,
 /// are skipped), IPv4 first and then by address (`IpAddr` orders every IPv4 address before any IPv6 one).
@@ -20,6 +34,18 @@ pub fn ingress_ips(service: &Service) -> Vec<IpAddr> {
     ips
 }
 
+/// The pool the Service's addresses were allocated from, as its [`POOL_CONDITION`] records it.
+pub fn origin_pool(service: &Service) -> Option<String> {
+    condition(service, POOL_CONDITION)
+        .filter(|c| c.status == "True" && !c.message.is_empty())
+        .map(|c| c.message.clone())
+}
+
+/// The Service's status condition of this type, if any.
+pub fn condition<'a>(service: &'a Service, type_: &str) -> Option<&'a Condition> {
+    service.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == type_)
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -34,5 +60,20 @@ mod tests {
         let ips: Vec<IpAddr> = vec!["192.0.2.200".parse().unwrap(), "2001:db8::200".parse().unwrap()];
         assert_eq!(ingress_ips(&service), ips);
         assert!(ingress_ips(&Service::default()).is_empty());
+    }
+
+    #[test]
+    fn origin_pool_is_the_pool_condition_message() {
+        let with = |status: &str, message: &str| -> Service {
+            serde_json::from_value(serde_json::json!({"status": {"conditions": [
+                {"type": "ferrolb.io/IPAllocated", "status": "True", "reason": "Allocated", "message": "x", "lastTransitionTime": "2026-01-01T00:00:00Z"},
+                {"type": POOL_CONDITION, "status": status, "reason": POOL_CONDITION_REASON, "message": message, "lastTransitionTime": "2026-01-01T00:00:00Z"},
+            ]}}))
+            .unwrap()
+        };
+        assert_eq!(origin_pool(&with("True", "demo")).as_deref(), Some("demo"));
+        assert_eq!(origin_pool(&with("False", "demo")), None);
+        assert_eq!(origin_pool(&with("True", "")), None);
+        assert_eq!(origin_pool(&Service::default()), None);
     }
 }

@@ -9,15 +9,19 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 
 use ferrolb_crds::pool::{FamilyUsage as UsageStatus, IPAddressPoolStatus};
+use ferrolb_crds::service::{POOL_CONDITION, POOL_CONDITION_REASON, origin_pool};
 use ferrolb_crds::{IPAddressPool, L2Advertisement, L2AdvertisementSpec};
 use k8s_openapi::api::core::v1::{Namespace, ObjectReference, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{Resource, ResourceExt};
 
-use crate::ipam::{AllocError, Allocator, Family, FamilyPolicy, PoolDef, PoolError, ServiceKey, ServiceRequest};
+use crate::ipam::{
+    AllocError, Allocator, Family, FamilyPolicy, PoolDef, PoolError, Reservation, Reservations, ServiceKey,
+    ServiceRequest,
+};
 
 /// The Service status condition ferrolb owns.
-pub const CONDITION_TYPE: &str = "ferrolb.io/IPAllocated";
+pub const CONDITION_TYPE: &str = ferrolb_crds::service::ALLOCATED_CONDITION;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -47,13 +51,14 @@ pub struct EventOut {
     pub note: String,
 }
 
-/// The status ferrolb wants on a Service: its ingress and ferrolb's condition. `condition: None` with no
-/// ingress means "remove what ferrolb wrote".
+/// The status ferrolb wants on a Service: its ingress, ferrolb's condition and the record of the pool its
+/// addresses came from. `condition: None` with no ingress means "remove what ferrolb wrote".
 #[derive(Debug, Clone, PartialEq)]
 pub struct StatusOut {
     pub key: ServiceKey,
     pub ingress: Vec<IpAddr>,
     pub condition: Option<Condition>,
+    pub pool_condition: Option<Condition>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -66,9 +71,8 @@ pub enum Output {
 #[derive(Debug, Clone, Default, PartialEq)]
 struct Reported {
     ips: Vec<IpAddr>,
-    failure: Option<String>,
-    /// Addresses it keeps that no pool contains any more.
-    outside: Vec<String>,
+    /// The message of the last Warning published about it, so a standing problem is said once.
+    warned: Option<String>,
 }
 
 struct PoolRecord {
@@ -86,9 +90,17 @@ pub struct Engine {
     namespaces: BTreeMap<String, BTreeMap<String, String>>,
     pools: BTreeMap<String, PoolRecord>,
     advertisements: BTreeMap<String, L2AdvertisementSpec>,
+    /// Each Node's addresses and each ServiceCIDR's CIDRs: the cluster's own, never handed out.
+    node_addresses: BTreeMap<String, Vec<IpAddr>>,
+    service_cidrs: BTreeMap<String, Vec<String>>,
     reported: HashMap<ServiceKey, Reported>,
+    /// Services without the addresses they ask for: a pool change may help them.
+    unsettled: BTreeSet<ServiceKey>,
     reported_pool_errors: HashMap<String, String>,
-    reported_overlaps: HashMap<String, Vec<String>>,
+    /// Per pool, the pools it overlaps (kept symmetric, updated per pool event).
+    overlaps: HashMap<String, BTreeSet<String>>,
+    /// Per pool, the reserved addresses it was last warned about.
+    reported_reserved: HashMap<String, BTreeSet<String>>,
     dirty_pools: BTreeSet<String>,
     synced: bool,
     clock: Box<dyn Fn() -> Time + Send>,
@@ -103,9 +115,13 @@ impl Engine {
             namespaces: BTreeMap::new(),
             pools: BTreeMap::new(),
             advertisements: BTreeMap::new(),
+            node_addresses: BTreeMap::new(),
+            service_cidrs: BTreeMap::new(),
             reported: HashMap::new(),
+            unsettled: BTreeSet::new(),
             reported_pool_errors: HashMap::new(),
-            reported_overlaps: HashMap::new(),
+            overlaps: HashMap::new(),
+            reported_reserved: HashMap::new(),
             dirty_pools: BTreeSet::new(),
             synced: false,
             clock,
@@ -136,6 +152,7 @@ impl Engine {
     /// (oldest Service first, so the older keeps a clashing address), then settles every Service.
     pub fn initial_sync(&mut self) -> Vec<Output> {
         let mut outputs = Vec::new();
+        self.allocator.set_reservations(self.reservations());
         let keys = self.keys_oldest_first();
         for key in &keys {
             let Some(service) = self.services.get(key) else { continue };
@@ -144,7 +161,8 @@ impl Engine {
                 continue;
             }
             let request = self.request_or_placeholder(service, &held);
-            match self.allocator.restore(&request, &held) {
+            let origin = origin_pool(service);
+            match self.allocator.restore(&request, &held, origin.as_deref()) {
                 Ok(_) => {
                     self.reported.insert(key.clone(), Reported { ips: held, ..Default::default() });
                 }
@@ -164,20 +182,32 @@ impl Engine {
             }
         }
         self.synced = true;
-        self.dirty_pools.extend(self.pools.keys().cloned());
+        // Overlaps once for every pool, now that all are known (not once per pool as they were listed).
+        let names: Vec<String> = self.pools.keys().cloned().collect();
+        for name in &names {
+            outputs.extend(self.update_overlaps(name));
+        }
+        self.dirty_pools.extend(names);
         for key in keys {
             outputs.extend(self.reconcile_service(&key));
         }
+        outputs.extend(self.reserved_events());
         outputs
     }
 
     pub fn apply_service(&mut self, service: Service) -> Vec<Output> {
         let key = key_of(&service);
+        let cluster_ips_before = self.services.get(&key).map(cluster_ips);
+        let now = cluster_ips(&service);
         self.services.insert(key.clone(), service);
         if !self.synced {
             return Vec::new();
         }
-        self.reconcile_service(&key)
+        let mut outputs = self.reconcile_service(&key);
+        if key.namespace == "default" && key.name == "kubernetes" && cluster_ips_before.as_ref() != Some(&now) {
+            outputs.extend(self.reservations_changed(now));
+        }
+        outputs
     }
 
     pub fn delete_service(&mut self, service: &Service) -> Vec<Output> {
@@ -204,9 +234,19 @@ impl Engine {
             def
         });
         let mut outputs = Vec::new();
+        let before = self.allocator.pool(&name).cloned();
+        let first_sight = !self.pools.contains_key(&name);
         let error = match parsed {
             Ok(def) => {
                 self.allocator.upsert_pool(def);
+                if first_sight && let Some(status) = &pool.status {
+                    // A new leader carries on where the last one left the next-fit cursor.
+                    for usage in [&status.ipv4, &status.ipv6].into_iter().flatten() {
+                        if let Some(next) = usage.next.as_deref().and_then(|n| n.parse().ok()) {
+                            self.allocator.set_cursor(&name, next);
+                        }
+                    }
+                }
                 self.reported_pool_errors.remove(&name);
                 None
             }
@@ -226,27 +266,185 @@ impl Engine {
             }
         };
         self.pools.insert(name.clone(), PoolRecord { object: pool, error });
-        // Overlaps change for the others too.
-        self.dirty_pools.extend(self.pools.keys().cloned());
-        outputs.extend(self.overlap_events());
-        if self.synced {
-            outputs.extend(self.reconcile_all());
+        if !self.synced {
+            // Overlaps and Services are settled once every pool is known (initial_sync).
+            return outputs;
         }
+        self.dirty_pools.insert(name.clone());
+        outputs.extend(self.update_overlaps(&name));
+        let after = self.allocator.pool(&name).cloned();
+        outputs.extend(self.reconcile_for_pool(&name, [before.as_ref(), after.as_ref()]));
+        outputs.extend(self.reserved_events());
         outputs
     }
 
     pub fn delete_pool(&mut self, name: &str) -> Vec<Output> {
         self.pools.remove(name);
-        self.allocator.remove_pool(name);
+        let before = self.allocator.remove_pool(name);
         self.reported_pool_errors.remove(name);
-        self.reported_overlaps.remove(name);
-        self.dirty_pools.extend(self.pools.keys().cloned());
-        // Only new overlaps are reported; a deletion can only end some, and the condition says so.
-        let _ = self.overlap_events();
+        self.reported_reserved.remove(name);
+        // Only new overlaps are reported; a deletion can only end some, and the others' conditions say so.
+        let _ = self.update_overlaps(name);
+        self.overlaps.remove(name);
         if !self.synced {
             return Vec::new();
         }
-        self.reconcile_all()
+        self.reconcile_for_pool(name, [before.as_ref(), None])
+    }
+
+    /// Re-settles only the Services a change of `pool` can concern: those holding an address inside its old
+    /// or new ranges, those whose addresses came from it, and those still waiting for an address.
+    fn reconcile_for_pool(&mut self, pool: &str, defs: [Option<&PoolDef>; 2]) -> Vec<Output> {
+        let mut keys: BTreeSet<ServiceKey> = self.unsettled.clone();
+        keys.extend(self.allocator.services_of_pool(pool).cloned());
+        for def in defs.into_iter().flatten() {
+            keys.extend(self.allocator.holders_within(def));
+        }
+        self.reconcile_keys(keys)
+    }
+
+    /// Settles `keys` in the order address clashes are settled (oldest first).
+    fn reconcile_keys(&mut self, keys: BTreeSet<ServiceKey>) -> Vec<Output> {
+        let mut ordered: Vec<(Option<jiff::Timestamp>, ServiceKey)> = keys
+            .into_iter()
+            .map(|k| (self.services.get(&k).and_then(|s| s.metadata.creation_timestamp.clone()).map(|t| t.0), k))
+            .collect();
+        ordered.sort();
+        ordered.into_iter().flat_map(|(_, key)| self.reconcile_service(&key)).collect()
+    }
+
+    /// A Node's addresses, as `status.addresses` lists them: none is ever handed out.
+    pub fn apply_node(&mut self, name: &str, addresses: Vec<IpAddr>) -> Vec<Output> {
+        let mut addresses = addresses;
+        addresses.sort();
+        addresses.dedup();
+        let before = self.node_addresses.insert(name.to_string(), addresses.clone()).unwrap_or_default();
+        if before == addresses {
+            return Vec::new();
+        }
+        self.reservations_changed(before.into_iter().chain(addresses).collect())
+    }
+
+    pub fn delete_node(&mut self, name: &str) -> Vec<Output> {
+        let before = self.node_addresses.remove(name).unwrap_or_default();
+        self.reservations_changed(before)
+    }
+
+    /// A ServiceCIDR's CIDRs (the cluster's ClusterIP ranges): none is ever handed out.
+    pub fn apply_service_cidr(&mut self, name: &str, cidrs: Vec<String>) -> Vec<Output> {
+        let before = self.service_cidrs.insert(name.to_string(), cidrs.clone()).unwrap_or_default();
+        if before == cidrs {
+            return Vec::new();
+        }
+        self.reservations_changed(Vec::new())
+    }
+
+    pub fn delete_service_cidr(&mut self, name: &str) -> Vec<Output> {
+        if self.service_cidrs.remove(name).is_none() {
+            return Vec::new();
+        }
+        self.reservations_changed(Vec::new())
+    }
+
+    /// After Nodes or ServiceCIDRs changed: new reservations, and the Services and pools they concern
+    /// (`touched`: node addresses that came or went; CIDR changes re-check every pool).
+    fn reservations_changed(&mut self, touched: Vec<IpAddr>) -> Vec<Output> {
+        if !self.synced {
+            return Vec::new();
+        }
+        self.allocator.set_reservations(self.reservations());
+        let mut keys = self.unsettled.clone();
+        keys.extend(self.allocator.holders_of_any(&touched));
+        for reservation in self.allocator.reservations().list() {
+            if reservation.first != reservation.last {
+                keys.extend(self.allocator.holders_of_any(&[reservation.first]));
+            }
+        }
+        if touched.is_empty() {
+            self.dirty_pools.extend(self.pools.keys().cloned());
+        } else {
+            for ip in &touched {
+                let pools: Vec<String> = self.allocator.pools_containing(*ip).into_iter().map(str::to_string).collect();
+                self.dirty_pools.extend(pools);
+            }
+        }
+        let mut outputs = self.reconcile_keys(keys);
+        outputs.extend(self.reserved_events());
+        outputs
+    }
+
+    /// Every Node address and Service CIDR, as the allocator's reservations.
+    fn reservations(&self) -> Reservations {
+        let mut list = Vec::new();
+        for (node, addresses) in &self.node_addresses {
+            list.extend(addresses.iter().map(|ip| Reservation {
+                first: *ip,
+                last: *ip,
+                what: format!("the address of Node {node}"),
+            }));
+        }
+        // The API server's own Service: its ClusterIPs are in the Service CIDR, known even where ServiceCIDRs
+        // are not served.
+        if let Some(kubernetes) = self.services.get(&ServiceKey::new("default", "kubernetes")) {
+            for ip in cluster_ips(kubernetes) {
+                list.push(Reservation {
+                    first: ip,
+                    last: ip,
+                    what: "the ClusterIP of Service default/kubernetes".into(),
+                });
+            }
+        }
+        for (name, cidrs) in &self.service_cidrs {
+            for cidr in cidrs {
+                if let Ok((first, last)) = ferrolb_crds::address::parse_entry(cidr) {
+                    list.push(Reservation {
+                        first,
+                        last,
+                        what: format!("in Service CIDR {cidr} (ServiceCIDR {name})"),
+                    });
+                }
+            }
+        }
+        Reservations::new(list)
+    }
+
+    /// What reserved addresses each dirty pool lists, as the `ReservedAddresses` condition will say.
+    fn reserved_in(&self, def: &PoolDef) -> BTreeSet<String> {
+        let reservations = self.allocator.reservations();
+        let mut found = BTreeSet::new();
+        for family in [Family::V4, Family::V6] {
+            for (start, end) in def.ranges(family).runs() {
+                for r in reservations.meeting(family, start, end) {
+                    let shown = if r.first == r.last { r.first.to_string() } else { format!("{}-{}", r.first, r.last) };
+                    found.insert(format!("{shown} ({})", r.what));
+                }
+            }
+        }
+        found
+    }
+
+    /// A Warning on every pool that now lists a reserved address it did not list before.
+    fn reserved_events(&mut self) -> Vec<Output> {
+        let mut outputs = Vec::new();
+        let dirty: Vec<String> = self.dirty_pools.iter().cloned().collect();
+        for name in dirty {
+            let Some(def) = self.allocator.pool(&name) else { continue };
+            let found = self.reserved_in(def);
+            let before = self.reported_reserved.insert(name.clone(), found.clone()).unwrap_or_default();
+            let new: Vec<&String> = found.difference(&before).collect();
+            if let (false, Some(record)) = (new.is_empty(), self.pools.get(&name)) {
+                outputs.push(Output::Event(EventOut {
+                    regarding: record.object.object_ref(&()),
+                    type_: EventType::Warning,
+                    reason: "PoolOverlapsCluster",
+                    note: format!(
+                        "lists addresses of the cluster itself, which are never handed out: {}",
+                        new.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                    ),
+                }));
+            }
+        }
+        outputs
     }
 
     pub fn apply_namespace(&mut self, namespace: &Namespace) -> Vec<Output> {
@@ -285,33 +483,63 @@ impl Engine {
         gone.iter().flat_map(|name| self.delete_advertisement(name)).collect()
     }
 
-    /// A Warning on every pool that now overlaps a pool it did not overlap before.
-    fn overlap_events(&mut self) -> Vec<Output> {
+    /// Brings `pool`'s overlaps (and its partners') up to date after it changed, marking every pool whose
+    /// `Conflicting` condition changes; a Warning on each pool that now overlaps one it did not before.
+    /// Costs one index lookup per run of the pool, not a comparison of every pair.
+    fn update_overlaps(&mut self, pool: &str) -> Vec<Output> {
+        let now = self.allocator.overlapping(pool);
+        let before = self.overlaps.insert(pool.to_string(), now.clone()).unwrap_or_default();
         let mut outputs = Vec::new();
-        let current: Vec<(String, Vec<String>)> =
-            self.allocator.pools().map(|def| (def.name.clone(), def.overlaps(self.allocator.pools()))).collect();
-        for (name, overlaps) in current {
-            let before = self.reported_overlaps.insert(name.clone(), overlaps.clone()).unwrap_or_default();
-            let new: Vec<&String> = overlaps.iter().filter(|o| !before.contains(o)).collect();
-            if let (false, Some(record)) = (new.is_empty(), self.pools.get(&name)) {
-                outputs.push(Output::Event(EventOut {
-                    regarding: record.object.object_ref(&()),
-                    type_: EventType::Warning,
-                    reason: "PoolOverlap",
-                    note: format!(
-                        "overlaps pool {}: an address in both is still given to one Service only, but the pools' counts and priorities no longer add up",
-                        new.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
-                    ),
-                }));
+        for gone in before.difference(&now) {
+            if let Some(theirs) = self.overlaps.get_mut(gone) {
+                theirs.remove(pool);
             }
+            self.dirty_pools.insert(gone.clone());
+        }
+        let new: Vec<String> = now.difference(&before).cloned().collect();
+        for partner in &new {
+            self.overlaps.entry(partner.clone()).or_default().insert(pool.to_string());
+            self.dirty_pools.insert(partner.clone());
+            outputs.extend(self.overlap_event(partner, std::slice::from_ref(&pool.to_string())));
+        }
+        if !new.is_empty() {
+            self.dirty_pools.insert(pool.to_string());
+            outputs.extend(self.overlap_event(pool, &new));
         }
         outputs
     }
 
-    /// Whether some L2Advertisement announces the addresses of `pool`.
-    fn advertised(&self, pool: &str) -> bool {
+    fn overlap_event(&self, pool: &str, others: &[String]) -> Option<Output> {
+        let record = self.pools.get(pool)?;
+        // A restarted controller finds the overlap already on the pool's condition: said before.
+        let already = record.object.status.as_ref().is_some_and(|s| {
+            s.conditions.iter().any(|c| {
+                c.type_ == "Conflicting" && c.status == "True" && others.iter().all(|o| c.message.contains(o.as_str()))
+            })
+        });
+        if already {
+            return None;
+        }
+        Some(Output::Event(EventOut {
+            regarding: record.object.object_ref(&()),
+            type_: EventType::Warning,
+            reason: "PoolOverlap",
+            note: format!(
+                "overlaps pool {}: an address in both is still given to one Service only, but the pools' counts and priorities no longer add up",
+                others.join(", ")
+            ),
+        }))
+    }
+
+    /// The L2Advertisements that announce `pool`'s addresses for `service` (a deleted pool is matched by
+    /// its name only), as the speakers decide it.
+    fn announcers(&self, pool: &str, service_labels: &BTreeMap<String, String>) -> Vec<&str> {
         let labels = self.pools.get(pool).map(|p| p.object.labels().clone()).unwrap_or_default();
-        self.advertisements.values().any(|adv| adv.selects_pool(pool, &labels))
+        self.advertisements
+            .iter()
+            .filter(|(_, adv)| adv.selects_pool(pool, &labels) && adv.selects_service(service_labels))
+            .map(|(name, _)| name.as_str())
+            .collect()
     }
 
     /// After a re-list: Services that were deleted while the watch was down.
@@ -325,6 +553,18 @@ impl Engine {
     pub fn forget_pools_not_in(&mut self, seen: &std::collections::HashSet<String>) -> Vec<Output> {
         let gone: Vec<String> = self.pools.keys().filter(|k| !seen.contains(*k)).cloned().collect();
         gone.iter().flat_map(|name| self.delete_pool(name)).collect()
+    }
+
+    /// After a re-list: Nodes deleted while the watch was down.
+    pub fn forget_nodes_not_in(&mut self, seen: &std::collections::HashSet<String>) -> Vec<Output> {
+        let gone: Vec<String> = self.node_addresses.keys().filter(|k| !seen.contains(*k)).cloned().collect();
+        gone.iter().flat_map(|name| self.delete_node(name)).collect()
+    }
+
+    /// After a re-list: ServiceCIDRs deleted while the watch was down.
+    pub fn forget_service_cidrs_not_in(&mut self, seen: &std::collections::HashSet<String>) -> Vec<Output> {
+        let gone: Vec<String> = self.service_cidrs.keys().filter(|k| !seen.contains(*k)).cloned().collect();
+        gone.iter().flat_map(|name| self.delete_service_cidr(name)).collect()
     }
 
     pub fn delete_namespace(&mut self, name: &str) {
@@ -370,6 +610,7 @@ impl Engine {
                 self.mark_dirty(&released.ips);
             }
             self.reported.remove(key);
+            self.unsettled.remove(key);
             return Vec::new();
         };
         if !self.handles(&service) {
@@ -390,80 +631,138 @@ impl Engine {
 
         let mut outputs = Vec::new();
         let reported = self.reported.entry(key.clone()).or_default().clone();
-        let (status, reason, message) = match &outcome {
-            Ok(assignment) => {
-                let outside: Vec<String> = assignment
-                    .ips
-                    .iter()
-                    .filter(|ip| self.allocator.pools_containing(**ip).is_empty())
-                    .map(|ip| ip.to_string())
-                    .collect();
-                if !outside.is_empty() {
-                    (
-                        "True",
-                        "OutsidePool".to_string(),
-                        format!(
-                            "keeps {}, which no IPAddressPool contains any more (its pool was deleted or shrunk); it moves only if the Service asks for another address",
-                            outside.join(", ")
-                        ),
-                    )
-                } else {
-                    let reason = if requested_ips { "Requested" } else { "Allocated" };
-                    let pool = assignment.pool.clone().unwrap_or_default();
-                    let mut message = format!("{} from pool {pool:?}", join(&assignment.ips));
-                    if !self.advertised(&pool) {
-                        message
-                            .push_str(&format!("; no L2Advertisement selects pool {pool:?}, so no node announces it"));
-                    }
-                    ("True", reason.to_string(), message)
-                }
-            }
+        let held_pool = self.allocator.assignment(key).and_then(|a| a.pool.clone());
+        let (status, reason, message, warning) = match &outcome {
+            Ok(assignment) => self.settled(&service, assignment, requested_ips),
             Err((reason, error)) => {
                 let kept = if after.is_empty() { String::new() } else { format!("; keeps {}", join(&after)) };
-                ("False", reason.clone(), format!("{error}{kept}"))
+                let message = format!("{error}{}{kept}", self.invalid_pools_note(reason));
+                ("False", reason.clone(), message, Some("AllocationFailed"))
             }
         };
-        let outside: Vec<String> = match &outcome {
-            Ok(assignment) => assignment
-                .ips
-                .iter()
-                .filter(|ip| self.allocator.pools_containing(**ip).is_empty())
-                .map(|ip| ip.to_string())
-                .collect(),
-            Err(_) => Vec::new(),
-        };
-        if !outside.is_empty() && outside != reported.outside {
-            outputs.push(event(&service, EventType::Warning, "OutsidePool", message.clone()));
+        if outcome.is_err() {
+            self.unsettled.insert(key.clone());
+        } else {
+            self.unsettled.remove(key);
         }
-        match &outcome {
-            Ok(assignment) if reported.ips != assignment.ips => {
-                let note = if reported.ips.is_empty() {
-                    format!("assigned {}", message)
-                } else {
-                    format!("moved from {} to {}", join(&reported.ips), message)
-                };
-                outputs.push(event(&service, EventType::Normal, "IPAllocated", note));
-            }
-            Err(_) if reported.failure.as_deref() != Some(message.as_str()) => {
-                outputs.push(event(&service, EventType::Warning, "AllocationFailed", message.clone()));
-            }
-            _ => {}
+        if let Ok(assignment) = &outcome
+            && reported.ips != assignment.ips
+        {
+            let note = if reported.ips.is_empty() {
+                format!("assigned {message}")
+            } else {
+                format!("moved from {} to {message}", join(&reported.ips))
+            };
+            outputs.push(event(&service, EventType::Normal, "IPAllocated", note));
         }
-        self.reported.insert(
-            key.clone(),
-            Reported { ips: after.clone(), failure: outcome.as_ref().err().map(|_| message.clone()), outside },
-        );
-        let condition = self.condition(&service, status, &reason, &message);
-        if let Some(status) = self.status_change(&service, after, Some(condition)) {
+        if let Some(warning) = warning
+            && reported.warned.as_deref() != Some(message.as_str())
+        {
+            outputs.push(event(&service, EventType::Warning, warning, message.clone()));
+        }
+        self.reported.insert(key.clone(), Reported { ips: after.clone(), warned: warning.map(|_| message.clone()) });
+        let condition = self.condition(&service, CONDITION_TYPE, status, &reason, &message);
+        let pool_condition =
+            held_pool.map(|pool| self.condition(&service, POOL_CONDITION, "True", POOL_CONDITION_REASON, &pool));
+        if let Some(status) = self.status_change(&service, after, Some(condition), pool_condition) {
             outputs.push(Output::Status(status));
         }
         outputs
+    }
+
+    /// The condition (status, reason, message) of a Service that holds `assignment`, and the Warning to
+    /// publish when the message is new: an address that can never answer is not "True".
+    fn settled(
+        &self,
+        service: &Service,
+        assignment: &crate::ipam::Assignment,
+        requested_ips: bool,
+    ) -> (&'static str, String, String, Option<&'static str>) {
+        let ips = join(&assignment.ips);
+        let reserved: Vec<String> = assignment
+            .ips
+            .iter()
+            .filter_map(|ip| self.allocator.reserved_reason(*ip).map(|what| format!("{ip} is {what}")))
+            .collect();
+        if !reserved.is_empty() {
+            let message = format!(
+                "keeps {ips}, but {}: no speaker ever announces such an address; ask for another address ({}) or recreate the Service",
+                reserved.join("; "),
+                ferrolb_crds::annotations::LOAD_BALANCER_IPS
+            );
+            return ("False", "ReservedAddress".into(), message, Some("ReservedAddress"));
+        }
+        let labels = service.labels().clone();
+        let Some(pool) = &assignment.pool else {
+            let message = format!(
+                "keeps {ips}, which no IPAddressPool contains and no pool is recorded for, so no L2Advertisement announces it: the address is unreachable; it moves only if the Service asks for another address"
+            );
+            return ("False", "OutsidePoolUnannounced".into(), message, Some("OutsidePool"));
+        };
+        let announcers = self.announcers(pool, &labels);
+        // Outside the pool it came from (shrunk or deleted), whether or not another pool lists it: it stays
+        // this pool's address, announced as such.
+        let own = self.allocator.pool(pool);
+        let outside: Vec<IpAddr> =
+            assignment.ips.iter().copied().filter(|ip| !own.is_some_and(|def| def.contains(*ip))).collect();
+        if !outside.is_empty() {
+            let origin = if own.is_some() {
+                format!("pool {pool:?}, which it came from, no longer contains it")
+            } else {
+                format!("pool {pool:?}, which it came from, was deleted")
+            };
+            if announcers.is_empty() {
+                let message = format!(
+                    "keeps {} ({origin}), and no L2Advertisement announces pool {pool:?} for this Service: the address is unreachable; it moves only if the Service asks for another address",
+                    join(&outside)
+                );
+                return ("False", "OutsidePoolUnannounced".into(), message, Some("OutsidePool"));
+            }
+            let message = format!(
+                "keeps {} ({origin}); still announced through L2Advertisement {}; it moves only if the Service asks for another address",
+                join(&outside),
+                announcers.join(", ")
+            );
+            return ("True", "OutsidePool".into(), message, Some("OutsidePool"));
+        }
+        let reason = if requested_ips { "Requested" } else { "Allocated" };
+        let mut message = format!("{ips} from pool {pool:?}");
+        if announcers.is_empty() {
+            let pool_labels = self.pools.get(pool).map(|p| p.object.labels().clone()).unwrap_or_default();
+            if self.advertisements.values().any(|adv| adv.selects_pool(pool, &pool_labels)) {
+                message.push_str(&format!(
+                    "; the L2Advertisements selecting pool {pool:?} do not select this Service (serviceSelectors), so no node announces it"
+                ));
+            } else {
+                message.push_str(&format!("; no L2Advertisement selects pool {pool:?}, so no node announces it"));
+            }
+        }
+        ("True", reason.into(), message, None)
+    }
+
+    /// For a Service that got nothing: the pools that might have served it but are not used because they
+    /// are invalid (a malformed selector, a bad entry), so the user looks there.
+    fn invalid_pools_note(&self, reason: &str) -> String {
+        if !matches!(reason, "NoPools" | "NoEligiblePool" | "PoolExhausted" | "FamilyUnavailable" | "PoolNotFound") {
+            return String::new();
+        }
+        let invalid: Vec<String> = self
+            .pools
+            .iter()
+            .filter_map(|(name, record)| record.error.as_ref().map(|e| format!("{name:?} ({e})")))
+            .take(5)
+            .collect();
+        if invalid.is_empty() {
+            return String::new();
+        }
+        format!("; not used because invalid: pool {}", invalid.join(", pool "))
     }
 
     /// The Service is no longer ours (type or class changed): free its addresses, remove what we wrote.
     fn release_unhandled(&mut self, key: &ServiceKey, service: &Service) -> Vec<Output> {
         let mut outputs = Vec::new();
         self.reported.remove(key);
+        self.unsettled.remove(key);
         let released = self.allocator.release(key);
         let held = released.is_some();
         if let Some(released) = released {
@@ -481,7 +780,7 @@ impl Engine {
         }
         // Only what this instance held is cleared: another ferrolb instance (another class) may own the
         // status now, and its condition has the same type.
-        if held && let Some(status) = self.status_change(service, Vec::new(), None) {
+        if held && let Some(status) = self.status_change(service, Vec::new(), None, None) {
             outputs.push(Output::Status(status));
         }
         outputs
@@ -493,29 +792,31 @@ impl Engine {
         service: &Service,
         ingress: Vec<IpAddr>,
         condition: Option<Condition>,
+        pool_condition: Option<Condition>,
     ) -> Option<StatusOut> {
-        let current_condition = our_condition(service);
-        let same_condition = match (&condition, current_condition) {
-            (Some(want), Some(have)) => {
-                want.status == have.status && want.reason == have.reason && want.message == have.message
-            }
-            (None, None) => true,
-            _ => false,
-        };
-        if same_condition && ingress_ips(service) == ingress {
+        let same =
+            |want: &Option<Condition>, type_: &str| match (want, ferrolb_crds::service::condition(service, type_)) {
+                (Some(want), Some(have)) => {
+                    want.status == have.status && want.reason == have.reason && want.message == have.message
+                }
+                (None, None) => true,
+                _ => false,
+            };
+        if same(&condition, CONDITION_TYPE) && same(&pool_condition, POOL_CONDITION) && ingress_ips(service) == ingress
+        {
             return None;
         }
-        Some(StatusOut { key: key_of(service), ingress, condition })
+        Some(StatusOut { key: key_of(service), ingress, condition, pool_condition })
     }
 
-    fn condition(&self, service: &Service, status: &str, reason: &str, message: &str) -> Condition {
+    fn condition(&self, service: &Service, type_: &str, status: &str, reason: &str, message: &str) -> Condition {
         // The transition time moves only when the status does.
-        let last_transition_time = our_condition(service)
+        let last_transition_time = ferrolb_crds::service::condition(service, type_)
             .filter(|c| c.status == status)
             .map(|c| c.last_transition_time.clone())
             .unwrap_or_else(|| (self.clock)());
         Condition {
-            type_: CONDITION_TYPE.into(),
+            type_: type_.into(),
             status: status.into(),
             reason: reason.into(),
             message: message.into(),
@@ -558,11 +859,11 @@ impl Engine {
         let mut status = IPAddressPoolStatus { observed_generation: generation, ..Default::default() };
         match (&record.error, self.allocator.pool(name)) {
             (Some(error), _) => {
-                let message = error.to_string();
+                let message = format!("{error}; the pool hands out no address until it is fixed");
                 conditions.push(pool_condition(
                     "Ready",
                     "False",
-                    "InvalidAddresses",
+                    error.reason(),
                     &message,
                     keep_time("Ready", "False"),
                     generation,
@@ -578,6 +879,7 @@ impl Engine {
                         total: usage.total.to_string(),
                         assigned: u64::try_from(usage.assigned).unwrap_or(u64::MAX),
                         available: usage.available.to_string(),
+                        next: self.allocator.cursor(name, family).map(|ip| ip.to_string()),
                     };
                     match family {
                         Family::V4 => status.ipv4 = Some(counts),
@@ -597,7 +899,32 @@ impl Engine {
                     keep_time("Ready", "True"),
                     generation,
                 ));
-                let overlaps = def.overlaps(self.allocator.pools());
+                let overlaps: Vec<String> = self.overlaps.get(name).into_iter().flatten().cloned().collect();
+                let reserved = self.reserved_in(def);
+                if reserved.is_empty() {
+                    conditions.push(pool_condition(
+                        "OverlapsCluster",
+                        "False",
+                        "NoClusterAddresses",
+                        "lists no Node address and no Service CIDR",
+                        keep_time("OverlapsCluster", "False"),
+                        generation,
+                    ));
+                } else {
+                    let listed: Vec<&str> = reserved.iter().map(String::as_str).collect();
+                    let message = format!(
+                        "lists addresses of the cluster itself, which are never handed out: {}",
+                        listed.join(", ")
+                    );
+                    conditions.push(pool_condition(
+                        "OverlapsCluster",
+                        "True",
+                        "ListsClusterAddresses",
+                        &message,
+                        keep_time("OverlapsCluster", "True"),
+                        generation,
+                    ));
+                }
                 if overlaps.is_empty() {
                     conditions.push(pool_condition(
                         "Conflicting",
@@ -657,8 +984,11 @@ pub fn key_of(service: &Service) -> ServiceKey {
 
 pub use ferrolb_crds::service::ingress_ips;
 
-fn our_condition(service: &Service) -> Option<&Condition> {
-    service.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == CONDITION_TYPE)
+fn cluster_ips(service: &Service) -> Vec<IpAddr> {
+    let spec = service.spec.as_ref();
+    let listed = spec.and_then(|s| s.cluster_ips.clone()).unwrap_or_default();
+    let single = spec.and_then(|s| s.cluster_ip.clone());
+    listed.iter().chain(single.iter()).filter_map(|ip| ip.parse().ok()).collect()
 }
 
 /// `pool_exhausted` → `PoolExhausted`: Event and condition reasons are CamelCase.

@@ -61,7 +61,8 @@ fn written(mut service: Service, status: &StatusOut) -> Service {
                 .collect(),
         ),
     });
-    current.conditions = status.condition.clone().map(|c| vec![c]);
+    let conditions: Vec<Condition> = status.condition.iter().chain(status.pool_condition.iter()).cloned().collect();
+    current.conditions = (!conditions.is_empty()).then_some(conditions);
     service
 }
 
@@ -139,7 +140,7 @@ fn restart_keeps_every_address_and_the_older_service_wins_a_clash() {
 
 #[test]
 fn only_load_balancers_of_our_class_are_handled() {
-    let mut e = synced(&[pool("demo", &["192.0.2.0/28"])]);
+    let mut e = synced(&[pool("demo", &["192.0.2.0-192.0.2.15"])]);
     let mut other_class = service("other", 1);
     other_class.spec.as_mut().unwrap().load_balancer_class = Some("example.com/lb".into());
     assert!(e.apply_service(other_class).is_empty());
@@ -152,14 +153,14 @@ fn only_load_balancers_of_our_class_are_handled() {
 
     let mut strict = Engine::new(Config { handle_unset_class: false, ..Config::default() }, clock());
     strict.apply_advertisement(&advertise_all());
-    strict.apply_pool(pool("demo", &["192.0.2.0/28"]));
+    strict.apply_pool(pool("demo", &["192.0.2.0-192.0.2.15"]));
     strict.initial_sync();
     assert!(strict.apply_service(service("unset", 1)).is_empty());
 }
 
 #[test]
 fn leaving_load_balancer_releases_the_address_and_clears_our_status() {
-    let mut e = synced(&[pool("demo", &["192.0.2.0/28"])]);
+    let mut e = synced(&[pool("demo", &["192.0.2.0-192.0.2.15"])]);
     let out = e.apply_service(service("web", 1));
     let web = written(service("web", 1), statuses(&out)[0]);
     let mut now_cluster_ip = web.clone();
@@ -173,7 +174,7 @@ fn leaving_load_balancer_releases_the_address_and_clears_our_status() {
 
 #[test]
 fn a_bad_annotation_is_explained_once_and_keeps_the_address() {
-    let mut e = synced(&[pool("demo", &["192.0.2.0/28"])]);
+    let mut e = synced(&[pool("demo", &["192.0.2.0-192.0.2.15"])]);
     let out = e.apply_service(service("web", 1));
     let web = written(service("web", 1), statuses(&out)[0]);
     let mut bad = web.clone();
@@ -194,7 +195,7 @@ fn a_bad_annotation_is_explained_once_and_keeps_the_address() {
 
 #[test]
 fn deleting_the_pool_keeps_the_address_and_says_so() {
-    let mut e = synced(&[pool("demo", &["192.0.2.0/28"])]);
+    let mut e = synced(&[pool("demo", &["192.0.2.0-192.0.2.15"])]);
     let out = e.apply_service(service("web", 1));
     let web = written(service("web", 1), statuses(&out)[0]);
     e.apply_service(web.clone());
@@ -212,7 +213,7 @@ fn deleting_the_pool_keeps_the_address_and_says_so() {
 
 #[test]
 fn deleting_a_service_frees_its_address() {
-    let mut e = synced(&[pool("demo", &["192.0.2.0/30"])]);
+    let mut e = synced(&[pool("demo", &["192.0.2.0-192.0.2.3"])]);
     e.apply_service(service("web", 1));
     assert_eq!(e.allocator().usage("demo", Family::V4).unwrap().assigned, 1);
     assert!(e.delete_service(&service("web", 1)).is_empty());
@@ -221,8 +222,8 @@ fn deleting_a_service_frees_its_address() {
 
 #[test]
 fn pool_status_counts_usage_and_flags_overlaps() {
-    let mut e = synced(&[pool("a", &["192.0.2.0/28", "2001:db8::/64"])]);
-    let out = e.apply_pool(pool("b", &["192.0.2.8/29"]));
+    let mut e = synced(&[pool("a", &["192.0.2.0-192.0.2.15", "2001:db8::-2001:db8::ffff:ffff:ffff:ffff"])]);
+    let out = e.apply_pool(pool("b", &["192.0.2.8-192.0.2.15"]));
     let overlap_events: Vec<&EventOut> =
         out.iter().filter_map(|o| if let Output::Event(ev) = o { Some(ev) } else { None }).collect();
     let mut named: Vec<&str> = overlap_events.iter().map(|ev| ev.regarding.name.as_deref().unwrap()).collect();
@@ -230,14 +231,19 @@ fn pool_status_counts_usage_and_flags_overlaps() {
     assert_eq!(named, ["a", "b"], "each overlapping pool gets a PoolOverlap Warning");
     assert!(overlap_events.iter().all(|ev| ev.reason == "PoolOverlap" && ev.type_ == EventType::Warning));
     assert!(
-        e.apply_pool(pool("b", &["192.0.2.8/29", "192.0.2.32/30"])).iter().all(|o| !matches!(o, Output::Event(_))),
+        e.apply_pool(pool("b", &["192.0.2.8-192.0.2.15", "192.0.2.32-192.0.2.35"]))
+            .iter()
+            .all(|o| !matches!(o, Output::Event(_))),
         "reported once"
     );
     e.take_pool_statuses();
     e.apply_service(service("web", 1));
     let statuses: BTreeMap<String, IPAddressPoolStatus> = e.take_pool_statuses().into_iter().collect();
     let a = &statuses["a"];
-    assert_eq!(a.ipv4.as_ref().unwrap(), &UsageStatus { total: "16".into(), assigned: 1, available: "15".into() });
+    assert_eq!(
+        a.ipv4.as_ref().unwrap(),
+        &UsageStatus { total: "16".into(), assigned: 1, available: "15".into(), next: Some("192.0.2.1".into()) }
+    );
     assert_eq!(a.ipv6.as_ref().unwrap().total, "18446744073709551616");
     let conflicting = a.conditions.iter().find(|c| c.type_ == "Conflicting").unwrap();
     assert_eq!(conflicting.status, "True");
@@ -264,7 +270,7 @@ fn an_invalid_pool_is_reported_and_serves_nothing() {
 #[test]
 fn an_address_no_advertisement_announces_is_allocated_and_the_service_says_so() {
     let mut e = engine();
-    e.apply_pool(pool("quiet", &["192.0.2.0/28"]));
+    e.apply_pool(pool("quiet", &["192.0.2.0-192.0.2.15"]));
     e.initial_sync();
     let out = e.apply_service(service("web", 1));
     let condition = statuses(&out)[0].condition.clone().unwrap();
@@ -285,7 +291,7 @@ fn an_address_no_advertisement_announces_is_allocated_and_the_service_says_so() 
     assert_eq!(statuses(&out)[0].condition.as_ref().unwrap().message, "192.0.2.0 from pool \"quiet\"");
     // One selecting other pools by label does not count.
     let mut e2 = engine();
-    e2.apply_pool(pool("quiet", &["192.0.2.0/28"]));
+    e2.apply_pool(pool("quiet", &["192.0.2.0-192.0.2.15"]));
     e2.apply_advertisement(&L2Advertisement::new(
         "labelled",
         L2AdvertisementSpec {
@@ -303,21 +309,21 @@ fn an_address_no_advertisement_announces_is_allocated_and_the_service_says_so() 
 
 #[test]
 fn a_pool_status_update_does_not_resettle_every_service() {
-    let mut e = synced(&[pool("demo", &["192.0.2.0/28"])]);
+    let mut e = synced(&[pool("demo", &["192.0.2.0-192.0.2.15"])]);
     // The stored Service never shows our status, so any re-settling would emit a status write for it.
     e.apply_service(service("web", 1));
-    let mut with_status = pool("demo", &["192.0.2.0/28"]);
+    let mut with_status = pool("demo", &["192.0.2.0-192.0.2.15"]);
     with_status.status = Some(IPAddressPoolStatus { observed_generation: Some(1), ..Default::default() });
     assert!(e.apply_pool(with_status).is_empty(), "our own pool status write re-settled the Services");
     // A real edit does re-settle them.
-    let out = e.apply_pool(pool("demo", &["192.0.2.0/29"]));
+    let out = e.apply_pool(pool("demo", &["192.0.2.0-192.0.2.7"]));
     assert_eq!(statuses(&out).len(), 1);
     assert_eq!(e.allocator().pool("demo").unwrap().usable(Family::V4), 8);
 }
 
 #[test]
 fn status_written_by_another_instance_is_left_alone() {
-    let mut e = synced(&[pool("demo", &["192.0.2.0/28"])]);
+    let mut e = synced(&[pool("demo", &["192.0.2.0-192.0.2.15"])]);
     // A Service of another class carrying another instance's address and condition.
     let mut theirs = with_status(service("theirs", 1), &["198.51.100.7"]);
     theirs.spec.as_mut().unwrap().load_balancer_class = Some("other.example/lb".into());
@@ -334,10 +340,401 @@ fn status_written_by_another_instance_is_left_alone() {
 
 #[test]
 fn a_requested_address_is_reported_as_requested() {
-    let mut e = synced(&[pool("demo", &["192.0.2.0/28"])]);
+    let mut e = synced(&[pool("demo", &["192.0.2.0-192.0.2.15"])]);
     let mut asks = service("asks", 1);
     asks.metadata.annotations = Some(BTreeMap::from([("ferrolb.io/loadBalancerIPs".into(), "192.0.2.9".into())]));
     let out = e.apply_service(asks);
     let condition = statuses(&out)[0].condition.clone().unwrap();
     assert_eq!((condition.reason.as_str(), condition.message.as_str()), ("Requested", "192.0.2.9 from pool \"demo\""));
+}
+
+fn annotated(mut service: Service, key: &str, value: &str) -> Service {
+    service.metadata.annotations.get_or_insert_with(Default::default).insert(key.into(), value.into());
+    service
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+/// Feeds `outputs` back as the watches would show them: each status write lands on the stored Service, which
+/// the engine then sees again (until nothing more is written).
+fn settle(e: &mut Engine, stored: &mut BTreeMap<ServiceKey, Service>, mut outputs: Vec<Output>) -> Vec<Output> {
+    let mut all = Vec::new();
+    for _ in 0..10 {
+        let mut next = Vec::new();
+        for output in &outputs {
+            if let Output::Status(status) = output
+                && let Some(service) = stored.get(&status.key).cloned()
+            {
+                let updated = written(service, status);
+                stored.insert(status.key.clone(), updated.clone());
+                next.extend(e.apply_service(updated));
+            }
+        }
+        all.append(&mut outputs);
+        if next.is_empty() {
+            return all;
+        }
+        outputs = next;
+    }
+    panic!("status writes never settle");
+}
+
+/// A new engine fed the stored objects, as a restarted controller (or a new leader) sees them.
+fn restarted(pools: &[IPAddressPool], stored: &mut BTreeMap<ServiceKey, Service>) -> (Engine, Vec<Output>) {
+    let mut e = engine();
+    e.apply_advertisement(&advertise_all());
+    for p in pools {
+        e.apply_pool(p.clone());
+    }
+    for s in stored.values() {
+        e.apply_service(s.clone());
+    }
+    let out = e.initial_sync();
+    let out = settle(&mut e, stored, out);
+    (e, out)
+}
+
+fn held(stored: &BTreeMap<ServiceKey, Service>, name: &str) -> Vec<IpAddr> {
+    ingress_ips(&stored[&ServiceKey::new("shop", name)])
+}
+
+#[test]
+fn a_restart_after_the_pool_shrank_keeps_the_address_and_its_pool() {
+    let mut e = synced(&[pool("p", &["2001:db8::2a0-2001:db8::2af"])]);
+    let mut stored = BTreeMap::new();
+    let mut web = annotated(service("web", 1), "ferrolb.io/address-pool", "p");
+    web.spec.as_mut().unwrap().ip_families = Some(vec!["IPv6".into()]);
+    stored.insert(key_of(&web), web.clone());
+    let out = e.apply_service(web);
+    settle(&mut e, &mut stored, out);
+    assert_eq!(held(&stored, "web"), [ip("2001:db8::2a0")]);
+    let origin = ferrolb_crds::service::origin_pool(&stored[&ServiceKey::new("shop", "web")]);
+    assert_eq!(origin.as_deref(), Some("p"), "the pool is recorded on the Service");
+
+    let shrunk = pool("p", &["2001:db8::2a5-2001:db8::2af"]);
+    let out = e.apply_pool(shrunk.clone());
+    settle(&mut e, &mut stored, out);
+    assert_eq!(held(&stored, "web"), [ip("2001:db8::2a0")]);
+
+    let (_, out) = restarted(&[shrunk], &mut stored);
+    assert_eq!(held(&stored, "web"), [ip("2001:db8::2a0")], "a restart moved it");
+    assert!(!events(&out).iter().any(|(reason, _)| *reason == "IPAllocated"), "{:?}", events(&out));
+    let condition = ferrolb_crds::service::condition(&stored[&ServiceKey::new("shop", "web")], CONDITION_TYPE).unwrap();
+    assert_eq!(condition.reason, "OutsidePool");
+    assert!(condition.message.contains("still announced through L2Advertisement all"), "{}", condition.message);
+}
+
+#[test]
+fn a_restart_with_overlapping_pools_keeps_every_address() {
+    // "b" asks for pool "b", whose addresses "a" (first by name) also covers.
+    let pools = [pool("a", &["2001:db8::240-2001:db8::24f"]), pool("b", &["2001:db8::248-2001:db8::24f"])];
+    let mut e = engine();
+    e.apply_advertisement(&advertise_all());
+    for p in &pools {
+        e.apply_pool(p.clone());
+    }
+    e.initial_sync();
+    let mut stored = BTreeMap::new();
+    for (name, created) in [("first", 1), ("second", 2)] {
+        let mut s = annotated(service(name, created), "ferrolb.io/address-pool", "b");
+        s.spec.as_mut().unwrap().ip_families = Some(vec!["IPv6".into()]);
+        stored.insert(key_of(&s), s.clone());
+        let out = e.apply_service(s);
+        settle(&mut e, &mut stored, out);
+    }
+    let before = (held(&stored, "first"), held(&stored, "second"));
+    assert_eq!(before.0, [ip("2001:db8::248")]);
+    restarted(&pools, &mut stored);
+    assert_eq!((held(&stored, "first"), held(&stored, "second")), before);
+
+    // A status written before pools were recorded: the requested pool is taken at its word.
+    for service in stored.values_mut() {
+        service.status.as_mut().unwrap().conditions.as_mut().unwrap().retain(|c| c.type_ != POOL_CONDITION);
+    }
+    restarted(&pools, &mut stored);
+    assert_eq!((held(&stored, "first"), held(&stored, "second")), before);
+}
+
+#[test]
+fn the_next_fit_cursor_survives_a_restart() {
+    let mut demo = pool("demo", &["192.0.2.200-192.0.2.210"]);
+    let mut e = synced(std::slice::from_ref(&demo));
+    let mut stored = BTreeMap::new();
+    for (name, created) in [("one", 1), ("two", 2)] {
+        let s = service(name, created);
+        stored.insert(key_of(&s), s.clone());
+        let out = e.apply_service(s);
+        settle(&mut e, &mut stored, out);
+    }
+    assert_eq!(held(&stored, "two"), [ip("192.0.2.201")]);
+    let two = stored.remove(&ServiceKey::new("shop", "two")).unwrap();
+    e.delete_service(&two);
+    let (_, status) = e.take_pool_statuses().into_iter().find(|(n, _)| n == "demo").unwrap();
+    assert_eq!(status.ipv4.as_ref().unwrap().next.as_deref(), Some("192.0.2.202"));
+    demo.status = Some(status);
+
+    let (mut e, _) = restarted(&[demo], &mut stored);
+    let three = service("three", 3);
+    stored.insert(key_of(&three), three.clone());
+    let out = e.apply_service(three);
+    settle(&mut e, &mut stored, out);
+    assert_eq!(held(&stored, "three"), [ip("192.0.2.202")], "the just-released .201 was handed out again");
+}
+
+#[test]
+fn addresses_of_the_cluster_itself_are_never_handed_out() {
+    let mut e = engine();
+    e.apply_advertisement(&advertise_all());
+    e.apply_pool(pool("lan", &["192.0.2.1-192.0.2.3", "198.18.0.9"]));
+    e.apply_node("node-1", vec![ip("192.0.2.1"), ip("2001:db8::1")]);
+    e.apply_service_cidr("kubernetes", vec!["198.18.0.0/16".into()]);
+    let out = e.initial_sync();
+    let warned: Vec<&str> =
+        events(&out).into_iter().filter(|(r, _)| *r == "PoolOverlapsCluster").map(|(_, n)| n).collect();
+    assert_eq!(warned.len(), 1, "{:?}", events(&out));
+    assert!(warned[0].contains("192.0.2.1 (the address of Node node-1)"), "{}", warned[0]);
+    assert!(warned[0].contains("in Service CIDR 198.18.0.0/16"), "{}", warned[0]);
+    let status = e.take_pool_statuses().into_iter().find(|(n, _)| n == "lan").unwrap().1;
+    let overlap = status.conditions.iter().find(|c| c.type_ == "OverlapsCluster").unwrap();
+    assert_eq!((overlap.status.as_str(), overlap.reason.as_str()), ("True", "ListsClusterAddresses"));
+    assert_eq!(status.ipv4.as_ref().unwrap().total, "2", "the node's and the Service CIDR's addresses are not counted");
+
+    let out = e.apply_service(service("auto", 1));
+    assert_eq!(statuses(&out)[0].ingress, [ip("192.0.2.2")]);
+    let asks = annotated(service("asks", 2), "ferrolb.io/loadBalancerIPs", "192.0.2.1");
+    let condition = statuses(&e.apply_service(asks))[0].condition.clone().unwrap();
+    assert_eq!(condition.reason, "RequestedIpReserved");
+    assert!(
+        condition.message.contains("192.0.2.1 is never handed out: it is the address of Node node-1"),
+        "{}",
+        condition.message
+    );
+    let cluster_ip = annotated(service("cluster-ip", 3), "ferrolb.io/loadBalancerIPs", "198.18.0.9");
+    let condition = statuses(&e.apply_service(cluster_ip))[0].condition.clone().unwrap();
+    assert!(condition.message.contains("in Service CIDR 198.18.0.0/16"), "{}", condition.message);
+
+    // A Node that takes an address a Service already holds: the Service keeps it but is told it cannot work.
+    let out = e.apply_node("node-2", vec![ip("192.0.2.2")]);
+    let condition = statuses(&out)[0].condition.clone().unwrap();
+    assert_eq!((condition.status.as_str(), condition.reason.as_str()), ("False", "ReservedAddress"));
+    assert_eq!(statuses(&out)[0].ingress, [ip("192.0.2.2")]);
+    assert!(events(&out).iter().any(|(r, _)| *r == "ReservedAddress"));
+}
+
+#[test]
+fn special_addresses_are_never_handed_out_even_from_everything() {
+    let mut e = synced(&[pool("everything", &["0.0.0.0/0", "::/0"])]);
+    let mut dual = service("dual", 1);
+    dual.spec.as_mut().unwrap().ip_families = Some(vec!["IPv6".into(), "IPv4".into()]);
+    dual.spec.as_mut().unwrap().ip_family_policy = Some("RequireDualStack".into());
+    let out = e.apply_service(dual);
+    assert_eq!(statuses(&out)[0].ingress, [ip("1.0.0.0"), ip("::2")]);
+    for never in ["0.0.0.0", "127.0.0.1", "255.255.255.255", "::", "::1", "ff02::1"] {
+        let mut asks = annotated(service(never, 2), "ferrolb.io/loadBalancerIPs", never);
+        asks.spec.as_mut().unwrap().ip_families = Some(vec![if never.contains(':') { "IPv6" } else { "IPv4" }.into()]);
+        let condition = statuses(&e.apply_service(asks))[0].condition.clone().unwrap();
+        assert_eq!(condition.reason, "RequestedIpReserved", "{never}: {}", condition.message);
+    }
+}
+
+#[test]
+fn a_pool_with_an_invalid_selector_is_not_ready_and_services_are_told() {
+    let mut e = synced(&[]);
+    let mut spec = IPAddressPoolSpec::with_addresses(&["192.0.2.1-192.0.2.9"]);
+    spec.service_allocation = Some(
+        serde_json::from_value(serde_json::json!({
+            "serviceSelectors": [{"matchExpressions": [{"key": "tier", "operator": "Equals", "values": ["web"]}]}]
+        }))
+        .unwrap(),
+    );
+    let out = e.apply_pool(IPAddressPool::new("picky", spec));
+    assert_eq!(events(&out)[0].0, "InvalidPool");
+    let status = e.take_pool_statuses().into_iter().find(|(n, _)| n == "picky").unwrap().1;
+    let ready = &status.conditions[0];
+    assert_eq!(
+        (ready.type_.as_str(), ready.status.as_str(), ready.reason.as_str()),
+        ("Ready", "False", "InvalidSelector")
+    );
+    assert!(ready.message.contains("serviceAllocation.serviceSelectors[0] is invalid"), "{}", ready.message);
+    let condition = statuses(&e.apply_service(service("web", 1)))[0].condition.clone().unwrap();
+    assert_eq!(condition.reason, "NoPools");
+    assert!(condition.message.contains("not used because invalid: pool \"picky\""), "{}", condition.message);
+}
+
+#[test]
+fn a_kept_address_nothing_can_announce_is_said_to_be_unreachable() {
+    let mut e = synced(&[pool("p", &["192.0.2.1-192.0.2.9"])]);
+    let mut stored = BTreeMap::new();
+    let web = service("web", 1);
+    stored.insert(key_of(&web), web.clone());
+    let out = e.apply_service(web);
+    settle(&mut e, &mut stored, out);
+    // Announced through "all" (selects every pool, by name too once the pool is gone).
+    let out = e.delete_pool("p");
+    settle(&mut e, &mut stored, out);
+    let condition =
+        ferrolb_crds::service::condition(&stored[&ServiceKey::new("shop", "web")], CONDITION_TYPE).unwrap().clone();
+    assert_eq!((condition.status.as_str(), condition.reason.as_str()), ("True", "OutsidePool"));
+    assert!(condition.message.contains("pool \"p\", which it came from, was deleted"), "{}", condition.message);
+    // With only an advertisement for another pool, nothing announces it any more.
+    let mut out = e.delete_advertisement("all");
+    let other =
+        L2Advertisement::new("other", L2AdvertisementSpec { ip_address_pools: vec!["q".into()], ..Default::default() });
+    out.extend(e.apply_advertisement(&other));
+    let out = settle(&mut e, &mut stored, out);
+    let condition =
+        ferrolb_crds::service::condition(&stored[&ServiceKey::new("shop", "web")], CONDITION_TYPE).unwrap().clone();
+    assert_eq!((condition.status.as_str(), condition.reason.as_str()), ("False", "OutsidePoolUnannounced"));
+    assert!(condition.message.contains("the address is unreachable"), "{}", condition.message);
+    assert!(events(&out).iter().any(|(r, n)| *r == "OutsidePool" && n.contains("unreachable")));
+    assert_eq!(held(&stored, "web"), [ip("192.0.2.1")]);
+}
+
+mod sticky {
+    //! Whatever the pools do and however often the controller restarts, a Service's addresses change only
+    //! when its own request changes.
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Ask {
+        Anything,
+        Pool(usize),
+        Ip(u8),
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        SetPool(usize, Vec<(u8, u8)>),
+        DeletePool(usize),
+        AddService(usize, Ask),
+        ChangeRequest(usize, Ask),
+        DeleteService(usize),
+        Restart,
+    }
+
+    const POOLS: usize = 3;
+    const SERVICES: usize = 6;
+
+    fn ask() -> impl Strategy<Value = Ask> {
+        prop_oneof![Just(Ask::Anything), (0..POOLS).prop_map(Ask::Pool), (0u8..32).prop_map(Ask::Ip)]
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            3 => ((0..POOLS), proptest::collection::vec((0u8..32, 0u8..8), 1..3)).prop_map(|(p, r)| Op::SetPool(p, r)),
+            1 => (0..POOLS).prop_map(Op::DeletePool),
+            3 => ((0..SERVICES), ask()).prop_map(|(s, a)| Op::AddService(s, a)),
+            1 => ((0..SERVICES), ask()).prop_map(|(s, a)| Op::ChangeRequest(s, a)),
+            1 => (0..SERVICES).prop_map(Op::DeleteService),
+            2 => Just(Op::Restart),
+        ]
+    }
+
+    fn asking(name: &str, created: i64, ask: &Ask) -> Service {
+        let s = service(name, created);
+        match ask {
+            Ask::Anything => s,
+            Ask::Pool(p) => annotated(s, "ferrolb.io/address-pool", &format!("pool-{p}")),
+            Ask::Ip(offset) => annotated(s, "ferrolb.io/loadBalancerIPs", &format!("192.0.2.{}", 100 + offset)),
+        }
+    }
+
+    fn pool_of(index: usize, runs: &[(u8, u8)]) -> IPAddressPool {
+        let entries: Vec<String> =
+            runs.iter().map(|(s, l)| format!("192.0.2.{}-192.0.2.{}", 100 + s, 100 + s + l)).collect();
+        let entries: Vec<&str> = entries.iter().map(String::as_str).collect();
+        pool(&format!("pool-{index}"), &entries)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+        #[test]
+        fn no_address_changes_unless_its_own_request_changes(ops in proptest::collection::vec(op(), 1..40)) {
+            let mut pools: BTreeMap<usize, IPAddressPool> = BTreeMap::new();
+            let mut stored: BTreeMap<ServiceKey, Service> = BTreeMap::new();
+            let mut e = synced(&[]);
+            let mut clock = 10;
+            for op in ops {
+                // A Service still waiting for what it asked (its condition False for want of it) may yet get it.
+                let waiting = |s: &Service| {
+                    ferrolb_crds::service::condition(s, CONDITION_TYPE).is_some_and(|c| {
+                        c.status == "False" && !matches!(c.reason.as_str(), "OutsidePoolUnannounced" | "ReservedAddress")
+                    })
+                };
+                let before: BTreeMap<ServiceKey, Vec<IpAddr>> =
+                    stored.iter().filter(|(_, s)| !waiting(s)).map(|(k, s)| (k.clone(), ingress_ips(s))).collect();
+                let mut asked_again: Option<ServiceKey> = None;
+                let out = match &op {
+                    Op::SetPool(index, runs) => {
+                        let p = pool_of(*index, runs);
+                        pools.insert(*index, p.clone());
+                        e.apply_pool(p)
+                    }
+                    Op::DeletePool(index) => match pools.remove(index) {
+                        Some(_) => e.delete_pool(&format!("pool-{index}")),
+                        None => Vec::new(),
+                    },
+                    Op::AddService(index, ask) => {
+                        let name = format!("svc-{index}");
+                        if stored.contains_key(&ServiceKey::new("shop", &name)) {
+                            Vec::new()
+                        } else {
+                            clock += 1;
+                            let s = asking(&name, clock, ask);
+                            stored.insert(key_of(&s), s.clone());
+                            e.apply_service(s)
+                        }
+                    }
+                    Op::ChangeRequest(index, ask) => {
+                        let key = ServiceKey::new("shop", format!("svc-{index}"));
+                        match stored.get(&key).cloned() {
+                            Some(current) => {
+                                let mut changed = asking(&key.name, 0, ask);
+                                changed.metadata.creation_timestamp = current.metadata.creation_timestamp.clone();
+                                changed.status = current.status.clone();
+                                stored.insert(key.clone(), changed.clone());
+                                asked_again = Some(key);
+                                e.apply_service(changed)
+                            }
+                            None => Vec::new(),
+                        }
+                    }
+                    Op::DeleteService(index) => {
+                        match stored.remove(&ServiceKey::new("shop", format!("svc-{index}"))) {
+                            Some(s) => e.delete_service(&s),
+                            None => Vec::new(),
+                        }
+                    }
+                    Op::Restart => {
+                        let pool_objects: Vec<IPAddressPool> = pools.values().cloned().collect();
+                        let (fresh, _) = restarted(&pool_objects, &mut stored);
+                        e = fresh;
+                        Vec::new()
+                    }
+                };
+                settle(&mut e, &mut stored, out);
+                // Pool status as the writer would store it (next-fit cursors included).
+                for (name, status) in e.take_pool_statuses() {
+                    if let Some(p) = pools.values_mut().find(|p| p.name_any() == name) {
+                        p.status = Some(status);
+                        prop_assert!(e.apply_pool(p.clone()).is_empty());
+                    }
+                }
+                let mut seen: BTreeMap<IpAddr, ServiceKey> = BTreeMap::new();
+                for (key, service) in &stored {
+                    let now = ingress_ips(service);
+                    for ip in &now {
+                        prop_assert!(seen.insert(*ip, key.clone()).is_none(), "{ip} given twice after {op:?}");
+                    }
+                    let had = before.get(key).cloned().unwrap_or_default();
+                    if !had.is_empty() && asked_again.as_ref() != Some(key) {
+                        prop_assert_eq!(&now, &had, "{} moved after {:?}", key, op);
+                    }
+                }
+            }
+        }
+    }
 }

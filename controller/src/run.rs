@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use ferrolb_crds::{IPAddressPool, L2Advertisement};
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::{Namespace, Service};
+use k8s_openapi::api::core::v1::{Namespace, Node, Service};
+use k8s_openapi::api::networking::v1::ServiceCIDR;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 use kube::api::Api;
@@ -39,6 +40,9 @@ enum Watched {
     Pool(Event<IPAddressPool>),
     Namespace(Event<Namespace>),
     Advertisement(Event<L2Advertisement>),
+    /// Only a Node's name and addresses are kept (Node objects are large and come by the thousand).
+    Node(Event<NodeAddresses>),
+    ServiceCidr(Event<ServiceCIDR>),
 }
 
 /// Runs as the leader until `stop` resolves or a watch fails for good.
@@ -69,13 +73,26 @@ pub async fn run(
     let advertisements = watcher(Api::<L2Advertisement>::all(client.clone()), watcher::Config::default())
         .default_backoff()
         .map_ok(Watched::Advertisement);
-    let mut events =
-        futures::stream::select_all([services.boxed(), pools.boxed(), namespaces.boxed(), advertisements.boxed()]);
+    let nodes = watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
+        .default_backoff()
+        .map_ok(|event| Watched::Node(compact_node_event(event)));
+    let mut streams = vec![services.boxed(), pools.boxed(), namespaces.boxed(), advertisements.boxed(), nodes.boxed()];
+    let mut listed = [false; 6];
+    if service_cidrs_served(&client).await {
+        let cidrs = watcher(Api::<ServiceCIDR>::all(client.clone()), watcher::Config::default())
+            .default_backoff()
+            .map_ok(Watched::ServiceCidr);
+        streams.push(cidrs.boxed());
+    } else {
+        listed[5] = true;
+    }
+    let mut events = futures::stream::select_all(streams);
 
-    let mut listed = [false; 4];
     let mut relisting_advertisements: Option<HashSet<String>> = None;
     let mut relisting_services: Option<HashSet<ServiceKey>> = None;
     let mut relisting_pools: Option<HashSet<String>> = None;
+    let mut relisting_nodes: Option<HashSet<String>> = None;
+    let mut relisting_cidrs: Option<HashSet<String>> = None;
     let mut resync = tokio::time::interval(RESYNC_PERIOD);
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut pool_flush = tokio::time::interval(POOL_STATUS_PERIOD);
@@ -134,6 +151,33 @@ pub async fn run(
                         engine.forget_advertisements_not_in(&seen)
                     }
                 },
+                Some(Ok(Watched::Node(event))) => match event {
+                    Event::Init => { relisting_nodes = Some(HashSet::new()); Vec::new() }
+                    Event::InitApply(node) | Event::Apply(node) => {
+                        if let Some(seen) = relisting_nodes.as_mut() { seen.insert(node.name.clone()); }
+                        engine.apply_node(&node.name, node.addresses)
+                    }
+                    Event::Delete(node) => engine.delete_node(&node.name),
+                    Event::InitDone => {
+                        listed[4] = true;
+                        let seen = relisting_nodes.take().unwrap_or_default();
+                        engine.forget_nodes_not_in(&seen)
+                    }
+                },
+                Some(Ok(Watched::ServiceCidr(event))) => match event {
+                    Event::Init => { relisting_cidrs = Some(HashSet::new()); Vec::new() }
+                    Event::InitApply(cidr) | Event::Apply(cidr) => {
+                        if let Some(seen) = relisting_cidrs.as_mut() { seen.insert(cidr.name_any()); }
+                        let cidrs = cidr.spec.as_ref().and_then(|s| s.cidrs.clone()).unwrap_or_default();
+                        engine.apply_service_cidr(&cidr.name_any(), cidrs)
+                    }
+                    Event::Delete(cidr) => engine.delete_service_cidr(&cidr.name_any()),
+                    Event::InitDone => {
+                        listed[5] = true;
+                        let seen = relisting_cidrs.take().unwrap_or_default();
+                        engine.forget_service_cidrs_not_in(&seen)
+                    }
+                },
             },
             _ = resync.tick(), if engine.is_synced() => engine.reconcile_all(),
             _ = pool_flush.tick(), if engine.is_synced() => {
@@ -160,6 +204,47 @@ pub async fn run(
     drop(writes);
     let _ = writer.await;
     Ok(())
+}
+
+/// Whether the API server serves ServiceCIDRs (Kubernetes 1.33+) and we may read them. Without them the
+/// `kubernetes` Service's ClusterIPs are still never handed out, but the rest of the Service CIDR is not
+/// known.
+async fn service_cidrs_served(client: &kube::Client) -> bool {
+    let api = Api::<ServiceCIDR>::all(client.clone());
+    match api.list(&kube::api::ListParams::default().limit(1)).await {
+        Ok(_) => true,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list ServiceCIDRs (networking.k8s.io/v1); only the kubernetes Service's ClusterIPs are kept out of the pools");
+            false
+        }
+    }
+}
+
+struct NodeAddresses {
+    name: String,
+    /// The Node's `status.addresses` that are IPs (hostnames are skipped).
+    addresses: Vec<std::net::IpAddr>,
+}
+
+fn compact_node_event(event: Event<Node>) -> Event<NodeAddresses> {
+    let compact = |node: Node| NodeAddresses {
+        name: node.name_any(),
+        addresses: node
+            .status
+            .as_ref()
+            .and_then(|s| s.addresses.as_ref())
+            .into_iter()
+            .flatten()
+            .filter_map(|a| a.address.parse().ok())
+            .collect(),
+    };
+    match event {
+        Event::Init => Event::Init,
+        Event::InitApply(node) => Event::InitApply(compact(node)),
+        Event::Apply(node) => Event::Apply(compact(node)),
+        Event::Delete(node) => Event::Delete(compact(node)),
+        Event::InitDone => Event::InitDone,
+    }
 }
 
 /// Services are kept in memory for their whole life: drop what ferrolb never reads.

@@ -9,6 +9,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use ferrolb_crds::IPAddressPool;
 use ferrolb_crds::pool::IPAddressPoolStatus;
 use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType as KubeEventType, Recorder, Reporter};
 use tokio::sync::mpsc;
@@ -148,8 +149,10 @@ async fn write_service_status(client: &kube::Client, manager: &str, status: &Sta
             let ingress: Vec<serde_json::Value> =
                 status.ingress.iter().map(|ip| serde_json::json!({"ip": ip.to_string(), "ipMode": "VIP"})).collect();
             let mut body = serde_json::json!({"loadBalancer": {"ingress": ingress}});
-            if let Some(condition) = condition {
-                body["conditions"] = serde_json::json!([condition]);
+            // Conditions are a map keyed by type under server-side apply: a condition left out is given up.
+            let conditions: Vec<&Condition> = condition.iter().chain(status.pool_condition.iter()).collect();
+            if !conditions.is_empty() {
+                body["conditions"] = serde_json::json!(conditions);
             }
             body
         }

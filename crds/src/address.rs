@@ -2,7 +2,7 @@
 //! this parser is what the controller and the speakers read pools with, so it re-checks everything CEL cannot
 //! (reversed IPv6 ranges) and anything written before the CRD was installed. It never panics on any input.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AddressEntryError {
@@ -55,6 +55,49 @@ pub fn valid_ranges<'a>(entries: impl IntoIterator<Item = &'a str>) -> Vec<(IpAd
 /// Whether `ip` is in one of `ranges`.
 pub fn ranges_contain(ranges: &[(IpAddr, IpAddr)], ip: IpAddr) -> bool {
     ranges.iter().any(|(first, last)| *first <= ip && ip <= *last)
+}
+
+/// Addresses that are never a VIP, whatever a pool lists: a host cannot own them on a LAN (or must not, as
+/// the limited broadcast), so handing one out makes an EXTERNAL-IP that can never answer, or worse.
+/// `(first, last, what they are)`.
+pub const SPECIAL_USE: [(IpAddr, IpAddr, &str); 9] = [
+    (v4(0, 0, 0, 0), v4(0, 255, 255, 255), "in 0.0.0.0/8 (\"this network\", unspecified)"),
+    (v4(127, 0, 0, 0), v4(127, 255, 255, 255), "a loopback address (127.0.0.0/8)"),
+    (v4(169, 254, 0, 0), v4(169, 254, 255, 255), "a link-local address (169.254.0.0/16)"),
+    (v4(224, 0, 0, 0), v4(239, 255, 255, 255), "a multicast address (224.0.0.0/4)"),
+    (v4(255, 255, 255, 255), v4(255, 255, 255, 255), "the limited broadcast address"),
+    (v6(0, 0), v6(0, 0), "the unspecified address ::"),
+    (v6(0, 1), v6(0, 1), "the loopback address ::1"),
+    (v6(0xfe80 << 112, 0), v6(0xfebf << 112, u128::MAX >> 16), "a link-local address (fe80::/10)"),
+    (v6(0xff00 << 112, 0), v6(u128::MAX << 112, u128::MAX >> 16), "a multicast address (ff00::/8)"),
+];
+
+const fn v4(a: u8, b: u8, c: u8, d: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(a, b, c, d))
+}
+
+/// An IPv6 address from its top 16 bits (`high`, already shifted) or'ed with `low`.
+const fn v6(high: u128, low: u128) -> IpAddr {
+    IpAddr::V6(Ipv6Addr::from_bits(high | low))
+}
+
+/// What `ip` is, if it is one of the [`SPECIAL_USE`] addresses.
+pub fn special_use(ip: IpAddr) -> Option<&'static str> {
+    SPECIAL_USE.iter().find(|(first, last, _)| *first <= ip && ip <= *last).map(|(_, _, what)| *what)
+}
+
+/// The addresses of a CIDR entry that a host on that subnet never owns: its network address (IPv4, and the
+/// IPv6 Subnet-Router anycast address) and its IPv4 broadcast address. Empty for ranges, single addresses
+/// and prefixes too long to have them (/31, /32, /127, /128).
+pub fn cidr_edges(entry: &str) -> Vec<(IpAddr, &'static str)> {
+    let Some((_, length)) = entry.split_once('/') else { return Vec::new() };
+    let Ok((first, last)) = parse_entry(entry) else { return Vec::new() };
+    let Ok(length) = length.parse::<u32>() else { return Vec::new() };
+    match first {
+        IpAddr::V4(_) if length <= 30 => vec![(first, "network address"), (last, "broadcast address")],
+        IpAddr::V6(_) if length <= 126 => vec![(first, "Subnet-Router anycast (network) address")],
+        _ => Vec::new(),
+    }
 }
 
 fn to_u128(ip: IpAddr) -> u128 {
@@ -111,6 +154,32 @@ mod tests {
         assert!(ranges_contain(&ranges, ip("2001:db8::2ff")));
         assert!(!ranges_contain(&ranges, ip("192.0.2.251")));
         assert!(!ranges_contain(&ranges, ip("2001:db8::300")));
+    }
+
+    #[test]
+    fn special_use_addresses_are_named() {
+        for never in ["0.0.0.0", "127.0.0.1", "169.254.1.1", "224.0.0.1", "239.255.255.255", "255.255.255.255"] {
+            assert!(special_use(ip(never)).is_some(), "{never}");
+        }
+        for never in ["::", "::1", "fe80::1", "febf:ffff::1", "ff02::1", "ffff::1"] {
+            assert!(special_use(ip(never)).is_some(), "{never}");
+        }
+        for fine in ["192.0.2.1", "1.0.0.0", "223.255.255.255", "240.0.0.1", "::2", "fec0::1", "2001:db8::1"] {
+            assert_eq!(special_use(ip(fine)), None, "{fine}");
+        }
+    }
+
+    #[test]
+    fn cidr_edges_are_network_and_broadcast() {
+        assert_eq!(
+            cidr_edges("192.0.2.0/24"),
+            [(ip("192.0.2.0"), "network address"), (ip("192.0.2.255"), "broadcast address")]
+        );
+        assert!(cidr_edges("192.0.2.0/31").is_empty());
+        assert!(cidr_edges("192.0.2.0-192.0.2.255").is_empty());
+        assert_eq!(cidr_edges("2001:db8::/64"), [(ip("2001:db8::"), "Subnet-Router anycast (network) address")]);
+        assert!(cidr_edges("2001:db8::/127").is_empty());
+        assert!(cidr_edges("nonsense/8").is_empty());
     }
 
     proptest! {

@@ -171,7 +171,8 @@ pub struct IPAddressPoolStatus {
     pub ipv4: Option<FamilyUsage>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ipv6: Option<FamilyUsage>,
-    /// `Ready`: the pool is usable; `Conflicting`: it overlaps another pool (named in the message).
+    /// `Ready`: the pool is usable; `Conflicting`: it overlaps another pool (named in the message);
+    /// `OverlapsCluster`: it lists Node addresses or Service CIDRs, which are never handed out.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -187,4 +188,8 @@ pub struct FamilyUsage {
     pub total: String,
     pub assigned: u64,
     pub available: String,
+    /// Where the controller's next-fit search for a new address starts (the address after the last one it
+    /// handed out). Kept here so a restarted controller does not hand a just-released address out again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
 }

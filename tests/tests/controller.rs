@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 
 use ferrolb_crds::{IPAddressPool, IPAddressPoolSpec, L2Advertisement, L2AdvertisementSpec};
-use ferrolb_e2e::objects::{create_namespace, install_ferrolb_crds};
+use ferrolb_e2e::objects::{NodeSpec, apply_node, create_namespace, install_ferrolb_crds};
 use ferrolb_e2e::process::workspace_binary;
 use ferrolb_e2e::{ControlPlane, ManagedProcess, names};
 use k8s_openapi::api::coordination::v1::Lease;
@@ -190,7 +190,7 @@ where
 #[tokio::test]
 async fn services_get_addresses_with_ip_mode_vip_a_condition_an_event_and_pool_usage() {
     let mut s = Setup::new().await;
-    let pool = s.pool("pool", &["192.0.2.16/29", "2001:db8::100/125"], |_| {}).await;
+    let pool = s.pool("pool", &["192.0.2.16-192.0.2.23", "2001:db8::100-2001:db8::107"], |_| {}).await;
     s.start_controller();
     s.service("single", "SingleStack", &[]).await;
     // Until an L2Advertisement selects the pool, the Service says nobody announces its address.
@@ -238,7 +238,7 @@ async fn services_get_addresses_with_ip_mode_vip_a_condition_an_event_and_pool_u
 #[tokio::test]
 async fn a_restart_keeps_every_address_and_new_services_get_fresh_ones() {
     let mut s = Setup::new().await;
-    s.pool("pool", &["198.51.100.0/26"], |_| {}).await;
+    s.pool("pool", &["198.51.100.0-198.51.100.63"], |_| {}).await;
     s.start_controller();
     for i in 0..20 {
         s.service(&format!("svc-{i}"), "SingleStack", &[]).await;
@@ -249,7 +249,7 @@ async fn a_restart_keeps_every_address_and_new_services_get_fresh_ones() {
     }
     s.controllers.remove(0); // SIGKILL on drop: a crash, not a clean stop
     // While it is down, the pool is re-created with the addresses listed in another order.
-    s.pool("pool", &["198.51.100.32/27", "198.51.100.0/27"], |_| {}).await;
+    s.pool("pool", &["198.51.100.32-198.51.100.63", "198.51.100.0-198.51.100.31"], |_| {}).await;
     s.start_controller();
     s.service("late", "SingleStack", &[]).await;
     let late = s.ips("late").await;
@@ -264,7 +264,7 @@ async fn a_restart_keeps_every_address_and_new_services_get_fresh_ones() {
 #[tokio::test]
 async fn two_replicas_never_double_allocate_and_the_standby_takes_over() {
     let mut s = Setup::new().await;
-    s.pool("pool", &["203.0.113.0/25"], |_| {}).await;
+    s.pool("pool", &["203.0.113.0-203.0.113.127"], |_| {}).await;
     s.start_controller();
     s.start_controller();
     for i in 0..40 {
@@ -294,7 +294,7 @@ async fn two_replicas_never_double_allocate_and_the_standby_takes_over() {
 #[tokio::test]
 async fn five_hundred_services_created_at_once_all_get_distinct_addresses() {
     let mut s = Setup::new().await;
-    s.pool("pool", &["198.51.100.0/24", "203.0.113.0/24"], |_| {}).await;
+    s.pool("pool", &["198.51.100.0-198.51.100.255", "203.0.113.0-203.0.113.255"], |_| {}).await;
     s.start_controller();
     let services = s.services();
     let creations = (0..500).map(|i| {
@@ -316,7 +316,7 @@ async fn five_hundred_services_created_at_once_all_get_distinct_addresses() {
 async fn bad_input_is_explained_on_the_service_and_never_stops_the_controller() {
     let mut s = Setup::new().await;
     let tiny = s.pool("tiny", &["192.0.2.40"], |spec| spec.auto_assign = false).await;
-    s.pool("v4", &["192.0.2.48/30"], |_| {}).await;
+    s.pool("v4", &["192.0.2.48-192.0.2.51"], |_| {}).await;
     s.start_controller();
 
     s.service("bad-annotation", "SingleStack", &[("ferrolb.io/loadBalancerIPs", "192.0.2.300")]).await;
@@ -351,8 +351,8 @@ async fn bad_input_is_explained_on_the_service_and_never_stops_the_controller() 
 #[tokio::test]
 async fn overlapping_pools_are_flagged_and_a_deleted_pool_leaves_addresses_in_place() {
     let mut s = Setup::new().await;
-    let a = s.pool("a", &["192.0.2.64/28"], |_| {}).await;
-    let b = s.pool("b", &["192.0.2.72/29"], |_| {}).await;
+    let a = s.pool("a", &["192.0.2.64-192.0.2.79"], |_| {}).await;
+    let b = s.pool("b", &["192.0.2.72-192.0.2.79"], |_| {}).await;
     s.start_controller();
     let pools: Api<IPAddressPool> = Api::all(s.client.clone());
     let conflicting = eventually(
@@ -391,8 +391,10 @@ async fn overlapping_pools_are_flagged_and_a_deleted_pool_leaves_addresses_in_pl
     let ips = s.ips("web").await;
     pools.delete(&a, &DeleteParams::default()).await.unwrap();
     pools.delete(&b, &DeleteParams::default()).await.unwrap();
-    let condition = s.condition("web", "OutsidePool").await;
-    assert!(condition.message.contains(&ips[0]));
+    // No L2Advertisement announces the deleted pool: the kept address cannot answer, and the Service says so.
+    let condition = s.condition("web", "OutsidePoolUnannounced").await;
+    assert_eq!(condition.status, "False");
+    assert!(condition.message.contains(&ips[0]) && condition.message.contains("unreachable"), "{}", condition.message);
     assert!(s.event("web", "OutsidePool").await.contains(&ips[0]));
     assert_eq!(s.ips("web").await, ips, "a deleted pool must not re-IP its Services");
 }
@@ -433,7 +435,7 @@ async fn addresses_are_released_when_the_service_goes_or_stops_being_a_load_bala
 #[tokio::test]
 async fn two_instances_of_different_classes_leave_each_others_services_alone() {
     let mut a = Setup::new().await;
-    a.pool("pool", &["192.0.2.96/30"], |_| {}).await;
+    a.pool("pool", &["192.0.2.96-192.0.2.99"], |_| {}).await;
     a.start_controller();
     a.service("mine", "SingleStack", &[]).await;
     let mine = a.ips("mine").await;
@@ -441,7 +443,7 @@ async fn two_instances_of_different_classes_leave_each_others_services_alone() {
 
     // A second instance, for another class, starts while the first one's Service exists.
     let mut b = Setup::new().await;
-    b.pool("pool", &["192.0.2.100/30"], |_| {}).await;
+    b.pool("pool", &["192.0.2.100-192.0.2.103"], |_| {}).await;
     b.start_controller();
     b.service("theirs", "SingleStack", &[]).await;
     assert_eq!(b.ips("theirs").await, ["192.0.2.100"]);
@@ -449,4 +451,143 @@ async fn two_instances_of_different_classes_leave_each_others_services_alone() {
     let after = a.services().get("mine").await.unwrap();
     assert_eq!(ingress(&after), mine);
     assert_eq!(our_condition(&after).map(|c| c.message), Some(condition.message));
+}
+
+#[tokio::test]
+async fn pool_edits_overlaps_and_restarts_never_move_an_address_nor_reuse_a_released_one_at_once() {
+    let mut s = Setup::new().await;
+    let p = s.pool("p", &["192.0.2.160-192.0.2.175"], |_| {}).await;
+    // "a-wide" sorts first and covers all of "p": restoring by containment would attribute p's addresses to it.
+    s.pool("a-wide", &["192.0.2.128-192.0.2.191"], |_| {}).await;
+    let spec = L2AdvertisementSpec { ip_address_pools: vec![p.clone()], ..Default::default() };
+    Api::<L2Advertisement>::all(s.client.clone())
+        .create(&PostParams::default(), &L2Advertisement::new(&p, spec))
+        .await
+        .unwrap();
+    s.start_controller();
+    for name in ["kept", "second", "released"] {
+        s.service(name, "SingleStack", &[("ferrolb.io/address-pool", &p)]).await;
+        s.ips(name).await;
+    }
+    let kept = s.ips("kept").await;
+    let second = s.ips("second").await;
+    assert_eq!(kept, ["192.0.2.160"]);
+    let released = s.ips("released").await;
+    s.services().delete("released", &DeleteParams::default()).await.unwrap();
+    // Give the pool status (and its next-fit cursor) its half-second flush.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // Shrink p past the first address, then crash and restart the controller.
+    s.pool("p", &["192.0.2.161-192.0.2.175"], |_| {}).await;
+    let condition = s.condition("kept", "OutsidePool").await;
+    assert!(condition.message.contains(&format!("L2Advertisement {p}")), "{}", condition.message);
+    s.controllers.remove(0);
+    s.start_controller();
+    s.service("late", "SingleStack", &[("ferrolb.io/address-pool", &p)]).await;
+    let late = s.ips("late").await;
+    assert_eq!(s.ips("kept").await, kept, "a restart after a pool shrink moved the address\n{}", s.logs());
+    assert_eq!(s.ips("second").await, second, "a restart with overlapping pools moved the address\n{}", s.logs());
+    assert_ne!(late, released, "a just-released address was handed out again after the restart");
+    assert_eq!(s.condition("kept", "OutsidePool").await.status, "True");
+    // Restarted again, with nothing changed: still nothing moves, and nothing says it did.
+    s.controllers.remove(0);
+    s.start_controller();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for (name, ips) in [("kept", &kept), ("second", &second), ("late", &late)] {
+        assert_eq!(&s.ips(name).await, ips, "{name} moved\n{}", s.logs());
+    }
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(s.client.clone(), &s.namespace);
+    let moved: Vec<String> = events
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|e| e.note.filter(|n| n.starts_with("moved from")))
+        .collect();
+    assert!(moved.is_empty(), "{moved:?}");
+}
+
+#[tokio::test]
+async fn node_addresses_and_the_service_cidr_are_never_handed_out() {
+    let mut s = Setup::new().await;
+    // Unique per test run: other tests' controllers see this Node too, and must not care.
+    let node = format!("{}-node", s.tag);
+    apply_node(&s.client, &NodeSpec::new(&node, &["203.0.113.50"])).await.unwrap();
+    // 198.18.0.0/16 is the test API server's Service CIDR; the kubernetes Service has 198.18.0.1.
+    let lan = s.pool("lan", &["203.0.113.50-203.0.113.51", "198.18.0.1"], |_| {}).await;
+    s.start_controller();
+    s.service("auto", "SingleStack", &[]).await;
+    assert_eq!(s.ips("auto").await, ["203.0.113.51"]);
+    s.service("node-ip", "SingleStack", &[("ferrolb.io/loadBalancerIPs", "203.0.113.50")]).await;
+    let refused = s.condition("node-ip", "RequestedIpReserved").await;
+    assert!(refused.message.contains(&format!("the address of Node {node}")), "{}", refused.message);
+    s.service("cluster-ip", "SingleStack", &[("ferrolb.io/loadBalancerIPs", "198.18.0.1")]).await;
+    let refused = s.condition("cluster-ip", "RequestedIpReserved").await;
+    assert!(
+        refused.message.contains("Service CIDR 198.18.0.0/16") || refused.message.contains("default/kubernetes"),
+        "{}",
+        refused.message
+    );
+    let pools: Api<IPAddressPool> = Api::all(s.client.clone());
+    let overlap = eventually(
+        "OverlapsCluster on the pool",
+        || async {
+            pools
+                .get(&lan)
+                .await
+                .ok()?
+                .status?
+                .conditions
+                .into_iter()
+                .find(|c| c.type_ == "OverlapsCluster" && c.status == "True")
+        },
+        &s,
+    )
+    .await;
+    assert!(overlap.message.contains(&node), "{}", overlap.message);
+    Api::<k8s_openapi::api::core::v1::Node>::all(s.client.clone())
+        .delete(&node, &DeleteParams::default())
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_pool_with_an_invalid_selector_is_not_ready_and_says_why() {
+    let mut s = Setup::new().await;
+    let picky = s
+        .pool("picky", &["192.0.2.120-192.0.2.121"], |spec| {
+            spec.service_allocation = Some(
+                serde_json::from_value(serde_json::json!({
+                    "serviceSelectors": [{"matchExpressions": [{"key": "tier", "operator": "Equals", "values": ["web"]}]}]
+                }))
+                .unwrap(),
+            );
+        })
+        .await;
+    s.start_controller();
+    let pools: Api<IPAddressPool> = Api::all(s.client.clone());
+    let ready = eventually(
+        "Ready=False on the pool",
+        || async {
+            pools
+                .get(&picky)
+                .await
+                .ok()?
+                .status?
+                .conditions
+                .into_iter()
+                .find(|c| c.type_ == "Ready" && c.status == "False")
+        },
+        &s,
+    )
+    .await;
+    assert_eq!(ready.reason, "InvalidSelector");
+    s.service("web", "SingleStack", &[]).await;
+    let condition = s.condition("web", "NoPools").await;
+    assert!(
+        condition.message.contains(&format!("not used because invalid: pool \"{picky}\"")),
+        "{}",
+        condition.message
+    );
 }

@@ -8,15 +8,19 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
+use std::sync::OnceLock;
 
-use ferrolb_crds::selector;
+use ferrolb_crds::{address, selector};
 
+use super::index::PoolIndex;
 use super::pool::PoolDef;
 use super::ranges::{Family, RunSet, from_u128, to_u128};
 use super::request::{FamilyPolicy, PortKey, ServiceKey, ServiceRequest};
+use super::reserved::Reservations;
 
-/// The addresses a Service holds and the pool they came from (`None`: restored from status but inside no
-/// pool any more, e.g. after the pool was deleted; the Service keeps them).
+/// The addresses a Service holds and the pool they came from (`None`: restored from a status that names no
+/// pool, and no pool contains them; the Service keeps them). The pool is recorded on the Service
+/// (`ferrolb.io/AddressPool` condition) so it is the same after a restart, whatever the pools say by then.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Assignment {
     pub pool: Option<String>,
@@ -42,6 +46,8 @@ pub enum AllocError {
     FamilyUnavailable { family: Family, policy: &'static str },
     #[error("requested IP {ip} is in no pool")]
     RequestedIpNotInPool { ip: IpAddr },
+    #[error("requested IP {ip} is never handed out: it is {what}")]
+    RequestedIpReserved { ip: IpAddr, what: String },
     #[error("requested IP {ip} is already used by {holder}: {reason}")]
     RequestedIpInUse { ip: IpAddr, holder: ServiceKey, reason: String },
     #[error("requested IPs {ips} come from different pools ({pools}); they must share one pool")]
@@ -62,6 +68,7 @@ impl AllocError {
             Self::Exhausted { .. } => "pool_exhausted",
             Self::FamilyUnavailable { .. } => "family_unavailable",
             Self::RequestedIpNotInPool { .. } => "requested_ip_not_in_pool",
+            Self::RequestedIpReserved { .. } => "requested_ip_reserved",
             Self::RequestedIpInUse { .. } => "requested_ip_in_use",
             Self::RequestedIpsSplitAcrossPools { .. } => "requested_ips_split",
             Self::RequestedIpsNotDualStack(_) => "requested_ips_not_dual_stack",
@@ -149,6 +156,13 @@ fn index(family: Family) -> usize {
 #[derive(Debug, Default)]
 pub struct Allocator {
     pools: BTreeMap<String, PoolState>,
+    /// Built on first use after the pools change, so loading thousands of pools costs one build, not one
+    /// per pool.
+    index: OnceLock<PoolIndex>,
+    /// The cluster's own addresses (Nodes, Service CIDRs): never handed out.
+    reserved: Reservations,
+    /// The Services holding addresses from each pool.
+    by_pool: HashMap<String, BTreeSet<ServiceKey>>,
     /// Every address held, per family, as runs: finding the next free address skips a whole run at once.
     used: [RunSet; 2],
     holders: BTreeMap<IpAddr, Vec<Holder>>,
@@ -175,11 +189,98 @@ impl Allocator {
             }
         }
         self.pools.insert(def.name.clone(), PoolState { def, cursor, assigned });
+        self.index = OnceLock::new();
     }
 
     /// Removes a pool. Services keep their addresses (they are then in no pool, and say so).
     pub fn remove_pool(&mut self, name: &str) -> Option<PoolDef> {
-        self.pools.remove(name).map(|p| p.def)
+        let removed = self.pools.remove(name).map(|p| p.def);
+        if removed.is_some() {
+            self.index = OnceLock::new();
+        }
+        removed
+    }
+
+    fn index(&self) -> &PoolIndex {
+        self.index.get_or_init(|| PoolIndex::build(self.pools.values().map(|p| &p.def)))
+    }
+
+    /// Where the next-fit search of `pool` starts for `family` (the address after the last one handed out).
+    pub fn cursor(&self, pool: &str, family: Family) -> Option<IpAddr> {
+        let value = self.pools.get(pool)?.cursor[index(family)];
+        from_u128(family, value)
+    }
+
+    /// Restores a pool's cursor (kept in its status), so a restart does not hand out a just-released
+    /// address at once.
+    pub fn set_cursor(&mut self, pool: &str, ip: IpAddr) {
+        if let Some(state) = self.pools.get_mut(pool) {
+            state.cursor[index(Family::of(ip))] = to_u128(ip);
+        }
+    }
+
+    /// Replaces the cluster's reserved addresses. Services holding one keep it (the engine says why it is
+    /// not announced); nothing new is handed out from them.
+    pub fn set_reservations(&mut self, reserved: Reservations) {
+        self.reserved = reserved;
+    }
+
+    pub fn reservations(&self) -> &Reservations {
+        &self.reserved
+    }
+
+    /// Why `ip` must never be a VIP, if so: special-use, the cluster's own, or withheld by every pool that
+    /// lists it (network/broadcast of its CIDR).
+    pub fn reserved_reason(&self, ip: IpAddr) -> Option<String> {
+        if let Some(what) = address::special_use(ip) {
+            return Some(what.to_string());
+        }
+        if let Some(what) = self.reserved.why(ip) {
+            return Some(what.to_string());
+        }
+        let listing: Vec<&PoolState> = self.pools.values().filter(|p| p.def.withheld.contains_key(&ip)).collect();
+        if !listing.is_empty() && self.pools_containing(ip).is_empty() {
+            return listing[0].def.withheld_reason(ip);
+        }
+        None
+    }
+
+    /// Names of the other pools whose addresses overlap `pool`'s.
+    pub fn overlapping(&self, pool: &str) -> BTreeSet<String> {
+        let Some(state) = self.pools.get(pool) else { return BTreeSet::new() };
+        let index = self.index();
+        let mut names = BTreeSet::new();
+        for family in [Family::V4, Family::V6] {
+            for (start, end) in state.def.ranges(family).runs() {
+                names.extend(index.overlapping(family, start, end).into_iter().map(str::to_string));
+            }
+        }
+        names.remove(pool);
+        names
+    }
+
+    /// Services whose addresses came from `pool`.
+    pub fn services_of_pool(&self, pool: &str) -> impl Iterator<Item = &ServiceKey> {
+        self.by_pool.get(pool).into_iter().flatten()
+    }
+
+    /// Services holding an address inside `def`'s ranges.
+    pub fn holders_within(&self, def: &PoolDef) -> BTreeSet<ServiceKey> {
+        let mut keys = BTreeSet::new();
+        for family in [Family::V4, Family::V6] {
+            for (start, end) in def.ranges(family).runs() {
+                let (Some(lo), Some(hi)) = (from_u128(family, start), from_u128(family, end)) else { continue };
+                for holders in self.holders.range(lo..=hi).map(|(_, h)| h) {
+                    keys.extend(holders.iter().map(|h| h.key.clone()));
+                }
+            }
+        }
+        keys
+    }
+
+    /// Services holding one of `ips`.
+    pub fn holders_of_any(&self, ips: &[IpAddr]) -> BTreeSet<ServiceKey> {
+        ips.iter().flat_map(|ip| self.holders.get(ip).into_iter().flatten()).map(|h| h.key.clone()).collect()
     }
 
     pub fn pool(&self, name: &str) -> Option<&PoolDef> {
@@ -205,12 +306,22 @@ impl Allocator {
 
     /// Names of the pools that may hand out `ip`.
     pub fn pools_containing(&self, ip: IpAddr) -> Vec<&str> {
-        self.pools.values().filter(|p| p.def.contains(ip)).map(|p| p.def.name.as_str()).collect()
+        let family = Family::of(ip);
+        self.index()
+            .containing(family, to_u128(ip))
+            .into_iter()
+            .filter(|name| self.pools.get(*name).is_some_and(|p| p.def.contains(ip)))
+            .collect()
     }
 
     pub fn usage(&self, pool: &str, family: Family) -> Option<FamilyUsage> {
         let state = self.pools.get(pool)?;
-        let total = state.def.usable(family);
+        let mut total = state.def.usable(family);
+        for (start, end) in state.def.ranges(family).runs() {
+            for (lo, hi) in self.reserved.runs_in(family, start, end) {
+                total = total.saturating_sub(state.def.hands_out_in(family, lo, hi));
+            }
+        }
         let assigned = state.assigned[index(family)];
         Some(FamilyUsage { total, assigned, available: total.saturating_sub(assigned) })
     }
@@ -236,8 +347,17 @@ impl Allocator {
     }
 
     /// Re-takes the addresses a Service had in its status (start-up, leader change), whether or not a pool
-    /// still holds them. Call in Service creation order: on a clash, the older Service keeps the address.
-    pub fn restore(&mut self, request: &ServiceRequest, ips: &[IpAddr]) -> Result<Assignment, RestoreConflict> {
+    /// still holds them, with the pool they came from (`origin`, as recorded on the Service) whatever the
+    /// pools say now, so that a restart never moves an address. Without a record (a status written before
+    /// pools were recorded) the pool the Service asks for is taken at its word, else the first pool, in the
+    /// Service's order, that contains them. Call in Service creation order: on a clash, the older Service
+    /// keeps the address.
+    pub fn restore(
+        &mut self,
+        request: &ServiceRequest,
+        ips: &[IpAddr],
+        origin: Option<&str>,
+    ) -> Result<Assignment, RestoreConflict> {
         self.release(&request.key);
         for ip in ips {
             if let Some((holder, reason)) = self.sharing_refusal(*ip, request) {
@@ -247,11 +367,18 @@ impl Allocator {
         let mut ips = ips.to_vec();
         ips.sort_by_key(|ip| (Family::of(*ip), *ip));
         ips.dedup();
-        let pool = self
-            .ordered_pools(request)
-            .into_iter()
-            .chain(self.pools.keys().cloned())
-            .find(|name| self.pools.get(name).is_some_and(|p| ips.iter().all(|ip| p.def.contains(*ip))));
+        let pool = origin.map(str::to_string).or_else(|| request.requested_pool.clone()).or_else(|| {
+            let first = ips.first()?;
+            let mut containing: Vec<&PoolDef> = self
+                .pools_containing(*first)
+                .into_iter()
+                .filter_map(|name| self.pools.get(name).map(|p| &p.def))
+                .filter(|def| ips.iter().all(|ip| def.contains(*ip)))
+                .collect();
+            // Pools the Service may be given addresses from first, in its order; then any, by name.
+            containing.sort_by_key(|def| (self.eligibility(def, request, false).is_err(), sort_key(def)));
+            containing.first().map(|def| def.name.clone())
+        });
         let assignment = Assignment { pool, ips };
         self.record(Holder::of(request), &assignment);
         Ok(assignment)
@@ -260,6 +387,14 @@ impl Allocator {
     /// Frees what a Service holds (an address shared with others stays in use for them).
     pub fn release(&mut self, key: &ServiceKey) -> Option<Assignment> {
         let (assignment, _) = self.services.remove(key)?;
+        if let Some(pool) = &assignment.pool
+            && let Some(keys) = self.by_pool.get_mut(pool)
+        {
+            keys.remove(key);
+            if keys.is_empty() {
+                self.by_pool.remove(pool);
+            }
+        }
         for ip in &assignment.ips {
             let Some(holders) = self.holders.get_mut(ip) else { continue };
             if let Some(pos) = holders.iter().position(|h| &h.key == key) {
@@ -278,8 +413,10 @@ impl Allocator {
                 self.holders.remove(ip);
                 let family = Family::of(*ip);
                 self.used[index(family)].remove(to_u128(*ip));
-                for pool in self.pools.values_mut().filter(|p| p.def.contains(*ip)) {
-                    pool.assigned[index(family)] = pool.assigned[index(family)].saturating_sub(1);
+                for name in self.pool_names_containing(*ip) {
+                    if let Some(pool) = self.pools.get_mut(&name) {
+                        pool.assigned[index(family)] = pool.assigned[index(family)].saturating_sub(1);
+                    }
                 }
             }
         }
@@ -359,6 +496,9 @@ impl Allocator {
             return Err(AllocError::RequestedIpsNotDualStack(listed));
         }
         for ip in ips {
+            if let Some(what) = self.reserved_reason(*ip) {
+                return Err(AllocError::RequestedIpReserved { ip: *ip, what });
+            }
             if let Some((holder, reason)) = self.sharing_refusal(*ip, request) {
                 return Err(AllocError::RequestedIpInUse { ip: *ip, holder, reason });
             }
@@ -572,6 +712,10 @@ impl Allocator {
                 candidate = end.checked_add(1)?;
                 continue;
             }
+            if let Some((_, end)) = self.reserved.run_containing(family, candidate) {
+                candidate = end.checked_add(1)?;
+                continue;
+            }
             if pool.def.skips(family, candidate) {
                 candidate = candidate.checked_add(1)?;
                 continue;
@@ -588,21 +732,30 @@ impl Allocator {
 
     fn record(&mut self, holder: Holder, assignment: &Assignment) {
         for ip in &assignment.ips {
-            let holders = self.holders.entry(*ip).or_default();
-            if holders.is_empty() {
+            if self.holders.get(ip).is_none_or(Vec::is_empty) {
                 let family = Family::of(*ip);
                 self.used[index(family)].insert(to_u128(*ip));
-                for pool in self.pools.values_mut().filter(|p| p.def.contains(*ip)) {
-                    pool.assigned[index(family)] += 1;
+                for name in self.pool_names_containing(*ip) {
+                    if let Some(pool) = self.pools.get_mut(&name) {
+                        pool.assigned[index(family)] += 1;
+                    }
                 }
             }
+            let holders = self.holders.entry(*ip).or_default();
             holders.retain(|h| h.key != holder.key);
             holders.push(holder.clone());
             if let Some(key) = &holder.sharing_key {
                 self.shared.entry(key.clone()).or_default().insert(*ip);
             }
         }
+        if let Some(pool) = &assignment.pool {
+            self.by_pool.entry(pool.clone()).or_default().insert(holder.key.clone());
+        }
         self.services.insert(holder.key.clone(), (assignment.clone(), holder));
+    }
+
+    fn pool_names_containing(&self, ip: IpAddr) -> Vec<String> {
+        self.pools_containing(ip).into_iter().map(str::to_string).collect()
     }
 }
 

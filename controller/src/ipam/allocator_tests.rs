@@ -28,7 +28,7 @@ fn allocator(pools: Vec<PoolDef>) -> Allocator {
 
 #[test]
 fn first_service_gets_the_first_address_of_the_first_pool_by_name() {
-    let mut a = allocator(vec![pool("b", &["198.51.100.0/30"]), pool("a", &["192.0.2.10-192.0.2.12"])]);
+    let mut a = allocator(vec![pool("b", &["198.51.100.0-198.51.100.3"]), pool("a", &["192.0.2.10-192.0.2.12"])]);
     let got = a.assign(&v4("ns", "s1")).unwrap();
     assert_eq!(got, Assignment { pool: Some("a".into()), ips: vec![ip("192.0.2.10")] });
     assert_eq!(a.assign(&v4("ns", "s2")).unwrap().ips, [ip("192.0.2.11")]);
@@ -58,7 +58,7 @@ fn restricted_pools_come_first_by_priority_then_name() {
 
 #[test]
 fn namespace_and_service_selectors_restrict_pools() {
-    let mut blue = pool("blue", &["192.0.2.0/30"]);
+    let mut blue = pool("blue", &["192.0.2.0-192.0.2.3"]);
     blue.restrictions = Some(Restrictions {
         namespace_selectors: vec![LabelSelector {
             match_labels: Some([("team".into(), "blue".into())].into()),
@@ -83,7 +83,7 @@ fn namespace_and_service_selectors_restrict_pools() {
 
 #[test]
 fn auto_assign_false_pools_serve_only_services_that_ask() {
-    let mut manual = pool("manual", &["192.0.2.0/30"]);
+    let mut manual = pool("manual", &["192.0.2.0-192.0.2.3"]);
     manual.auto_assign = false;
     let mut a = allocator(vec![manual]);
     assert_eq!(a.assign(&v4("ns", "plain")).unwrap_err().kind(), "no_eligible_pool");
@@ -107,9 +107,9 @@ fn avoid_buggy_ips_never_hands_out_dot_zero_or_dot_255() {
 
 #[test]
 fn disabled_pools_keep_existing_addresses_and_give_no_new_ones() {
-    let mut a = allocator(vec![pool("p", &["192.0.2.0/30"])]);
+    let mut a = allocator(vec![pool("p", &["192.0.2.0-192.0.2.3"])]);
     let kept = a.assign(&v4("ns", "old")).unwrap();
-    let mut draining = pool("p", &["192.0.2.0/30"]);
+    let mut draining = pool("p", &["192.0.2.0-192.0.2.3"]);
     draining.disabled = true;
     a.upsert_pool(draining);
     assert_eq!(a.assign(&v4("ns", "old")).unwrap(), kept);
@@ -119,7 +119,7 @@ fn disabled_pools_keep_existing_addresses_and_give_no_new_ones() {
 
 #[test]
 fn requested_ips_outside_pools_or_taken_are_refused_precisely() {
-    let mut a = allocator(vec![pool("p", &["192.0.2.0/30"])]);
+    let mut a = allocator(vec![pool("p", &["192.0.2.0-192.0.2.3"])]);
     let mut outside = v4("ns", "outside");
     outside.requested_ips = vec![ip("198.51.100.1")];
     assert_eq!(a.assign(&outside).unwrap_err(), AllocError::RequestedIpNotInPool { ip: ip("198.51.100.1") });
@@ -137,7 +137,7 @@ fn requested_ips_outside_pools_or_taken_are_refused_precisely() {
 
 #[test]
 fn changing_the_requested_ip_moves_the_service_and_a_failed_move_keeps_the_old_one() {
-    let mut a = allocator(vec![pool("p", &["192.0.2.0/30"])]);
+    let mut a = allocator(vec![pool("p", &["192.0.2.0-192.0.2.3"])]);
     let mut s = v4("ns", "s");
     s.requested_ips = vec![ip("192.0.2.1")];
     a.assign(&s).unwrap();
@@ -151,7 +151,7 @@ fn changing_the_requested_ip_moves_the_service_and_a_failed_move_keeps_the_old_o
 
 #[test]
 fn sharing_needs_the_same_key_distinct_ports_and_for_local_the_same_endpoints() {
-    let mut a = allocator(vec![pool("p", &["192.0.2.0/30"])]);
+    let mut a = allocator(vec![pool("p", &["192.0.2.0-192.0.2.3"])]);
     let mut web = v4("ns", "web");
     web.sharing_key = Some("k".into());
     let shared_ip = a.assign(&web).unwrap().ips[0];
@@ -182,7 +182,10 @@ fn sharing_needs_the_same_key_distinct_ports_and_for_local_the_same_endpoints() 
 
 #[test]
 fn families_follow_the_ip_family_policy() {
-    let mut a = allocator(vec![pool("v4only", &["192.0.2.0/30"]), pool("z-dual", &["192.0.2.8/30", "2001:db8::/126"])]);
+    let mut a = allocator(vec![
+        pool("v4only", &["192.0.2.0-192.0.2.3"]),
+        pool("z-dual", &["192.0.2.8-192.0.2.11", "2001:db8::-2001:db8::3"]),
+    ]);
     let v6 = ServiceRequest::simple("ns", "v6", FamilyPolicy::Single(Family::V6));
     assert_eq!(a.assign(&v6).unwrap(), Assignment { pool: Some("z-dual".into()), ips: vec![ip("2001:db8::")] });
     let prefer = ServiceRequest::simple("ns", "prefer", FamilyPolicy::PreferDual { primary: Family::V6 });
@@ -190,7 +193,7 @@ fn families_follow_the_ip_family_policy() {
     let require = ServiceRequest::simple("ns", "require", FamilyPolicy::RequireDual { primary: Family::V4 });
     assert_eq!(a.assign(&require).unwrap().pool.as_deref(), Some("z-dual"));
 
-    let mut v4_only = allocator(vec![pool("v4only", &["192.0.2.0/30"])]);
+    let mut v4_only = allocator(vec![pool("v4only", &["192.0.2.0-192.0.2.3"])]);
     let error = v4_only
         .assign(&ServiceRequest::simple("ns", "r", FamilyPolicy::RequireDual { primary: Family::V4 }))
         .unwrap_err();
@@ -199,7 +202,7 @@ fn families_follow_the_ip_family_policy() {
         v4_only.assign(&ServiceRequest::simple("ns", "p", FamilyPolicy::PreferDual { primary: Family::V6 })).unwrap();
     assert_eq!(degraded.ips, [ip("192.0.2.0")], "PreferDualStack settles for the family there is");
     // When the pool gains IPv6, the PreferDualStack Service gets its second address on the next pass.
-    v4_only.upsert_pool(pool("v4only", &["192.0.2.0/30", "2001:db8::/126"]));
+    v4_only.upsert_pool(pool("v4only", &["192.0.2.0-192.0.2.3", "2001:db8::-2001:db8::3"]));
     let completed =
         v4_only.assign(&ServiceRequest::simple("ns", "p", FamilyPolicy::PreferDual { primary: Family::V6 })).unwrap();
     assert_eq!(completed.ips, [ip("192.0.2.0"), ip("2001:db8::")]);
@@ -207,7 +210,7 @@ fn families_follow_the_ip_family_policy() {
 
 #[test]
 fn a_released_address_is_not_handed_to_the_next_service_at_once() {
-    let mut a = allocator(vec![pool("p", &["192.0.2.0/29"])]);
+    let mut a = allocator(vec![pool("p", &["192.0.2.0-192.0.2.7"])]);
     let first = a.assign(&v4("ns", "a")).unwrap().ips[0];
     a.release(&ServiceKey::new("ns", "a"));
     let next = a.assign(&v4("ns", "b")).unwrap().ips[0];
@@ -219,13 +222,13 @@ fn a_released_address_is_not_handed_to_the_next_service_at_once() {
 
 #[test]
 fn restore_is_sticky_even_outside_every_pool_and_the_older_service_wins_a_clash() {
-    let mut a = allocator(vec![pool("p", &["192.0.2.0/30"])]);
+    let mut a = allocator(vec![pool("p", &["192.0.2.0-192.0.2.3"])]);
     let old = v4("ns", "old");
-    assert_eq!(a.restore(&old, &[ip("192.0.2.2")]).unwrap().pool.as_deref(), Some("p"));
+    assert_eq!(a.restore(&old, &[ip("192.0.2.2")], None).unwrap().pool.as_deref(), Some("p"));
     let stray = v4("ns", "stray");
-    assert_eq!(a.restore(&stray, &[ip("203.0.113.9")]).unwrap().pool, None, "kept although in no pool");
+    assert_eq!(a.restore(&stray, &[ip("203.0.113.9")], None).unwrap().pool, None, "kept although in no pool");
     let young = v4("ns", "young");
-    let conflict = a.restore(&young, &[ip("192.0.2.2")]).unwrap_err();
+    let conflict = a.restore(&young, &[ip("192.0.2.2")], None).unwrap_err();
     assert_eq!(conflict.holder, old.key);
     // The young one then gets a fresh address; restored ones are skipped.
     assert_eq!(a.assign(&young).unwrap().ips, [ip("192.0.2.0")]);
@@ -235,9 +238,9 @@ fn restore_is_sticky_even_outside_every_pool_and_the_older_service_wins_a_clash(
 
 #[test]
 fn deleting_or_shrinking_a_pool_never_moves_a_service() {
-    let mut a = allocator(vec![pool("p", &["192.0.2.0/29"])]);
+    let mut a = allocator(vec![pool("p", &["192.0.2.0-192.0.2.7"])]);
     let held: Vec<IpAddr> = (0..6).map(|i| a.assign(&v4("ns", &format!("s{i}"))).unwrap().ips[0]).collect();
-    a.upsert_pool(pool("p", &["192.0.2.0/30"]));
+    a.upsert_pool(pool("p", &["192.0.2.0-192.0.2.3"]));
     assert_eq!(a.usage("p", Family::V4).unwrap(), FamilyUsage { total: 4, assigned: 4, available: 0 });
     assert_eq!(a.assign(&v4("ns", "s5")).unwrap().ips, [held[5]]);
     assert!(a.pools_containing(held[5]).is_empty());
@@ -248,7 +251,7 @@ fn deleting_or_shrinking_a_pool_never_moves_a_service() {
 
 #[test]
 fn unknown_or_refusing_requested_pool_is_named() {
-    let mut a = allocator(vec![pool("p", &["192.0.2.0/30"])]);
+    let mut a = allocator(vec![pool("p", &["192.0.2.0-192.0.2.3"])]);
     let mut s = v4("ns", "s");
     s.requested_pool = Some("nope".into());
     assert_eq!(a.assign(&s).unwrap_err(), AllocError::PoolNotFound("nope".into()));
@@ -256,7 +259,7 @@ fn unknown_or_refusing_requested_pool_is_named() {
 
 #[test]
 fn an_ipv6_slash_64_allocates_like_a_small_pool() {
-    let mut a = allocator(vec![pool("big", &["2001:db8::/64"])]);
+    let mut a = allocator(vec![pool("big", &["2001:db8::-2001:db8::ffff:ffff:ffff:ffff"])]);
     for i in 0..2000 {
         let got = a.assign(&ServiceRequest::simple("ns", &format!("s{i}"), FamilyPolicy::Single(Family::V6))).unwrap();
         assert_eq!(got.ips[0], IpAddr::V6(std::net::Ipv6Addr::from(0x2001_0db8_0000_0000_0000_0000_0000_0000u128 + i)));

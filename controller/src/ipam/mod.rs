@@ -5,11 +5,14 @@
 //! looks at, and never depends on pool size: an IPv6 /64 costs what a /28 costs.
 
 pub mod allocator;
+pub mod index;
 pub mod pool;
 pub mod ranges;
 pub mod request;
+pub mod reserved;
 
 pub use allocator::{AllocError, Allocator, Assignment, FamilyUsage, RestoreConflict};
 pub use pool::{PoolDef, PoolError};
 pub use ranges::Family;
 pub use request::{FamilyPolicy, RequestError, ServiceKey, ServiceRequest};
+pub use reserved::{Reservation, Reservations};

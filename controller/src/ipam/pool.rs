@@ -7,6 +7,7 @@ use std::net::IpAddr;
 
 use ferrolb_crds::IPAddressPoolSpec;
 use ferrolb_crds::address::{self, AddressEntryError};
+use ferrolb_crds::selector::{self, SelectorError};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 use super::ranges::{Family, RunSet, to_u128};
@@ -17,6 +18,18 @@ pub enum PoolError {
     Entry(#[from] AddressEntryError),
     #[error("the pool has no addresses")]
     Empty,
+    #[error("serviceAllocation.{field}[{index}] is invalid: {error}")]
+    InvalidSelector { field: &'static str, index: usize, error: SelectorError },
+}
+
+impl PoolError {
+    /// The pool's `Ready=False` reason.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Entry(_) | Self::Empty => "InvalidAddresses",
+            Self::InvalidSelector { .. } => "InvalidSelector",
+        }
+    }
 }
 
 /// Which Services a pool serves, and in which order pools are tried (`spec.serviceAllocation`).
@@ -31,8 +44,12 @@ pub struct Restrictions {
 #[derive(Debug, Clone, PartialEq)]
 pub struct PoolDef {
     pub name: String,
+    /// What the pool may hand out: its entries less the addresses that are never VIPs
+    /// ([`address::SPECIAL_USE`], the network and broadcast addresses of its CIDRs).
     pub v4: RunSet,
     pub v6: RunSet,
+    /// Addresses its entries list that it never hands out, and why (the special-use ones excepted).
+    pub withheld: BTreeMap<IpAddr, String>,
     pub auto_assign: bool,
     pub avoid_buggy_ips: bool,
     pub disabled: bool,
@@ -50,6 +67,7 @@ impl PoolDef {
             name: name.to_string(),
             v4: RunSet::new(),
             v6: RunSet::new(),
+            withheld: BTreeMap::new(),
             auto_assign: spec.auto_assign,
             avoid_buggy_ips: spec.avoid_buggy_ips,
             disabled: spec.disabled,
@@ -68,7 +86,38 @@ impl PoolDef {
             let (family, start, end) = parse_entry(entry.as_str())?;
             pool.ranges_mut(family).insert_range(start, end);
         }
+        for (first, last, _) in address::SPECIAL_USE {
+            let family = Family::of(first);
+            pool.ranges_mut(family).remove_range(to_u128(first), to_u128(last));
+        }
+        for entry in &spec.addresses {
+            for (ip, what) in address::cidr_edges(entry.as_str()) {
+                if pool.ranges_mut(Family::of(ip)).remove(to_u128(ip)) {
+                    pool.withheld.insert(ip, format!("the {what} of {}", entry.as_str()));
+                }
+            }
+        }
+        if let Some(allocation) = &spec.service_allocation {
+            for (field, selectors) in [
+                ("namespaceSelectors", &allocation.namespace_selectors),
+                ("serviceSelectors", &allocation.service_selectors),
+            ] {
+                for (index, selector) in selectors.iter().enumerate() {
+                    // Matching against no labels evaluates every requirement, so a malformed one shows here.
+                    selector::matches(selector, &BTreeMap::new()).map_err(|error| PoolError::InvalidSelector {
+                        field,
+                        index,
+                        error,
+                    })?;
+                }
+            }
+        }
         Ok(pool)
+    }
+
+    /// Why the pool never hands out `ip` although its entries list it, if so.
+    pub fn withheld_reason(&self, ip: IpAddr) -> Option<String> {
+        self.withheld.get(&ip).cloned()
     }
 
     /// A pool from entries, for tests and tools.
@@ -111,6 +160,12 @@ impl PoolDef {
             return ranges.len();
         }
         ranges.runs().map(|(s, e)| (e - s + 1) - buggy_in(s, e)).sum()
+    }
+
+    /// How many of `start..=end` (inside its ranges) the pool would hand out.
+    pub fn hands_out_in(&self, family: Family, start: u128, end: u128) -> u128 {
+        let all = (end - start).saturating_add(1);
+        if self.avoid_buggy_ips && family == Family::V4 { all - buggy_in(start, end) } else { all }
     }
 
     /// Names of the pools in `others` whose addresses overlap this pool's.
@@ -164,15 +219,62 @@ mod tests {
     #[test]
     fn avoid_buggy_ips_skips_dot_zero_and_dot_255() {
         let mut pool = PoolDef::from_entries("p", &["192.0.2.0/23", "2001:db8::/120"]).unwrap();
-        assert_eq!(pool.usable(Family::V4), 512);
+        // The /23's network and broadcast addresses are withheld anyway.
+        assert_eq!(pool.usable(Family::V4), 510);
         pool.avoid_buggy_ips = true;
         assert_eq!(pool.usable(Family::V4), 508);
         assert!(!pool.contains("192.0.2.0".parse().unwrap()));
         assert!(!pool.contains("192.0.3.255".parse().unwrap()));
         assert!(pool.contains("192.0.2.1".parse().unwrap()));
         // IPv6 has no such addresses.
-        assert_eq!(pool.usable(Family::V6), 256);
+        assert_eq!(pool.usable(Family::V6), 255);
         assert!(pool.contains("2001:db8::ff".parse().unwrap()));
+    }
+
+    #[test]
+    fn addresses_that_are_never_vips_are_left_out() {
+        let everything = PoolDef::from_entries("all", &["0.0.0.0/0", "::/0"]).unwrap();
+        for never in ["0.0.0.0", "0.1.2.3", "127.0.0.1", "169.254.0.1", "224.0.0.1", "255.255.255.255", "::", "::1"] {
+            assert!(!everything.contains(never.parse().unwrap()), "{never}");
+        }
+        assert!(everything.contains("192.0.2.1".parse().unwrap()));
+        assert!(everything.contains("::2".parse().unwrap()));
+        assert!(!everything.contains("fe80::1".parse().unwrap()));
+        assert!(!everything.contains("ff02::1".parse().unwrap()));
+        // 0/8, 127/8, 169.254/16, 224/4 and the broadcast address.
+        let withheld = (1u128 << 24) * 2 + (1 << 16) + (1 << 28) + 1;
+        assert_eq!(everything.usable(Family::V4), (1u128 << 32) - withheld);
+
+        let lan = PoolDef::from_entries("lan", &["192.0.2.0/24", "198.51.100.0/31", "2001:db8::/120"]).unwrap();
+        assert_eq!(lan.usable(Family::V4), 254 + 2);
+        assert!(!lan.contains("192.0.2.0".parse().unwrap()));
+        assert!(!lan.contains("192.0.2.255".parse().unwrap()));
+        assert!(lan.contains("198.51.100.0".parse().unwrap()));
+        assert_eq!(
+            lan.withheld_reason("192.0.2.255".parse().unwrap()).as_deref(),
+            Some("the broadcast address of 192.0.2.0/24")
+        );
+        assert!(!lan.contains("2001:db8::".parse().unwrap()));
+        assert_eq!(lan.usable(Family::V6), 255);
+        // A range lists exactly what it says.
+        let range = PoolDef::from_entries("range", &["192.0.2.0-192.0.2.255"]).unwrap();
+        assert_eq!(range.usable(Family::V4), 256);
+    }
+
+    #[test]
+    fn a_malformed_selector_refuses_the_pool() {
+        let mut spec = IPAddressPoolSpec::with_addresses(&["192.0.2.0/28"]);
+        spec.service_allocation = Some(serde_json::from_value(serde_json::json!({
+            "serviceSelectors": [{"matchLabels": {"a": "b"}}, {"matchExpressions": [{"key": "tier", "operator": "Equals", "values": ["web"]}]}]
+        })).unwrap());
+        let error = PoolDef::from_spec("p", &spec).unwrap_err();
+        assert_eq!(error.reason(), "InvalidSelector");
+        assert!(
+            error
+                .to_string()
+                .starts_with("serviceAllocation.serviceSelectors[1] is invalid: unknown selector operator"),
+            "{error}"
+        );
     }
 
     #[test]

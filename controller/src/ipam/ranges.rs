@@ -129,6 +129,30 @@ impl RunSet {
         true
     }
 
+    /// Removes every member of `start..=end`.
+    pub fn remove_range(&mut self, start: u128, end: u128) {
+        debug_assert!(start <= end);
+        // The run that starts before `start` and reaches into the window keeps its head (and its tail, if it
+        // also reaches past `end`); every run starting inside the window keeps only what lies past `end`.
+        if let Some((s, e)) = self.runs.range(..start).next_back().map(|(s, e)| (*s, *e))
+            && e >= start
+        {
+            self.remove_run(s);
+            self.insert_range(s, start - 1);
+            if e > end {
+                self.insert_range(end + 1, e);
+                return;
+            }
+        }
+        while let Some((s, e)) = self.runs.range(start..=end).next().map(|(s, e)| (*s, *e)) {
+            self.remove_run(s);
+            if e > end {
+                self.insert_range(end + 1, e);
+                break;
+            }
+        }
+    }
+
     fn remove_run(&mut self, start: u128) {
         if let Some(end) = self.runs.remove(&start) {
             self.len = self.len.saturating_sub(end - start).saturating_sub(1);
@@ -195,12 +219,14 @@ mod tests {
     enum Op {
         Insert(u8, u8),
         Remove(u8),
+        RemoveRange(u8, u8),
     }
 
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
             (any::<u8>(), 0u8..8).prop_map(|(s, l)| Op::Insert(s, s.saturating_add(l))),
             any::<u8>().prop_map(Op::Remove),
+            (any::<u8>(), 0u8..40).prop_map(|(s, l)| Op::RemoveRange(s, s.saturating_add(l))),
         ]
     }
 
@@ -217,6 +243,10 @@ mod tests {
                     }
                     Op::Remove(v) => {
                         prop_assert_eq!(set.remove(u128::from(v)), model.remove(&v));
+                    }
+                    Op::RemoveRange(s, e) => {
+                        set.remove_range(u128::from(s), u128::from(e));
+                        model.retain(|v| !(s..=e).contains(v));
                     }
                 }
             }

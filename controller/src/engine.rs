@@ -219,7 +219,9 @@ impl Engine {
         self.reconcile_service(&key)
     }
 
-    pub fn apply_pool(&mut self, pool: IPAddressPool) -> Vec<Output> {
+    pub fn apply_pool(&mut self, mut pool: IPAddressPool) -> Vec<Output> {
+        // Kept for its whole life, by the thousand: drop what ferrolb never reads.
+        pool.metadata.managed_fields = None;
         let name = pool.name_any();
         // Our own status writes come back as watch events: only a change of spec or labels matters.
         if let Some(known) = self.pools.get_mut(&name)
@@ -432,7 +434,15 @@ impl Engine {
             let found = self.reserved_in(def);
             let before = self.reported_reserved.insert(name.clone(), found.clone()).unwrap_or_default();
             let new: Vec<&String> = found.difference(&before).collect();
-            if let (false, Some(record)) = (new.is_empty(), self.pools.get(&name)) {
+            // A restarted controller finds them already on the pool's condition: said before.
+            let already = self.pools.get(&name).and_then(|r| r.object.status.as_ref()).is_some_and(|s| {
+                s.conditions.iter().any(|c| {
+                    c.type_ == "OverlapsCluster"
+                        && c.status == "True"
+                        && new.iter().all(|n| c.message.contains(n.as_str()))
+                })
+            });
+            if let (false, false, Some(record)) = (new.is_empty(), already, self.pools.get(&name)) {
                 outputs.push(Output::Event(EventOut {
                     regarding: record.object.object_ref(&()),
                     type_: EventType::Warning,
@@ -587,7 +597,13 @@ impl Engine {
     /// Status for every pool whose counts or conditions may have changed since the last call.
     pub fn take_pool_statuses(&mut self) -> Vec<(String, IPAddressPoolStatus)> {
         let dirty = std::mem::take(&mut self.dirty_pools);
-        dirty.into_iter().filter_map(|name| self.pool_status(&name).map(|s| (name, s))).collect()
+        // What the pool already shows is not written again: a restart with thousands of pools would
+        // otherwise queue thousands of identical writes ahead of new Services' addresses.
+        dirty
+            .into_iter()
+            .filter_map(|name| self.pool_status(&name).map(|s| (name, s)))
+            .filter(|(name, status)| self.pools.get(name).and_then(|r| r.object.status.as_ref()) != Some(status))
+            .collect()
     }
 
     /// (pool, family, total, in use) for every pool and family it has.

@@ -119,7 +119,10 @@ fn bench(what: &str, mode: &str) -> Result<()> {
             let release = toolchain::cargo_target_dir().join("release");
             let mut bench = std::process::Command::new(release.join("ferrolb-bench"));
             bench.args(["controller", "--controller"]).arg(release.join("ferrolb-controller"));
-            run::step("controller: latency, 10 000 Services, memory", bench)
+            run::step("controller: latency, 10 000 Services, memory", bench)?;
+            let mut pools = std::process::Command::new(release.join("ferrolb-bench"));
+            pools.args(["pools", "--controller"]).arg(release.join("ferrolb-controller"));
+            run::step("controller: 2 000 and 10 000 pools (settle time, CPU, Service latency, restart)", pools)
         }
         "failover" => {
             run::step(

@@ -5,6 +5,8 @@
 //! `ferrolb-bench controller --controller PATH`: Service created → status written, p50/p99 over 1 000
 //! Services created 10 at a time; the time for 10 000 Services created 50 at a time to all get an address;
 //! the controller's peak RSS.
+//!
+//! `ferrolb-bench pools --controller PATH`: see [`pools`].
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -39,6 +41,14 @@ enum Bench {
         #[arg(long, default_value_t = 10_000)]
         bulk_services: usize,
     },
+    /// The controller with thousands of pools: time to settle them, CPU, Service latency, restart.
+    Pools {
+        #[arg(long)]
+        controller: PathBuf,
+        /// Pool counts, one fresh API server each.
+        #[arg(long, value_delimiter = ',', default_value = "2000,10000")]
+        counts: Vec<usize>,
+    },
     /// Failover time seen from the client, and the speakers' memory with many VIPs.
     Failover {
         /// Where ferrolb-controller and ferrolb-speaker are.
@@ -59,6 +69,7 @@ enum Bench {
 }
 
 mod failover;
+mod pools;
 
 fn main() -> Result<()> {
     match Cli::parse().bench {
@@ -68,6 +79,7 @@ fn main() -> Result<()> {
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             runtime.block_on(controller_bench(&plane, dir.path(), &controller, latency_services, bulk_services))
         }
+        Bench::Pools { controller, counts } => pools::run(&controller, &counts),
         Bench::Failover { bin_dir, repo, trials, vips, keepalived } => {
             failover::run(bin_dir, repo, trials, vips, keepalived)
         }

@@ -146,13 +146,6 @@ struct PoolState {
     assigned: [u128; 2],
 }
 
-fn index(family: Family) -> usize {
-    match family {
-        Family::V4 => 0,
-        Family::V6 => 1,
-    }
-}
-
 #[derive(Debug, Default)]
 pub struct Allocator {
     pools: BTreeMap<String, PoolState>,
@@ -184,7 +177,7 @@ impl Allocator {
         for family in [Family::V4, Family::V6] {
             for (start, end) in def.ranges(family).runs() {
                 let (Some(lo), Some(hi)) = (from_u128(family, start), from_u128(family, end)) else { continue };
-                assigned[index(family)] +=
+                assigned[family.slot()] +=
                     self.holders.range(lo..=hi).filter(|(ip, _)| def.contains(**ip)).count() as u128;
             }
         }
@@ -207,7 +200,7 @@ impl Allocator {
 
     /// Where the next-fit search of `pool` starts for `family` (the address after the last one handed out).
     pub fn cursor(&self, pool: &str, family: Family) -> Option<IpAddr> {
-        let value = self.pools.get(pool)?.cursor[index(family)];
+        let value = self.pools.get(pool)?.cursor[family.slot()];
         from_u128(family, value)
     }
 
@@ -215,7 +208,7 @@ impl Allocator {
     /// address at once.
     pub fn set_cursor(&mut self, pool: &str, ip: IpAddr) {
         if let Some(state) = self.pools.get_mut(pool) {
-            state.cursor[index(Family::of(ip))] = to_u128(ip);
+            state.cursor[Family::of(ip).slot()] = to_u128(ip);
         }
     }
 
@@ -322,7 +315,7 @@ impl Allocator {
                 total = total.saturating_sub(state.def.hands_out_in(family, lo, hi));
             }
         }
-        let assigned = state.assigned[index(family)];
+        let assigned = state.assigned[family.slot()];
         Some(FamilyUsage { total, assigned, available: total.saturating_sub(assigned) })
     }
 
@@ -412,10 +405,10 @@ impl Allocator {
             if holders.is_empty() {
                 self.holders.remove(ip);
                 let family = Family::of(*ip);
-                self.used[index(family)].remove(to_u128(*ip));
+                self.used[family.slot()].remove(to_u128(*ip));
                 for name in self.pool_names_containing(*ip) {
                     if let Some(pool) = self.pools.get_mut(&name) {
-                        pool.assigned[index(family)] = pool.assigned[index(family)].saturating_sub(1);
+                        pool.assigned[family.slot()] = pool.assigned[family.slot()].saturating_sub(1);
                     }
                 }
             }
@@ -690,10 +683,10 @@ impl Allocator {
     /// The next free address of `family` in `pool`, from its cursor on, wrapping around once.
     fn next_free(&self, pool: &PoolState, family: Family) -> Option<u128> {
         let ranges = pool.def.ranges(family);
-        if ranges.is_empty() || pool.assigned[index(family)] >= pool.def.usable(family) {
+        if ranges.is_empty() || pool.assigned[family.slot()] >= pool.def.usable(family) {
             return None;
         }
-        let cursor = pool.cursor[index(family)];
+        let cursor = pool.cursor[family.slot()];
         self.search(pool, family, cursor, u128::MAX).or_else(|| self.search(pool, family, 0, cursor))
     }
 
@@ -701,7 +694,7 @@ impl Allocator {
     /// a gap between the pool's ranges, so the cost does not grow with the pool's size.
     fn search(&self, pool: &PoolState, family: Family, from: u128, to: u128) -> Option<u128> {
         let ranges = pool.def.ranges(family);
-        let used = &self.used[index(family)];
+        let used = &self.used[family.slot()];
         let mut candidate = from;
         loop {
             candidate = ranges.first_at_or_after(candidate)?;
@@ -726,7 +719,7 @@ impl Allocator {
 
     fn advance_cursor(&mut self, pool: &str, ip: IpAddr) {
         if let Some(state) = self.pools.get_mut(pool) {
-            state.cursor[index(Family::of(ip))] = to_u128(ip).wrapping_add(1);
+            state.cursor[Family::of(ip).slot()] = to_u128(ip).wrapping_add(1);
         }
     }
 
@@ -734,10 +727,10 @@ impl Allocator {
         for ip in &assignment.ips {
             if self.holders.get(ip).is_none_or(Vec::is_empty) {
                 let family = Family::of(*ip);
-                self.used[index(family)].insert(to_u128(*ip));
+                self.used[family.slot()].insert(to_u128(*ip));
                 for name in self.pool_names_containing(*ip) {
                     if let Some(pool) = self.pools.get_mut(&name) {
-                        pool.assigned[index(family)] += 1;
+                        pool.assigned[family.slot()] += 1;
                     }
                 }
             }

@@ -351,7 +351,7 @@ fn check_invariants(a: &Allocator) -> Result<(), TestCaseError> {
         for family in [Family::V4, Family::V6] {
             let recount =
                 by_ip.keys().filter(|ip| Family::of(**ip) == family && state.def.contains(**ip)).count() as u128;
-            prop_assert_eq!(state.assigned[index(family)], recount, "pool {} {} counter", state.def.name, family);
+            prop_assert_eq!(state.assigned[family.slot()], recount, "pool {} {} counter", state.def.name, family);
         }
     }
     Ok(())

@@ -40,7 +40,7 @@ impl PoolIndex {
             let id = index.names.len();
             index.names.push(def.name.clone());
             for family in [Family::V4, Family::V6] {
-                let runs = &mut index.families[slot(family)].runs;
+                let runs = &mut index.families[family.slot()].runs;
                 runs.extend(def.ranges(family).runs().map(|(s, e)| (s, e, id)));
             }
         }
@@ -66,14 +66,7 @@ impl PoolIndex {
 
     /// Names of the pools whose ranges meet `start..=end`.
     pub fn overlapping(&self, family: Family, start: u128, end: u128) -> BTreeSet<&str> {
-        self.families[slot(family)].meeting(start, end).map(|id| self.names[id].as_str()).collect()
-    }
-}
-
-fn slot(family: Family) -> usize {
-    match family {
-        Family::V4 => 0,
-        Family::V6 => 1,
+        self.families[family.slot()].meeting(start, end).map(|id| self.names[id].as_str()).collect()
     }
 }
 

@@ -22,6 +22,14 @@ impl Family {
         }
     }
 
+    /// Where this family's entry is in per-family arrays (`[v4, v6]`).
+    pub fn slot(self) -> usize {
+        match self {
+            Family::V4 => 0,
+            Family::V6 => 1,
+        }
+    }
+
     /// As Kubernetes spells it in `spec.ipFamilies`.
     pub fn kubernetes_name(self) -> &'static str {
         match self {

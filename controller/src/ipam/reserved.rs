@@ -27,7 +27,7 @@ impl Reservations {
         list.dedup();
         let mut sets: [RunSet; 2] = Default::default();
         for r in &list {
-            sets[slot(Family::of(r.first))].insert_range(to_u128(r.first), to_u128(r.last));
+            sets[Family::of(r.first).slot()].insert_range(to_u128(r.first), to_u128(r.last));
         }
         Self { sets, list }
     }
@@ -38,12 +38,12 @@ impl Reservations {
 
     /// The reserved run holding `value`, to jump over it while searching.
     pub fn run_containing(&self, family: Family, value: u128) -> Option<(u128, u128)> {
-        self.sets[slot(family)].run_containing(value)
+        self.sets[family.slot()].run_containing(value)
     }
 
     /// What `ip` is, if reserved.
     pub fn why(&self, ip: IpAddr) -> Option<&str> {
-        if !self.sets[slot(Family::of(ip))].contains(to_u128(ip)) {
+        if !self.sets[Family::of(ip).slot()].contains(to_u128(ip)) {
             return None;
         }
         self.list.iter().find(|r| r.first <= ip && ip <= r.last).map(|r| r.what.as_str())
@@ -51,7 +51,7 @@ impl Reservations {
 
     /// The reservations meeting `start..=end` of `family`.
     pub fn meeting(&self, family: Family, start: u128, end: u128) -> impl Iterator<Item = &Reservation> {
-        let any = self.sets[slot(family)].count_in(start, end) > 0;
+        let any = self.sets[family.slot()].count_in(start, end) > 0;
         self.list.iter().filter(move |r| {
             any && Family::of(r.first) == family && to_u128(r.first) <= end && to_u128(r.last) >= start
         })
@@ -59,20 +59,13 @@ impl Reservations {
 
     /// How many reserved addresses lie in `start..=end` of `family`.
     pub fn count_in(&self, family: Family, start: u128, end: u128) -> u128 {
-        self.sets[slot(family)].count_in(start, end)
+        self.sets[family.slot()].count_in(start, end)
     }
 
     /// The reserved runs of `family` inside `start..=end`, clipped to it.
     pub fn runs_in(&self, family: Family, start: u128, end: u128) -> Vec<(u128, u128)> {
-        let set = &self.sets[slot(family)];
+        let set = &self.sets[family.slot()];
         set.runs().filter(|(s, e)| *s <= end && *e >= start).map(|(s, e)| (s.max(start), e.min(end))).collect()
-    }
-}
-
-fn slot(family: Family) -> usize {
-    match family {
-        Family::V4 => 0,
-        Family::V6 => 1,
     }
 }
 

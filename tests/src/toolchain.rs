@@ -12,6 +12,8 @@ pub const KUBERNETES_STAGING_VERSION: &str = "v0.37.2";
 /// etcd release matching the one Kubernetes 1.37 is tested with (its go.mod requires the 3.7 line).
 pub const ETCD_VERSION: &str = "v3.7.3";
 pub const HELM_VERSION: &str = "v3.22.0";
+/// containerd for the lab's real nodes: the 2.x line kubelet 1.37 is tested with (2.4 ships CRI config v3).
+pub const CONTAINERD_VERSION: &str = "v2.4.2";
 
 /// A binary the suite needs, built from the Go module proxy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,10 +22,30 @@ pub enum K8sBinary {
     Kubectl,
     Etcd,
     Helm,
+    /// The node components of a real-kubelet lab, and the control-plane controllers it needs.
+    Kubelet,
+    KubeControllerManager,
+    KubeScheduler,
+    KubeProxy,
+    Containerd,
+    ContainerdShim,
+    Ctr,
 }
 
 impl K8sBinary {
-    pub const ALL: [K8sBinary; 4] = [Self::Etcd, Self::KubeApiserver, Self::Kubectl, Self::Helm];
+    pub const ALL: [K8sBinary; 11] = [
+        Self::Etcd,
+        Self::KubeApiserver,
+        Self::Kubectl,
+        Self::Helm,
+        Self::Kubelet,
+        Self::KubeControllerManager,
+        Self::KubeScheduler,
+        Self::KubeProxy,
+        Self::Containerd,
+        Self::ContainerdShim,
+        Self::Ctr,
+    ];
 
     pub fn file_name(self) -> &'static str {
         match self {
@@ -31,15 +53,45 @@ impl K8sBinary {
             Self::Kubectl => "kubectl",
             Self::Etcd => "etcd",
             Self::Helm => "helm",
+            Self::Kubelet => "kubelet",
+            Self::KubeControllerManager => "kube-controller-manager",
+            Self::KubeScheduler => "kube-scheduler",
+            Self::KubeProxy => "kube-proxy",
+            Self::Containerd => "containerd",
+            Self::ContainerdShim => "containerd-shim-runc-v2",
+            Self::Ctr => "ctr",
         }
     }
 
     /// The version the binary is built at; it is part of the cache path so a version bump rebuilds.
     pub fn version(self) -> &'static str {
         match self {
-            Self::KubeApiserver | Self::Kubectl => KUBERNETES_VERSION,
+            Self::KubeApiserver
+            | Self::Kubectl
+            | Self::Kubelet
+            | Self::KubeControllerManager
+            | Self::KubeScheduler
+            | Self::KubeProxy => KUBERNETES_VERSION,
             Self::Etcd => ETCD_VERSION,
             Self::Helm => HELM_VERSION,
+            Self::Containerd | Self::ContainerdShim | Self::Ctr => CONTAINERD_VERSION,
+        }
+    }
+
+    /// The Go package the binary is built from.
+    pub fn package(self) -> &'static str {
+        match self {
+            Self::KubeApiserver => "k8s.io/kubernetes/cmd/kube-apiserver",
+            Self::Kubectl => "k8s.io/kubernetes/cmd/kubectl",
+            Self::Kubelet => "k8s.io/kubernetes/cmd/kubelet",
+            Self::KubeControllerManager => "k8s.io/kubernetes/cmd/kube-controller-manager",
+            Self::KubeScheduler => "k8s.io/kubernetes/cmd/kube-scheduler",
+            Self::KubeProxy => "k8s.io/kubernetes/cmd/kube-proxy",
+            Self::Etcd => "go.etcd.io/etcd/server/v3/etcdmain",
+            Self::Helm => "helm.sh/helm/v3/cmd/helm",
+            Self::Containerd => "github.com/containerd/containerd/v2/cmd/containerd",
+            Self::ContainerdShim => "github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2",
+            Self::Ctr => "github.com/containerd/containerd/v2/cmd/ctr",
         }
     }
 

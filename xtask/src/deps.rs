@@ -7,7 +7,7 @@ use anyhow::{Result, bail};
 
 use crate::{k8s_bins, run};
 
-/// Commands the suite uses, and the Debian package that provides each.
+/// Commands the suite uses (or, as an absolute path, a file), and the Debian package that provides each.
 const DEBIAN_TOOLS: &[(&str, &str)] = &[
     ("ip", "iproute2"),
     ("sysctl", "procps"),
@@ -16,6 +16,12 @@ const DEBIAN_TOOLS: &[(&str, &str)] = &[
     ("ndisc6", "ndisc6"),
     ("tcpdump", "tcpdump"),
     ("keepalived", "keepalived"),
+    // The real-node lab: the OCI runtime under containerd, the CNI plugins, kube-proxy's nftables mode, and
+    // the tool that builds OCI images without Docker.
+    ("runc", "runc"),
+    ("/usr/lib/cni/bridge", "containernetworking-plugins"),
+    ("nft", "nftables"),
+    ("umoci", "umoci"),
 ];
 
 pub fn install_all() -> Result<()> {
@@ -26,6 +32,9 @@ pub fn install_all() -> Result<()> {
 fn install_debian_packages() -> Result<()> {
     // Debian keeps several of these in /usr/sbin, which a non-login PATH may lack.
     let sbin_aware = |tool: &str| {
+        if tool.starts_with('/') {
+            return std::path::Path::new(tool).exists();
+        }
         run::on_path(tool)
             || ["/usr/sbin", "/sbin", "/usr/bin"].iter().any(|d| std::path::Path::new(d).join(tool).exists())
     };

@@ -4,6 +4,7 @@
 //! heavy work runs in the workspace's own binaries, built into the shared cache.
 
 mod deps;
+mod image;
 mod k8s_bins;
 mod lab;
 mod run;
@@ -48,6 +49,13 @@ enum Command {
     },
     /// Regenerate the CRD YAML in charts/ferrolb/crds from the ferrolb-crds types.
     Crds,
+    /// Build ferrolb's images (and the lab's pause and demo images) as OCI archives in target/images, without
+    /// Docker or a registry.
+    Image {
+        /// The images' tag (default: the chart's appVersion).
+        #[arg(long)]
+        tag: Option<String>,
+    },
     /// Bring up the local lab (API server, controller, three speaker nodes, a demo Service), or `lab down`.
     Lab(lab::LabArgs),
 }
@@ -55,6 +63,10 @@ enum Command {
 fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Deps => deps::install_all(),
+        Command::Image { tag } => {
+            deps::install_all()?;
+            image::run(tag)
+        }
         Command::Test { cargo_test_args } => test(&cargo_test_args),
         Command::Lab(args) => lab::run(args),
         Command::Bench { what, mode } => bench(&what, &mode),

@@ -1,6 +1,6 @@
 //! `ferrolb`: the command-line tool. `ferrolb migrate -f FILE|-` prints ferrolb's equivalent of MetalLB
-//! configuration (IPAddressPool, L2Advertisement, legacy AddressPool and ConfigMap) on stdout, and what it left
-//! out on stderr.
+//! configuration (IPAddressPool, L2Advertisement, legacy AddressPool and ConfigMap) on stdout, and what it
+//! changed on stderr; configuration it cannot carry over is an error (exit 1) unless `--allow-partial`.
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -20,15 +20,20 @@ struct Cli {
 enum Command {
     /// Convert MetalLB's IPAddressPool / L2Advertisement YAML into ferrolb's (stdout); notes on stderr.
     Migrate {
-        /// The MetalLB YAML (several documents allowed), or `-` for standard input.
+        /// The MetalLB configuration (YAML or JSON, several documents or a `kind: List` as `kubectl get -o
+        /// yaml` prints it), or `-` for standard input.
         #[arg(short = 'f', long = "filename")]
         file: PathBuf,
+        /// Print what could be converted even when some MetalLB configuration has no ferrolb equivalent
+        /// (otherwise that is an error and nothing is printed).
+        #[arg(long)]
+        allow_partial: bool,
     },
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Migrate { file } => {
+        Command::Migrate { file, allow_partial } => {
             let input = if file.as_os_str() == "-" {
                 let mut text = String::new();
                 std::io::stdin().read_to_string(&mut text).context("reading standard input")?;
@@ -39,6 +44,18 @@ fn main() -> anyhow::Result<()> {
             let migration = migrate::migrate(&input)?;
             for warning in &migration.warnings {
                 eprintln!("warning: {warning}");
+            }
+            if !migration.unconverted.is_empty() {
+                let label = if allow_partial { "not converted" } else { "error" };
+                for unconverted in &migration.unconverted {
+                    eprintln!("{label}: {unconverted}");
+                }
+                if !allow_partial {
+                    anyhow::bail!(
+                        "{} part(s) of the MetalLB configuration cannot be carried over (above); nothing was printed. Pass --allow-partial to print the rest anyway",
+                        migration.unconverted.len()
+                    );
+                }
             }
             let namespaces = migrate::source_namespaces(&input);
             eprintln!(

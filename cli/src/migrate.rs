@@ -1,16 +1,22 @@
-//! MetalLB configuration → ferrolb's. Reads every YAML document of the input and converts what has a ferrolb
-//! equivalent:
+//! MetalLB configuration → ferrolb's. Reads every document of the input — YAML or JSON, several documents,
+//! and `kind: List` as `kubectl get -o yaml|json` prints it — and converts what has a ferrolb equivalent:
 //! - `metallb.io` `IPAddressPool` → `ferrolb.io/v1alpha1` `IPAddressPool` (cluster-scoped: the namespace is
 //!   dropped; addresses, autoAssign, avoidBuggyIPs and serviceAllocation are kept as they are, with the same
 //!   meaning, priorities included: lower first);
-//! - `metallb.io` `L2Advertisement` → `L2Advertisement` (pools, pool selectors, node selectors, interfaces);
+//! - `metallb.io` `L2Advertisement` → `L2Advertisement` (pools, pool selectors, service selectors, node
+//!   selectors, interfaces);
 //! - the legacy `metallb.io/v1beta1` `AddressPool`, and the pre-0.13 `config` ConfigMap's `address-pools`, →
 //!   a pool, plus an L2Advertisement for it when its protocol is layer2.
 //!
-//! BGP objects have no equivalent (ferrolb announces on layer 2 only): they are left out with a warning, as
-//! is anything that is not MetalLB's. Every address is checked with the same parser the controller uses, so
-//! an entry ferrolb would refuse is an error here, naming the object and the entry. Services need no change:
-//! ferrolb honours MetalLB's `metallb.io/*` and `metallb.universe.tf/*` annotations.
+//! MetalLB's objects are namespaced, ferrolb's cluster-scoped: a name used in several namespaces becomes
+//! `<namespace>-<name>` (references from advertisements follow), never a collision.
+//!
+//! What cannot be carried over — BGP objects, a field ferrolb has no equivalent for — is listed in
+//! [`Migration::unconverted`], naming the object and the field; the CLI refuses to print a partial result
+//! unless told `--allow-partial`. Documents that are not MetalLB's are left out with a warning. Every address is
+//! checked with the same parser the controller uses, so an entry ferrolb would refuse is an error here, naming
+//! the object and the entry. Services need no change: ferrolb honours MetalLB's `metallb.io/*` and
+//! `metallb.universe.tf/*` annotations.
 
 use std::collections::BTreeMap;
 
@@ -27,8 +33,6 @@ pub enum MigrateError {
     Yaml { index: usize, source: serde_yaml_ng::Error },
     #[error("{kind} {name:?}: {problem}")]
     Invalid { kind: String, name: String, problem: String },
-    #[error("two pools are named {0:?} (in different namespaces): ferrolb's pools are cluster-scoped, rename one")]
-    DuplicatePool(String),
 }
 
 /// The converted objects, and what was left out or changed, for the user to read.
@@ -36,6 +40,10 @@ pub enum MigrateError {
 pub struct Migration {
     pub pools: Vec<IPAddressPool>,
     pub advertisements: Vec<L2Advertisement>,
+    /// MetalLB configuration that has no ferrolb equivalent: applying the rest would change what is
+    /// allocated or announced, so this is an error unless the user accepts a partial migration.
+    pub unconverted: Vec<String>,
+    /// What was changed or left out without loss (renames, documents that are not MetalLB's).
     pub warnings: Vec<String>,
 }
 
@@ -78,7 +86,16 @@ struct Meta {
     #[serde(default)]
     name: String,
     #[serde(default)]
+    namespace: String,
+    #[serde(default)]
     labels: BTreeMap<String, String>,
+}
+
+impl Meta {
+    /// `namespace/name` (or `name`), as messages name the object.
+    fn shown(&self) -> String {
+        if self.namespace.is_empty() { self.name.clone() } else { format!("{}/{}", self.namespace, self.name) }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -118,10 +135,19 @@ struct MetallbL2AdvertisementSpec {
     #[serde(default)]
     ip_address_pool_selectors: Vec<LabelSelector>,
     #[serde(default)]
+    service_selectors: Vec<LabelSelector>,
+    #[serde(default)]
     node_selectors: Vec<LabelSelector>,
     #[serde(default)]
     interfaces: Vec<String>,
 }
+
+/// The spec fields ferrolb carries over, per MetalLB kind; any other field is reported as unconverted.
+const POOL_FIELDS: &[&str] = &["addresses", "autoAssign", "avoidBuggyIPs", "serviceAllocation"];
+const LEGACY_POOL_FIELDS: &[&str] = &["addresses", "autoAssign", "avoidBuggyIPs", "protocol"];
+const ALLOCATION_FIELDS: &[&str] = &["priority", "namespaces", "namespaceSelectors", "serviceSelectors"];
+const L2_FIELDS: &[&str] =
+    &["ipAddressPools", "ipAddressPoolSelectors", "serviceSelectors", "nodeSelectors", "interfaces"];
 
 /// The pre-0.13 ConfigMap's `config` key.
 #[derive(Debug, Default, Deserialize)]
@@ -148,65 +174,173 @@ struct LegacyPool {
 /// Converts every document of `input`.
 pub fn migrate(input: &str) -> Result<Migration, MigrateError> {
     let mut migration = Migration::default();
+    let mut converted = Converted::default();
     for (index, document) in serde_yaml_ng::Deserializer::from_str(input).enumerate() {
         let value = Value::deserialize(document).map_err(|source| MigrateError::Yaml { index: index + 1, source })?;
-        if value.is_null() {
-            continue;
+        for object in expand_lists(value) {
+            convert(&object, &mut converted, &mut migration)?;
         }
-        convert(&value, &mut migration)?;
     }
-    let mut names: Vec<&str> = migration.pools.iter().filter_map(|p| p.metadata.name.as_deref()).collect();
-    names.sort_unstable();
-    if let Some(duplicate) = names.windows(2).find(|w| w[0] == w[1]) {
-        return Err(MigrateError::DuplicatePool(duplicate[0].to_string()));
-    }
+    converted.finish(&mut migration);
     Ok(migration)
 }
 
-fn convert(value: &Value, migration: &mut Migration) -> Result<(), MigrateError> {
+/// The objects of a document: itself, or the items of a `List` (`kubectl get -o yaml` prints one, nested
+/// lists included).
+fn expand_lists(value: Value) -> Vec<Value> {
+    let kind = value.get("kind").and_then(Value::as_str).unwrap_or_default();
+    if kind.ends_with("List")
+        && let Some(items) = value.get("items").and_then(Value::as_array)
+    {
+        return items.iter().cloned().flat_map(expand_lists).collect();
+    }
+    if value.is_null() { Vec::new() } else { vec![value] }
+}
+
+/// Objects converted so far, with the namespace they came from, before names are made cluster-wide.
+#[derive(Default)]
+struct Converted {
+    pools: Vec<(String, IPAddressPool)>,
+    advertisements: Vec<(String, L2Advertisement)>,
+}
+
+impl Converted {
+    /// Gives every object a cluster-wide name: its own where no other namespace uses it, else
+    /// `<namespace>-<name>`; advertisements' pool references follow their namespace's renames.
+    fn finish(self, migration: &mut Migration) {
+        let pool_names = cluster_names(self.pools.iter().map(|(ns, p)| (ns.as_str(), name_of(&p.metadata))));
+        let advertisement_names =
+            cluster_names(self.advertisements.iter().map(|(ns, a)| (ns.as_str(), name_of(&a.metadata))));
+        let namespaces: std::collections::BTreeSet<String> = self.pools.iter().map(|(ns, _)| ns.clone()).collect();
+        for (namespace, mut pool) in self.pools {
+            let old = name_of(&pool.metadata).to_string();
+            let new = pool_names[&(namespace.clone(), old.clone())].clone();
+            if new != old {
+                migration.warnings.push(format!(
+                    "IPAddressPool {namespace}/{old} is named {new:?}: the name is used in several namespaces and ferrolb's pools are cluster-scoped"
+                ));
+            }
+            pool.metadata.name = Some(new);
+            migration.pools.push(pool);
+        }
+        for (namespace, mut advertisement) in self.advertisements {
+            let old = name_of(&advertisement.metadata).to_string();
+            let new = advertisement_names[&(namespace.clone(), old.clone())].clone();
+            if new != old {
+                migration.warnings.push(format!(
+                    "L2Advertisement {namespace}/{old} is named {new:?}: the name is used in several namespaces"
+                ));
+            }
+            for reference in &mut advertisement.spec.ip_address_pools {
+                if let Some(renamed) = pool_names.get(&(namespace.clone(), reference.clone())) {
+                    *reference = renamed.clone();
+                }
+            }
+            if namespaces.len() > 1 && !advertisement.spec.ip_address_pool_selectors.is_empty() {
+                migration.warnings.push(format!(
+                    "L2Advertisement {namespace}/{old} selects pools by label: it now sees the pools of every namespace ({}), not only its own",
+                    namespaces.iter().map(String::as_str).collect::<Vec<_>>().join(", ")
+                ));
+            }
+            advertisement.metadata.name = Some(new);
+            migration.advertisements.push(advertisement);
+        }
+    }
+}
+
+fn name_of(meta: &ObjectMeta) -> &str {
+    meta.name.as_deref().unwrap_or_default()
+}
+
+/// (namespace, name) → a name unique across namespaces.
+fn cluster_names<'a>(objects: impl Iterator<Item = (&'a str, &'a str)> + Clone) -> BTreeMap<(String, String), String> {
+    let mut namespaces_of: BTreeMap<&str, std::collections::BTreeSet<&str>> = BTreeMap::new();
+    for (namespace, name) in objects.clone() {
+        namespaces_of.entry(name).or_default().insert(namespace);
+    }
+    let mut taken: std::collections::BTreeSet<String> = namespaces_of
+        .iter()
+        .filter(|(_, namespaces)| namespaces.len() == 1)
+        .map(|(name, _)| name.to_string())
+        .collect();
+    let mut names = BTreeMap::new();
+    for (namespace, name) in objects {
+        let key = (namespace.to_string(), name.to_string());
+        if names.contains_key(&key) {
+            continue;
+        }
+        if namespaces_of[name].len() == 1 {
+            names.insert(key, name.to_string());
+            continue;
+        }
+        let base = if namespace.is_empty() { name.to_string() } else { format!("{namespace}-{name}") };
+        let mut candidate = base.clone();
+        let mut suffix = 2;
+        while taken.contains(&candidate) {
+            candidate = format!("{base}-{suffix}");
+            suffix += 1;
+        }
+        taken.insert(candidate.clone());
+        names.insert(key, candidate);
+    }
+    names
+}
+
+fn convert(value: &Value, converted: &mut Converted, migration: &mut Migration) -> Result<(), MigrateError> {
     let api_version = value.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
     let kind = value.get("kind").and_then(Value::as_str).unwrap_or_default();
     let meta: Meta = field(value, "metadata", kind, "")?;
     let spec = value.get("spec").cloned().unwrap_or(Value::Null);
     let group = api_version.split('/').next().unwrap_or_default();
+    let shown = meta.shown();
     match (group, kind) {
         ("metallb.io", "IPAddressPool") => {
-            let spec: MetallbPoolSpec = parse(spec, kind, &meta.name)?;
-            migration.pools.push(pool(&meta, &spec, kind)?);
+            unknown_fields(&spec, "spec", POOL_FIELDS, kind, &shown, migration);
+            if let Some(allocation) = spec.get("serviceAllocation") {
+                unknown_fields(allocation, "spec.serviceAllocation", ALLOCATION_FIELDS, kind, &shown, migration);
+            }
+            let parsed: MetallbPoolSpec = parse(spec, kind, &shown)?;
+            converted.pools.push((meta.namespace.clone(), pool(&meta, &parsed, kind)?));
         }
         ("metallb.io", "AddressPool") => {
-            let spec: MetallbPoolSpec = parse(spec, kind, &meta.name)?;
-            migration.pools.push(pool(&meta, &spec, kind)?);
-            layer2_for_legacy(&meta.name, spec.protocol.as_deref(), migration);
+            unknown_fields(&spec, "spec", LEGACY_POOL_FIELDS, kind, &shown, migration);
+            let parsed: MetallbPoolSpec = parse(spec, kind, &shown)?;
+            converted.pools.push((meta.namespace.clone(), pool(&meta, &parsed, kind)?));
+            layer2_for_legacy(&meta, parsed.protocol.as_deref(), converted, migration);
         }
         ("metallb.io", "L2Advertisement") => {
-            let spec: MetallbL2AdvertisementSpec = parse(spec, kind, &meta.name)?;
-            migration.advertisements.push(L2Advertisement {
-                metadata: object_meta(&meta),
-                spec: L2AdvertisementSpec {
-                    ip_address_pools: spec.ip_address_pools,
-                    ip_address_pool_selectors: spec.ip_address_pool_selectors,
-                    service_selectors: Vec::new(),
-                    node_selectors: spec.node_selectors,
-                    interfaces: spec.interfaces,
+            unknown_fields(&spec, "spec", L2_FIELDS, kind, &shown, migration);
+            let parsed: MetallbL2AdvertisementSpec = parse(spec, kind, &shown)?;
+            converted.advertisements.push((
+                meta.namespace.clone(),
+                L2Advertisement {
+                    metadata: object_meta(&meta),
+                    spec: L2AdvertisementSpec {
+                        ip_address_pools: parsed.ip_address_pools,
+                        ip_address_pool_selectors: parsed.ip_address_pool_selectors,
+                        service_selectors: parsed.service_selectors,
+                        node_selectors: parsed.node_selectors,
+                        interfaces: parsed.interfaces,
+                    },
                 },
-            });
+            ));
         }
-        ("metallb.io", "BGPPeer" | "BGPAdvertisement" | "BFDProfile" | "Community") => migration.warnings.push(
-            format!("{kind} {:?} left out: ferrolb announces on layer 2 (ARP/NDP) only, it has no BGP mode", meta.name),
-        ),
+        ("metallb.io", _) => migration.unconverted.push(format!(
+            "{kind} {shown}: ferrolb has no equivalent yet (it announces on layer 2, ARP/NDP, only); the addresses it announced would no longer be"
+        )),
         ("v1", "ConfigMap") if value.pointer("/data/config").is_some() => {
             let text = value.pointer("/data/config").and_then(Value::as_str).unwrap_or_default();
             let config: LegacyConfig = serde_yaml_ng::from_str(text).map_err(|e| MigrateError::Invalid {
                 kind: "ConfigMap".into(),
-                name: meta.name.clone(),
+                name: shown.clone(),
                 problem: format!("its config is not MetalLB's legacy format: {e}"),
             })?;
             if config.address_pools.is_empty() {
-                migration.warnings.push(format!("ConfigMap {:?} left out: no address-pools in its config", meta.name));
+                migration.warnings.push(format!("ConfigMap {shown} left out: no address-pools in its config"));
             }
             for legacy in config.address_pools {
-                let legacy_meta = Meta { name: legacy.name.clone(), labels: BTreeMap::new() };
+                let legacy_meta =
+                    Meta { name: legacy.name.clone(), namespace: meta.namespace.clone(), labels: BTreeMap::new() };
                 let spec = MetallbPoolSpec {
                     addresses: legacy.addresses,
                     auto_assign: legacy.auto_assign,
@@ -214,34 +348,47 @@ fn convert(value: &Value, migration: &mut Migration) -> Result<(), MigrateError>
                     service_allocation: None,
                     protocol: legacy.protocol.clone(),
                 };
-                migration.pools.push(pool(&legacy_meta, &spec, "address-pool")?);
-                layer2_for_legacy(&legacy.name, legacy.protocol.as_deref(), migration);
+                converted.pools.push((meta.namespace.clone(), pool(&legacy_meta, &spec, "address-pool")?));
+                layer2_for_legacy(&legacy_meta, legacy.protocol.as_deref(), converted, migration);
             }
         }
         _ => migration.warnings.push(format!(
-            "{} {:?} ({}) left out: not MetalLB configuration",
+            "{} {shown:?} ({}) left out: not MetalLB configuration",
             if kind.is_empty() { "a document" } else { kind },
-            meta.name,
             if api_version.is_empty() { "no apiVersion" } else { api_version }
         )),
     }
     Ok(())
 }
 
-fn layer2_for_legacy(pool: &str, protocol: Option<&str>, migration: &mut Migration) {
+/// Reports every key of `object` ferrolb does not carry over, by its path.
+fn unknown_fields(object: &Value, path: &str, known: &[&str], kind: &str, shown: &str, migration: &mut Migration) {
+    for key in object.as_object().into_iter().flat_map(|o| o.keys()) {
+        if !known.contains(&key.as_str()) {
+            migration.unconverted.push(format!("{kind} {shown}: {path}.{key} has no ferrolb equivalent"));
+        }
+    }
+}
+
+fn layer2_for_legacy(pool: &Meta, protocol: Option<&str>, converted: &mut Converted, migration: &mut Migration) {
+    let name = pool.name.clone();
     match protocol {
-        Some("layer2") | None => migration.advertisements.push(L2Advertisement {
-            metadata: ObjectMeta { name: Some(pool.to_string()), ..Default::default() },
-            spec: L2AdvertisementSpec { ip_address_pools: vec![pool.to_string()], ..Default::default() },
-        }),
-        Some(other) => migration.warnings.push(format!(
-            "pool {pool:?} was announced with {other}: converted, but not announced (ferrolb has no BGP mode); add an L2Advertisement to announce it on layer 2"
+        Some("layer2") | None => converted.advertisements.push((
+            pool.namespace.clone(),
+            L2Advertisement {
+                metadata: ObjectMeta { name: Some(name.clone()), ..Default::default() },
+                spec: L2AdvertisementSpec { ip_address_pools: vec![name], ..Default::default() },
+            },
+        )),
+        Some(other) => migration.unconverted.push(format!(
+            "address pool {}: it is announced with {other}, which ferrolb has no equivalent for yet; the pool is converted but nothing announces it",
+            pool.shown()
         )),
     }
 }
 
 fn pool(meta: &Meta, spec: &MetallbPoolSpec, kind: &str) -> Result<IPAddressPool, MigrateError> {
-    let invalid = |problem: String| MigrateError::Invalid { kind: kind.into(), name: meta.name.clone(), problem };
+    let invalid = |problem: String| MigrateError::Invalid { kind: kind.into(), name: meta.shown(), problem };
     if meta.name.is_empty() {
         return Err(invalid("it has no name".into()));
     }
@@ -309,6 +456,8 @@ fn parse<T: serde::de::DeserializeOwned + Default>(value: Value, kind: &str, nam
 pub fn source_namespaces(input: &str) -> Vec<String> {
     let mut namespaces: Vec<String> = serde_yaml_ng::Deserializer::from_str(input)
         .filter_map(|d| Value::deserialize(d).ok())
+        .flat_map(expand_lists)
+        .filter(|v| v.get("apiVersion").and_then(Value::as_str).is_some_and(|a| a.starts_with("metallb.io/")))
         .filter_map(|v| v.pointer("/metadata/namespace").and_then(Value::as_str).map(String::from))
         .collect();
     namespaces.sort();

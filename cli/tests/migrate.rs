@@ -36,8 +36,9 @@ fn documented_pools_and_advertisements_convert_field_for_field() {
     assert_eq!(example.node_selectors[0].match_labels.as_ref().unwrap()["kubernetes.io/hostname"], "NodeA");
     assert_eq!(migration.advertisements[1].spec.ip_address_pool_selectors.len(), 1);
 
-    assert_eq!(migration.warnings.len(), 2, "{:?}", migration.warnings);
-    assert!(migration.warnings.iter().all(|w| w.contains("no BGP mode")));
+    assert!(migration.warnings.is_empty(), "{:?}", migration.warnings);
+    assert_eq!(migration.unconverted.len(), 2, "{:?}", migration.unconverted);
+    assert!(migration.unconverted[0].starts_with("BGPPeer metallb-system/sample: ferrolb has no equivalent"));
 
     // The output reads back as ferrolb objects.
     let yaml = migration.to_yaml().unwrap();
@@ -57,7 +58,7 @@ fn the_legacy_configmap_becomes_pools_and_layer2_advertisements() {
     assert!(!migration.pools[1].spec.auto_assign);
     assert_eq!(migration.advertisements.len(), 1, "only the layer2 pool is announced");
     assert_eq!(migration.advertisements[0].spec.ip_address_pools, ["default"]);
-    assert!(migration.warnings[0].contains("bgp-pool"), "{:?}", migration.warnings);
+    assert!(migration.unconverted[0].contains("metallb-system/bgp-pool"), "{:?}", migration.unconverted);
 }
 
 #[test]
@@ -66,9 +67,85 @@ fn what_ferrolb_would_refuse_is_an_error_naming_it() {
     let error = migrate(bad).unwrap_err();
     assert!(matches!(error, MigrateError::Invalid { .. }));
     assert!(error.to_string().contains("192.168.1.1/24") && error.to_string().contains("\"p\""), "{error}");
-    let duplicate = "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {name: p, namespace: a}\nspec: {addresses: [192.0.2.1]}\n---\napiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {name: p, namespace: b}\nspec: {addresses: [192.0.2.2]}\n";
-    assert!(matches!(migrate(duplicate).unwrap_err(), MigrateError::DuplicatePool(_)));
     assert!(matches!(migrate("{not: [valid").unwrap_err(), MigrateError::Yaml { .. }));
     let other = migrate("apiVersion: v1\nkind: Service\nmetadata: {name: web}\n").unwrap();
     assert!(other.pools.is_empty() && other.warnings[0].contains("not MetalLB"));
+}
+
+fn names(objects: impl IntoIterator<Item = Option<String>>) -> Vec<String> {
+    objects.into_iter().map(Option::unwrap).collect()
+}
+
+/// What `kubectl get ipaddresspools,l2advertisements -A -o yaml` (and `-o json`) prints: a `List` with
+/// server-filled metadata and status, one pool name used in two namespaces.
+#[test]
+fn kubectl_get_output_converts_with_every_field_and_no_collision() {
+    for fixture_name in ["kubectl-get-list.yaml", "kubectl-get-list.json"] {
+        let migration = migrate(&fixture(fixture_name)).unwrap();
+        assert!(migration.unconverted.is_empty(), "{fixture_name}: {:?}", migration.unconverted);
+        assert_eq!(
+            names(migration.pools.iter().map(|p| p.metadata.name.clone())),
+            ["metallb-system-default", "metallb-lab-default"],
+            "{fixture_name}"
+        );
+        let lab = &migration.pools[1];
+        assert!(!lab.spec.auto_assign && lab.spec.avoid_buggy_ips);
+        assert_eq!(lab.spec.service_allocation.as_ref().unwrap().priority, Some(10));
+        assert_eq!(lab.metadata.labels.as_ref().unwrap()["tier"], "edge");
+        assert_eq!(lab.metadata.namespace, None);
+        assert!(lab.metadata.uid.is_none() && lab.metadata.resource_version.is_none(), "server fields dropped");
+        assert!(lab.status.is_none());
+
+        let [system, other] = &migration.advertisements[..] else { panic!("{:?}", migration.advertisements) };
+        assert_eq!(system.metadata.name.as_deref(), Some("metallb-system-l2"));
+        assert_eq!(system.spec.ip_address_pools, ["metallb-system-default"], "references follow the rename");
+        assert_eq!(
+            system.spec.service_selectors[0].match_labels.as_ref().unwrap()["exposure"],
+            "lan",
+            "serviceSelectors kept: dropping them would announce every Service"
+        );
+        assert_eq!(system.spec.interfaces, ["eth0"]);
+        assert_eq!(system.spec.node_selectors.len(), 1);
+        assert_eq!(other.spec.ip_address_pools, ["metallb-lab-default"]);
+        assert_eq!(migration.warnings.len(), 4, "{:?}", migration.warnings);
+        assert!(
+            migration.warnings[0].contains("IPAddressPool metallb-system/default is named \"metallb-system-default\"")
+        );
+    }
+}
+
+#[test]
+fn what_cannot_be_carried_over_is_named_by_object_and_field() {
+    let input = "apiVersion: metallb.io/v1beta1\nkind: L2Advertisement\nmetadata: {name: l2, namespace: metallb-system}\n\
+                 spec: {ipAddressPools: [p], nodeSelectors: [], frobnicate: true}\n---\n\
+                 apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {name: p, namespace: metallb-system}\n\
+                 spec: {addresses: [192.0.2.1], serviceAllocation: {priority: 1, colour: red}}\n";
+    let migration = migrate(input).unwrap();
+    assert_eq!(
+        migration.unconverted,
+        [
+            "L2Advertisement metallb-system/l2: spec.frobnicate has no ferrolb equivalent",
+            "IPAddressPool metallb-system/p: spec.serviceAllocation.colour has no ferrolb equivalent",
+        ]
+    );
+}
+
+/// The command refuses a partial migration (exit 1, nothing on stdout) unless told `--allow-partial`.
+#[test]
+fn the_command_fails_on_what_it_cannot_carry_over_unless_allowed() {
+    let run = |args: &[&str]| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_ferrolb"))
+            .args(["migrate", "-f"])
+            .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/metallb-documented.yaml"))
+            .args(args)
+            .output()
+            .unwrap();
+        (output.status.success(), String::from_utf8(output.stdout).unwrap(), String::from_utf8(output.stderr).unwrap())
+    };
+    let (ok, stdout, stderr) = run(&[]);
+    assert!(!ok && stdout.is_empty(), "{stdout}");
+    assert!(stderr.contains("error: BGPPeer metallb-system/sample"), "{stderr}");
+    let (ok, stdout, stderr) = run(&["--allow-partial"]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("kind: IPAddressPool") && stderr.contains("not converted: BGPPeer"), "{stderr}");
 }

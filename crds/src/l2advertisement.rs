@@ -12,7 +12,8 @@ use serde::{Deserialize, Serialize};
     version = "v1alpha1",
     kind = "L2Advertisement",
     plural = "l2advertisements",
-    shortname = "l2adv",
+    shortname = "flbl2adv",
+    category = "ferrolb",
     printcolumn = r#"{"name":"Pools","type":"string","jsonPath":".spec.ipAddressPools"}"#,
     printcolumn = r#"{"name":"Interfaces","type":"string","jsonPath":".spec.interfaces"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#

@@ -45,6 +45,38 @@ pub fn rendered_crds() -> Result<Vec<(String, String)>, serde_yaml_ng::Error> {
 
 #[cfg(test)]
 mod tests {
+    /// Names other load balancers and CNIs already register (Cilium's CiliumLoadBalancerIPPool and
+    /// CiliumL2AnnouncementPolicy, Calico's IPPool, MetalLB's kinds): a short name among them makes
+    /// `kubectl get NAME` ambiguous on clusters that run both.
+    const TAKEN: &[&str] = &[
+        "ippool",
+        "ippools",
+        "lbippool",
+        "lbippools",
+        "l2announcement",
+        "l2announcements",
+        "ipaddresspool",
+        "l2advertisement",
+        "pool",
+        "pools",
+    ];
+
+    #[test]
+    fn short_names_collide_with_no_other_load_balancer_or_cni() {
+        for crd in super::all_crds() {
+            let names = &crd.spec.names;
+            for short in names.short_names.iter().flatten() {
+                assert!(!TAKEN.contains(&short.as_str()), "{}: short name {short} is taken", names.kind);
+                assert!(short.starts_with("flb"), "{}: short name {short} should be ferrolb's own", names.kind);
+            }
+            assert_eq!(
+                names.categories.as_deref(),
+                Some(&["ferrolb".to_string()][..]),
+                "`kubectl get ferrolb` lists it"
+            );
+        }
+    }
+
     #[test]
     fn committed_crd_yaml_is_what_the_types_generate() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/ferrolb/crds");

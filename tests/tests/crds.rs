@@ -153,3 +153,19 @@ async fn migrated_is_accepted(fixture: &str, objects: usize) {
     assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
     assert_eq!(stdout.matches("(server dry run)").count(), objects, "{stdout}");
 }
+
+/// The short names and the `ferrolb` category resolve on a real API server (kubectl's discovery).
+#[tokio::test]
+async fn short_names_and_the_ferrolb_category_work_with_kubectl() {
+    let _ = pools().await; // the CRDs
+    let plane = ControlPlane::shared();
+    for what in ["flbpool", "flbl2adv", "flbl2ann", "ferrolb", "ipaddresspools.ferrolb.io"] {
+        let output = std::process::Command::new(ferrolb_e2e::toolchain::K8sBinary::Kubectl.path())
+            .arg("--kubeconfig")
+            .arg(plane.kubeconfig_path())
+            .args(["get", what, "-A"])
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "kubectl get {what}: {}", String::from_utf8_lossy(&output.stderr));
+    }
+}

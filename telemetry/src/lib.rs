@@ -28,11 +28,20 @@ pub async fn serve_metrics(
     address: SocketAddr,
     register: impl FnOnce(&mut Registry),
 ) -> std::io::Result<(SocketAddr, Health)> {
-    let mut registry = Registry::default();
-    register(&mut registry);
+    let registry = registry_with(register);
     let health = Health::default();
     let bound = serve(address, registry, health.clone()).await?;
     Ok((bound, health))
+}
+
+/// A registry with `ferrolb_build_info{version}` (the one version of the release, see CHANGELOG.md) and what
+/// `register` adds.
+fn registry_with(register: impl FnOnce(&mut Registry)) -> Registry {
+    let mut registry = Registry::default();
+    let build = prometheus_client::metrics::info::Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]);
+    registry.register("ferrolb_build", "The ferrolb release this binary is", build);
+    register(&mut registry);
+    registry
 }
 
 /// Serves `/metrics`, `/healthz` and `/readyz` until the process ends. Returns the bound address.
@@ -112,5 +121,17 @@ pub async fn shutdown_signal() {
             }
         }
         _ => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_binary_reports_its_release() {
+        let registry = super::registry_with(|_| {});
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap_or_default();
+        let expected = format!("ferrolb_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"));
+        assert!(text.contains(&expected), "{text}");
     }
 }

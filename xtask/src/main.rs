@@ -7,6 +7,7 @@ mod deps;
 mod image;
 mod k8s_bins;
 mod lab;
+mod release;
 mod run;
 #[path = "../../tests/src/toolchain.rs"]
 mod toolchain;

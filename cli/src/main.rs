@@ -18,6 +18,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Print ferrolb's CRDs (the chart's crds/, which `helm upgrade` never updates). Upgrade them first with
+    /// `ferrolb crds | kubectl apply --server-side --force-conflicts -f -`.
+    Crds,
     /// Convert MetalLB's IPAddressPool / L2Advertisement YAML into ferrolb's (stdout); notes on stderr.
     Migrate {
         /// The MetalLB configuration (YAML or JSON, several documents or a `kind: List` as `kubectl get -o
@@ -33,6 +36,12 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Command::Crds => {
+            for (_, yaml) in ferrolb_crds::rendered_crds()? {
+                print!("---\n{yaml}");
+            }
+            Ok(())
+        }
         Command::Migrate { file, allow_partial } => {
             let input = if file.as_os_str() == "-" {
                 let mut text = String::new();

@@ -40,6 +40,9 @@ fn helm(home: &Path, kubeconfig: Option<&Path>, args: &[&str]) -> std::process::
         .env("HELM_DATA_HOME", home.join("data"));
     if let Some(kubeconfig) = kubeconfig {
         command.arg("--kubeconfig").arg(kubeconfig);
+    } else if matches!(args.first(), Some(&"template" | &"lint")) && !args.contains(&"--kube-version") {
+        // Offline, Helm assumes Kubernetes 1.20, which the chart's kubeVersion refuses: say the one we test.
+        command.args(["--kube-version", ferrolb_e2e::toolchain::KUBERNETES_VERSION]);
     }
     command.output().unwrap()
 }
@@ -79,6 +82,11 @@ fn the_chart_lints_and_its_schema_refuses_bad_values() {
         "the speaker gets CAP_NET_RAW only"
     );
     assert!(rendered.contains("readOnlyRootFilesystem: true") && rendered.contains("runAsNonRoot: true"));
+    // kubeVersion holds against the API server's reported version (the binaries are built stamped).
+    let chart_yaml = std::fs::read_to_string(repo().join("charts/ferrolb/Chart.yaml")).unwrap();
+    assert!(chart_yaml.contains("kubeVersion: \">=1.31.0-0\""), "the chart says which Kubernetes it needs");
+    let too_old = helm(home.path(), None, &["template", RELEASE, &chart(), "--kube-version", "1.30.0"]);
+    assert!(!too_old.status.success(), "the chart rendered for Kubernetes 1.30");
     let keepalived = ok(&helm(
         home.path(),
         None,
@@ -274,4 +282,77 @@ fn ferrolb_runs_on_the_charts_rbac_which_allows_nothing_more_and_upgrade_and_uni
     for crd in ["ipaddresspools.ferrolb.io", "l2advertisements.ferrolb.io", "l2announcements.ferrolb.io"] {
         assert!(installed.runtime.block_on(crds.get_opt(crd)).unwrap().is_some(), "{crd} kept (Helm's convention)");
     }
+}
+
+/// The rendered objects of `helm template` with `values`, parsed.
+fn rendered(values: &[&str]) -> Vec<serde_json::Value> {
+    let home = tempfile::tempdir().unwrap();
+    let chart = chart();
+    let mut args = vec!["template", RELEASE, &chart, "-n", INSTALL_NAMESPACE];
+    for value in values {
+        args.extend(["--set", value]);
+    }
+    let text = ok(&helm(home.path(), None, &args));
+    serde_yaml_ng::Deserializer::from_str(&text)
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .filter(|v: &serde_json::Value| !v.is_null())
+        .collect()
+}
+
+fn kind<'a>(objects: &'a [serde_json::Value], kind: &str) -> Vec<&'a serde_json::Value> {
+    objects.iter().filter(|o| o["kind"] == kind).collect()
+}
+
+#[test]
+fn operators_can_name_label_extend_and_bring_their_own_gossip_secret() {
+    let objects = rendered(&[
+        "fullnameOverride=edge-lb",
+        "controller.podLabels.team=net",
+        "speaker.podLabels.team=net",
+        "controller.extraArgs[0]=--log-format=json",
+        "speaker.extraEnv[0].name=EXTRA",
+        "speaker.extraEnv[0].value=on-purpose",
+        "speaker.gossip.existingSecret=sealed-gossip",
+        "speaker.gossip.existingSecretKey=token",
+    ]);
+    let deployment = kind(&objects, "Deployment")[0];
+    let daemonset = kind(&objects, "DaemonSet")[0];
+    assert_eq!(deployment["metadata"]["name"], "edge-lb-controller");
+    assert_eq!(daemonset["metadata"]["name"], "edge-lb-speaker");
+    for workload in [deployment, daemonset] {
+        let pod = &workload["spec"]["template"];
+        assert_eq!(pod["metadata"]["labels"]["team"], "net");
+        let container = &pod["spec"]["containers"][0];
+        assert_eq!(container["startupProbe"]["httpGet"]["path"], "/healthz", "a startup probe guards liveness");
+    }
+    assert_eq!(deployment["spec"]["template"]["spec"]["containers"][0]["args"][0], "--log-format=json");
+    let env = daemonset["spec"]["template"]["spec"]["containers"][0]["env"].as_array().unwrap();
+    assert!(env.iter().any(|e| e["name"] == "EXTRA" && e["value"] == "on-purpose"));
+    assert_eq!(daemonset["spec"]["template"]["spec"]["priorityClassName"], "system-node-critical");
+    assert!(deployment["spec"]["template"]["spec"]["priorityClassName"].is_null());
+    // The operator's Secret is used and none is made (so GitOps renders are stable).
+    assert!(kind(&objects, "Secret").is_empty());
+    let volume = daemonset["spec"]["template"]["spec"]["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "gossip-key")
+        .unwrap();
+    assert_eq!(volume["secret"]["secretName"], "sealed-gossip");
+    assert_eq!(volume["secret"]["items"][0]["key"], "token");
+    assert_eq!(volume["secret"]["items"][0]["path"], "key");
+    // A drain never takes every controller replica.
+    let budget = kind(&objects, "PodDisruptionBudget")[0];
+    assert_eq!(budget["spec"]["maxUnavailable"], 1);
+    assert_eq!(budget["spec"]["selector"]["matchLabels"], deployment["spec"]["selector"]["matchLabels"]);
+
+    // Defaults: a generated Secret, read at the key the speaker expects.
+    let defaults = rendered(&[]);
+    assert_eq!(kind(&defaults, "Secret").len(), 1);
+    let daemonset = kind(&defaults, "DaemonSet")[0];
+    assert_eq!(daemonset["metadata"]["name"], "ferrolb-speaker");
+    let overridden = rendered(&["nameOverride=edge"]);
+    let daemonset = kind(&overridden, "DaemonSet")[0];
+    assert_eq!(daemonset["metadata"]["name"], "ferrolb-edge-speaker");
+    assert_eq!(daemonset["metadata"]["labels"]["app.kubernetes.io/name"], "edge");
 }

@@ -6,6 +6,7 @@
 use ferrolb_crds::{IPAddressPool, IPAddressPoolSpec, L2Advertisement, L2AdvertisementSpec};
 use ferrolb_e2e::objects::install_ferrolb_crds;
 use ferrolb_e2e::{ControlPlane, names};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, PostParams};
 
 async fn pools() -> Api<IPAddressPool> {
@@ -168,4 +169,43 @@ async fn short_names_and_the_ferrolb_category_work_with_kubectl() {
             .unwrap();
         assert!(output.status.success(), "kubectl get {what}: {}", String::from_utf8_lossy(&output.stderr));
     }
+}
+
+/// The CRD upgrade path (`helm upgrade` leaves `crds/` alone): `ferrolb crds`, server-side applied, brings a
+/// CRD an older chart installed up to date.
+#[tokio::test]
+async fn ferrolb_crds_server_side_applied_upgrades_an_older_crd() {
+    let _ = pools().await; // the CRDs
+    let plane = ControlPlane::shared();
+    let client = plane.admin_client().await.unwrap();
+    let crds: Api<CustomResourceDefinition> = Api::all(client);
+    let name = "l2advertisements.ferrolb.io";
+    // "An older version": one printer column fewer (harmless to the tests sharing this API server).
+    let mut older = crds.get(name).await.unwrap();
+    older.metadata.managed_fields = None;
+    older.spec.versions[0].additional_printer_columns.as_mut().unwrap().pop();
+    let shortened = older.spec.versions[0].additional_printer_columns.as_ref().unwrap().len();
+    crds.replace(name, &PostParams::default(), &older).await.unwrap();
+
+    let printed = std::process::Command::new(ferrolb_e2e::process::workspace_binary("ferrolb").unwrap())
+        .arg("crds")
+        .output()
+        .unwrap();
+    assert!(printed.status.success());
+    let mut apply = std::process::Command::new(ferrolb_e2e::toolchain::K8sBinary::Kubectl.path())
+        .arg("--kubeconfig")
+        .arg(plane.kubeconfig_path())
+        .args(["apply", "--server-side", "--force-conflicts", "--field-manager", "ferrolb-crds", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    apply.stdin.take().unwrap().write_all(&printed.stdout).unwrap();
+    let output = apply.wait_with_output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(String::from_utf8_lossy(&output.stdout).matches("serverside-applied").count(), 3);
+    let now = crds.get(name).await.unwrap();
+    assert_eq!(now.spec.versions[0].additional_printer_columns.as_ref().unwrap().len(), shortened + 1);
 }

@@ -22,15 +22,12 @@ use anyhow::{Context, Result, bail};
 use crate::toolchain::{self, K8sBinary};
 
 pub fn ensure_all() -> Result<()> {
-    let missing: Vec<K8sBinary> = K8sBinary::ALL.into_iter().filter(|b| !b.path().is_file()).collect();
+    let missing: Vec<K8sBinary> = K8sBinary::ALL.into_iter().filter(|b| !b.path().is_file() || unstamped(*b)).collect();
     if missing.is_empty() {
         return Ok(());
     }
     let go = GoToolchain::find()?;
     for binary in missing {
-        if binary.path().is_file() {
-            continue; // built together with an earlier one (kube-apiserver and kubectl share a module)
-        }
         let started = Instant::now();
         eprintln!(
             "==> building {} {} from the Go module proxy into {} (a cold build takes minutes; it is cached)",
@@ -125,11 +122,10 @@ impl GoToolchain {
         write_if_changed(&dir.join("go.mod"), &go_mod)?;
         write_if_changed(&dir.join("tools.go"), &tools_go(&KUBERNETES_GROUP))?;
         self.run(&dir, &["mod", "tidy"])?;
-        // Node components report their version to the API server (and `kubectl get nodes`): stamp it, as
-        // Kubernetes' own release build does. The API server and kubectl stay as cached before.
-        let stamped = binary != K8sBinary::KubeApiserver && binary != K8sBinary::Kubectl;
-        let ldflags = stamped.then(|| version_ldflags(toolchain::KUBERNETES_VERSION));
-        self.build_package(&dir, binary.package(), binary, ldflags.as_deref(), &[])
+        // Every binary reports its release, as Kubernetes' own build does: nodes show it, and Helm checks a
+        // chart's kubeVersion against the API server's (an unstamped build says v0.0.0-master).
+        let ldflags = version_ldflags(toolchain::KUBERNETES_VERSION);
+        self.build_package(&dir, binary.package(), binary, Some(&ldflags), &[])
     }
 
     fn build_containerd(&self, binary: K8sBinary) -> Result<()> {
@@ -274,6 +270,20 @@ impl GoToolchain {
         let go_mod = info["GoMod"].as_str().context("`go mod download -json` gave no GoMod path")?;
         fs::read_to_string(go_mod).with_context(|| format!("reading {go_mod}"))
     }
+}
+
+/// Whether a cached Kubernetes binary was built without its version stamped (caches made before the stamp
+/// was added): it is rebuilt, which only relinks.
+fn unstamped(binary: K8sBinary) -> bool {
+    if !KUBERNETES_GROUP.contains(&binary) || !binary.path().is_file() {
+        return false;
+    }
+    let args: &[&str] = if binary == K8sBinary::Kubectl { &["version", "--client"] } else { &["--version"] };
+    Command::new(binary.path())
+        .args(args)
+        .output()
+        .map(|o| !String::from_utf8_lossy(&o.stdout).contains(toolchain::KUBERNETES_VERSION))
+        .unwrap_or(true)
 }
 
 /// How often a long build reports progress.

@@ -1,13 +1,22 @@
+{{- define "ferrolb.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
 {{- define "ferrolb.fullname" -}}
-{{- if contains .Chart.Name .Release.Name -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := include "ferrolb.name" . -}}
+{{- if contains $name .Release.Name -}}
 {{- .Release.Name | trunc 63 | trimSuffix "-" -}}
 {{- else -}}
-{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
 {{- end -}}
 {{- end -}}
 
 {{- define "ferrolb.labels" -}}
-app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/name: {{ include "ferrolb.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
@@ -15,7 +24,7 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- end -}}
 
 {{- define "ferrolb.selector" -}}
-app.kubernetes.io/name: {{ .root.Chart.Name }}
+app.kubernetes.io/name: {{ include "ferrolb.name" .root }}
 app.kubernetes.io/instance: {{ .root.Release.Name }}
 app.kubernetes.io/component: {{ .component }}
 {{- end -}}
@@ -26,7 +35,7 @@ app.kubernetes.io/component: {{ .component }}
 
 {{- define "ferrolb.controller" -}}{{ include "ferrolb.fullname" . }}-controller{{- end -}}
 {{- define "ferrolb.speaker" -}}{{ include "ferrolb.fullname" . }}-speaker{{- end -}}
-{{- define "ferrolb.gossipSecret" -}}{{ include "ferrolb.fullname" . }}-gossip{{- end -}}
+{{- define "ferrolb.gossipSecret" -}}{{ .Values.speaker.gossip.existingSecret | default (printf "%s-gossip" (include "ferrolb.fullname" .)) }}{{- end -}}
 
 {{- define "ferrolb.commonEnv" -}}
 - name: POD_NAMESPACE

@@ -10,6 +10,8 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use prometheus_client::registry::Registry;
 
+pub mod process;
+
 /// Readiness, flipped by the binary when it is ready to do its job (`/readyz` answers 503 until then).
 #[derive(Clone, Default)]
 pub struct Health {
@@ -40,6 +42,7 @@ fn registry_with(register: impl FnOnce(&mut Registry)) -> Registry {
     let mut registry = Registry::default();
     let build = prometheus_client::metrics::info::Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]);
     registry.register("ferrolb_build", "The ferrolb release this binary is", build);
+    registry.register_collector(Box::new(process::ProcessCollector));
     register(&mut registry);
     registry
 }
@@ -133,5 +136,8 @@ mod tests {
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap_or_default();
         let expected = format!("ferrolb_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"));
         assert!(text.contains(&expected), "{text}");
+        for process in ["process_resident_memory_bytes ", "process_cpu_seconds_total ", "process_open_fds "] {
+            assert!(text.contains(process), "{process} missing: {text}");
+        }
     }
 }

@@ -4,6 +4,7 @@
 //! heavy work runs in the workspace's own binaries, built into the shared cache.
 
 mod deps;
+mod docs;
 mod image;
 mod k8s_bins;
 mod lab;

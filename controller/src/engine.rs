@@ -102,6 +102,8 @@ pub struct Engine {
     /// Per pool, the reserved addresses it was last warned about.
     reported_reserved: HashMap<String, BTreeSet<String>>,
     dirty_pools: BTreeSet<String>,
+    /// Some Service gave addresses up since the waiting Services were last offered them.
+    freed: bool,
     synced: bool,
     clock: Box<dyn Fn() -> Time + Send>,
 }
@@ -123,6 +125,7 @@ impl Engine {
             overlaps: HashMap::new(),
             reported_reserved: HashMap::new(),
             dirty_pools: BTreeSet::new(),
+            freed: false,
             synced: false,
             clock,
         }
@@ -204,6 +207,7 @@ impl Engine {
             return Vec::new();
         }
         let mut outputs = self.reconcile_service(&key);
+        outputs.extend(self.offer_freed_addresses());
         if key.namespace == "default" && key.name == "kubernetes" && cluster_ips_before.as_ref() != Some(&now) {
             outputs.extend(self.reservations_changed(now));
         }
@@ -216,7 +220,18 @@ impl Engine {
         if !self.synced {
             return Vec::new();
         }
-        self.reconcile_service(&key)
+        let mut outputs = self.reconcile_service(&key);
+        outputs.extend(self.offer_freed_addresses());
+        outputs
+    }
+
+    /// After a Service gave addresses up: the Services still waiting for one may have it now, at once rather
+    /// than at the next resync.
+    fn offer_freed_addresses(&mut self) -> Vec<Output> {
+        if !std::mem::take(&mut self.freed) || self.unsettled.is_empty() {
+            return Vec::new();
+        }
+        self.reconcile_keys(self.unsettled.clone())
     }
 
     pub fn apply_pool(&mut self, mut pool: IPAddressPool) -> Vec<Output> {
@@ -619,11 +634,29 @@ impl Engine {
         gauges
     }
 
+    /// Services ferrolb handles that hold no address.
+    pub fn pending_services(&self) -> usize {
+        self.unsettled.iter().filter(|key| self.allocator.assignment(key).is_none()).count()
+    }
+
+    /// Every address a Service holds: (Service, address, its pool, whether an L2Advertisement announces it).
+    pub fn held_addresses(&self) -> Vec<(ServiceKey, IpAddr, String, bool)> {
+        let mut held = Vec::new();
+        for (key, assignment) in self.allocator.assignments() {
+            let pool = assignment.pool.clone().unwrap_or_default();
+            let labels = self.services.get(key).map(|s| s.labels().clone()).unwrap_or_default();
+            let advertised = assignment.pool.is_some() && !self.announcers(&pool, &labels).is_empty();
+            held.extend(assignment.ips.iter().map(|ip| (key.clone(), *ip, pool.clone(), advertised)));
+        }
+        held
+    }
+
     fn reconcile_service(&mut self, key: &ServiceKey) -> Vec<Output> {
         let Some(service) = self.services.get(key).cloned() else {
             // Deleted: free its addresses. Nothing to write on an object that is gone.
             if let Some(released) = self.allocator.release(key) {
                 self.mark_dirty(&released.ips);
+                self.freed = true;
             }
             self.reported.remove(key);
             self.unsettled.remove(key);
@@ -643,6 +676,7 @@ impl Engine {
         if before != after {
             self.mark_dirty(&before);
             self.mark_dirty(&after);
+            self.freed |= before.iter().any(|ip| !after.contains(ip));
         }
 
         let mut outputs = Vec::new();
@@ -783,6 +817,7 @@ impl Engine {
         let held = released.is_some();
         if let Some(released) = released {
             self.mark_dirty(&released.ips);
+            self.freed = true;
             outputs.push(event(
                 service,
                 EventType::Normal,

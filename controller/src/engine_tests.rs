@@ -738,3 +738,28 @@ mod sticky {
         }
     }
 }
+
+#[test]
+fn held_addresses_and_pending_services_are_counted_for_metrics() {
+    let mut e = engine();
+    e.apply_pool(pool("quiet", &["192.0.2.1"]));
+    e.initial_sync();
+    e.apply_service(service("first", 1));
+    e.apply_service(service("second", 2));
+    assert_eq!(e.held_addresses(), [(ServiceKey::new("shop", "first"), ip("192.0.2.1"), "quiet".to_string(), false)]);
+    assert_eq!(e.pending_services(), 1);
+    e.apply_advertisement(&advertise_all());
+    assert!(e.held_addresses()[0].3, "announced once an advertisement selects the pool");
+}
+
+#[test]
+fn a_freed_address_goes_to_a_waiting_service_at_once() {
+    let mut e = synced(&[pool("one", &["192.0.2.1"])]);
+    let first = service("first", 1);
+    e.apply_service(first.clone());
+    let out = e.apply_service(service("second", 2));
+    assert_eq!(statuses(&out)[0].condition.as_ref().unwrap().reason, "PoolExhausted");
+    let out = e.delete_service(&first);
+    let second = statuses(&out).into_iter().find(|s| s.key.name == "second").expect("the waiting Service is settled");
+    assert_eq!(second.ingress, [ip("192.0.2.1")]);
+}

@@ -22,6 +22,17 @@ pub struct ReasonLabel {
     pub reason: String,
 }
 
+/// One address a Service holds: `advertised` says whether an L2Advertisement selects its pool for the
+/// Service, i.e. whether some speaker should be announcing it.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServiceAddressLabels {
+    pub namespace: String,
+    pub service: String,
+    pub ip: String,
+    pub pool: String,
+    pub advertised: String,
+}
+
 /// Every metric the controller exports. Cloning shares the same series.
 #[derive(Clone, Default)]
 pub struct Metrics {
@@ -33,6 +44,10 @@ pub struct Metrics {
     pub status_writes: Counter,
     pub write_errors: Family<KindLabel, Counter>,
     pub is_leader: Gauge,
+    /// Services ferrolb handles that hold no address.
+    pub services_pending: Gauge,
+    /// 1 per address a Service holds.
+    pub service_addresses: Family<ServiceAddressLabels, Gauge>,
 }
 
 impl Metrics {
@@ -56,6 +71,16 @@ impl Metrics {
             self.write_errors.clone(),
         );
         registry.register("ferrolb_controller_leader", "1 while this replica is the leader", self.is_leader.clone());
+        registry.register(
+            "ferrolb_services_pending",
+            "LoadBalancer Services of ferrolb's class without an address",
+            self.services_pending.clone(),
+        );
+        registry.register(
+            "ferrolb_service_address",
+            "1 per address a Service holds, with its pool and whether an L2Advertisement announces it",
+            self.service_addresses.clone(),
+        );
     }
 }
 

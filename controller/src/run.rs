@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 
 use crate::engine::{Config, Engine, Output, key_of};
 use crate::ipam::ServiceKey;
-use crate::metrics::{Health, Metrics, PoolLabels, ReasonLabel};
+use crate::metrics::{Health, Metrics, PoolLabels, ReasonLabel, ServiceAddressLabels};
 use crate::writer::{self, Write};
 
 /// Every Service is settled again this often: a safety net for a failed write or a missed event.
@@ -96,6 +96,7 @@ pub async fn run(
     let mut resync = tokio::time::interval(RESYNC_PERIOD);
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut pool_flush = tokio::time::interval(POOL_STATUS_PERIOD);
+    let mut exported_addresses: HashSet<ServiceAddressLabels> = HashSet::new();
     tokio::pin!(stop);
     loop {
         let outputs = tokio::select! {
@@ -185,6 +186,7 @@ pub async fn run(
                     let _ = writes.send(Write::PoolStatus(name, status));
                 }
                 export_pool_gauges(&engine, &metrics);
+                export_service_addresses(&engine, &metrics, &mut exported_addresses);
                 Vec::new()
             }
         };
@@ -267,6 +269,29 @@ fn count(metrics: &Metrics, output: &Output) {
         }
         _ => {}
     }
+}
+
+/// The per-address series, brought to what the engine holds (series of released addresses go).
+fn export_service_addresses(engine: &Engine, metrics: &Metrics, exported: &mut HashSet<ServiceAddressLabels>) {
+    metrics.services_pending.set(i64::try_from(engine.pending_services()).unwrap_or(i64::MAX));
+    let now: HashSet<ServiceAddressLabels> = engine
+        .held_addresses()
+        .into_iter()
+        .map(|(key, ip, pool, advertised)| ServiceAddressLabels {
+            namespace: key.namespace,
+            service: key.name,
+            ip: ip.to_string(),
+            pool,
+            advertised: advertised.to_string(),
+        })
+        .collect();
+    for gone in exported.difference(&now) {
+        metrics.service_addresses.remove(gone);
+    }
+    for labels in &now {
+        metrics.service_addresses.get_or_create(labels).set(1);
+    }
+    *exported = now;
 }
 
 fn export_pool_gauges(engine: &Engine, metrics: &Metrics) {

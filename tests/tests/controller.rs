@@ -34,6 +34,8 @@ struct Setup {
     tag: String,
     logs: tempfile::TempDir,
     controllers: Vec<ManagedProcess>,
+    /// Each started controller's /metrics port.
+    metrics_ports: Vec<u16>,
 }
 
 impl Setup {
@@ -52,17 +54,28 @@ impl Setup {
             tag,
             logs: tempfile::tempdir().unwrap(),
             controllers: Vec::new(),
+            metrics_ports: Vec::new(),
         }
     }
 
     fn start_controller(&mut self) -> usize {
         let index = self.controllers.len();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        self.metrics_ports.push(port);
+        let metrics_address = format!("127.0.0.1:{port}");
         let mut command = Command::new(workspace_binary("ferrolb-controller").unwrap());
         command
             .args(["--load-balancer-class", &self.class, "--ignore-unset-class"])
             .args(["--pool-selector", &format!("ferrolb-test={}", self.tag)])
             .args(["--namespace", &self.namespace, "--identity", &format!("replica-{index}")])
-            .args(["--metrics-address", "127.0.0.1:0", "--lease-duration-seconds", "4", "--lease-grace-seconds", "1"])
+            .args([
+                "--metrics-address",
+                &metrics_address,
+                "--lease-duration-seconds",
+                "4",
+                "--lease-grace-seconds",
+                "1",
+            ])
             .env("KUBECONFIG", self.plane.kubeconfig_path())
             .env("RUST_LOG", "info,ferrolb_controller=debug");
         let log = self.logs.path().join(format!("controller-{index}.log"));
@@ -590,4 +603,65 @@ async fn a_pool_with_an_invalid_selector_is_not_ready_and_says_why() {
         "{}",
         condition.message
     );
+}
+
+/// The text of a controller's /metrics.
+async fn scrape(port: u16) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n").await.ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).await.ok()?;
+    Some(text)
+}
+
+#[tokio::test]
+async fn metrics_show_every_address_its_pool_whether_it_is_announced_and_the_pending_services() {
+    let mut s = Setup::new().await;
+    let pool = s.pool("one", &["192.0.2.130"], |_| {}).await;
+    s.start_controller();
+    s.service("first", "SingleStack", &[]).await;
+    assert_eq!(s.ips("first").await, ["192.0.2.130"]);
+    s.service("second", "SingleStack", &[]).await;
+    s.condition("second", "PoolExhausted").await;
+    let port = s.metrics_ports[0];
+    let series = format!(
+        "ferrolb_service_address{{namespace=\"{}\",service=\"first\",ip=\"192.0.2.130\",pool=\"{pool}\",advertised=\"false\"}} 1",
+        s.namespace
+    );
+    eventually(
+        "the address series and one pending Service",
+        || async {
+            let text = scrape(port).await?;
+            (text.contains(&series) && text.contains("ferrolb_services_pending 1")).then_some(())
+        },
+        &s,
+    )
+    .await;
+    let spec = L2AdvertisementSpec { ip_address_pools: vec![pool.clone()], ..Default::default() };
+    Api::<L2Advertisement>::all(s.client.clone())
+        .create(&PostParams::default(), &L2Advertisement::new(&pool, spec))
+        .await
+        .unwrap();
+    let announced = series.replace("advertised=\"false\"", "advertised=\"true\"");
+    eventually(
+        "the address marked as announced",
+        || async { scrape(port).await?.contains(&announced).then_some(()) },
+        &s,
+    )
+    .await;
+    s.services().delete("first", &DeleteParams::default()).await.unwrap();
+    // The freed address goes to the waiting Service; the first one's series goes with it.
+    eventually(
+        "the series follow the move",
+        || async {
+            let text = scrape(port).await?;
+            (text.contains("service=\"second\",ip=\"192.0.2.130\"")
+                && !text.contains("service=\"first\"")
+                && text.contains("ferrolb_services_pending 0"))
+            .then_some(())
+        },
+        &s,
+    )
+    .await;
 }

@@ -20,6 +20,12 @@ impl FamilyLabel {
     }
 }
 
+/// Why a gossip datagram was dropped (see [`crate::gossip_auth::AuthError::reason`]).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RejectLabel {
+    pub reason: &'static str,
+}
+
 /// Every metric the speaker exports. Cloning shares the same series.
 #[derive(Clone, Debug, Default)]
 pub struct Metrics {
@@ -32,7 +38,7 @@ pub struct Metrics {
     pub requests_answered: Family<FamilyLabel, Counter>,
     pub conflicts: Family<FamilyLabel, Counter>,
     pub send_errors: Counter,
-    pub rejected_gossip: Counter,
+    pub rejected_gossip: Family<RejectLabel, Counter>,
 }
 
 impl Metrics {
@@ -66,7 +72,7 @@ impl Metrics {
         registry.register("ferrolb_speaker_send_errors", "Frames that could not be sent", self.send_errors.clone());
         registry.register(
             "ferrolb_speaker_rejected_gossip_datagrams",
-            "Gossip datagrams dropped because their authentication tag did not verify",
+            "Gossip datagrams dropped, by reason: bad_tag or truncated (no valid key), stale (sent outside the freshness window), replayed (seen before), version",
             self.rejected_gossip.clone(),
         );
     }

@@ -173,7 +173,7 @@ pub async fn run(
         if state.hold_until.is_some() && state.hold_ends_on_contact && live.len() >= peers.len().max(2) {
             state.hold_until = None;
         }
-        let world = cluster.world();
+        let world = cluster.world().with_own_addresses(&me, inventory.own_addresses());
         let decisions = plan::decide(&world, &live);
         let mut desired = plan::mine(&decisions, &me, &inventory);
         let unplaced = plan::unplaced(&decisions, &me, &desired);
@@ -201,6 +201,7 @@ pub async fn run(
         metrics.owned_vips.set(i64::try_from(after.len()).unwrap_or(i64::MAX));
         responder.execute(actions).await;
         let janitor = live.keys().next() == Some(&me);
+        state.report_node_addresses(&cluster, &reports, plan::node_address_vips(&world), janitor);
         state.report(&cluster, &reports, decisions, &held, janitor);
         state.report_unplaced(&cluster, &reports, unplaced);
     }
@@ -249,6 +250,8 @@ pub(crate) struct State {
     conflict_events: HashMap<(IpAddr, Mac), Instant>,
     /// Services this node owns but cannot announce (some VIP has no interface), already reported.
     unplaced_services: BTreeSet<ServiceReference>,
+    /// Service VIPs refused as a node's address, already reported.
+    node_address_vips: BTreeSet<(ServiceReference, IpAddr)>,
 }
 
 impl State {
@@ -262,6 +265,7 @@ impl State {
             announced_services: BTreeSet::new(),
             conflict_events: HashMap::new(),
             unplaced_services: BTreeSet::new(),
+            node_address_vips: BTreeSet::new(),
         }
     }
 
@@ -325,6 +329,40 @@ impl State {
             }
         }
         self.unplaced_services = now;
+    }
+
+    /// Tells the user once about every Service VIP that is a node's address (never announced). An address a
+    /// Node lists is reported by the janitor alone (every speaker sees it); one only on this node's
+    /// interfaces by this node.
+    pub(crate) fn report_node_addresses(
+        &mut self,
+        cluster: &Cluster,
+        reports: &report::Reports,
+        refused: Vec<plan::NodeAddressVip>,
+        janitor: bool,
+    ) {
+        let now: BTreeSet<(ServiceReference, IpAddr)> = refused.iter().map(|r| (r.service.clone(), r.vip)).collect();
+        for refusal in refused {
+            let key = (refusal.service.clone(), refusal.vip);
+            if self.node_address_vips.contains(&key) {
+                continue;
+            }
+            let ours = if refusal.listed { janitor } else { refusal.node == self.me };
+            if !ours {
+                continue;
+            }
+            let note = format!(
+                "{} is an address of node {}: no speaker announces it (a gratuitous ARP would take the node's own traffic); give the Service an address that no node has",
+                refusal.vip, refusal.node
+            );
+            let service = format!("{}/{}", refusal.service.namespace, refusal.service.name);
+            tracing::warn!(%service, "{note}");
+            if let Some(regarding) = cluster.service_reference(&refusal.service) {
+                let _ = reports.send(Report::Notice(Notice { regarding, warning: true, reason: "NodeAddress", note }));
+            }
+            self.node_address_vips.insert(key);
+        }
+        self.node_address_vips.retain(|k| now.contains(k));
     }
 
     fn report_conflict(&mut self, cluster: &Cluster, reports: &report::Reports, conflict: Conflict) {

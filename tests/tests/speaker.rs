@@ -142,3 +142,64 @@ fn deleting_the_service_stops_every_answer_and_removes_its_announcement() {
     lab.running.lab().client_exec("ip", &["neigh", "flush", "dev", "eth0"]).unwrap();
     assert_eq!(lab.curl(VIP4), None);
 }
+
+#[test]
+fn a_kept_address_outside_every_pool_stays_reachable_through_its_pool_of_origin() {
+    let mut lab = L2Lab::up();
+    lab.owner();
+    // The test writes the Service's status itself, as the controller does: its address and the pool it came
+    // from.
+    lab.running.stop_controller(Duration::from_secs(5)).unwrap();
+    let kept = "192.0.2.240";
+    lab.service_with_status("kept", &[kept], Some("demo-pool"));
+    lab.wait_for("the kept address to answer", || lab.curl(kept).is_some());
+
+    // The pool shrinks: the address is outside every pool, and the Service still holds it.
+    lab.patch_pool(
+        "demo-pool",
+        serde_json::json!({"spec": {"addresses": ["192.0.2.200-192.0.2.230", "2001:db8::200-2001:db8::250"]}}),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let client = lab.running.lab().client().interface.clone();
+    lab.running.lab().client_exec("ip", &["neigh", "flush", "dev", &client]).unwrap();
+    assert!(lab.curl(kept).is_some(), "the kept address stopped answering when its pool shrank\n{}", lab.logs());
+    assert_eq!(lab.arping_macs(kept, 3).len(), 1, "one MAC answers for {kept}");
+
+    // The pool is deleted: matched by its name, the address is still announced.
+    let api: Api<ferrolb_crds::IPAddressPool> = Api::all(lab.client.clone());
+    lab.runtime.block_on(api.delete("demo-pool", &DeleteParams::default())).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    lab.running.lab().client_exec("ip", &["neigh", "flush", "dev", &client]).unwrap();
+    assert!(lab.curl(kept).is_some(), "the kept address stopped answering when its pool was deleted\n{}", lab.logs());
+}
+
+#[test]
+fn a_service_asking_for_a_nodes_address_is_refused_and_the_node_stays_reachable() {
+    let mut lab = L2Lab::up();
+    lab.owner();
+    lab.running.stop_controller(Duration::from_secs(5)).unwrap();
+    // node-2's own InternalIP, inside an advertised pool, in a Service's status.
+    let node2 = lab.running.lab().node("node-2").unwrap().ipv4.clone();
+    lab.patch_pool(
+        "demo-pool",
+        serde_json::json!({"spec": {"addresses": ["192.0.2.200-192.0.2.250", "2001:db8::200-2001:db8::250", format!("{node2}/32")]}}),
+    );
+    lab.service_with_status("node-address", &[&node2], None);
+    lab.wait_for("a NodeAddress Warning on the Service", || {
+        !lab.events_about("node-address", "NodeAddress").is_empty()
+    });
+    let event = &lab.events_about("node-address", "NodeAddress")[0];
+    assert_eq!(event.type_.as_deref(), Some("Warning"));
+    assert!(event.note.as_deref().unwrap_or_default().contains(&node2), "{event:?}");
+
+    // Nobody announced it: only the demo VIPs are owned anywhere, and only node-2 itself answers for its
+    // address, which still reaches node-2.
+    std::thread::sleep(Duration::from_secs(1));
+    let owned: f64 =
+        ["node-1", "node-2", "node-3"].iter().map(|n| metric(&lab.metrics(n), "ferrolb_speaker_owned_vips")).sum();
+    assert_eq!(owned, 2.0, "only the demo Service's two VIPs are announced\n{}", lab.logs());
+    let client = lab.running.lab().client().interface.clone();
+    lab.running.lab().client_exec("ip", &["neigh", "flush", "dev", &client]).unwrap();
+    assert_eq!(lab.arping_macs(&node2, 3), std::collections::BTreeSet::from([lab.mac("node-2")]));
+    assert_eq!(lab.curl(&node2).as_deref(), Some("node-2"));
+}

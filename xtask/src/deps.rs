@@ -15,6 +15,7 @@ const DEBIAN_TOOLS: &[(&str, &str)] = &[
     ("arping", "arping"),
     ("ndisc6", "ndisc6"),
     ("tcpdump", "tcpdump"),
+    ("nft", "nftables"),
     ("keepalived", "keepalived"),
 ];
 

@@ -38,6 +38,10 @@ pub struct Metrics {
     pub requests_answered: Family<FamilyLabel, Counter>,
     pub conflicts: Family<FamilyLabel, Counter>,
     pub send_errors: Counter,
+    /// ARP probes and DAD-style Neighbor Solicitations sent before taking a VIP over.
+    pub probes_sent: Family<FamilyLabel, Counter>,
+    /// Takeovers put off (or stand-ins stood down) because another MAC holds the VIP.
+    pub takeovers_deferred: Counter,
     pub rejected_gossip: Family<RejectLabel, Counter>,
 }
 
@@ -70,6 +74,16 @@ impl Metrics {
             self.conflicts.clone(),
         );
         registry.register("ferrolb_speaker_send_errors", "Frames that could not be sent", self.send_errors.clone());
+        registry.register(
+            "ferrolb_speaker_probes_sent",
+            "ARP probes and Neighbor Solicitations sent to check a VIP is orphaned before taking it over",
+            self.probes_sent.clone(),
+        );
+        registry.register(
+            "ferrolb_speaker_takeovers_deferred",
+            "Takeovers put off, or stand-ins stood down, because another MAC answers for the VIP",
+            self.takeovers_deferred.clone(),
+        );
         registry.register(
             "ferrolb_speaker_rejected_gossip_datagrams",
             "Gossip datagrams dropped, by reason: bad_tag or truncated (no valid key), stale (sent outside the freshness window), replayed (seen before), version",

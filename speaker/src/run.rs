@@ -1,7 +1,10 @@
 //! The speaker's main loop: wires the watches, the membership, the interface inventory, the announcer and
 //! the sockets together. Every input (an object changed, a member came or went, a link changed) leads to the
 //! same step: rebuild the plan, bring the announcer to it, swap the answered set, and queue the reports.
-//! The failover path (member down → plan → gratuitous ARP/NA) touches no API.
+//! The failover path (member down → plan → probe → gratuitous ARP/NA) touches no API. When this node
+//! really starts and stops answering for a VIP the plan gives or takes is [`crate::claims`]' decision:
+//! a takeover from a holder that is not a live member waits for a silent probe, a stand-in stands down when
+//! it hears the owner, and a VIP handed to a live member is answered until that member announces it.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -14,6 +17,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::announcer::{Announcer, Timing};
+use crate::claims::{self, Claims, Heard, Want};
 use crate::cluster::{ClassFilter, Cluster, node_address};
 use crate::frames::Mac;
 use crate::gossip_auth::SharedKey;
@@ -104,6 +108,7 @@ pub async fn run(
     let writer = tokio::spawn(report::run(client.clone(), options.namespace.clone(), events, reports_rx));
 
     let mut state = State::new(me.clone(), options.timing, options.join_grace);
+    let mut probes: Vec<(IpAddr, String)> = Vec::new();
     health.set_ready(true);
     let mut api_dirty: Option<Instant> = Some(Instant::now());
     let mut resync = tokio::time::interval(RESYNC_PERIOD);
@@ -112,6 +117,8 @@ pub async fn run(
     loop {
         let far = Instant::now() + Duration::from_secs(3600);
         let next_due = state.announcer.next_due().map(Instant::from_std).unwrap_or(far);
+        let claims_due = state.claims.next_due().map(Instant::from_std).unwrap_or(far);
+        let complete = members.borrow().len() >= peers.len();
         tokio::select! {
             _ = &mut stop => break,
             _ = cluster.changed() => {
@@ -154,8 +161,23 @@ pub async fn run(
                 }
             }
             Some(conflict) = conflicts.recv() => {
-                state.report_conflict(&cluster, &reports, conflict);
-                continue;
+                match state.claims.heard(conflict.vip, std::time::Instant::now()) {
+                    Heard::Ignored => continue,
+                    Heard::Conflict => {
+                        state.report_conflict(&cluster, &reports, conflict);
+                        continue;
+                    }
+                    Heard::Deferred | Heard::StoodDown => {
+                        metrics.takeovers_deferred.inc();
+                        state.log_deferral(&conflict);
+                    }
+                    Heard::Released => {
+                        tracing::info!(vip = %conflict.vip, mac = %conflict.mac, "handed over: the new owner announces it");
+                    }
+                }
+            }
+            _ = tokio::time::sleep_until(claims_due) => {
+                probes = state.claims.tick(complete, std::time::Instant::now()).probes;
             }
             _ = tokio::time::sleep_until(next_due) => {
                 let actions = state.announcer.due(std::time::Instant::now());
@@ -182,11 +204,37 @@ pub async fn run(
             let held: BTreeSet<IpAddr> = state.announcer.owned().copied().collect();
             desired.retain(|vip, _| held.contains(vip));
         }
+        let now = std::time::Instant::now();
+        let complete = live.len() >= peers.len();
+        let holders = previous_holders(&state.decisions, &cluster.announcements(), &me);
+        let wanted: BTreeMap<IpAddr, Want> = desired
+            .iter()
+            .map(|(vip, interfaces)| {
+                let holder_live = holders.get(vip).is_some_and(|h| live.contains_key(h));
+                (*vip, Want { interfaces: interfaces.clone(), holder_live })
+            })
+            .collect();
+        let handed_over: BTreeSet<IpAddr> = decisions
+            .iter()
+            .filter(|d| d.owner.as_deref().is_some_and(|o| o != me))
+            .flat_map(|d| d.vips.iter().copied())
+            .collect();
+        probes.extend(state.claims.update(&wanted, &handed_over, complete, now).probes);
+        let answered = state.claims.answered();
+        let watched: BTreeMap<IpAddr, BTreeSet<String>> = state
+            .claims
+            .watched()
+            .into_iter()
+            .filter_map(|v| wanted.get(&v).map(|w| (v, w.interfaces.clone())))
+            .collect();
         let before: BTreeSet<IpAddr> = state.announcer.owned().copied().collect();
-        let actions = state.announcer.update(&desired, std::time::Instant::now());
-        let held = held_interfaces(&state.announcer, &desired);
-        // Stop answering for lost VIPs before anything else happens.
-        responder.set_owned(&held);
+        let actions = state.announcer.update(&answered, now);
+        let held = answered;
+        // Stop answering for lost VIPs before anything else happens, and listen for answers before probing.
+        responder.set_owned(&held, &watched);
+        for (vip, interface) in probes.drain(..) {
+            responder.probe(vip, &interface).await;
+        }
         let after: BTreeSet<IpAddr> = held.keys().copied().collect();
         let changes = before.symmetric_difference(&after).count();
         if changes > 0 {
@@ -208,7 +256,7 @@ pub async fn run(
 
     tracing::info!("stopping: releasing every VIP and leaving the gossip group");
     let actions = state.announcer.update(&BTreeMap::new(), std::time::Instant::now());
-    responder.set_owned(&BTreeMap::new());
+    responder.set_owned(&BTreeMap::new(), &BTreeMap::new());
     responder.execute(actions).await;
     membership.leave().await;
     drop(reports);
@@ -231,16 +279,31 @@ pub(crate) async fn watch_cluster(
     Ok((cluster, node))
 }
 
-fn held_interfaces(
-    announcer: &Announcer,
-    desired: &BTreeMap<IpAddr, BTreeSet<String>>,
-) -> BTreeMap<IpAddr, BTreeSet<String>> {
-    announcer.owned().filter_map(|vip| desired.get(vip).map(|i| (*vip, i.clone()))).collect()
+/// Who held each VIP last, as far as this node knows: the owner of its last plan, unless that was this
+/// node, else the node its Service's L2Announcement names (the writer of which held it). This node is never
+/// a holder here: a takeover from itself has nobody to wait for.
+fn previous_holders(
+    decisions: &[Decision],
+    announcements: &BTreeMap<String, ferrolb_crds::L2AnnouncementSpec>,
+    me: &str,
+) -> BTreeMap<IpAddr, String> {
+    let mut holders: BTreeMap<IpAddr, String> = announcements
+        .values()
+        .filter(|a| a.node != me)
+        .flat_map(|a| a.ips.iter().filter_map(|ip| ip.parse().ok()).map(|ip| (ip, a.node.clone())))
+        .collect();
+    for decision in decisions {
+        if let Some(owner) = decision.owner.as_deref().filter(|o| *o != me) {
+            holders.extend(decision.vips.iter().map(|vip| (*vip, owner.to_string())));
+        }
+    }
+    holders
 }
 
 pub(crate) struct State {
     me: String,
     announcer: Announcer,
+    claims: Claims,
     hold_until: Option<Instant>,
     /// At start-up the hold ends as soon as another member is seen.
     hold_ends_on_contact: bool,
@@ -257,6 +320,7 @@ pub(crate) struct State {
 impl State {
     pub(crate) fn new(me: String, timing: Timing, join_grace: Duration) -> Self {
         Self {
+            claims: Claims::new(me.clone(), claims::Timing::with_join_grace(join_grace)),
             me,
             announcer: Announcer::new(timing),
             hold_until: Some(Instant::now() + join_grace),
@@ -363,6 +427,19 @@ impl State {
             self.node_address_vips.insert(key);
         }
         self.node_address_vips.retain(|k| now.contains(k));
+    }
+
+    fn log_deferral(&self, conflict: &Conflict) {
+        let services: Vec<String> = self
+            .decisions
+            .iter()
+            .filter(|d| d.vips.contains(&conflict.vip))
+            .map(|d| format!("{}/{}", d.service.namespace, d.service.name))
+            .collect();
+        tracing::warn!(
+            vip = %conflict.vip, mac = %conflict.mac, interface = %conflict.interface, services = ?services,
+            "another MAC answers for this VIP (its previous owner, which the gossip cannot reach, or another host): not taking it over; probing again later"
+        );
     }
 
     fn report_conflict(&mut self, cluster: &Cluster, reports: &report::Reports, conflict: Conflict) {

@@ -101,10 +101,30 @@ impl L2Lab {
         let client = self.running.lab().client().interface.clone();
         let count = count.to_string();
         let output = self.running.lab().client_exec("arping", &["-c", &count, "-w", "3", "-i", &client, ip]).unwrap();
-        String::from_utf8_lossy(&output.stdout)
-            .lines()
-            .filter_map(|line| line.split("from ").nth(1)?.split_whitespace().next().map(str::to_lowercase))
-            .collect()
+        macs_in(&String::from_utf8_lossy(&output.stdout))
+    }
+
+    /// Starts `arping` from the client: `count` requests for `ip`, one every `interval`; its output (with
+    /// `dots`, one `!` per answered request and `.` per unanswered one) once it is done.
+    pub fn arping_in_background(
+        &self,
+        ip: &str,
+        interval: Duration,
+        count: u32,
+        dots: bool,
+    ) -> std::thread::JoinHandle<String> {
+        let (ns, interface, ip) =
+            (self.running.lab().client().netns.clone(), self.running.lab().client().interface.clone(), ip.to_string());
+        std::thread::spawn(move || {
+            let (wait, count) = (format!("{:.3}", interval.as_secs_f64()), count.to_string());
+            let mut args = vec!["-W", &wait, "-c", &count, "-i", &interface];
+            if dots {
+                args.push("-D");
+            }
+            args.push(&ip);
+            let output = netns::exec(&ns, "arping", &args).unwrap();
+            String::from_utf8_lossy(&output.stdout).into_owned()
+        })
     }
 
     /// The link-layer address a Neighbor Solicitation for `ip` gets, if any.
@@ -259,6 +279,19 @@ impl L2Lab {
         let patch = serde_json::json!({"metadata": {"labels": {key: value}}});
         self.runtime.block_on(api.patch(node, &PatchParams::default(), &Patch::Merge(&patch))).unwrap();
     }
+}
+
+/// The MACs in `arping` output.
+pub fn macs_in(arping_output: &str) -> BTreeSet<String> {
+    arping_output
+        .lines()
+        .filter_map(|line| line.split("from ").nth(1)?.split_whitespace().next().map(str::to_lowercase))
+        .collect()
+}
+
+/// The longest run of unanswered requests in `arping -D` output.
+pub fn longest_unanswered_run(dots: &str) -> usize {
+    dots.split('!').map(|run| run.chars().filter(|c| *c == '.').count()).max().unwrap_or(0)
 }
 
 pub fn metric(text: &str, name: &str) -> f64 {

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use ferrolb_e2e::l2lab::{L2Lab, VIP4, VIP6, metric};
+use ferrolb_e2e::l2lab::{L2Lab, VIP4, VIP6, macs_in, metric};
 use ferrolb_e2e::lab_supervisor::{DEMO_NAMESPACE, DEMO_SERVICE};
 use ferrolb_e2e::netns;
 use ferrolb_e2e::objects::{Backend, apply_endpoint_slice};
@@ -202,4 +202,99 @@ fn a_service_asking_for_a_nodes_address_is_refused_and_the_node_stays_reachable(
     lab.running.lab().client_exec("ip", &["neigh", "flush", "dev", &client]).unwrap();
     assert_eq!(lab.arping_macs(&node2, 3), std::collections::BTreeSet::from([lab.mac("node-2")]));
     assert_eq!(lab.curl(&node2).as_deref(), Some("node-2"));
+}
+
+/// Every node but `owner`.
+fn others(owner: &str) -> Vec<&'static str> {
+    ["node-1", "node-2", "node-3"].into_iter().filter(|n| *n != owner).collect()
+}
+
+/// For `span`, one ARP request for VIP4 every 50 ms from the client, and every second the other nodes'
+/// owned-VIP count (both families): returns every MAC that answered and the most VIPs another node held.
+fn answers_during(lab: &L2Lab, owner: &str, span: Duration) -> (std::collections::BTreeSet<String>, f64) {
+    let interval = Duration::from_millis(50);
+    let count = u32::try_from(span.as_millis() / interval.as_millis()).unwrap();
+    let arping = lab.arping_in_background(VIP4, interval, count, false);
+    let until = std::time::Instant::now() + span;
+    let mut most = 0.0f64;
+    while std::time::Instant::now() < until {
+        for other in others(owner) {
+            most = most.max(metric(&lab.metrics(other), "ferrolb_speaker_owned_vips"));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    (macs_in(&arping.join().unwrap()), most)
+}
+
+#[test]
+fn cutting_only_the_gossip_leaves_one_mac_answering_each_vip() {
+    let lab = L2Lab::up();
+    let owner = lab.owner();
+    // The LAN stays up; only UDP 7946 is dropped on every node: each believes the others dead.
+    for node in ["node-1", "node-2", "node-3"] {
+        lab.cut_gossip(node);
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let (macs, most) = answers_during(&lab, &owner, Duration::from_secs(19));
+    assert_eq!(
+        macs,
+        std::collections::BTreeSet::from([lab.mac(&owner)]),
+        "ARP answers during the partition\n{}",
+        lab.logs()
+    );
+    assert_eq!(most, 0.0, "another node claimed a VIP during the partition\n{}", lab.logs());
+    assert!(metric(&lab.metrics(others(&owner)[0]), "ferrolb_speaker_takeovers_deferred_total") >= 1.0);
+    for node in ["node-1", "node-2", "node-3"] {
+        lab.restore_gossip(node);
+    }
+    lab.wait_for("every speaker to see the others again", || {
+        ["node-1", "node-2", "node-3"].iter().all(|n| metric(&lab.metrics(n), "ferrolb_speaker_members") == 3.0)
+    });
+    lab.assert_single_owner(&owner);
+}
+
+#[test]
+fn a_speaker_restarted_with_another_gossip_key_takes_nothing_that_is_answered() {
+    let mut lab = L2Lab::up();
+    let owner = lab.owner();
+    let stranger = others(&owner)[0];
+    // Only the restarted speaker reads the new key: it cannot gossip with anyone, and nobody with it.
+    lab.running.signal_speaker(stranger, Signal::SIGKILL).unwrap();
+    lab.running.wait_speaker_exit(stranger, Duration::from_secs(5)).unwrap();
+    ferrolb_e2e::objects::write_gossip_key(&lab.state.path().join("gossip.key")).unwrap();
+    lab.running.start_stopped();
+    // Its join grace (2 s) passes alone, then it would claim every VIP.
+    std::thread::sleep(Duration::from_secs(3));
+    let (macs, most) = answers_during(&lab, &owner, Duration::from_secs(10));
+    assert_eq!(macs, std::collections::BTreeSet::from([lab.mac(&owner)]), "ARP answers\n{}", lab.logs());
+    assert_eq!(most, 0.0, "a node other than the owner claimed a VIP\n{}", lab.logs());
+    let stranger_metrics = lab.metrics(stranger);
+    assert_eq!(metric(&stranger_metrics, "ferrolb_speaker_members"), 1.0, "{stranger_metrics}");
+    assert!(metric(&stranger_metrics, "ferrolb_speaker_takeovers_deferred_total") >= 1.0, "{stranger_metrics}");
+    assert_eq!(lab.curl(VIP4).as_deref(), Some(owner.as_str()));
+}
+
+#[test]
+fn a_returning_owner_takes_its_vip_back_with_no_gap_in_arp_answers() {
+    let lab = L2Lab::up();
+    let owner = lab.owner();
+    let ns = lab.netns(&owner);
+    let cut = std::time::Instant::now();
+    netns::exec(&ns, "ip", &["link", "set", "eth0", "down"]).unwrap();
+    let next = lab.wait_for_new_owner(&owner);
+    // From the stand-in's takeover until well after the return: an ARP request every 20 ms.
+    let interval = Duration::from_millis(20);
+    let watched = Duration::from_secs(20).saturating_sub(cut.elapsed()) + Duration::from_secs(6);
+    let count = u32::try_from(watched.as_millis() / interval.as_millis()).unwrap();
+    let arping = lab.arping_in_background(VIP4, interval, count, true);
+    std::thread::sleep(Duration::from_secs(20).saturating_sub(cut.elapsed()));
+    netns::exec(&ns, "ip", &["link", "set", "eth0", "up"]).unwrap();
+    let dots = arping.join().unwrap();
+    // 5 requests (100 ms) without an answer would be a gap; none is expected (the stand-in answers until
+    // the owner's announcement is heard), the margin is for a loaded test machine's scheduling.
+    let gap = ferrolb_e2e::l2lab::longest_unanswered_run(&dots);
+    assert!(gap < 5, "{gap} requests in a row unanswered (from {next} back to {owner}): {dots}\n{}", lab.logs());
+    assert!(dots.matches('!').count() > 1000, "{dots}");
+    lab.wait_for("the returning node to answer again", || lab.curl(VIP4).as_deref() == Some(owner.as_str()));
+    lab.assert_single_owner(&owner);
 }

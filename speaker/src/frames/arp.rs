@@ -114,6 +114,20 @@ pub fn gratuitous(vip: Ipv4Addr, our_mac: Mac) -> [ArpFrame; 2] {
     [request, reply]
 }
 
+/// An ARP probe for `vip` (RFC 5227 §2.1.1: sender IP 0.0.0.0, so no cache learns anything from it): the
+/// host holding the VIP answers it, which tells us it is taken.
+pub fn probe(vip: Ipv4Addr, our_mac: Mac) -> ArpFrame {
+    ArpFrame {
+        eth_dst: Mac::BROADCAST,
+        eth_src: our_mac,
+        operation: Operation::Request,
+        sender_mac: our_mac,
+        sender_ip: Ipv4Addr::UNSPECIFIED,
+        target_mac: Mac([0; 6]),
+        target_ip: vip,
+    }
+}
+
 /// RFC 5227: an ARP packet whose sender IP is one of our VIPs and whose sender MAC is not ours means another
 /// host claims the address. Returns the VIP and the other host's MAC.
 pub fn conflict(frame: &ArpFrame, owned: &BTreeSet<Ipv4Addr>, our_macs: &BTreeSet<Mac>) -> Option<(Ipv4Addr, Mac)> {
@@ -203,6 +217,18 @@ mod tests {
         let [own, _] = gratuitous(vip(), OURS);
         assert_eq!(conflict(&own, &owned, &ours), None);
         assert_eq!(conflict(&request_for(vip()), &owned, &ours), None, "asking for it is not claiming it");
+    }
+
+    #[test]
+    fn a_probe_is_answered_by_the_holder_and_its_answer_is_a_claim() {
+        let owned = BTreeSet::from([vip()]);
+        let other = Mac([0x02, 0, 0, 0, 0, 0x0c]);
+        let probe = probe(vip(), OURS);
+        assert_eq!(ArpFrame::parse(&probe.encode()), Ok(probe));
+        assert_eq!(conflict(&probe, &owned, &BTreeSet::from([other])), None, "a probe claims nothing");
+        let answer = answer(&probe, &owned, other).unwrap();
+        assert_eq!(answer.eth_dst, OURS);
+        assert_eq!(conflict(&answer, &owned, &BTreeSet::from([OURS])), Some((vip(), other)));
     }
 
     #[test]

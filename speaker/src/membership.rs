@@ -155,6 +155,7 @@ enum Command {
 pub struct Membership {
     commands: mpsc::UnboundedSender<Command>,
     members: watch::Receiver<Members>,
+    rejoins: watch::Receiver<u64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -171,8 +172,10 @@ impl Membership {
         let (commands, commands_rx) = mpsc::unbounded_channel();
         let (members_tx, members) =
             watch::channel(Members::from([(me.node.clone(), me.interfaces.iter().cloned().collect())]));
+        let (rejoins_tx, rejoins) = watch::channel(0);
         let driver = Driver {
             foca: core(me, settings),
+            rejoins: rejoins_tx,
             runtime: AccumulatingRuntime::new(),
             socket: Arc::new(socket),
             // A new session at every start: the others' replay state for the old one does not block us.
@@ -183,12 +186,18 @@ impl Membership {
             metrics,
         };
         let task = tokio::spawn(driver.run(commands_rx, settings.rejoin_interval));
-        Ok(Self { commands, members, task })
+        Ok(Self { commands, members, rejoins, task })
     }
 
     /// The live membership, updated as it changes.
     pub fn members(&self) -> watch::Receiver<Members> {
         self.members.clone()
+    }
+
+    /// Counts the times this node learnt the others had declared it down while it was running (a freeze, a
+    /// partition) and rejoined: they may have taken its VIPs meanwhile.
+    pub fn rejoins(&self) -> watch::Receiver<u64> {
+        self.rejoins.clone()
     }
 
     /// Gossip addresses of every node that may run a speaker (ours included is fine: it is skipped).
@@ -219,6 +228,7 @@ struct Driver {
     opener: Opener,
     peers: BTreeSet<SocketAddr>,
     members: watch::Sender<Members>,
+    rejoins: watch::Sender<u64>,
     metrics: MembershipMetrics,
 }
 
@@ -317,6 +327,7 @@ impl Driver {
                 OwnedNotification::Rename(_, _) => changed = true,
                 OwnedNotification::Rejoin(id) => {
                     tracing::warn!(bump = id.bump, "this node had been declared down by the others; rejoined");
+                    self.rejoins.send_modify(|n| *n = n.wrapping_add(1));
                     changed = true;
                 }
                 OwnedNotification::Idle => tracing::info!("no other member is alive"),

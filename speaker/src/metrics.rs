@@ -42,6 +42,8 @@ pub struct Metrics {
     pub probes_sent: Family<FamilyLabel, Counter>,
     /// Takeovers put off (or stand-ins stood down) because another MAC holds the VIP.
     pub takeovers_deferred: Counter,
+    /// Frames dropped unread because they were queued too long (the speaker was not running).
+    pub stale_frames: Counter,
     pub rejected_gossip: Family<RejectLabel, Counter>,
 }
 
@@ -83,6 +85,11 @@ impl Metrics {
             "ferrolb_speaker_takeovers_deferred",
             "Takeovers put off, or stand-ins stood down, because another MAC answers for the VIP",
             self.takeovers_deferred.clone(),
+        );
+        registry.register(
+            "ferrolb_speaker_stale_frames",
+            "ARP and ND frames dropped unread because they were queued too long (the speaker was not running)",
+            self.stale_frames.clone(),
         );
         registry.register(
             "ferrolb_speaker_rejected_gossip_datagrams",

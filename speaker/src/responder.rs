@@ -6,6 +6,8 @@
 //! The owned set is swapped in as a whole by the main loop; receive tasks read it per frame, so answering
 //! stops the moment ownership is dropped. Claims by other MACs are also reported for the VIPs the main
 //! loop watches (being probed before a takeover, or deferred), and probes for them are sent on request.
+//! Frames the kernel received more than [`frames::STALE_FRAME_AGE`] before they are read (queued while
+//! the process was stopped) are dropped unread.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -15,9 +17,9 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::announcer::Action;
-use crate::frames::Mac;
 use crate::frames::arp::{self, ArpFrame};
 use crate::frames::ndp::{self, NdFrame};
+use crate::frames::{self, Mac};
 use crate::links::Inventory;
 use crate::metrics::{FamilyLabel, Metrics};
 use crate::packet_socket::{BoundSocket, ETHERTYPE_ARP, ETHERTYPE_IPV6, PacketSocket};
@@ -289,8 +291,12 @@ async fn serve(socket: Arc<PacketSocket>, family: FamilyLabel, react: React, mac
     let Shared { owned, our_macs, conflicts, metrics } = shared;
     let interface = socket.interface().to_string();
     loop {
-        let frame = match socket.recv().await {
-            Ok(frame) => frame,
+        let frame = match socket.recv_stamped().await {
+            Ok((_, Some(received))) if frames::is_stale(received, std::time::SystemTime::now()) => {
+                metrics.stale_frames.inc();
+                continue;
+            }
+            Ok((frame, _)) => frame,
             Err(e) => {
                 tracing::warn!(%interface, family = family.family, error = %e, "packet socket receive failed");
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;

@@ -34,6 +34,9 @@ const API_SETTLE: Duration = Duration::from_millis(30);
 pub(crate) const RESYNC_PERIOD: Duration = Duration::from_secs(5);
 /// One conflict Event per VIP and foreign MAC per this period.
 const CONFLICT_EVENT_PERIOD: Duration = Duration::from_secs(60);
+/// A VIP held by right that another MAC claims is announced again at most this often (RFC 5227's
+/// DEFEND_INTERVAL): enough to win the LAN back from a stale claim, never a gratuitous ARP storm.
+const DEFEND_INTERVAL: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -100,6 +103,7 @@ pub async fn run(
     let mut peers = cluster.gossip_peers(options.gossip_port, gossip_ip.is_ipv4());
     membership.set_peers(peers.clone());
     let mut members = membership.members();
+    let mut rejoins = membership.rejoins();
 
     let (conflicts_tx, mut conflicts) = mpsc::unbounded_channel();
     let mut responder = Responder::new(conflicts_tx, metrics.clone());
@@ -164,6 +168,8 @@ pub async fn run(
                 match state.claims.heard(conflict.vip, std::time::Instant::now()) {
                     Heard::Ignored => continue,
                     Heard::Conflict => {
+                        let defend = state.defend(conflict.vip);
+                        responder.execute(defend).await;
                         state.report_conflict(&cluster, &reports, conflict);
                         continue;
                     }
@@ -178,6 +184,15 @@ pub async fn run(
             }
             _ = tokio::time::sleep_until(claims_due) => {
                 probes = state.claims.tick(complete, std::time::Instant::now()).probes;
+            }
+            changed = rejoins.changed() => {
+                changed.context("the gossip membership stopped")?;
+                // Declared down while running: someone may have taken our VIPs meanwhile; take them back.
+                let held: Vec<IpAddr> = state.announcer.owned().copied().collect();
+                tracing::info!(vips = held.len(), "announcing held VIPs again after rejoining the gossip");
+                let actions = state.announcer.reannounce(&held, std::time::Instant::now());
+                responder.execute(actions).await;
+                continue;
             }
             _ = tokio::time::sleep_until(next_due) => {
                 let actions = state.announcer.due(std::time::Instant::now());
@@ -304,6 +319,8 @@ pub(crate) struct State {
     me: String,
     announcer: Announcer,
     claims: Claims,
+    /// When each VIP was last defended against another MAC's claim.
+    defended: HashMap<IpAddr, Instant>,
     hold_until: Option<Instant>,
     /// At start-up the hold ends as soon as another member is seen.
     hold_ends_on_contact: bool,
@@ -323,6 +340,7 @@ impl State {
             claims: Claims::new(me.clone(), claims::Timing::with_join_grace(join_grace)),
             me,
             announcer: Announcer::new(timing),
+            defended: HashMap::new(),
             hold_until: Some(Instant::now() + join_grace),
             hold_ends_on_contact: true,
             decisions: Vec::new(),
@@ -427,6 +445,16 @@ impl State {
             self.node_address_vips.insert(key);
         }
         self.node_address_vips.retain(|k| now.contains(k));
+    }
+
+    /// The announcements that defend `vip` against another MAC's claim, at most once per DEFEND_INTERVAL.
+    fn defend(&mut self, vip: IpAddr) -> Vec<crate::announcer::Action> {
+        if self.defended.get(&vip).is_some_and(|at| at.elapsed() < DEFEND_INTERVAL) {
+            return Vec::new();
+        }
+        self.defended.insert(vip, Instant::now());
+        self.defended.retain(|_, at| at.elapsed() < DEFEND_INTERVAL);
+        self.announcer.reannounce(&[vip], std::time::Instant::now())
     }
 
     fn log_deferral(&self, conflict: &Conflict) {

@@ -298,3 +298,24 @@ fn a_returning_owner_takes_its_vip_back_with_no_gap_in_arp_answers() {
     lab.wait_for("the returning node to answer again", || lab.curl(VIP4).as_deref() == Some(owner.as_str()));
     lab.assert_single_owner(&owner);
 }
+
+#[test]
+fn a_frozen_and_resumed_owner_reports_no_conflict_and_takes_its_vip_back() {
+    let lab = L2Lab::up();
+    let owner = lab.owner();
+    let stopped = std::time::Instant::now();
+    lab.running.signal_speaker(&owner, Signal::SIGSTOP).unwrap();
+    let next = lab.wait_for_new_owner(&owner);
+    std::thread::sleep(Duration::from_secs(10).saturating_sub(stopped.elapsed()));
+    lab.running.signal_speaker(&owner, Signal::SIGCONT).unwrap();
+    lab.wait_for(&format!("{owner} to answer again after {next} stood in"), || {
+        lab.curl(VIP4).as_deref() == Some(owner.as_str())
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    lab.assert_single_owner(&owner);
+    assert_eq!(lab.events("IPConflict").len(), 0, "{:?}\n{}", lab.events("IPConflict"), lab.logs());
+    assert!(
+        metric(&lab.metrics(&owner), "ferrolb_speaker_stale_frames_total") >= 1.0,
+        "frames queued while frozen were dropped"
+    );
+}

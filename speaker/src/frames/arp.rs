@@ -86,6 +86,12 @@ pub fn answer(request: &ArpFrame, owned: &BTreeSet<Ipv4Addr>, our_mac: Mac) -> O
     if request.eth_dst != Mac::BROADCAST && request.eth_dst != our_mac {
         return None;
     }
+    // Sender and target the same address: a gratuitous ARP (an announcement, RFC 5227 §2.3), not a question.
+    // Answering another node's announcement of a VIP it takes over from us would only tell it, falsely, that
+    // a second host claims it.
+    if request.sender_ip == request.target_ip {
+        return None;
+    }
     // A probe (sender 0.0.0.0, RFC 5227) is answered too: it tells the prober the address is taken.
     Some(ArpFrame {
         eth_dst: request.sender_mac,
@@ -193,6 +199,8 @@ mod tests {
         let mut a_reply = request_for(vip());
         a_reply.operation = Operation::Reply;
         assert_eq!(answer(&a_reply, &owned, OURS), None);
+        let [announcement, _] = gratuitous(vip(), CLIENT);
+        assert_eq!(answer(&announcement, &owned, OURS), None, "an announcement is not a question");
     }
 
     #[test]

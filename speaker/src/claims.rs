@@ -81,10 +81,14 @@ pub struct Want {
     pub holder_live: bool,
 }
 
-/// The probes to send now: VIP and interface.
+/// What to send now.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Step {
+    /// Probes: VIP and interface.
     pub probes: Vec<(IpAddr, String)>,
+    /// VIPs being handed over that are this node's again: announce them afresh, since the member they
+    /// were going to may have announced them meanwhile.
+    pub reannounce: Vec<IpAddr>,
 }
 
 /// What hearing another MAC claim or answer for a VIP meant.
@@ -157,7 +161,10 @@ impl Claims {
             match entry.claim {
                 Claim::Held { stand_in } => entry.claim = Claim::Held { stand_in: stand_in && !complete },
                 // Never stopped answering: it is simply ours again.
-                Claim::Releasing { .. } => entry.claim = Claim::Held { stand_in: false },
+                Claim::Releasing { .. } => {
+                    entry.claim = Claim::Held { stand_in: false };
+                    step.reannounce.push(*vip);
+                }
                 // The holder is live: the plan is shared and it hands over; nothing to prove.
                 Claim::Probing { .. } | Claim::Deferred { .. } if want.holder_live => {
                     entry.claim = Claim::Held { stand_in: !complete }
@@ -174,6 +181,19 @@ impl Claims {
             }
         }
         step
+    }
+
+    /// A VIP being handed over is answered only while an interface it was answered on is usable: a node
+    /// whose link went down cannot bridge the hand-over, and answering again when the link returns,
+    /// silently, would leave the LAN with the new owner's MAC.
+    pub fn keep_usable(&mut self, usable: &BTreeSet<String>) {
+        self.vips.retain(|_, entry| {
+            if matches!(entry.claim, Claim::Releasing { .. }) {
+                entry.interfaces = entry.interfaces.intersection(usable).cloned().collect();
+                return !entry.interfaces.is_empty();
+            }
+            true
+        });
     }
 
     /// Timers: further probes, takeovers after a silent probe window, retries, release fallbacks.

@@ -133,11 +133,30 @@ fn a_hand_over_falls_back_after_a_bound_and_a_vip_with_no_successor_stops_at_onc
     c.update(&want(true), &BTreeSet::new(), true, t0);
     c.update(&none(), &BTreeSet::new(), true, t0 + MS);
     assert!(!answered(&c));
-    // Wanted again while releasing: simply ours, never stopped.
+    // Wanted again while releasing: simply ours, never stopped, and announced afresh (the member it was
+    // going to may have pulled the LAN to itself meanwhile).
     c.update(&want(true), &BTreeSet::new(), true, t0);
     c.update(&none(), &handed(), true, t0 + MS);
-    c.update(&want(false), &BTreeSet::new(), true, t0 + 2 * MS);
+    let step = c.update(&want(false), &BTreeSet::new(), true, t0 + 2 * MS);
     assert_eq!(c.claim(vip()), Some(&Claim::Held { stand_in: false }));
+    assert_eq!(step.reannounce, [vip()]);
+}
+
+#[test]
+fn a_vip_whose_interface_went_down_is_not_handed_over_but_dropped() {
+    let t0 = Instant::now();
+    let mut c = Claims::new("node-2", timing());
+    c.update(&want(true), &BTreeSet::new(), true, t0);
+    // The link dies: the plan moves the VIP to a live member, and nothing can be answered here any more.
+    c.update(&none(), &handed(), true, t0 + MS);
+    c.keep_usable(&BTreeSet::new());
+    assert!(!answered(&c));
+    assert_eq!(c.claim(vip()), None);
+    // With the interface still usable, the hand-over goes on.
+    c.update(&want(true), &BTreeSet::new(), true, t0);
+    c.update(&none(), &handed(), true, t0 + MS);
+    c.keep_usable(&["eth0".to_string()].into());
+    assert!(answered(&c));
 }
 
 #[test]

@@ -234,7 +234,9 @@ pub async fn run(
             .filter(|d| d.owner.as_deref().is_some_and(|o| o != me))
             .flat_map(|d| d.vips.iter().copied())
             .collect();
-        probes.extend(state.claims.update(&wanted, &handed_over, complete, now).probes);
+        let step = state.claims.update(&wanted, &handed_over, complete, now);
+        state.claims.keep_usable(&inventory.usable().into_iter().collect());
+        probes.extend(step.probes);
         let answered = state.claims.answered();
         let watched: BTreeMap<IpAddr, BTreeSet<String>> = state
             .claims
@@ -243,7 +245,8 @@ pub async fn run(
             .filter_map(|v| wanted.get(&v).map(|w| (v, w.interfaces.clone())))
             .collect();
         let before: BTreeSet<IpAddr> = state.announcer.owned().copied().collect();
-        let actions = state.announcer.update(&answered, now);
+        let mut actions = state.announcer.update(&answered, now);
+        actions.extend(state.announcer.reannounce(&step.reannounce, now));
         let held = answered;
         // Stop answering for lost VIPs before anything else happens, and listen for answers before probing.
         responder.set_owned(&held, &watched);

@@ -319,3 +319,21 @@ fn a_frozen_and_resumed_owner_reports_no_conflict_and_takes_its_vip_back() {
         "frames queued while frozen were dropped"
     );
 }
+
+#[test]
+fn a_link_that_comes_back_at_once_hands_the_vip_back_with_no_false_conflict() {
+    let lab = L2Lab::up();
+    let owner = lab.owner();
+    let ns = lab.netns(&owner);
+    netns::exec(&ns, "ip", &["link", "set", "eth0", "down"]).unwrap();
+    let next = lab.wait_for_new_owner(&owner);
+    // Back within the hand-over window of the VIP it had: it held nothing while the link was down, so it
+    // takes the VIP back from the stand-in like any returning owner, announcing it.
+    netns::exec(&ns, "ip", &["link", "set", "eth0", "up"]).unwrap();
+    lab.wait_for(&format!("{owner} to answer again after {next} stood in"), || {
+        lab.curl(VIP4).as_deref() == Some(owner.as_str())
+    });
+    std::thread::sleep(Duration::from_secs(4));
+    lab.assert_single_owner(&owner);
+    assert_eq!(lab.events("IPConflict").len(), 0, "{:?}\n{}", lab.events("IPConflict"), lab.logs());
+}

@@ -122,7 +122,7 @@ pub async fn run(
         let far = Instant::now() + Duration::from_secs(3600);
         let next_due = state.announcer.next_due().map(Instant::from_std).unwrap_or(far);
         let claims_due = state.claims.next_due().map(Instant::from_std).unwrap_or(far);
-        let complete = members.borrow().len() >= peers.len();
+        let complete = state.view_complete(&members.borrow());
         tokio::select! {
             _ = &mut stop => break,
             _ = cluster.changed() => {
@@ -220,8 +220,10 @@ pub async fn run(
             desired.retain(|vip, _| held.contains(vip));
         }
         let now = std::time::Instant::now();
-        let complete = live.len() >= peers.len();
-        let holders = previous_holders(&state.decisions, &cluster.announcements(), &me);
+        let announcements = cluster.announcements();
+        state.learn_speakers(&live, &announcements, &world);
+        let complete = state.view_complete(&live);
+        let holders = previous_holders(&state.decisions, &announcements, &me);
         let wanted: BTreeMap<IpAddr, Want> = desired
             .iter()
             .map(|(vip, interfaces)| {
@@ -324,6 +326,11 @@ pub(crate) struct State {
     claims: Claims,
     /// When each VIP was last defended against another MAC's claim.
     defended: HashMap<IpAddr, Instant>,
+    /// When a deferred takeover of each VIP was last logged (a partition retries every second or two).
+    deferral_logged: HashMap<IpAddr, Instant>,
+    /// Nodes known to run a speaker: seen in the gossip, or named by an L2Announcement (Nodes that still
+    /// exist). The view is complete when all of them are live members.
+    known_speakers: BTreeSet<String>,
     hold_until: Option<Instant>,
     /// At start-up the hold ends as soon as another member is seen.
     hold_ends_on_contact: bool,
@@ -344,6 +351,8 @@ impl State {
             me,
             announcer: Announcer::new(timing),
             defended: HashMap::new(),
+            deferral_logged: HashMap::new(),
+            known_speakers: BTreeSet::new(),
             hold_until: Some(Instant::now() + join_grace),
             hold_ends_on_contact: true,
             decisions: Vec::new(),
@@ -460,7 +469,30 @@ impl State {
         self.announcer.reannounce(&[vip], std::time::Instant::now())
     }
 
-    fn log_deferral(&self, conflict: &Conflict) {
+    fn learn_speakers(
+        &mut self,
+        live: &crate::membership::Members,
+        announcements: &BTreeMap<String, ferrolb_crds::L2AnnouncementSpec>,
+        world: &plan::World,
+    ) {
+        self.known_speakers.extend(live.keys().cloned());
+        self.known_speakers.extend(announcements.values().map(|a| a.node.clone()));
+        let nodes: BTreeSet<&str> = world.nodes.iter().map(|n| n.name.as_str()).collect();
+        self.known_speakers.retain(|n| nodes.contains(n.as_str()));
+    }
+
+    /// Every node known to run a speaker is a live member: a VIP taken over now is held by right, not as a
+    /// stand-in for a node we cannot hear.
+    fn view_complete(&self, live: &crate::membership::Members) -> bool {
+        self.known_speakers.iter().all(|n| live.contains_key(n))
+    }
+
+    fn log_deferral(&mut self, conflict: &Conflict) {
+        if self.deferral_logged.get(&conflict.vip).is_some_and(|at| at.elapsed() < CONFLICT_EVENT_PERIOD) {
+            return;
+        }
+        self.deferral_logged.insert(conflict.vip, Instant::now());
+        self.deferral_logged.retain(|_, at| at.elapsed() < CONFLICT_EVENT_PERIOD);
         let services: Vec<String> = self
             .decisions
             .iter()
@@ -469,7 +501,7 @@ impl State {
             .collect();
         tracing::warn!(
             vip = %conflict.vip, mac = %conflict.mac, interface = %conflict.interface, services = ?services,
-            "another MAC answers for this VIP (its previous owner, which the gossip cannot reach, or another host): not taking it over; probing again later"
+            "another MAC answers for this VIP (its previous owner, which the gossip cannot reach, or another host): not taking it over; probing again later, backing off from 1 s to 8 s (logged once a minute per VIP)"
         );
     }
 
@@ -497,5 +529,46 @@ impl State {
                 }));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn members(nodes: &[&str]) -> crate::membership::Members {
+        nodes.iter().map(|n| (n.to_string(), BTreeSet::new())).collect()
+    }
+
+    fn world(nodes: &[&str]) -> plan::World {
+        let nodes = nodes
+            .iter()
+            .map(|n| plan::NodeInfo { name: n.to_string(), labels: BTreeMap::new(), network_unavailable: false })
+            .collect();
+        plan::World { nodes, ..Default::default() }
+    }
+
+    #[test]
+    fn the_view_is_complete_when_every_node_known_to_run_a_speaker_is_live() {
+        let mut state = State::new("node-1".into(), Timing::default(), Duration::from_secs(2));
+        // node-4 has no speaker (never seen, never announced): it does not count.
+        let all = world(&["node-1", "node-2", "node-3", "node-4"]);
+        state.learn_speakers(&members(&["node-1", "node-2", "node-3"]), &BTreeMap::new(), &all);
+        assert!(state.view_complete(&members(&["node-1", "node-2", "node-3"])));
+        assert!(!state.view_complete(&members(&["node-1", "node-3"])), "node-2 was seen: it is missing");
+        // A fresh speaker that sees nobody still knows the node an L2Announcement names.
+        let mut fresh = State::new("node-3".into(), Timing::default(), Duration::from_secs(2));
+        let spec = ferrolb_crds::L2AnnouncementSpec {
+            service: ServiceReference { namespace: "default".into(), name: "web".into() },
+            ips: vec!["192.0.2.200".into()],
+            node: "node-2".into(),
+            interfaces: vec!["eth0".into()],
+        };
+        fresh.learn_speakers(&members(&["node-3"]), &BTreeMap::from([("default.web".to_string(), spec)]), &all);
+        assert!(!fresh.view_complete(&members(&["node-3"])));
+        // A deleted Node is forgotten.
+        fresh.learn_speakers(&members(&["node-3"]), &BTreeMap::new(), &world(&["node-1", "node-3"]));
+        assert!(fresh.view_complete(&members(&["node-3"])));
     }
 }

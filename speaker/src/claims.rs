@@ -31,6 +31,11 @@ pub const PROBE_INTERVAL: Duration = Duration::from_millis(50);
 /// VIP, so two nodes that both defer do not probe in lock step): if the holder dies while the gossip is
 /// still broken, the VIP moves within about this long.
 pub const DEFER_RETRY: Duration = Duration::from_secs(1);
+/// Each further deferral of the same VIP doubles the wait, up to this many times (8 s): a gossip
+/// partition lasting minutes then costs every other node two probes per VIP every 8–16 s rather than
+/// every 1–2 s (a LAN with thousands of VIPs would otherwise carry thousands of probes a second), and a
+/// holder that dies during the partition, a double fault, is still replaced within about that long.
+pub const MAX_BACKOFF_DOUBLINGS: u32 = 3;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timing {
@@ -110,6 +115,8 @@ pub enum Heard {
 struct Entry {
     claim: Claim,
     interfaces: BTreeSet<String>,
+    /// Deferrals in a row, for the backoff; back to 0 once held.
+    deferrals: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -156,6 +163,7 @@ impl Claims {
             let entry = self.vips.entry(*vip).or_insert_with(|| Entry {
                 claim: Claim::Deferred { retry: now },
                 interfaces: want.interfaces.clone(),
+                deferrals: 0,
             });
             entry.interfaces = want.interfaces.clone();
             match entry.claim {
@@ -180,6 +188,7 @@ impl Claims {
                 Claim::Probing { .. } | Claim::Deferred { .. } => {}
             }
         }
+        self.settle();
         step
     }
 
@@ -222,13 +231,18 @@ impl Claims {
                 _ => {}
             }
         }
+        self.settle();
         step
     }
 
     /// Another MAC claimed `vip` (gratuitous ARP, ARP reply, Neighbor Advertisement) or answered our probe.
     pub fn heard(&mut self, vip: IpAddr, now: Instant) -> Heard {
-        let retry = now + self.retry_after(vip);
+        let base = self.retry_after(vip);
         let Some(entry) = self.vips.get_mut(&vip) else { return Heard::Ignored };
+        let retry = now + base * (1 << entry.deferrals.min(MAX_BACKOFF_DOUBLINGS));
+        if matches!(entry.claim, Claim::Probing { .. } | Claim::Held { stand_in: true }) {
+            entry.deferrals = entry.deferrals.saturating_add(1);
+        }
         match entry.claim {
             Claim::Probing { .. } => {
                 entry.claim = Claim::Deferred { retry };
@@ -243,6 +257,14 @@ impl Claims {
             Claim::Releasing { .. } => {
                 self.vips.remove(&vip);
                 Heard::Released
+            }
+        }
+    }
+
+    fn settle(&mut self) {
+        for entry in self.vips.values_mut() {
+            if matches!(entry.claim, Claim::Held { .. }) {
+                entry.deferrals = 0;
             }
         }
     }

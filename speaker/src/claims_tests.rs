@@ -160,6 +160,34 @@ fn a_vip_whose_interface_went_down_is_not_handed_over_but_dropped() {
 }
 
 #[test]
+fn a_long_partition_backs_off_and_a_takeover_resets_it() {
+    let t0 = Instant::now();
+    let mut c = Claims::new("node-2", timing());
+    c.update(&want(false), &BTreeSet::new(), false, t0);
+    let mut now = t0;
+    let mut waits = Vec::new();
+    for _ in 0..6 {
+        c.heard(vip(), now);
+        let retry = c.next_due().unwrap();
+        waits.push(retry - now);
+        now = retry;
+        c.tick(false, now);
+    }
+    for pair in waits.windows(2).take(3) {
+        assert!(pair[1] > pair[0], "each deferral waits longer: {waits:?}");
+    }
+    let cap = (DEFER_RETRY * 2) * (1 << MAX_BACKOFF_DOUBLINGS);
+    assert!(waits.iter().all(|w| *w <= cap), "{waits:?}");
+    assert_eq!(waits[4], waits[5], "capped");
+    // Silence at last: taken over, and the next deferral starts from the base again.
+    c.tick(false, now + 2 * PROBE_INTERVAL);
+    assert!(answered(&c));
+    c.heard(vip(), now + Duration::from_secs(1));
+    let retry = c.next_due().unwrap();
+    assert!(retry - (now + Duration::from_secs(1)) <= DEFER_RETRY * 2);
+}
+
+#[test]
 fn two_nodes_that_both_defer_retry_at_different_times() {
     let t0 = Instant::now();
     let due = |me: &str| {

@@ -23,10 +23,17 @@ use std::time::{Duration, Instant};
 /// Probes sent before a takeover. Two, so one lost frame cannot make a held VIP look orphaned.
 pub const PROBES: u32 = 2;
 /// Gap between probes, and the wait after the last one. A live speaker answers from a task reading its
-/// packet socket: well under 1 ms on an idle LAN, a few ms on a loaded node, so 50 ms is a wide margin;
-/// in all the takeover waits 2 × 50 = 100 ms, which keeps a hard crash's failover (failure detection
-/// ≤ 2 probe periods + suspicion = 800 ms by default, plus this) under the 1 s budget.
-pub const PROBE_INTERVAL: Duration = Duration::from_millis(50);
+/// packet socket: well under 1 ms on an idle LAN, a few ms on a loaded node, so 30 ms is ten times the
+/// worst of that; in all the takeover waits 2 × 30 = 60 ms, which keeps a hard crash's failover (failure
+/// detection ≤ 2 probe periods + suspicion = 800 ms by default, plus this) under the 1 s budget. An
+/// answer later than that is not lost for good: a stand-in probes again ([`STAND_IN_RECHECK`]).
+pub const PROBE_INTERVAL: Duration = Duration::from_millis(30);
+/// A stand-in probes its VIP again this long after taking it over, then at doubling intervals up to
+/// 2^[`MAX_RECHECK_DOUBLINGS`] times this (32 s): a holder that answered too late for the takeover's
+/// probe window (overloaded, or both probes lost) answers this one and the stand-in stands down within
+/// 2 s; a long outage of the owner costs one probe per VIP every 32 s.
+pub const STAND_IN_RECHECK: Duration = Duration::from_secs(2);
+pub const MAX_RECHECK_DOUBLINGS: u32 = 4;
 /// A deferred takeover is probed again after this (plus up to as much again, different per node and
 /// VIP, so two nodes that both defer do not probe in lock step): if the holder dies while the gossip is
 /// still broken, the VIP moves within about this long.
@@ -117,6 +124,8 @@ struct Entry {
     interfaces: BTreeSet<String>,
     /// Deferrals in a row, for the backoff; back to 0 once held.
     deferrals: u32,
+    /// While held as a stand-in: when to probe again, and how many re-checks were done.
+    recheck: Option<(Instant, u32)>,
 }
 
 #[derive(Debug, Clone)]
@@ -164,6 +173,7 @@ impl Claims {
                 claim: Claim::Deferred { retry: now },
                 interfaces: want.interfaces.clone(),
                 deferrals: 0,
+                recheck: None,
             });
             entry.interfaces = want.interfaces.clone();
             match entry.claim {
@@ -188,7 +198,7 @@ impl Claims {
                 Claim::Probing { .. } | Claim::Deferred { .. } => {}
             }
         }
-        self.settle();
+        self.settle(now);
         step
     }
 
@@ -228,10 +238,19 @@ impl Claims {
                     };
                     step.probes.extend(entry.interfaces.iter().map(|i| (*vip, i.clone())));
                 }
+                Claim::Held { stand_in: true } => {
+                    if let Some((due, done)) = entry.recheck
+                        && due <= now
+                    {
+                        let next = done.saturating_add(1);
+                        entry.recheck = Some((now + STAND_IN_RECHECK * (1 << next.min(MAX_RECHECK_DOUBLINGS)), next));
+                        step.probes.extend(entry.interfaces.iter().map(|i| (*vip, i.clone())));
+                    }
+                }
                 _ => {}
             }
         }
-        self.settle();
+        self.settle(now);
         step
     }
 
@@ -261,10 +280,17 @@ impl Claims {
         }
     }
 
-    fn settle(&mut self) {
+    /// Book-keeping after transitions: the deferral backoff restarts once held, and a stand-in gets its
+    /// re-check scheduled (a VIP held by right needs none).
+    fn settle(&mut self, now: Instant) {
         for entry in self.vips.values_mut() {
             if matches!(entry.claim, Claim::Held { .. }) {
                 entry.deferrals = 0;
+            }
+            if matches!(entry.claim, Claim::Held { stand_in: true }) {
+                entry.recheck.get_or_insert((now + STAND_IN_RECHECK, 0));
+            } else {
+                entry.recheck = None;
             }
         }
     }
@@ -297,7 +323,7 @@ impl Claims {
                 }
                 Claim::Deferred { retry } => Some(retry),
                 Claim::Releasing { until } => Some(until),
-                Claim::Held { .. } => None,
+                Claim::Held { .. } => e.recheck.map(|(due, _)| due),
             })
             .min()
     }

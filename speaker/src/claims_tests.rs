@@ -102,6 +102,29 @@ fn a_stand_in_stops_answering_when_it_hears_the_owner() {
 }
 
 #[test]
+fn a_stand_in_probes_again_later_and_stands_down_if_the_holder_answers_then() {
+    let t0 = Instant::now();
+    let mut c = Claims::new("node-2", timing());
+    c.update(&want(false), &BTreeSet::new(), false, t0);
+    c.tick(false, t0 + PROBE_INTERVAL);
+    let taken = t0 + 2 * PROBE_INTERVAL;
+    c.tick(false, taken);
+    assert_eq!(c.claim(vip()), Some(&Claim::Held { stand_in: true }));
+    // The holder was too slow for the probe window; the re-check asks again, and it answers this time.
+    assert_eq!(c.next_due(), Some(taken + STAND_IN_RECHECK));
+    assert!(c.tick(false, taken + STAND_IN_RECHECK - MS).probes.is_empty());
+    assert_eq!(c.tick(false, taken + STAND_IN_RECHECK).probes, probe());
+    let next = c.next_due().unwrap();
+    assert!(next > taken + 2 * STAND_IN_RECHECK, "the re-checks back off");
+    assert_eq!(c.heard(vip(), taken + STAND_IN_RECHECK + MS), Heard::StoodDown);
+    assert!(!answered(&c));
+    // Held by right (full view): no re-check at all.
+    let mut c = Claims::new("node-2", timing());
+    c.update(&want(true), &BTreeSet::new(), true, t0);
+    assert_eq!(c.next_due(), None);
+}
+
+#[test]
 fn a_vip_handed_to_a_live_member_is_answered_until_its_announcement_is_heard() {
     let t0 = Instant::now();
     let mut c = Claims::new("node-2", timing());

@@ -118,6 +118,25 @@ impl Announcer {
         actions
     }
 
+    /// Announces `vips` (those held) again at once, in a fresh burst: after this node learnt the others
+    /// had declared it down (some of them may have claimed its VIPs meanwhile), or to defend a VIP another
+    /// MAC claimed.
+    pub fn reannounce<'a>(&mut self, vips: impl IntoIterator<Item = &'a IpAddr>, now: Instant) -> Vec<Action> {
+        let mut actions = Vec::new();
+        for vip in vips {
+            if let Some(held) = self.held.get_mut(vip) {
+                actions.extend(
+                    held.interfaces
+                        .iter()
+                        .map(|interface| Action::Announce { vip: *vip, interface: interface.clone() }),
+                );
+                held.remaining_burst = self.timing.burst.saturating_sub(1);
+                held.next = now + self.timing.burst_interval;
+            }
+        }
+        actions
+    }
+
     /// The announcements due at `now` (rest of a burst, or a periodic refresh).
     pub fn due(&mut self, now: Instant) -> Vec<Action> {
         let mut actions = Vec::new();
@@ -213,6 +232,21 @@ mod tests {
         assert_eq!(actions, [Action::Leave { interface: "eth0".into(), group }]);
         assert!(!a.owns(vip("2001:db8::200"), "eth0"));
         assert!(a.due(t0 + 10_000 * MS).is_empty(), "nothing is announced after loss");
+    }
+
+    #[test]
+    fn a_reannounced_vip_gets_a_fresh_burst_and_others_are_ignored() {
+        let t0 = Instant::now();
+        let mut a = Announcer::new(Timing { burst: 3, burst_interval: 250 * MS, refresh_interval: 60_000 * MS });
+        a.update(&on(&[("192.0.2.200", &["eth0"])]), t0);
+        a.due(t0 + 250 * MS);
+        a.due(t0 + 500 * MS);
+        let later = t0 + 10_000 * MS;
+        let again = a.reannounce(&[vip("192.0.2.200"), vip("192.0.2.201")], later);
+        assert_eq!(again, [announce("192.0.2.200", "eth0")], "only held VIPs are announced");
+        assert_eq!(a.due(later + 250 * MS), [announce("192.0.2.200", "eth0")]);
+        assert_eq!(a.due(later + 500 * MS), [announce("192.0.2.200", "eth0")]);
+        assert!(a.due(later + 750 * MS).is_empty());
     }
 
     #[test]

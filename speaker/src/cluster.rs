@@ -19,7 +19,7 @@ use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher::{self, watcher};
 use tokio::sync::Notify;
 
-use crate::plan::{NodeInfo, PoolInfo, ServiceInfo, World};
+use crate::plan::{NodeAddress, NodeInfo, PoolInfo, ServiceInfo, World};
 
 /// Which Services this installation handles (must match the controller's settings).
 #[derive(Debug, Clone)]
@@ -226,8 +226,17 @@ impl Cluster {
                 info
             })
             .collect();
+        let nodes = self.nodes.state();
+        let node_addresses = nodes
+            .iter()
+            .flat_map(|n| {
+                let name = n.name_any();
+                listed_addresses(n).map(move |ip| (ip, NodeAddress { node: name.clone(), listed: true }))
+            })
+            .collect();
         World {
-            nodes: self.nodes.state().iter().map(|n| node_info(n)).collect(),
+            nodes: nodes.iter().map(|n| node_info(n)).collect(),
+            node_addresses,
             services,
             advertisements: self.advertisements.state().iter().map(|a| a.spec.clone()).collect(),
             pools: self
@@ -324,6 +333,7 @@ pub fn service_info(service: &Service, ready_endpoint_nodes: BTreeSet<String>) -
         service: ServiceReference { namespace: service.namespace().unwrap_or_default(), name: service.name_any() },
         labels: service.labels().clone(),
         vips,
+        origin_pool: ferrolb_crds::service::origin_pool(service),
         traffic_policy_local: service.spec.as_ref().and_then(|s| s.external_traffic_policy.as_deref()) == Some("Local"),
         ready_endpoint_nodes,
     })
@@ -338,6 +348,16 @@ pub fn node_info(node: &Node) -> NodeInfo {
         .flatten()
         .any(|c| c.type_ == "NetworkUnavailable" && c.status == "True");
     NodeInfo { name: node.name_any(), labels: node.labels().clone(), network_unavailable }
+}
+
+/// Every IP address a Node lists in `status.addresses` (hostnames and the like are skipped).
+pub fn listed_addresses(node: &Node) -> impl Iterator<Item = IpAddr> + '_ {
+    node.status
+        .as_ref()
+        .and_then(|s| s.addresses.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a.address.parse::<IpAddr>().ok())
 }
 
 pub fn node_address(node: &Node, ipv4: bool) -> Option<IpAddr> {
@@ -399,6 +419,8 @@ mod tests {
         assert!(node_info(&node).network_unavailable);
         assert_eq!(node_address(&node, true), Some("192.0.2.11".parse().unwrap()));
         assert_eq!(node_address(&node, false), Some("2001:db8::11".parse().unwrap()));
+        let listed: Vec<IpAddr> = listed_addresses(&node).collect();
+        assert_eq!(listed, ["2001:db8::11".parse::<IpAddr>().unwrap(), "192.0.2.11".parse().unwrap()]);
 
         let slice: EndpointSlice = serde_json::from_value(serde_json::json!({
             "metadata": {"name": "web-1", "namespace": "shop", "labels": {"kubernetes.io/service-name": "web"}},

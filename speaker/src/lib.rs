@@ -1,12 +1,13 @@
 //! ferrolb's speaker: on every node, agrees with the other speakers (gossip, no central writer) on one owner
 //! node per VIP, and on the owner answers ARP and Neighbor Solicitations for it.
 //!
-//! Pure logic: `election`, `plan`, `announcer`, `frames`, `gossip_auth`, `keepalived::render`. I/O edges:
+//! Pure logic: `election`, `plan`, `announcer`, `claims`, `frames`, `gossip_auth`, `keepalived::render`. I/O edges:
 //! `membership` (UDP), `packet_socket` and `responder` (AF_PACKET), `links` (netlink), `cluster` (watches),
 //! `report` (L2Announcements, Events), `keepalived::supervise` (the keepalived process). `run` and
 //! `keepalived::run` are the two modes' main loops.
 
 pub mod announcer;
+pub mod claims;
 pub mod cluster;
 pub mod election;
 pub mod frames;

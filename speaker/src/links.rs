@@ -116,6 +116,18 @@ impl Inventory {
         names
     }
 
+    /// The node's own addresses on its LAN-facing interfaces, up or not (never a VIP). Loopback and virtual
+    /// kinds are left out: kube-proxy in IPVS mode puts every Service IP on the dummy kube-ipvs0, and
+    /// those are VIPs, not the node's.
+    pub fn own_addresses(&self) -> BTreeSet<IpAddr> {
+        self.links
+            .iter()
+            .filter(|l| !l.loopback && !l.kind.as_deref().is_some_and(|k| VIRTUAL_KINDS.contains(&k)))
+            .flat_map(|l| l.addresses.iter().map(|a| a.addr()))
+            .filter(|ip| is_global(*ip))
+            .collect()
+    }
+
     /// Where `vip` goes when the advertisement names no interface: the usable interfaces with an address in
     /// its subnet, else the default-route interface of its family (if usable).
     pub fn interfaces_for(&self, vip: IpAddr) -> BTreeSet<String> {
@@ -277,6 +289,10 @@ mod tests {
         assert_eq!(inventory.usable(), ["eth0", "eth1"]);
         assert_eq!(inventory.clone().restricted_to(&["eth1".into(), "eth9".into()]).usable(), ["eth1"]);
         assert_eq!(inventory.link("eth0").unwrap().link_local(), Some("fe80::1".parse().unwrap()));
+        // The node's own addresses, down links included; not the VIPs kube-proxy puts on kube-ipvs0, nor the
+        // CNI bridge's, nor link-local ones.
+        let own: Vec<String> = inventory.own_addresses().iter().map(IpAddr::to_string).collect();
+        assert_eq!(own, ["192.0.2.11", "198.51.100.11", "203.0.113.11", "203.0.113.12"]);
     }
 
     #[test]

@@ -18,12 +18,14 @@ use std::time::Duration;
 
 use foca::{AccumulatingRuntime, Foca, Identity, OwnedNotification, PostcardCodec, Timer};
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::gossip_auth::{SharedKey, TAG_LEN};
+use crate::gossip_auth::{OVERHEAD, Opener, Sealer, SharedKey};
+use crate::metrics::RejectLabel;
 
 /// Largest datagram on the wire: below a 1500-byte MTU with IP and UDP headers.
 const MAX_DATAGRAM: usize = 1400;
@@ -114,7 +116,7 @@ impl Settings {
         config.suspect_to_down_after = self.suspect_to_down_after;
         config.num_indirect_probes = NonZeroUsize::new(self.indirect_probes.max(1)).unwrap_or(NonZeroUsize::MIN);
         config.max_transmissions = NonZeroU8::new(8).unwrap_or(NonZeroU8::MIN);
-        config.max_packet_size = NonZeroUsize::new(MAX_DATAGRAM - TAG_LEN).unwrap_or(NonZeroUsize::MIN);
+        config.max_packet_size = NonZeroUsize::new(MAX_DATAGRAM - OVERHEAD).unwrap_or(NonZeroUsize::MIN);
         // A member declared down while alive (a cut link) hears about it and renews its identity.
         config.notify_down_members = true;
         config.periodic_gossip = Some(foca::PeriodicParams {
@@ -138,8 +140,8 @@ pub type Members = BTreeMap<String, BTreeSet<String>>;
 
 #[derive(Debug, Clone, Default)]
 pub struct MembershipMetrics {
-    /// Datagrams dropped because their tag did not verify.
-    pub rejected_datagrams: Counter,
+    /// Datagrams dropped, by reason: their tag did not verify, or they were stale or replayed.
+    pub rejected_datagrams: Family<RejectLabel, Counter>,
 }
 
 enum Command {
@@ -153,6 +155,7 @@ enum Command {
 pub struct Membership {
     commands: mpsc::UnboundedSender<Command>,
     members: watch::Receiver<Members>,
+    rejoins: watch::Receiver<u64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -169,22 +172,32 @@ impl Membership {
         let (commands, commands_rx) = mpsc::unbounded_channel();
         let (members_tx, members) =
             watch::channel(Members::from([(me.node.clone(), me.interfaces.iter().cloned().collect())]));
+        let (rejoins_tx, rejoins) = watch::channel(0);
         let driver = Driver {
             foca: core(me, settings),
+            rejoins: rejoins_tx,
             runtime: AccumulatingRuntime::new(),
             socket: Arc::new(socket),
-            key,
+            // A new session at every start: the others' replay state for the old one does not block us.
+            sealer: Sealer::new(key.clone(), rand::random()),
+            opener: Opener::new(key),
             peers: BTreeSet::new(),
             members: members_tx,
             metrics,
         };
         let task = tokio::spawn(driver.run(commands_rx, settings.rejoin_interval));
-        Ok(Self { commands, members, task })
+        Ok(Self { commands, members, rejoins, task })
     }
 
     /// The live membership, updated as it changes.
     pub fn members(&self) -> watch::Receiver<Members> {
         self.members.clone()
+    }
+
+    /// Counts the times this node learnt the others had declared it down while it was running (a freeze, a
+    /// partition) and rejoined: they may have taken its VIPs meanwhile.
+    pub fn rejoins(&self) -> watch::Receiver<u64> {
+        self.rejoins.clone()
     }
 
     /// Gossip addresses of every node that may run a speaker (ours included is fine: it is skipped).
@@ -211,9 +224,11 @@ struct Driver {
     foca: Core,
     runtime: AccumulatingRuntime<MemberId>,
     socket: Arc<UdpSocket>,
-    key: SharedKey,
+    sealer: Sealer,
+    opener: Opener,
     peers: BTreeSet<SocketAddr>,
     members: watch::Sender<Members>,
+    rejoins: watch::Sender<u64>,
     metrics: MembershipMetrics,
 }
 
@@ -227,10 +242,10 @@ impl Driver {
         loop {
             let result = tokio::select! {
                 received = socket.recv_from(&mut buffer) => match received {
-                    Ok((len, from)) => match self.key.open(&buffer[..len]) {
+                    Ok((len, from)) => match self.opener.open(&buffer[..len], std::time::SystemTime::now()) {
                         Ok(message) => self.foca.handle_data(message, &mut self.runtime),
                         Err(e) => {
-                            self.metrics.rejected_datagrams.inc();
+                            self.metrics.rejected_datagrams.get_or_create(&RejectLabel { reason: e.reason() }).inc();
                             tracing::debug!(%from, error = %e, "dropped a gossip datagram");
                             Ok(())
                         }
@@ -286,7 +301,8 @@ impl Driver {
     /// Sends, schedules and publishes what the last input produced.
     async fn flush(&mut self, timers: &mpsc::UnboundedSender<Timer<MemberId>>) {
         while let Some((to, data)) = self.runtime.to_send() {
-            if let Err(e) = self.socket.send_to(&self.key.seal(&data), to.addr).await {
+            let sealed = self.sealer.seal(&data, std::time::SystemTime::now());
+            if let Err(e) = self.socket.send_to(&sealed, to.addr).await {
                 tracing::debug!(to = %to.addr, error = %e, "gossip send failed");
             }
         }
@@ -311,6 +327,7 @@ impl Driver {
                 OwnedNotification::Rename(_, _) => changed = true,
                 OwnedNotification::Rejoin(id) => {
                     tracing::warn!(bump = id.bump, "this node had been declared down by the others; rejoined");
+                    self.rejoins.send_modify(|n| *n = n.wrapping_add(1));
                     changed = true;
                 }
                 OwnedNotification::Idle => tracing::info!("no other member is alive"),
@@ -405,7 +422,8 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(500)).await;
         assert_eq!(seen_by_c.borrow_and_update().keys().collect::<Vec<_>>(), ["c"]);
         assert_eq!(seen_by_a.borrow().keys().collect::<Vec<_>>(), ["a", "b"]);
-        assert!(a_metrics.rejected_datagrams.get() > 0, "c's datagrams are counted as rejected");
+        let bad_tag = a_metrics.rejected_datagrams.get_or_create(&RejectLabel { reason: "bad_tag" }).get();
+        assert!(bad_tag > 0, "c's datagrams are counted as rejected");
 
         // Interfaces travel with the identity.
         b.set_interfaces(vec!["eth0".into(), "eth1".into()]);
@@ -420,6 +438,31 @@ mod tests {
         wait_for(&mut seen_by_a, &["a"]).await;
         assert!(started.elapsed() < Duration::from_millis(200), "leave took {:?}", started.elapsed());
         drop(c);
+    }
+
+    #[tokio::test]
+    async fn stale_and_replayed_datagrams_are_dropped_and_counted_by_reason() {
+        let (a, a_addr, metrics) = member_with_metrics("a", "the right key, 16+ bytes").await;
+        let key = SharedKey::from_file_contents(b"the right key, 16+ bytes").unwrap();
+        let attacker = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let mut sealer = Sealer::new(key, 77);
+        // Captured long ago, replayed now.
+        let old = sealer.seal(b"anything", std::time::SystemTime::now() - Duration::from_secs(60));
+        attacker.send_to(&old, a_addr).await.unwrap();
+        // Fresh, then the very same bytes again.
+        let fresh = sealer.seal(b"anything", std::time::SystemTime::now());
+        attacker.send_to(&fresh, a_addr).await.unwrap();
+        attacker.send_to(&fresh, a_addr).await.unwrap();
+        let count = |reason| metrics.rejected_datagrams.get_or_create(&RejectLabel { reason }).get();
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while count("stale") < 1 || count("replayed") < 1 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!((count("stale"), count("replayed"), count("bad_tag")), (1, 1, 0));
+        drop(a);
     }
 
     #[tokio::test]

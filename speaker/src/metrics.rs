@@ -20,6 +20,12 @@ impl FamilyLabel {
     }
 }
 
+/// Why a gossip datagram was dropped (see [`crate::gossip_auth::AuthError::reason`]).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RejectLabel {
+    pub reason: &'static str,
+}
+
 /// Every metric the speaker exports. Cloning shares the same series.
 #[derive(Clone, Debug, Default)]
 pub struct Metrics {
@@ -32,7 +38,13 @@ pub struct Metrics {
     pub requests_answered: Family<FamilyLabel, Counter>,
     pub conflicts: Family<FamilyLabel, Counter>,
     pub send_errors: Counter,
-    pub rejected_gossip: Counter,
+    /// ARP probes and DAD-style Neighbor Solicitations sent before taking a VIP over.
+    pub probes_sent: Family<FamilyLabel, Counter>,
+    /// Takeovers put off (or stand-ins stood down) because another MAC holds the VIP.
+    pub takeovers_deferred: Counter,
+    /// Frames dropped unread because they were queued too long (the speaker was not running).
+    pub stale_frames: Counter,
+    pub rejected_gossip: Family<RejectLabel, Counter>,
 }
 
 impl Metrics {
@@ -65,8 +77,23 @@ impl Metrics {
         );
         registry.register("ferrolb_speaker_send_errors", "Frames that could not be sent", self.send_errors.clone());
         registry.register(
+            "ferrolb_speaker_probes_sent",
+            "ARP probes and Neighbor Solicitations sent to check a VIP is orphaned before taking it over",
+            self.probes_sent.clone(),
+        );
+        registry.register(
+            "ferrolb_speaker_takeovers_deferred",
+            "Takeovers put off, or stand-ins stood down, because another MAC answers for the VIP",
+            self.takeovers_deferred.clone(),
+        );
+        registry.register(
+            "ferrolb_speaker_stale_frames",
+            "ARP and ND frames dropped unread because they were queued too long (the speaker was not running)",
+            self.stale_frames.clone(),
+        );
+        registry.register(
             "ferrolb_speaker_rejected_gossip_datagrams",
-            "Gossip datagrams dropped because their authentication tag did not verify",
+            "Gossip datagrams dropped, by reason: bad_tag or truncated (no valid key), stale (sent outside the freshness window), replayed (seen before), version",
             self.rejected_gossip.clone(),
         );
     }

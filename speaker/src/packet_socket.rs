@@ -18,6 +18,8 @@ pub const ETHERTYPE_ARP: u16 = 0x0806;
 pub const ETHERTYPE_IPV6: u16 = 0x86dd;
 /// Large enough for any frame on a standard-MTU link.
 const MAX_FRAME: usize = 1600;
+/// linux/sockios.h: the kernel receive time of the last frame read from the socket, as a timespec.
+const SIOCGSTAMPNS: libc::c_ulong = 0x8907;
 
 /// A packet socket not yet attached to an async runtime. It is `Send`: create it in the network namespace
 /// of its interface (sockets keep the namespace they were created in), then use it anywhere.
@@ -50,6 +52,8 @@ impl BoundSocket {
             return Err(io::Error::last_os_error());
         }
         socket.set_nonblocking(true)?;
+        // The first query turns on receive timestamps for the socket (it fails: nothing received yet).
+        let _ = last_receive_time(&socket);
         Ok(Self { socket, interface: interface.to_string(), ifindex })
     }
 
@@ -120,6 +124,18 @@ fn membership(socket: &Socket, ifindex: u32, operation: libc::c_int, group: Mac)
     Ok(())
 }
 
+/// When the kernel received the frame last read from `socket`; `None` if it did not stamp it.
+fn last_receive_time(socket: &Socket) -> Option<std::time::SystemTime> {
+    let mut stamp = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: SIOCGSTAMPNS writes one timespec to the pointer given, which points to one.
+    let rc = unsafe { libc::ioctl(socket.as_raw_fd(), SIOCGSTAMPNS as _, &mut stamp as *mut libc::timespec) };
+    if rc != 0 || stamp.tv_sec <= 0 {
+        return None;
+    }
+    let since_epoch = std::time::Duration::new(u64::try_from(stamp.tv_sec).ok()?, u32::try_from(stamp.tv_nsec).ok()?);
+    std::time::UNIX_EPOCH.checked_add(since_epoch)
+}
+
 fn zeroed_sockaddr_ll() -> libc::sockaddr_ll {
     // SAFETY: sockaddr_ll is plain old data; all-zero bytes are a valid value.
     unsafe { std::mem::zeroed() }
@@ -148,14 +164,20 @@ impl PacketSocket {
 
     /// The next frame received (copied into a fresh buffer).
     pub async fn recv(&self) -> io::Result<Vec<u8>> {
+        self.recv_stamped().await.map(|(frame, _)| frame)
+    }
+
+    /// The next frame received (copied into a fresh buffer), with the time the kernel received it if known.
+    pub async fn recv_stamped(&self) -> io::Result<(Vec<u8>, Option<std::time::SystemTime>)> {
         loop {
             let mut guard = self.fd.readable().await?;
             let mut buffer = [MaybeUninit::<u8>::uninit(); MAX_FRAME];
-            match guard.try_io(|fd| fd.get_ref().recv(&mut buffer)) {
-                Ok(Ok(len)) => {
+            // One task reads a socket, so the stamp read right after is this frame's.
+            match guard.try_io(|fd| fd.get_ref().recv(&mut buffer).map(|len| (len, last_receive_time(fd.get_ref())))) {
+                Ok(Ok((len, received))) => {
                     // SAFETY: recv initialised the first `len` bytes.
                     let bytes = buffer[..len].iter().map(|b| unsafe { b.assume_init() }).collect();
-                    return Ok(bytes);
+                    return Ok((bytes, received));
                 }
                 Ok(Err(e)) => return Err(e),
                 Err(_would_block) => continue,

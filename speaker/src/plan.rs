@@ -2,9 +2,17 @@
 //! announced Service, its owner node, and for this node, which VIP goes out of which interface.
 //!
 //! A Service's VIPs are announced when an L2Advertisement selects both the Service (service selectors) and
-//! the pool the VIP belongs to; a VIP in no pool, or in a pool no advertisement selects, is never announced
-//! (never answer for an IP that is not allocated from a pool we announce). The owner is chosen by
-//! [`crate::election`] among the nodes those advertisements allow.
+//! the VIP's pool. The VIP's pool is its pool of origin when the Service records one (the controller's
+//! `ferrolb.io/AddressPool` condition), whether or not that pool still contains the VIP or still exists:
+//! the controller keeps a Service's address when its pool shrinks or goes, and a kept address must stay
+//! reachable until the Service lets it go. Without a recorded origin it is the pool containing the VIP. A
+//! VIP with no pool, or whose pool no advertisement selects, is never announced (never answer for an IP
+//! that is not allocated from a pool we announce). The owner is chosen by [`crate::election`] among the
+//! nodes those advertisements allow.
+//!
+//! A VIP that is one of the Nodes' addresses (any Node's `status.addresses`, or an address on one of this
+//! node's usable interfaces) is never announced, whatever the Service says: a gratuitous ARP for it would
+//! redirect the LAN's traffic for that node to the owner, and the node would become unreachable.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -22,6 +30,8 @@ pub struct ServiceInfo {
     pub labels: BTreeMap<String, String>,
     /// From `status.loadBalancer.ingress`, IPv4 first.
     pub vips: Vec<IpAddr>,
+    /// The pool the VIPs were allocated from, as the Service's status records it.
+    pub origin_pool: Option<String>,
     pub traffic_policy_local: bool,
     pub ready_endpoint_nodes: BTreeSet<String>,
 }
@@ -47,6 +57,35 @@ pub struct World {
     pub services: Vec<ServiceInfo>,
     pub advertisements: Vec<L2AdvertisementSpec>,
     pub pools: Vec<PoolInfo>,
+    /// Addresses that belong to nodes and are never announced: address → where it was seen.
+    pub node_addresses: BTreeMap<IpAddr, NodeAddress>,
+}
+
+/// Where a node's address was seen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeAddress {
+    pub node: String,
+    /// In the Node's `status.addresses` (every speaker sees it), not only on an interface of this node.
+    pub listed: bool,
+}
+
+impl World {
+    /// Adds this node's own interface addresses to the refused ones (those the API does not list already).
+    pub fn with_own_addresses(mut self, me: &str, addresses: impl IntoIterator<Item = IpAddr>) -> Self {
+        for address in addresses {
+            self.node_addresses.entry(address).or_insert(NodeAddress { node: me.to_string(), listed: false });
+        }
+        self
+    }
+}
+
+/// A Service VIP refused because it is a node's address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeAddressVip {
+    pub service: ServiceReference,
+    pub vip: IpAddr,
+    pub node: String,
+    pub listed: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,7 +140,7 @@ pub fn decide(world: &World, members: &Members) -> Vec<Decision> {
     let mut decisions: Vec<Decision> = world
         .services
         .iter()
-        .filter_map(|service| decide_one(service, &nodes, &live, &world.advertisements, &pools))
+        .filter_map(|service| decide_one(service, &nodes, &live, &world.advertisements, &pools, &world.node_addresses))
         .collect();
     decisions.sort_by(|a, b| (&a.service.namespace, &a.service.name).cmp(&(&b.service.namespace, &b.service.name)));
     decisions
@@ -113,18 +152,28 @@ fn decide_one(
     live: &BTreeSet<String>,
     advertisements: &[L2AdvertisementSpec],
     pools: &[ParsedPool],
+    node_addresses: &BTreeMap<IpAddr, NodeAddress>,
 ) -> Option<Decision> {
     let applying: Vec<&L2AdvertisementSpec> =
         advertisements.iter().filter(|adv| adv.selects_service(&service.labels)).collect();
     let mut relevant: Vec<&L2AdvertisementSpec> = Vec::new();
     let mut vips = Vec::new();
-    for vip in &service.vips {
-        // Pools never overlap within one installation (the controller refuses that); by name if they do.
-        let Some(pool) = pools.iter().find(|p| p.contains(*vip)).map(|p| p.info) else {
-            continue;
+    let no_labels = BTreeMap::new();
+    for vip in service.vips.iter().filter(|v| !node_addresses.contains_key(v)) {
+        let (name, labels) = match &service.origin_pool {
+            // A deleted pool of origin is matched by its name only: its labels went with it.
+            Some(origin) => match pools.iter().find(|p| p.info.name == *origin) {
+                Some(p) => (origin.as_str(), &p.info.labels),
+                None => (origin.as_str(), &no_labels),
+            },
+            // Pools never overlap within one installation (the controller refuses that); by name if they do.
+            None => match pools.iter().find(|p| p.contains(*vip)) {
+                Some(p) => (p.info.name.as_str(), &p.info.labels),
+                None => continue,
+            },
         };
         let selecting: Vec<&L2AdvertisementSpec> =
-            applying.iter().copied().filter(|adv| adv.selects_pool(&pool.name, &pool.labels)).collect();
+            applying.iter().copied().filter(|adv| adv.selects_pool(name, labels)).collect();
         if selecting.is_empty() {
             continue;
         }
@@ -176,6 +225,29 @@ fn decide_one(
         any_interface,
         ranking,
     })
+}
+
+/// Every Service VIP that is a node's address, in Service order: never announced, and the user must be told.
+pub fn node_address_vips(world: &World) -> Vec<NodeAddressVip> {
+    let mut refused: Vec<NodeAddressVip> = world
+        .services
+        .iter()
+        .flat_map(|service| {
+            service.vips.iter().filter_map(|vip| {
+                let owner = world.node_addresses.get(vip)?;
+                Some(NodeAddressVip {
+                    service: service.service.clone(),
+                    vip: *vip,
+                    node: owner.node.clone(),
+                    listed: owner.listed,
+                })
+            })
+        })
+        .collect();
+    refused.sort_by(|a, b| {
+        (&a.service.namespace, &a.service.name, a.vip).cmp(&(&b.service.namespace, &b.service.name, b.vip))
+    });
+    refused
 }
 
 /// What `me` announces: VIP → interfaces. A VIP held by two Services (shared IP) is announced once.

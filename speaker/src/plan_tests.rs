@@ -22,6 +22,7 @@ fn service(name: &str, vips: &[&str], endpoints: &[&str]) -> ServiceInfo {
         service: ServiceReference { namespace: "default".into(), name: name.into() },
         labels: labels(&[("app", name)]),
         vips: vips.iter().map(|v| ip(v)).collect(),
+        origin_pool: None,
         traffic_policy_local: false,
         ready_endpoint_nodes: endpoints.iter().map(|e| e.to_string()).collect(),
     }
@@ -52,6 +53,7 @@ fn world(services: Vec<ServiceInfo>, advertisements: Vec<L2AdvertisementSpec>) -
             pool("demo", &["192.0.2.200-192.0.2.250", "2001:db8::200/120"]),
             pool("quiet", &["198.51.100.0/24"]),
         ],
+        node_addresses: BTreeMap::new(),
     }
 }
 
@@ -120,6 +122,81 @@ fn addresses_outside_an_advertised_pool_are_never_announced() {
     assert_eq!(decisions.len(), 1);
     assert_eq!(decisions[0].service.name, "mixed");
     assert_eq!(decisions[0].vips, [ip("2001:db8::201")]);
+}
+
+#[test]
+fn a_kept_address_is_announced_through_its_pool_of_origin_shrunk_or_deleted() {
+    let mut kept = service("kept", &["192.0.2.240"], &["node-1"]);
+    kept.origin_pool = Some("demo".into());
+    let mut w = world(vec![kept.clone()], vec![advertise(&["demo"])]);
+    // The pool shrank: the VIP is outside every pool, still announced through its pool of origin.
+    w.pools[0].addresses = vec!["192.0.2.200-192.0.2.210".into()];
+    let decisions = decide(&w, &members(&ALL, &["eth0"]));
+    assert_eq!(decisions.len(), 1);
+    assert_eq!(decisions[0].vips, [ip("192.0.2.240")]);
+    assert!(decisions[0].owner.is_some());
+    // Deleted: matched by name only.
+    w.pools.retain(|p| p.name != "demo");
+    assert_eq!(decide(&w, &members(&ALL, &["eth0"]))[0].vips, [ip("192.0.2.240")]);
+    // A deleted pool has no labels: a selector by label no longer picks it, one by name does.
+    let by_label = L2AdvertisementSpec {
+        ip_address_pool_selectors: vec![LabelSelector {
+            match_labels: Some(labels(&[("pool", "demo")])),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    w.advertisements = vec![by_label.clone()];
+    assert!(decide(&w, &members(&ALL, &["eth0"])).is_empty());
+    // While the pool exists, shrunk, its labels still count.
+    let mut shrunk = world(vec![kept.clone()], vec![by_label]);
+    shrunk.pools[0].addresses = vec!["192.0.2.200-192.0.2.210".into()];
+    assert_eq!(decide(&shrunk, &members(&ALL, &["eth0"])).len(), 1);
+    // Without a recorded origin, as before: a VIP in no pool is not announced.
+    kept.origin_pool = None;
+    let mut w = world(vec![kept.clone()], vec![advertise(&["demo"])]);
+    w.pools[0].addresses = vec!["192.0.2.200-192.0.2.210".into()];
+    assert!(decide(&w, &members(&ALL, &["eth0"])).is_empty());
+}
+
+#[test]
+fn the_pool_of_origin_wins_over_the_pool_containing_the_vip() {
+    // The address now lies in "quiet", which no advertisement selects, but came from "demo".
+    let mut moved = service("moved", &["198.51.100.7"], &["node-1"]);
+    moved.origin_pool = Some("demo".into());
+    let w = world(vec![moved.clone()], vec![advertise(&["demo"])]);
+    assert_eq!(decide(&w, &members(&ALL, &["eth0"]))[0].vips, [ip("198.51.100.7")]);
+    // And the other way round: in "demo", from "quiet" (not advertised): not announced.
+    let mut other = service("other", &["192.0.2.201"], &["node-1"]);
+    other.origin_pool = Some("quiet".into());
+    assert!(decide(&world(vec![other], vec![advertise(&["demo"])]), &members(&ALL, &["eth0"])).is_empty());
+}
+
+#[test]
+fn a_nodes_address_is_never_announced_and_is_reported() {
+    // node-2's InternalIP, put inside the pool and asked for by a Service, next to a real VIP.
+    let svc = service("web", &["192.0.2.12", "2001:db8::200"], &["node-1"]);
+    let mut w = world(vec![svc], vec![advertise(&[])]);
+    w.pools[0].addresses.push("192.0.2.0/28".into());
+    w.node_addresses.insert(ip("192.0.2.12"), NodeAddress { node: "node-2".into(), listed: true });
+    let decisions = decide(&w, &members(&ALL, &["eth0"]));
+    assert_eq!(decisions[0].vips, [ip("2001:db8::200")]);
+    for node in ALL {
+        assert!(!mine(&decisions, node, &lab_inventory()).contains_key(&ip("192.0.2.12")));
+    }
+    let refused = node_address_vips(&w);
+    assert_eq!(refused.len(), 1);
+    assert_eq!((refused[0].vip, refused[0].node.as_str(), refused[0].listed), (ip("192.0.2.12"), "node-2", true));
+
+    // Only the node's own interface has it (no Node lists it): refused on that node too.
+    let only = service("only", &["192.0.2.13"], &["node-1"]);
+    let mut w = world(vec![only], vec![advertise(&[])]);
+    w.pools[0].addresses.push("192.0.2.0/28".into());
+    assert_eq!(decide(&w, &members(&ALL, &["eth0"])).len(), 1, "announced while nobody says it is a node's");
+    let w = w.with_own_addresses("node-3", [ip("192.0.2.13"), ip("192.0.2.12")]);
+    assert!(decide(&w, &members(&ALL, &["eth0"])).is_empty());
+    let refused = node_address_vips(&w);
+    assert_eq!((refused[0].node.as_str(), refused[0].listed), ("node-3", false));
 }
 
 #[test]

@@ -4,7 +4,10 @@
 //! reports frames from another MAC that claim an owned VIP.
 //!
 //! The owned set is swapped in as a whole by the main loop; receive tasks read it per frame, so answering
-//! stops the moment ownership is dropped.
+//! stops the moment ownership is dropped. Claims by other MACs are also reported for the VIPs the main
+//! loop watches (being probed before a takeover, or deferred), and probes for them are sent on request.
+//! Frames the kernel received more than [`frames::STALE_FRAME_AGE`] before they are read (queued while
+//! the process was stopped) are dropped unread.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -14,9 +17,9 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::announcer::Action;
-use crate::frames::Mac;
 use crate::frames::arp::{self, ArpFrame};
 use crate::frames::ndp::{self, NdFrame};
+use crate::frames::{self, Mac};
 use crate::links::Inventory;
 use crate::metrics::{FamilyLabel, Metrics};
 use crate::packet_socket::{BoundSocket, ETHERTYPE_ARP, ETHERTYPE_IPV6, PacketSocket};
@@ -33,6 +36,15 @@ pub struct Conflict {
 struct Owned {
     v4: BTreeSet<Ipv4Addr>,
     v6: BTreeSet<Ipv6Addr>,
+    /// Not answered, but claims for them from other MACs are reported.
+    watched_v4: BTreeSet<Ipv4Addr>,
+    watched_v6: BTreeSet<Ipv6Addr>,
+}
+
+impl Owned {
+    fn is_empty(&self) -> bool {
+        self.v4.is_empty() && self.v6.is_empty() && self.watched_v4.is_empty() && self.watched_v6.is_empty()
+    }
 }
 
 type OwnedByInterface = Arc<RwLock<BTreeMap<String, Owned>>>;
@@ -123,8 +135,13 @@ impl Responder {
         Ok(Port { mac, link_local, arp, nd, tasks })
     }
 
-    /// What is answered from now on: VIP → interfaces.
-    pub fn set_owned<'a>(&self, held: impl IntoIterator<Item = (&'a IpAddr, &'a BTreeSet<String>)>) {
+    /// What is answered from now on: VIP → interfaces; and the VIPs whose claims by others are reported
+    /// without answering for them.
+    pub fn set_owned<'a>(
+        &self,
+        held: impl IntoIterator<Item = (&'a IpAddr, &'a BTreeSet<String>)>,
+        watched: impl IntoIterator<Item = (&'a IpAddr, &'a BTreeSet<String>)>,
+    ) {
         let mut by_interface: BTreeMap<String, Owned> = BTreeMap::new();
         for (vip, interfaces) in held {
             for interface in interfaces {
@@ -132,6 +149,15 @@ impl Responder {
                 match vip {
                     IpAddr::V4(v4) => owned.v4.insert(*v4),
                     IpAddr::V6(v6) => owned.v6.insert(*v6),
+                };
+            }
+        }
+        for (vip, interfaces) in watched {
+            for interface in interfaces {
+                let owned = by_interface.entry(interface.clone()).or_default();
+                match vip {
+                    IpAddr::V4(v4) => owned.watched_v4.insert(*v4),
+                    IpAddr::V6(v6) => owned.watched_v6.insert(*v6),
                 };
             }
         }
@@ -163,6 +189,27 @@ impl Responder {
                 }
             }
         }
+    }
+
+    /// Sends one probe for `vip` out of `interface`: whoever holds it answers, and that answer comes back as
+    /// a [`Conflict`] (the VIP must be watched).
+    pub async fn probe(&self, vip: IpAddr, interface: &str) {
+        let Some(port) = self.ports.get(interface) else {
+            tracing::warn!(%vip, %interface, "cannot probe: no socket on the interface");
+            return;
+        };
+        let result = match vip {
+            IpAddr::V4(v4) => port.arp.send(&arp::probe(v4, port.mac).encode()).await,
+            IpAddr::V6(v6) => port.nd.send(&ndp::probe(v6, port.mac).encode()).await,
+        };
+        match result {
+            Ok(()) => self.metrics.probes_sent.get_or_create(&FamilyLabel::of(vip)).inc(),
+            Err(e) => {
+                self.metrics.send_errors.inc();
+                tracing::warn!(%vip, %interface, error = %e, "probe not sent");
+                0
+            }
+        };
     }
 
     async fn announce(&self, vip: IpAddr, interface: &str) {
@@ -210,8 +257,10 @@ struct Reaction {
 /// The ARP side: requests for owned IPv4 VIPs are answered; replies or requests claiming one are conflicts.
 fn react_arp(frame: &[u8], owned: &Owned, our_mac: Mac, our_macs: &BTreeSet<Mac>) -> Option<Reaction> {
     let frame = ArpFrame::parse(frame).ok()?;
+    let claimed =
+        arp::conflict(&frame, &owned.v4, our_macs).or_else(|| arp::conflict(&frame, &owned.watched_v4, our_macs));
     Some(Reaction {
-        conflict: arp::conflict(&frame, &owned.v4, our_macs).map(|(vip, mac)| (IpAddr::V4(vip), mac)),
+        conflict: claimed.map(|(vip, mac)| (IpAddr::V4(vip), mac)),
         reply: arp::answer(&frame, &owned.v4, our_mac).map(|r| r.encode().to_vec()),
     })
 }
@@ -219,8 +268,10 @@ fn react_arp(frame: &[u8], owned: &Owned, our_mac: Mac, our_macs: &BTreeSet<Mac>
 /// The NDP side. Parsing checks the hop limit (255) and the checksum: anything else is not Neighbor Discovery.
 fn react_nd(frame: &[u8], owned: &Owned, our_mac: Mac, our_macs: &BTreeSet<Mac>) -> Option<Reaction> {
     let frame = NdFrame::parse(frame).ok()?;
+    let claimed =
+        ndp::conflict(&frame, &owned.v6, our_macs).or_else(|| ndp::conflict(&frame, &owned.watched_v6, our_macs));
     Some(Reaction {
-        conflict: ndp::conflict(&frame, &owned.v6, our_macs).map(|(vip, mac)| (IpAddr::V6(vip), mac)),
+        conflict: claimed.map(|(vip, mac)| (IpAddr::V6(vip), mac)),
         reply: ndp::answer(&frame, &owned.v6, our_mac).map(|r| r.encode()),
     })
 }
@@ -240,8 +291,12 @@ async fn serve(socket: Arc<PacketSocket>, family: FamilyLabel, react: React, mac
     let Shared { owned, our_macs, conflicts, metrics } = shared;
     let interface = socket.interface().to_string();
     loop {
-        let frame = match socket.recv().await {
-            Ok(frame) => frame,
+        let frame = match socket.recv_stamped().await {
+            Ok((_, Some(received))) if frames::is_stale(received, std::time::SystemTime::now()) => {
+                metrics.stale_frames.inc();
+                continue;
+            }
+            Ok((frame, _)) => frame,
             Err(e) => {
                 tracing::warn!(%interface, family = family.family, error = %e, "packet socket receive failed");
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -249,7 +304,7 @@ async fn serve(socket: Arc<PacketSocket>, family: FamilyLabel, react: React, mac
             }
         };
         let mine = owned.read().ok().and_then(|o| o.get(&interface).cloned()).unwrap_or_default();
-        if mine.v4.is_empty() && mine.v6.is_empty() {
+        if mine.is_empty() {
             continue;
         }
         let Some(reaction) = react(&frame, &mine, mac, &macs(&our_macs)) else { continue };

@@ -1,7 +1,10 @@
 //! The speaker's main loop: wires the watches, the membership, the interface inventory, the announcer and
 //! the sockets together. Every input (an object changed, a member came or went, a link changed) leads to the
 //! same step: rebuild the plan, bring the announcer to it, swap the answered set, and queue the reports.
-//! The failover path (member down → plan → gratuitous ARP/NA) touches no API.
+//! The failover path (member down → plan → probe → gratuitous ARP/NA) touches no API. When this node
+//! really starts and stops answering for a VIP the plan gives or takes is [`crate::claims`]' decision:
+//! a takeover from a holder that is not a live member waits for a silent probe, a stand-in stands down when
+//! it hears the owner, and a VIP handed to a live member is answered until that member announces it.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -14,6 +17,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::announcer::{Announcer, Timing};
+use crate::claims::{self, Claims, Heard, Want};
 use crate::cluster::{ClassFilter, Cluster, node_address};
 use crate::frames::Mac;
 use crate::gossip_auth::SharedKey;
@@ -30,6 +34,9 @@ const API_SETTLE: Duration = Duration::from_millis(30);
 pub(crate) const RESYNC_PERIOD: Duration = Duration::from_secs(5);
 /// One conflict Event per VIP and foreign MAC per this period.
 const CONFLICT_EVENT_PERIOD: Duration = Duration::from_secs(60);
+/// A VIP held by right that another MAC claims is announced again at most this often (RFC 5227's
+/// DEFEND_INTERVAL): enough to win the LAN back from a stale claim, never a gratuitous ARP storm.
+const DEFEND_INTERVAL: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -96,6 +103,7 @@ pub async fn run(
     let mut peers = cluster.gossip_peers(options.gossip_port, gossip_ip.is_ipv4());
     membership.set_peers(peers.clone());
     let mut members = membership.members();
+    let mut rejoins = membership.rejoins();
 
     let (conflicts_tx, mut conflicts) = mpsc::unbounded_channel();
     let mut responder = Responder::new(conflicts_tx, metrics.clone());
@@ -104,6 +112,7 @@ pub async fn run(
     let writer = tokio::spawn(report::run(client.clone(), options.namespace.clone(), events, reports_rx));
 
     let mut state = State::new(me.clone(), options.timing, options.join_grace);
+    let mut probes: Vec<(IpAddr, String)> = Vec::new();
     health.set_ready(true);
     let mut api_dirty: Option<Instant> = Some(Instant::now());
     let mut resync = tokio::time::interval(RESYNC_PERIOD);
@@ -112,6 +121,8 @@ pub async fn run(
     loop {
         let far = Instant::now() + Duration::from_secs(3600);
         let next_due = state.announcer.next_due().map(Instant::from_std).unwrap_or(far);
+        let claims_due = state.claims.next_due().map(Instant::from_std).unwrap_or(far);
+        let complete = state.view_complete(&members.borrow());
         tokio::select! {
             _ = &mut stop => break,
             _ = cluster.changed() => {
@@ -154,7 +165,33 @@ pub async fn run(
                 }
             }
             Some(conflict) = conflicts.recv() => {
-                state.report_conflict(&cluster, &reports, conflict);
+                match state.claims.heard(conflict.vip, std::time::Instant::now()) {
+                    Heard::Ignored => continue,
+                    Heard::Conflict => {
+                        let defend = state.defend(conflict.vip);
+                        responder.execute(defend).await;
+                        state.report_conflict(&cluster, &reports, conflict);
+                        continue;
+                    }
+                    Heard::Deferred | Heard::StoodDown => {
+                        metrics.takeovers_deferred.inc();
+                        state.log_deferral(&conflict);
+                    }
+                    Heard::Released => {
+                        tracing::info!(vip = %conflict.vip, mac = %conflict.mac, "handed over: the new owner announces it");
+                    }
+                }
+            }
+            _ = tokio::time::sleep_until(claims_due) => {
+                probes = state.claims.tick(complete, std::time::Instant::now()).probes;
+            }
+            changed = rejoins.changed() => {
+                changed.context("the gossip membership stopped")?;
+                // Declared down while running: someone may have taken our VIPs meanwhile; take them back.
+                let held: Vec<IpAddr> = state.announcer.owned().copied().collect();
+                tracing::info!(vips = held.len(), "announcing held VIPs again after rejoining the gossip");
+                let actions = state.announcer.reannounce(&held, std::time::Instant::now());
+                responder.execute(actions).await;
                 continue;
             }
             _ = tokio::time::sleep_until(next_due) => {
@@ -173,7 +210,7 @@ pub async fn run(
         if state.hold_until.is_some() && state.hold_ends_on_contact && live.len() >= peers.len().max(2) {
             state.hold_until = None;
         }
-        let world = cluster.world();
+        let world = cluster.world().with_own_addresses(&me, inventory.own_addresses());
         let decisions = plan::decide(&world, &live);
         let mut desired = plan::mine(&decisions, &me, &inventory);
         let unplaced = plan::unplaced(&decisions, &me, &desired);
@@ -182,11 +219,42 @@ pub async fn run(
             let held: BTreeSet<IpAddr> = state.announcer.owned().copied().collect();
             desired.retain(|vip, _| held.contains(vip));
         }
+        let now = std::time::Instant::now();
+        let announcements = cluster.announcements();
+        state.learn_speakers(&live, &announcements, &world);
+        let complete = state.view_complete(&live);
+        let holders = previous_holders(&state.decisions, &announcements, &me);
+        let wanted: BTreeMap<IpAddr, Want> = desired
+            .iter()
+            .map(|(vip, interfaces)| {
+                let holder_live = holders.get(vip).is_some_and(|h| live.contains_key(h));
+                (*vip, Want { interfaces: interfaces.clone(), holder_live })
+            })
+            .collect();
+        let handed_over: BTreeSet<IpAddr> = decisions
+            .iter()
+            .filter(|d| d.owner.as_deref().is_some_and(|o| o != me))
+            .flat_map(|d| d.vips.iter().copied())
+            .collect();
+        let step = state.claims.update(&wanted, &handed_over, complete, now);
+        state.claims.keep_usable(&inventory.usable().into_iter().collect());
+        probes.extend(step.probes);
+        let answered = state.claims.answered();
+        let watched: BTreeMap<IpAddr, BTreeSet<String>> = state
+            .claims
+            .watched()
+            .into_iter()
+            .filter_map(|v| wanted.get(&v).map(|w| (v, w.interfaces.clone())))
+            .collect();
         let before: BTreeSet<IpAddr> = state.announcer.owned().copied().collect();
-        let actions = state.announcer.update(&desired, std::time::Instant::now());
-        let held = held_interfaces(&state.announcer, &desired);
-        // Stop answering for lost VIPs before anything else happens.
-        responder.set_owned(&held);
+        let mut actions = state.announcer.update(&answered, now);
+        actions.extend(state.announcer.reannounce(&step.reannounce, now));
+        let held = answered;
+        // Stop answering for lost VIPs before anything else happens, and listen for answers before probing.
+        responder.set_owned(&held, &watched);
+        for (vip, interface) in probes.drain(..) {
+            responder.probe(vip, &interface).await;
+        }
         let after: BTreeSet<IpAddr> = held.keys().copied().collect();
         let changes = before.symmetric_difference(&after).count();
         if changes > 0 {
@@ -201,13 +269,14 @@ pub async fn run(
         metrics.owned_vips.set(i64::try_from(after.len()).unwrap_or(i64::MAX));
         responder.execute(actions).await;
         let janitor = live.keys().next() == Some(&me);
+        state.report_node_addresses(&cluster, &reports, plan::node_address_vips(&world), janitor);
         state.report(&cluster, &reports, decisions, &held, janitor);
         state.report_unplaced(&cluster, &reports, unplaced);
     }
 
     tracing::info!("stopping: releasing every VIP and leaving the gossip group");
     let actions = state.announcer.update(&BTreeMap::new(), std::time::Instant::now());
-    responder.set_owned(&BTreeMap::new());
+    responder.set_owned(&BTreeMap::new(), &BTreeMap::new());
     responder.execute(actions).await;
     membership.leave().await;
     drop(reports);
@@ -230,16 +299,38 @@ pub(crate) async fn watch_cluster(
     Ok((cluster, node))
 }
 
-fn held_interfaces(
-    announcer: &Announcer,
-    desired: &BTreeMap<IpAddr, BTreeSet<String>>,
-) -> BTreeMap<IpAddr, BTreeSet<String>> {
-    announcer.owned().filter_map(|vip| desired.get(vip).map(|i| (*vip, i.clone()))).collect()
+/// Who held each VIP last, as far as this node knows: the owner of its last plan, unless that was this
+/// node, else the node its Service's L2Announcement names (the writer of which held it). This node is never
+/// a holder here: a takeover from itself has nobody to wait for.
+fn previous_holders(
+    decisions: &[Decision],
+    announcements: &BTreeMap<String, ferrolb_crds::L2AnnouncementSpec>,
+    me: &str,
+) -> BTreeMap<IpAddr, String> {
+    let mut holders: BTreeMap<IpAddr, String> = announcements
+        .values()
+        .filter(|a| a.node != me)
+        .flat_map(|a| a.ips.iter().filter_map(|ip| ip.parse().ok()).map(|ip| (ip, a.node.clone())))
+        .collect();
+    for decision in decisions {
+        if let Some(owner) = decision.owner.as_deref().filter(|o| *o != me) {
+            holders.extend(decision.vips.iter().map(|vip| (*vip, owner.to_string())));
+        }
+    }
+    holders
 }
 
 pub(crate) struct State {
     me: String,
     announcer: Announcer,
+    claims: Claims,
+    /// When each VIP was last defended against another MAC's claim.
+    defended: HashMap<IpAddr, Instant>,
+    /// When a deferred takeover of each VIP was last logged (a partition retries every second or two).
+    deferral_logged: HashMap<IpAddr, Instant>,
+    /// Nodes known to run a speaker: seen in the gossip, or named by an L2Announcement (Nodes that still
+    /// exist). The view is complete when all of them are live members.
+    known_speakers: BTreeSet<String>,
     hold_until: Option<Instant>,
     /// At start-up the hold ends as soon as another member is seen.
     hold_ends_on_contact: bool,
@@ -249,19 +340,26 @@ pub(crate) struct State {
     conflict_events: HashMap<(IpAddr, Mac), Instant>,
     /// Services this node owns but cannot announce (some VIP has no interface), already reported.
     unplaced_services: BTreeSet<ServiceReference>,
+    /// Service VIPs refused as a node's address, already reported.
+    node_address_vips: BTreeSet<(ServiceReference, IpAddr)>,
 }
 
 impl State {
     pub(crate) fn new(me: String, timing: Timing, join_grace: Duration) -> Self {
         Self {
+            claims: Claims::new(me.clone(), claims::Timing::with_join_grace(join_grace)),
             me,
             announcer: Announcer::new(timing),
+            defended: HashMap::new(),
+            deferral_logged: HashMap::new(),
+            known_speakers: BTreeSet::new(),
             hold_until: Some(Instant::now() + join_grace),
             hold_ends_on_contact: true,
             decisions: Vec::new(),
             announced_services: BTreeSet::new(),
             conflict_events: HashMap::new(),
             unplaced_services: BTreeSet::new(),
+            node_address_vips: BTreeSet::new(),
         }
     }
 
@@ -327,6 +425,86 @@ impl State {
         self.unplaced_services = now;
     }
 
+    /// Tells the user once about every Service VIP that is a node's address (never announced). An address a
+    /// Node lists is reported by the janitor alone (every speaker sees it); one only on this node's
+    /// interfaces by this node.
+    pub(crate) fn report_node_addresses(
+        &mut self,
+        cluster: &Cluster,
+        reports: &report::Reports,
+        refused: Vec<plan::NodeAddressVip>,
+        janitor: bool,
+    ) {
+        let now: BTreeSet<(ServiceReference, IpAddr)> = refused.iter().map(|r| (r.service.clone(), r.vip)).collect();
+        for refusal in refused {
+            let key = (refusal.service.clone(), refusal.vip);
+            if self.node_address_vips.contains(&key) {
+                continue;
+            }
+            let ours = if refusal.listed { janitor } else { refusal.node == self.me };
+            if !ours {
+                continue;
+            }
+            let note = format!(
+                "{} is an address of node {}: no speaker announces it (a gratuitous ARP would take the node's own traffic); give the Service an address that no node has",
+                refusal.vip, refusal.node
+            );
+            let service = format!("{}/{}", refusal.service.namespace, refusal.service.name);
+            tracing::warn!(%service, "{note}");
+            if let Some(regarding) = cluster.service_reference(&refusal.service) {
+                let _ = reports.send(Report::Notice(Notice { regarding, warning: true, reason: "NodeAddress", note }));
+            }
+            self.node_address_vips.insert(key);
+        }
+        self.node_address_vips.retain(|k| now.contains(k));
+    }
+
+    /// The announcements that defend `vip` against another MAC's claim, at most once per DEFEND_INTERVAL.
+    fn defend(&mut self, vip: IpAddr) -> Vec<crate::announcer::Action> {
+        if self.defended.get(&vip).is_some_and(|at| at.elapsed() < DEFEND_INTERVAL) {
+            return Vec::new();
+        }
+        self.defended.insert(vip, Instant::now());
+        self.defended.retain(|_, at| at.elapsed() < DEFEND_INTERVAL);
+        self.announcer.reannounce(&[vip], std::time::Instant::now())
+    }
+
+    fn learn_speakers(
+        &mut self,
+        live: &crate::membership::Members,
+        announcements: &BTreeMap<String, ferrolb_crds::L2AnnouncementSpec>,
+        world: &plan::World,
+    ) {
+        self.known_speakers.extend(live.keys().cloned());
+        self.known_speakers.extend(announcements.values().map(|a| a.node.clone()));
+        let nodes: BTreeSet<&str> = world.nodes.iter().map(|n| n.name.as_str()).collect();
+        self.known_speakers.retain(|n| nodes.contains(n.as_str()));
+    }
+
+    /// Every node known to run a speaker is a live member: a VIP taken over now is held by right, not as a
+    /// stand-in for a node we cannot hear.
+    fn view_complete(&self, live: &crate::membership::Members) -> bool {
+        self.known_speakers.iter().all(|n| live.contains_key(n))
+    }
+
+    fn log_deferral(&mut self, conflict: &Conflict) {
+        if self.deferral_logged.get(&conflict.vip).is_some_and(|at| at.elapsed() < CONFLICT_EVENT_PERIOD) {
+            return;
+        }
+        self.deferral_logged.insert(conflict.vip, Instant::now());
+        self.deferral_logged.retain(|_, at| at.elapsed() < CONFLICT_EVENT_PERIOD);
+        let services: Vec<String> = self
+            .decisions
+            .iter()
+            .filter(|d| d.vips.contains(&conflict.vip))
+            .map(|d| format!("{}/{}", d.service.namespace, d.service.name))
+            .collect();
+        tracing::warn!(
+            vip = %conflict.vip, mac = %conflict.mac, interface = %conflict.interface, services = ?services,
+            "another MAC answers for this VIP (its previous owner, which the gossip cannot reach, or another host): not taking it over; probing again later, backing off from 1 s to 8 s (logged once a minute per VIP)"
+        );
+    }
+
     fn report_conflict(&mut self, cluster: &Cluster, reports: &report::Reports, conflict: Conflict) {
         let key = (conflict.vip, conflict.mac);
         if self.conflict_events.get(&key).is_some_and(|at| at.elapsed() < CONFLICT_EVENT_PERIOD) {
@@ -351,5 +529,46 @@ impl State {
                 }));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn members(nodes: &[&str]) -> crate::membership::Members {
+        nodes.iter().map(|n| (n.to_string(), BTreeSet::new())).collect()
+    }
+
+    fn world(nodes: &[&str]) -> plan::World {
+        let nodes = nodes
+            .iter()
+            .map(|n| plan::NodeInfo { name: n.to_string(), labels: BTreeMap::new(), network_unavailable: false })
+            .collect();
+        plan::World { nodes, ..Default::default() }
+    }
+
+    #[test]
+    fn the_view_is_complete_when_every_node_known_to_run_a_speaker_is_live() {
+        let mut state = State::new("node-1".into(), Timing::default(), Duration::from_secs(2));
+        // node-4 has no speaker (never seen, never announced): it does not count.
+        let all = world(&["node-1", "node-2", "node-3", "node-4"]);
+        state.learn_speakers(&members(&["node-1", "node-2", "node-3"]), &BTreeMap::new(), &all);
+        assert!(state.view_complete(&members(&["node-1", "node-2", "node-3"])));
+        assert!(!state.view_complete(&members(&["node-1", "node-3"])), "node-2 was seen: it is missing");
+        // A fresh speaker that sees nobody still knows the node an L2Announcement names.
+        let mut fresh = State::new("node-3".into(), Timing::default(), Duration::from_secs(2));
+        let spec = ferrolb_crds::L2AnnouncementSpec {
+            service: ServiceReference { namespace: "default".into(), name: "web".into() },
+            ips: vec!["192.0.2.200".into()],
+            node: "node-2".into(),
+            interfaces: vec!["eth0".into()],
+        };
+        fresh.learn_speakers(&members(&["node-3"]), &BTreeMap::from([("default.web".to_string(), spec)]), &all);
+        assert!(!fresh.view_complete(&members(&["node-3"])));
+        // A deleted Node is forgotten.
+        fresh.learn_speakers(&members(&["node-3"]), &BTreeMap::new(), &world(&["node-1", "node-3"]));
+        assert!(fresh.view_complete(&members(&["node-3"])));
     }
 }

@@ -101,10 +101,30 @@ impl L2Lab {
         let client = self.running.lab().client().interface.clone();
         let count = count.to_string();
         let output = self.running.lab().client_exec("arping", &["-c", &count, "-w", "3", "-i", &client, ip]).unwrap();
-        String::from_utf8_lossy(&output.stdout)
-            .lines()
-            .filter_map(|line| line.split("from ").nth(1)?.split_whitespace().next().map(str::to_lowercase))
-            .collect()
+        macs_in(&String::from_utf8_lossy(&output.stdout))
+    }
+
+    /// Starts `arping` from the client: `count` requests for `ip`, one every `interval`; its output (with
+    /// `dots`, one `!` per answered request and `.` per unanswered one) once it is done.
+    pub fn arping_in_background(
+        &self,
+        ip: &str,
+        interval: Duration,
+        count: u32,
+        dots: bool,
+    ) -> std::thread::JoinHandle<String> {
+        let (ns, interface, ip) =
+            (self.running.lab().client().netns.clone(), self.running.lab().client().interface.clone(), ip.to_string());
+        std::thread::spawn(move || {
+            let (wait, count) = (format!("{:.3}", interval.as_secs_f64()), count.to_string());
+            let mut args = vec!["-W", &wait, "-c", &count, "-i", &interface];
+            if dots {
+                args.push("-D");
+            }
+            args.push(&ip);
+            let output = netns::exec(&ns, "arping", &args).unwrap();
+            String::from_utf8_lossy(&output.stdout).into_owned()
+        })
     }
 
     /// The link-layer address a Neighbor Solicitation for `ip` gets, if any.
@@ -162,13 +182,18 @@ impl L2Lab {
     }
 
     pub fn events(&self, reason: &str) -> Vec<Event> {
+        self.events_about(DEMO_SERVICE, reason)
+    }
+
+    /// Events with `reason` about the Service `service` of the demo namespace.
+    pub fn events_about(&self, service: &str, reason: &str) -> Vec<Event> {
         let api: Api<Event> = Api::namespaced(self.client.clone(), DEMO_NAMESPACE);
         let list = self.runtime.block_on(api.list(&ListParams::default())).unwrap();
         list.items
             .into_iter()
             .filter(|e| {
                 e.reason.as_deref() == Some(reason)
-                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(DEMO_SERVICE)
+                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(service)
             })
             .collect()
     }
@@ -178,6 +203,70 @@ impl L2Lab {
             netns::exec(&self.netns(node), "curl", &["-s", "--max-time", "2", "http://127.0.0.1:7473/metrics"])
                 .unwrap();
         String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// A `type: LoadBalancer` Service `name` in the demo namespace whose status the test writes itself
+    /// (stop the controller first, or it rewrites it): ingress `ips` and, if given, the pool-of-origin
+    /// condition naming `origin_pool`. It gets a ready endpoint on every node (without one nobody
+    /// announces a Service).
+    pub fn service_with_status(&self, name: &str, ips: &[&str], origin_pool: Option<&str>) {
+        let api: Api<Service> = Api::namespaced(self.client.clone(), DEMO_NAMESPACE);
+        let service = serde_json::json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": name, "namespace": DEMO_NAMESPACE},
+            "spec": {"type": "LoadBalancer", "ports": [{"port": 80, "protocol": "TCP"}]}
+        });
+        let params = PatchParams::apply("ferrolb-e2e").force();
+        self.runtime.block_on(api.patch(name, &params, &Patch::Apply(&service))).unwrap();
+        let ingress: Vec<serde_json::Value> =
+            ips.iter().map(|ip| serde_json::json!({"ip": ip, "ipMode": "VIP"})).collect();
+        let mut status = serde_json::json!({"loadBalancer": {"ingress": ingress}});
+        if let Some(pool) = origin_pool {
+            status["conditions"] = serde_json::json!([{
+                "type": ferrolb_crds::service::POOL_CONDITION,
+                "status": "True",
+                "reason": ferrolb_crds::service::POOL_CONDITION_REASON,
+                "message": pool,
+                "lastTransitionTime": "2026-01-01T00:00:00Z",
+            }]);
+        }
+        let patch = serde_json::json!({"status": status});
+        self.runtime.block_on(api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))).unwrap();
+        let backends: Vec<crate::objects::Backend> = ["node-1", "node-2", "node-3"]
+            .iter()
+            .enumerate()
+            .map(|(i, node)| crate::objects::Backend {
+                node: node.to_string(),
+                address: format!("203.0.113.{}", 60 + i),
+                ready: true,
+            })
+            .collect();
+        self.runtime
+            .block_on(crate::objects::apply_endpoint_slice(&self.client, DEMO_NAMESPACE, name, "IPv4", 80, &backends))
+            .unwrap();
+    }
+
+    /// Merges `patch` into the spec of the IPAddressPool `name`.
+    pub fn patch_pool(&self, name: &str, patch: serde_json::Value) {
+        let api: Api<ferrolb_crds::IPAddressPool> = Api::all(self.client.clone());
+        self.runtime.block_on(api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))).unwrap();
+    }
+
+    /// Drops every gossip datagram (UDP 7946, both ways) in `node`'s namespace while the LAN stays up: the
+    /// rule goes with the namespace when the lab is dropped.
+    pub fn cut_gossip(&self, node: &str) {
+        let ns = self.netns(node);
+        let rules = "table inet ferrolb-e2e {\n chain input { type filter hook input priority 0; udp dport 7946 drop; udp sport 7946 drop; }\n chain output { type filter hook output priority 0; udp dport 7946 drop; udp sport 7946 drop; }\n}\n";
+        let file = self.state.path().join(format!("cut-gossip-{node}.nft"));
+        std::fs::write(&file, rules).unwrap();
+        let output = netns::exec(&ns, "nft", &["-f", &file.to_string_lossy()]).unwrap();
+        assert!(output.status.success(), "nft: {}", String::from_utf8_lossy(&output.stderr));
+    }
+
+    /// Undoes [`L2Lab::cut_gossip`].
+    pub fn restore_gossip(&self, node: &str) {
+        let output = netns::exec(&self.netns(node), "nft", &["delete", "table", "inet", "ferrolb-e2e"]).unwrap();
+        assert!(output.status.success(), "nft: {}", String::from_utf8_lossy(&output.stderr));
     }
 
     pub fn patch_service(&self, patch: serde_json::Value) {
@@ -190,6 +279,19 @@ impl L2Lab {
         let patch = serde_json::json!({"metadata": {"labels": {key: value}}});
         self.runtime.block_on(api.patch(node, &PatchParams::default(), &Patch::Merge(&patch))).unwrap();
     }
+}
+
+/// The MACs in `arping` output.
+pub fn macs_in(arping_output: &str) -> BTreeSet<String> {
+    arping_output
+        .lines()
+        .filter_map(|line| line.split("from ").nth(1)?.split_whitespace().next().map(str::to_lowercase))
+        .collect()
+}
+
+/// The longest run of unanswered requests in `arping -D` output.
+pub fn longest_unanswered_run(dots: &str) -> usize {
+    dots.split('!').map(|run| run.chars().filter(|c| *c == '.').count()).max().unwrap_or(0)
 }
 
 pub fn metric(text: &str, name: &str) -> f64 {

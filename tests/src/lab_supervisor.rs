@@ -401,6 +401,25 @@ impl RunningLab {
         Ok(())
     }
 
+    /// Stops the controller (SIGTERM, then SIGKILL after `timeout`) and keeps it stopped until
+    /// [`RunningLab::start_stopped`]: for tests that write a Service's status themselves.
+    pub fn stop_controller(&mut self, timeout: Duration) -> Result<()> {
+        let component = self
+            .components
+            .iter_mut()
+            .find(|c| c.name == "controller")
+            .ok_or_else(|| Error::Lab("no controller in this lab".into()))?;
+        if let Some(mut process) = component.process.take() {
+            process.signal(nix::sys::signal::Signal::SIGTERM)?;
+            if process.wait_timeout(timeout).is_none() {
+                process.signal(nix::sys::signal::Signal::SIGKILL)?;
+                let _ = process.wait_timeout(timeout);
+            }
+        }
+        component.exited_at = Some(std::time::Instant::now());
+        Ok(())
+    }
+
     /// Starts, at once, every component that is not running (the supervisor would wait 2 s).
     pub fn start_stopped(&mut self) {
         for component in &mut self.components {

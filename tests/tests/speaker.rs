@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use ferrolb_e2e::l2lab::{L2Lab, VIP4, VIP6, metric};
+use ferrolb_e2e::l2lab::{L2Lab, VIP4, VIP6, macs_in, metric};
 use ferrolb_e2e::lab_supervisor::{DEMO_NAMESPACE, DEMO_SERVICE};
 use ferrolb_e2e::netns;
 use ferrolb_e2e::objects::{Backend, apply_endpoint_slice};
@@ -141,4 +141,199 @@ fn deleting_the_service_stops_every_answer_and_removes_its_announcement() {
     // route the pool locally, as kube-proxy would until it catches up.)
     lab.running.lab().client_exec("ip", &["neigh", "flush", "dev", "eth0"]).unwrap();
     assert_eq!(lab.curl(VIP4), None);
+}
+
+#[test]
+fn a_kept_address_outside_every_pool_stays_reachable_through_its_pool_of_origin() {
+    let mut lab = L2Lab::up();
+    lab.owner();
+    // The test writes the Service's status itself, as the controller does: its address and the pool it came
+    // from.
+    lab.running.stop_controller(Duration::from_secs(5)).unwrap();
+    let kept = "192.0.2.240";
+    lab.service_with_status("kept", &[kept], Some("demo-pool"));
+    lab.wait_for("the kept address to answer", || lab.curl(kept).is_some());
+
+    // The pool shrinks: the address is outside every pool, and the Service still holds it.
+    lab.patch_pool(
+        "demo-pool",
+        serde_json::json!({"spec": {"addresses": ["192.0.2.200-192.0.2.230", "2001:db8::200-2001:db8::250"]}}),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let client = lab.running.lab().client().interface.clone();
+    lab.running.lab().client_exec("ip", &["neigh", "flush", "dev", &client]).unwrap();
+    assert!(lab.curl(kept).is_some(), "the kept address stopped answering when its pool shrank\n{}", lab.logs());
+    assert_eq!(lab.arping_macs(kept, 3).len(), 1, "one MAC answers for {kept}");
+
+    // The pool is deleted: matched by its name, the address is still announced.
+    let api: Api<ferrolb_crds::IPAddressPool> = Api::all(lab.client.clone());
+    lab.runtime.block_on(api.delete("demo-pool", &DeleteParams::default())).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    lab.running.lab().client_exec("ip", &["neigh", "flush", "dev", &client]).unwrap();
+    assert!(lab.curl(kept).is_some(), "the kept address stopped answering when its pool was deleted\n{}", lab.logs());
+}
+
+#[test]
+fn a_service_asking_for_a_nodes_address_is_refused_and_the_node_stays_reachable() {
+    let mut lab = L2Lab::up();
+    lab.owner();
+    lab.running.stop_controller(Duration::from_secs(5)).unwrap();
+    // node-2's own InternalIP, inside an advertised pool, in a Service's status.
+    let node2 = lab.running.lab().node("node-2").unwrap().ipv4.clone();
+    lab.patch_pool(
+        "demo-pool",
+        serde_json::json!({"spec": {"addresses": ["192.0.2.200-192.0.2.250", "2001:db8::200-2001:db8::250", format!("{node2}/32")]}}),
+    );
+    lab.service_with_status("node-address", &[&node2], None);
+    lab.wait_for("a NodeAddress Warning on the Service", || {
+        !lab.events_about("node-address", "NodeAddress").is_empty()
+    });
+    let event = &lab.events_about("node-address", "NodeAddress")[0];
+    assert_eq!(event.type_.as_deref(), Some("Warning"));
+    assert!(event.note.as_deref().unwrap_or_default().contains(&node2), "{event:?}");
+
+    // Nobody announced it: only the demo VIPs are owned anywhere, and only node-2 itself answers for its
+    // address, which still reaches node-2.
+    std::thread::sleep(Duration::from_secs(1));
+    let owned: f64 =
+        ["node-1", "node-2", "node-3"].iter().map(|n| metric(&lab.metrics(n), "ferrolb_speaker_owned_vips")).sum();
+    assert_eq!(owned, 2.0, "only the demo Service's two VIPs are announced\n{}", lab.logs());
+    let client = lab.running.lab().client().interface.clone();
+    lab.running.lab().client_exec("ip", &["neigh", "flush", "dev", &client]).unwrap();
+    assert_eq!(lab.arping_macs(&node2, 3), std::collections::BTreeSet::from([lab.mac("node-2")]));
+    assert_eq!(lab.curl(&node2).as_deref(), Some("node-2"));
+}
+
+/// Every node but `owner`.
+fn others(owner: &str) -> Vec<&'static str> {
+    ["node-1", "node-2", "node-3"].into_iter().filter(|n| *n != owner).collect()
+}
+
+/// For `span`, one ARP request for VIP4 every 50 ms from the client, and every second the other nodes'
+/// owned-VIP count (both families): returns every MAC that answered and the most VIPs another node held.
+fn answers_during(lab: &L2Lab, owner: &str, span: Duration) -> (std::collections::BTreeSet<String>, f64) {
+    let interval = Duration::from_millis(50);
+    let count = u32::try_from(span.as_millis() / interval.as_millis()).unwrap();
+    let arping = lab.arping_in_background(VIP4, interval, count, false);
+    let until = std::time::Instant::now() + span;
+    let mut most = 0.0f64;
+    while std::time::Instant::now() < until {
+        for other in others(owner) {
+            most = most.max(metric(&lab.metrics(other), "ferrolb_speaker_owned_vips"));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    (macs_in(&arping.join().unwrap()), most)
+}
+
+#[test]
+fn cutting_only_the_gossip_leaves_one_mac_answering_each_vip() {
+    let lab = L2Lab::up();
+    let owner = lab.owner();
+    // The LAN stays up; only UDP 7946 is dropped on every node: each believes the others dead.
+    for node in ["node-1", "node-2", "node-3"] {
+        lab.cut_gossip(node);
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let (macs, most) = answers_during(&lab, &owner, Duration::from_secs(19));
+    assert_eq!(
+        macs,
+        std::collections::BTreeSet::from([lab.mac(&owner)]),
+        "ARP answers during the partition\n{}",
+        lab.logs()
+    );
+    assert_eq!(most, 0.0, "another node claimed a VIP during the partition\n{}", lab.logs());
+    assert!(metric(&lab.metrics(others(&owner)[0]), "ferrolb_speaker_takeovers_deferred_total") >= 1.0);
+    for node in ["node-1", "node-2", "node-3"] {
+        lab.restore_gossip(node);
+    }
+    lab.wait_for("every speaker to see the others again", || {
+        ["node-1", "node-2", "node-3"].iter().all(|n| metric(&lab.metrics(n), "ferrolb_speaker_members") == 3.0)
+    });
+    lab.assert_single_owner(&owner);
+}
+
+#[test]
+fn a_speaker_restarted_with_another_gossip_key_takes_nothing_that_is_answered() {
+    let mut lab = L2Lab::up();
+    let owner = lab.owner();
+    let stranger = others(&owner)[0];
+    // Only the restarted speaker reads the new key: it cannot gossip with anyone, and nobody with it.
+    lab.running.signal_speaker(stranger, Signal::SIGKILL).unwrap();
+    lab.running.wait_speaker_exit(stranger, Duration::from_secs(5)).unwrap();
+    ferrolb_e2e::objects::write_gossip_key(&lab.state.path().join("gossip.key")).unwrap();
+    lab.running.start_stopped();
+    // Its join grace (2 s) passes alone, then it would claim every VIP.
+    std::thread::sleep(Duration::from_secs(3));
+    let (macs, most) = answers_during(&lab, &owner, Duration::from_secs(10));
+    assert_eq!(macs, std::collections::BTreeSet::from([lab.mac(&owner)]), "ARP answers\n{}", lab.logs());
+    assert_eq!(most, 0.0, "a node other than the owner claimed a VIP\n{}", lab.logs());
+    let stranger_metrics = lab.metrics(stranger);
+    assert_eq!(metric(&stranger_metrics, "ferrolb_speaker_members"), 1.0, "{stranger_metrics}");
+    assert!(metric(&stranger_metrics, "ferrolb_speaker_takeovers_deferred_total") >= 1.0, "{stranger_metrics}");
+    assert_eq!(lab.curl(VIP4).as_deref(), Some(owner.as_str()));
+}
+
+#[test]
+fn a_returning_owner_takes_its_vip_back_with_no_gap_in_arp_answers() {
+    let lab = L2Lab::up();
+    let owner = lab.owner();
+    let ns = lab.netns(&owner);
+    let cut = std::time::Instant::now();
+    netns::exec(&ns, "ip", &["link", "set", "eth0", "down"]).unwrap();
+    let next = lab.wait_for_new_owner(&owner);
+    // From the stand-in's takeover until well after the return: an ARP request every 20 ms.
+    let interval = Duration::from_millis(20);
+    let watched = Duration::from_secs(20).saturating_sub(cut.elapsed()) + Duration::from_secs(6);
+    let count = u32::try_from(watched.as_millis() / interval.as_millis()).unwrap();
+    let arping = lab.arping_in_background(VIP4, interval, count, true);
+    std::thread::sleep(Duration::from_secs(20).saturating_sub(cut.elapsed()));
+    netns::exec(&ns, "ip", &["link", "set", "eth0", "up"]).unwrap();
+    let dots = arping.join().unwrap();
+    // 5 requests (100 ms) without an answer would be a gap; none is expected (the stand-in answers until
+    // the owner's announcement is heard), the margin is for a loaded test machine's scheduling.
+    let gap = ferrolb_e2e::l2lab::longest_unanswered_run(&dots);
+    assert!(gap < 5, "{gap} requests in a row unanswered (from {next} back to {owner}): {dots}\n{}", lab.logs());
+    assert!(dots.matches('!').count() > 1000, "{dots}");
+    lab.wait_for("the returning node to answer again", || lab.curl(VIP4).as_deref() == Some(owner.as_str()));
+    lab.assert_single_owner(&owner);
+}
+
+#[test]
+fn a_frozen_and_resumed_owner_reports_no_conflict_and_takes_its_vip_back() {
+    let lab = L2Lab::up();
+    let owner = lab.owner();
+    let stopped = std::time::Instant::now();
+    lab.running.signal_speaker(&owner, Signal::SIGSTOP).unwrap();
+    let next = lab.wait_for_new_owner(&owner);
+    std::thread::sleep(Duration::from_secs(10).saturating_sub(stopped.elapsed()));
+    lab.running.signal_speaker(&owner, Signal::SIGCONT).unwrap();
+    lab.wait_for(&format!("{owner} to answer again after {next} stood in"), || {
+        lab.curl(VIP4).as_deref() == Some(owner.as_str())
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    lab.assert_single_owner(&owner);
+    assert_eq!(lab.events("IPConflict").len(), 0, "{:?}\n{}", lab.events("IPConflict"), lab.logs());
+    assert!(
+        metric(&lab.metrics(&owner), "ferrolb_speaker_stale_frames_total") >= 1.0,
+        "frames queued while frozen were dropped"
+    );
+}
+
+#[test]
+fn a_link_that_comes_back_at_once_hands_the_vip_back_with_no_false_conflict() {
+    let lab = L2Lab::up();
+    let owner = lab.owner();
+    let ns = lab.netns(&owner);
+    netns::exec(&ns, "ip", &["link", "set", "eth0", "down"]).unwrap();
+    let next = lab.wait_for_new_owner(&owner);
+    // Back within the hand-over window of the VIP it had: it held nothing while the link was down, so it
+    // takes the VIP back from the stand-in like any returning owner, announcing it.
+    netns::exec(&ns, "ip", &["link", "set", "eth0", "up"]).unwrap();
+    lab.wait_for(&format!("{owner} to answer again after {next} stood in"), || {
+        lab.curl(VIP4).as_deref() == Some(owner.as_str())
+    });
+    std::thread::sleep(Duration::from_secs(4));
+    lab.assert_single_owner(&owner);
+    assert_eq!(lab.events("IPConflict").len(), 0, "{:?}\n{}", lab.events("IPConflict"), lab.logs());
 }

@@ -15,6 +15,7 @@ const DEBIAN_TOOLS: &[(&str, &str)] = &[
     ("arping", "arping"),
     ("ndisc6", "ndisc6"),
     ("tcpdump", "tcpdump"),
+    ("nft", "nftables"),
     ("keepalived", "keepalived"),
     // The real-node lab: the OCI runtime under containerd, the CNI plugins, kube-proxy's nftables mode, and
     // the tool that builds OCI images without Docker.

@@ -86,6 +86,12 @@ pub fn answer(request: &ArpFrame, owned: &BTreeSet<Ipv4Addr>, our_mac: Mac) -> O
     if request.eth_dst != Mac::BROADCAST && request.eth_dst != our_mac {
         return None;
     }
+    // Sender and target the same address: a gratuitous ARP (an announcement, RFC 5227 §2.3), not a question.
+    // Answering another node's announcement of a VIP it takes over from us would only tell it, falsely, that
+    // a second host claims it.
+    if request.sender_ip == request.target_ip {
+        return None;
+    }
     // A probe (sender 0.0.0.0, RFC 5227) is answered too: it tells the prober the address is taken.
     Some(ArpFrame {
         eth_dst: request.sender_mac,
@@ -112,6 +118,20 @@ pub fn gratuitous(vip: Ipv4Addr, our_mac: Mac) -> [ArpFrame; 2] {
     };
     let reply = ArpFrame { operation: Operation::Reply, target_mac: Mac::BROADCAST, ..request };
     [request, reply]
+}
+
+/// An ARP probe for `vip` (RFC 5227 §2.1.1: sender IP 0.0.0.0, so no cache learns anything from it): the
+/// host holding the VIP answers it, which tells us it is taken.
+pub fn probe(vip: Ipv4Addr, our_mac: Mac) -> ArpFrame {
+    ArpFrame {
+        eth_dst: Mac::BROADCAST,
+        eth_src: our_mac,
+        operation: Operation::Request,
+        sender_mac: our_mac,
+        sender_ip: Ipv4Addr::UNSPECIFIED,
+        target_mac: Mac([0; 6]),
+        target_ip: vip,
+    }
 }
 
 /// RFC 5227: an ARP packet whose sender IP is one of our VIPs and whose sender MAC is not ours means another
@@ -179,6 +199,8 @@ mod tests {
         let mut a_reply = request_for(vip());
         a_reply.operation = Operation::Reply;
         assert_eq!(answer(&a_reply, &owned, OURS), None);
+        let [announcement, _] = gratuitous(vip(), CLIENT);
+        assert_eq!(answer(&announcement, &owned, OURS), None, "an announcement is not a question");
     }
 
     #[test]
@@ -203,6 +225,18 @@ mod tests {
         let [own, _] = gratuitous(vip(), OURS);
         assert_eq!(conflict(&own, &owned, &ours), None);
         assert_eq!(conflict(&request_for(vip()), &owned, &ours), None, "asking for it is not claiming it");
+    }
+
+    #[test]
+    fn a_probe_is_answered_by_the_holder_and_its_answer_is_a_claim() {
+        let owned = BTreeSet::from([vip()]);
+        let other = Mac([0x02, 0, 0, 0, 0, 0x0c]);
+        let probe = probe(vip(), OURS);
+        assert_eq!(ArpFrame::parse(&probe.encode()), Ok(probe));
+        assert_eq!(conflict(&probe, &owned, &BTreeSet::from([other])), None, "a probe claims nothing");
+        let answer = answer(&probe, &owned, other).unwrap();
+        assert_eq!(answer.eth_dst, OURS);
+        assert_eq!(conflict(&answer, &owned, &BTreeSet::from([OURS])), Some((vip(), other)));
     }
 
     #[test]

@@ -93,6 +93,34 @@ pub(crate) fn take<const N: usize>(bytes: &[u8], at: usize) -> Result<[u8; N], F
         .ok_or(FrameError::Truncated { needed: at + N, got: bytes.len() })
 }
 
+/// A frame the kernel received longer ago than this is not acted on. A running speaker reads a frame
+/// within milliseconds (a saturated node: tens); one queued this long was received while the speaker was
+/// not running (SIGSTOP, a paused VM, a node starved for a second), and what it says predates what the
+/// others decided meanwhile: a claim from then is a stand-in's takeover, long handed back, and a question
+/// from then has been asked again (ARP and NDP retry every second).
+pub const STALE_FRAME_AGE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Whether a frame the kernel stamped `received` is too old to act on at `now` (a clock that went back
+/// makes frames look new, never stale).
+pub fn is_stale(received: std::time::SystemTime, now: std::time::SystemTime) -> bool {
+    now.duration_since(received).is_ok_and(|age| age > STALE_FRAME_AGE)
+}
+
 pub(crate) const ETHERNET_HEADER: usize = 14;
 /// Frames shorter than this are padded on the wire (60 bytes plus the FCS the NIC adds).
 pub(crate) const MIN_FRAME: usize = 60;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, SystemTime};
+
+    #[test]
+    fn frames_queued_while_the_speaker_was_not_running_are_stale() {
+        let now = SystemTime::now();
+        assert!(!is_stale(now - Duration::from_millis(20), now), "read promptly");
+        assert!(!is_stale(now - STALE_FRAME_AGE, now));
+        assert!(is_stale(now - Duration::from_secs(10), now), "queued during a 10 s SIGSTOP");
+        assert!(!is_stale(now + Duration::from_secs(5), now), "the clock went back: act on it");
+    }
+}

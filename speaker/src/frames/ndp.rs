@@ -215,6 +215,22 @@ pub fn unsolicited(vip: Ipv6Addr, our_mac: Mac, our_link_local: Ipv6Addr) -> NdF
     }
 }
 
+/// A Neighbor Solicitation for `vip` from the unspecified address (as Duplicate Address Detection sends
+/// it, RFC 4862 §5.4.2: no source link-layer option, so no cache learns anything from it), to the VIP's
+/// solicited-node group: the host holding the VIP answers to all-nodes, which tells us it is taken.
+pub fn probe(vip: Ipv6Addr, our_mac: Mac) -> NdFrame {
+    let group = solicited_node_group(vip);
+    NdFrame {
+        eth_dst: multicast_mac(group),
+        eth_src: our_mac,
+        ip_src: Ipv6Addr::UNSPECIFIED,
+        ip_dst: group,
+        kind: Kind::Solicitation,
+        target: vip,
+        link_layer: None,
+    }
+}
+
 /// An NA for one of our VIPs from a link-layer address that is not ours: another host claims it.
 pub fn conflict(frame: &NdFrame, owned: &BTreeSet<Ipv6Addr>, our_macs: &BTreeSet<Mac>) -> Option<(Ipv6Addr, Mac)> {
     let Kind::Advertisement { .. } = frame.kind else { return None };
@@ -255,6 +271,19 @@ mod tests {
         0x87, 0x00, 0x46, 0x81, 0x00, 0x00, 0x00, 0x00, 0x20, 0x01, 0x0d, 0xb8, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
         0x00, 0x00, 0x00, 0x00, 0x02, 0x00, 0x01, 0x01, 0x02, 0xf0, 0x00, 0x00, 0x00, 0x02,
     ];
+
+    #[test]
+    fn a_probe_is_answered_by_the_holder_to_all_nodes_and_its_answer_is_a_claim() {
+        let vip = ip("2001:db8::200");
+        let other = Mac([0x02, 0, 0, 0, 0, 0x0c]);
+        let probe = probe(vip, OURS);
+        assert_eq!(NdFrame::parse(&probe.encode()), Ok(probe));
+        let owned = BTreeSet::from([vip]);
+        let answer = answer(&probe, &owned, other).unwrap();
+        assert_eq!((answer.ip_dst, answer.eth_dst), (ALL_NODES, multicast_mac(ALL_NODES)));
+        assert_eq!(conflict(&answer, &owned, &BTreeSet::from([OURS])), Some((vip, other)));
+        assert_eq!(conflict(&probe, &owned, &BTreeSet::from([other])), None, "a solicitation claims nothing");
+    }
 
     #[test]
     fn a_solicitation_as_ndisc6_sends_it_parses_and_is_answered() {

@@ -89,8 +89,15 @@ pub fn run(bin_dir: PathBuf, repo: PathBuf, trials: usize, vips: usize, keepaliv
             }
             restore(&mut lab, fault, &owner)?;
             // The restored node wins its VIP back (rendezvous): wait for that before the next trial.
-            wait_until(Duration::from_secs(30), || curl(&client_ns).as_deref() == Some(owner.as_str()))
-                .with_context(|| format!("{owner} did not take its VIP back"))?;
+            wait_until(Duration::from_secs(30), || curl(&client_ns).as_deref() == Some(owner.as_str())).with_context(
+                || {
+                    let logs: Vec<String> = ["node-1", "node-2", "node-3"]
+                        .iter()
+                        .map(|n| format!("--- speaker on {n}:\n{}", lab.speaker_log(n, 40)))
+                        .collect();
+                    format!("{owner} did not take its VIP back\n{}", logs.join("\n"))
+                },
+            )?;
         }
         samples.sort();
         println!(

@@ -17,11 +17,10 @@ const DEBIAN_TOOLS: &[(&str, &str)] = &[
     ("tcpdump", "tcpdump"),
     ("nft", "nftables"),
     ("keepalived", "keepalived"),
-    // The real-node lab: the OCI runtime under containerd, the CNI plugins, kube-proxy's nftables mode, and
-    // the tool that builds OCI images without Docker.
+    // The real-node lab: the OCI runtime under containerd, the CNI plugins (kube-proxy's nftables mode uses
+    // nft too), and the tool that builds OCI images without Docker.
     ("runc", "runc"),
     ("/usr/lib/cni/bridge", "containernetworking-plugins"),
-    ("nft", "nftables"),
     ("umoci", "umoci"),
 ];
 

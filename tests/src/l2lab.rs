@@ -167,11 +167,13 @@ impl L2Lab {
     }
 
     /// The owner once things have settled: the node that answers HTTP is the one the L2Announcement names
-    /// (right after start-up the client may still hold a MAC from a takeover that was undone).
+    /// and the only one answering ARP (right after start-up the client may still hold a MAC from a takeover
+    /// that was undone, and in keepalived mode two VRRP instances may both be master until they hear each
+    /// other's adverts).
     pub fn owner(&self) -> String {
         let mut owner = String::new();
         self.wait_for("a settled owner", || match (self.curl(VIP4), self.announced_owner()) {
-            (Some(answer), Some(announced)) if answer == announced => {
+            (Some(answer), Some(announced)) if answer == announced && self.arping_macs(VIP4, 2).len() == 1 => {
                 owner = answer;
                 true
             }

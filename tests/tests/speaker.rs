@@ -337,3 +337,30 @@ fn a_link_that_comes_back_at_once_hands_the_vip_back_with_no_false_conflict() {
     lab.assert_single_owner(&owner);
     assert_eq!(lab.events("IPConflict").len(), 0, "{:?}\n{}", lab.events("IPConflict"), lab.logs());
 }
+
+/// The controller and the speakers together: the demo Service's pool shrinks past its address; the controller
+/// keeps the address (saying it is still announced), and the speakers keep announcing it through the pool it
+/// came from, so the EXTERNAL-IP never stops answering.
+#[test]
+fn a_pool_shrunk_past_a_services_address_leaves_it_kept_and_answering() {
+    let lab = L2Lab::up();
+    lab.owner();
+    lab.patch_pool(
+        ferrolb_e2e::lab_supervisor::DEMO_POOL,
+        serde_json::json!({"spec": {"addresses": ["192.0.2.201-192.0.2.250", "2001:db8::201-2001:db8::250"]}}),
+    );
+    let services: Api<Service> = Api::namespaced(lab.client.clone(), DEMO_NAMESPACE);
+    lab.wait_for("the demo Service to say it keeps its address outside its pool", || {
+        let service = lab.runtime.block_on(services.get(DEMO_SERVICE)).unwrap();
+        ferrolb_crds::service::condition(&service, ferrolb_crds::service::ALLOCATED_CONDITION)
+            .is_some_and(|c| c.status == "True" && c.reason == "OutsidePool" && c.message.contains("still announced"))
+    });
+    let service = lab.runtime.block_on(services.get(DEMO_SERVICE)).unwrap();
+    let kept: Vec<String> = ferrolb_crds::service::ingress_ips(&service).iter().map(|ip| ip.to_string()).collect();
+    assert_eq!(kept, [VIP4, VIP6], "the controller moved the address");
+    std::thread::sleep(Duration::from_secs(2));
+    let client = lab.running.lab().client().interface.clone();
+    lab.running.lab().client_exec("ip", &["neigh", "flush", "dev", &client]).unwrap();
+    assert!(lab.curl(VIP4).is_some(), "the kept IPv4 address stopped answering\n{}", lab.logs());
+    assert!(lab.curl(VIP6).is_some(), "the kept IPv6 address stopped answering\n{}", lab.logs());
+}

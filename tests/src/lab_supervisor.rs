@@ -384,18 +384,7 @@ impl RunningLab {
 
     /// Stops the controller (SIGTERM, then SIGKILL after `timeout`) and starts it again at once.
     pub fn restart_controller(&mut self, timeout: Duration) -> Result<()> {
-        let component = self
-            .components
-            .iter_mut()
-            .find(|c| c.name == "controller")
-            .ok_or_else(|| Error::Lab("no controller in this lab".into()))?;
-        if let Some(mut process) = component.process.take() {
-            process.signal(nix::sys::signal::Signal::SIGTERM)?;
-            if process.wait_timeout(timeout).is_none() {
-                process.signal(nix::sys::signal::Signal::SIGKILL)?;
-                let _ = process.wait_timeout(timeout);
-            }
-        }
+        let component = self.stop_controller_process(timeout)?;
         component.exited_at = None;
         component.tick();
         Ok(())
@@ -404,6 +393,13 @@ impl RunningLab {
     /// Stops the controller (SIGTERM, then SIGKILL after `timeout`) and keeps it stopped until
     /// [`RunningLab::start_stopped`]: for tests that write a Service's status themselves.
     pub fn stop_controller(&mut self, timeout: Duration) -> Result<()> {
+        let component = self.stop_controller_process(timeout)?;
+        component.exited_at = Some(std::time::Instant::now());
+        Ok(())
+    }
+
+    /// SIGTERM to the controller, SIGKILL if it is still there after `timeout`.
+    fn stop_controller_process(&mut self, timeout: Duration) -> Result<&mut Supervised> {
         let component = self
             .components
             .iter_mut()
@@ -416,8 +412,7 @@ impl RunningLab {
                 let _ = process.wait_timeout(timeout);
             }
         }
-        component.exited_at = Some(std::time::Instant::now());
-        Ok(())
+        Ok(component)
     }
 
     /// Starts, at once, every component that is not running (the supervisor would wait 2 s).

@@ -37,6 +37,10 @@ pub struct MemberId {
     pub interfaces: Vec<String>,
     /// Start time in milliseconds, then +1 on every renewal: the newest identity of an address wins.
     pub bump: u64,
+    /// Stopping: still answering for its VIPs until others announce them, so they take over without first
+    /// probing the wire, and it is no candidate any more.
+    #[serde(default)]
+    pub draining: bool,
 }
 
 impl Identity for MemberId {
@@ -59,7 +63,7 @@ impl MemberId {
     /// What we announce ourselves to when all we know of a peer is its address: foca only uses it as a
     /// destination; the peer answers with its real identity.
     fn placeholder(addr: SocketAddr) -> Self {
-        Self { addr, node: String::new(), interfaces: Vec::new(), bump: 0 }
+        Self { addr, node: String::new(), interfaces: Vec::new(), bump: 0, draining: false }
     }
 }
 
@@ -147,6 +151,7 @@ pub struct MembershipMetrics {
 enum Command {
     Peers(BTreeSet<SocketAddr>),
     Interfaces(Vec<String>),
+    Drain,
     Leave(oneshot::Sender<()>),
 }
 
@@ -155,6 +160,7 @@ enum Command {
 pub struct Membership {
     commands: mpsc::UnboundedSender<Command>,
     members: watch::Receiver<Members>,
+    draining: watch::Receiver<BTreeSet<String>>,
     rejoins: watch::Receiver<u64>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -173,7 +179,9 @@ impl Membership {
         let (members_tx, members) =
             watch::channel(Members::from([(me.node.clone(), me.interfaces.iter().cloned().collect())]));
         let (rejoins_tx, rejoins) = watch::channel(0);
+        let (draining_tx, draining) = watch::channel(BTreeSet::new());
         let driver = Driver {
+            draining: draining_tx,
             foca: core(me, settings),
             rejoins: rejoins_tx,
             runtime: AccumulatingRuntime::new(),
@@ -186,7 +194,7 @@ impl Membership {
             metrics,
         };
         let task = tokio::spawn(driver.run(commands_rx, settings.rejoin_interval));
-        Ok(Self { commands, members, rejoins, task })
+        Ok(Self { commands, members, draining, rejoins, task })
     }
 
     /// The live membership, updated as it changes.
@@ -203,6 +211,17 @@ impl Membership {
     /// Gossip addresses of every node that may run a speaker (ours included is fine: it is skipped).
     pub fn set_peers(&self, peers: BTreeSet<SocketAddr>) {
         let _ = self.commands.send(Command::Peers(peers));
+    }
+
+    /// Members that announced they are stopping (this node too, once [`Membership::drain`] was called):
+    /// not in [`Membership::members`], yet still answering for the VIPs they held.
+    pub fn draining(&self) -> watch::Receiver<BTreeSet<String>> {
+        self.draining.clone()
+    }
+
+    /// Tells the others this node is stopping (see [`MemberId::draining`]); [`Membership::leave`] follows.
+    pub fn drain(&self) {
+        let _ = self.commands.send(Command::Drain);
     }
 
     /// This node's usable interfaces changed: tell the others.
@@ -228,6 +247,7 @@ struct Driver {
     opener: Opener,
     peers: BTreeSet<SocketAddr>,
     members: watch::Sender<Members>,
+    draining: watch::Sender<BTreeSet<String>>,
     rejoins: watch::Sender<u64>,
     metrics: MembershipMetrics,
 }
@@ -267,6 +287,14 @@ impl Driver {
                     Some(Command::Interfaces(interfaces)) => {
                         let mut renewed = self.foca.identity().clone();
                         renewed.interfaces = interfaces;
+                        renewed.bump = renewed.bump.wrapping_add(1);
+                        let result = self.foca.change_identity(renewed, &mut self.runtime);
+                        self.publish();
+                        result
+                    }
+                    Some(Command::Drain) => {
+                        let mut renewed = self.foca.identity().clone();
+                        renewed.draining = true;
                         renewed.bump = renewed.bump.wrapping_add(1);
                         let result = self.foca.change_identity(renewed, &mut self.runtime);
                         self.publish();
@@ -342,12 +370,18 @@ impl Driver {
 
     fn publish(&self) {
         let me = self.foca.identity();
-        let mut members: Members = self
-            .foca
-            .iter_members()
-            .map(|m| (m.id().node.clone(), m.id().interfaces.iter().cloned().collect()))
-            .collect();
-        members.insert(me.node.clone(), me.interfaces.iter().cloned().collect());
+        let everyone = self.foca.iter_members().map(|m| m.id()).chain(std::iter::once(me));
+        let (draining, live): (Vec<&MemberId>, Vec<&MemberId>) = everyone.partition(|id| id.draining);
+        let draining: BTreeSet<String> = draining.into_iter().map(|id| id.node.clone()).collect();
+        let members: Members =
+            live.into_iter().map(|id| (id.node.clone(), id.interfaces.iter().cloned().collect())).collect();
+        self.draining.send_if_modified(|current| {
+            if *current == draining {
+                return false;
+            }
+            *current = draining;
+            true
+        });
         self.members.send_if_modified(|current| {
             if *current == members {
                 return false;
@@ -374,7 +408,13 @@ mod tests {
 
     #[test]
     fn the_newest_identity_of_an_address_wins() {
-        let a = MemberId { addr: "192.0.2.11:7946".parse().unwrap(), node: "n".into(), interfaces: vec![], bump: 5 };
+        let a = MemberId {
+            addr: "192.0.2.11:7946".parse().unwrap(),
+            node: "n".into(),
+            interfaces: vec![],
+            bump: 5,
+            draining: false,
+        };
         let renewed = a.renew().unwrap();
         assert!(renewed.win_addr_conflict(&a) && !a.win_addr_conflict(&renewed));
         assert_eq!(renewed.addr(), a.addr());
@@ -383,7 +423,7 @@ mod tests {
     async fn member_with_metrics(node: &str, key: &str) -> (Membership, SocketAddr, MembershipMetrics) {
         let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let addr = socket.local_addr().unwrap();
-        let me = MemberId { addr, node: node.into(), interfaces: vec!["eth0".into()], bump: 1 };
+        let me = MemberId { addr, node: node.into(), interfaces: vec!["eth0".into()], bump: 1, draining: false };
         let key = SharedKey::from_file_contents(key.as_bytes()).unwrap();
         let settings = Settings { rejoin_interval: Duration::from_millis(100), ..Settings::default() };
         let metrics = MembershipMetrics::default();
@@ -404,6 +444,33 @@ mod tests {
         .await
         .is_ok();
         assert!(reached, "membership never became {want:?}: {:?}", *members.borrow());
+    }
+
+    #[tokio::test]
+    async fn a_draining_member_leaves_the_members_for_the_draining_set_then_leaves() {
+        let (a, a_addr) = member("a", "the right key, 16+ bytes").await;
+        let (b, b_addr) = member("b", "the right key, 16+ bytes").await;
+        for m in [&a, &b] {
+            m.set_peers(BTreeSet::from([a_addr, b_addr]));
+        }
+        let mut seen_by_a = a.members();
+        wait_for(&mut seen_by_a, &["a", "b"]).await;
+        let mut draining_seen_by_a = a.draining();
+        b.drain();
+        // Known as handing over at once: not a candidate any more, yet still there.
+        wait_for(&mut seen_by_a, &["a"]).await;
+        let draining = tokio::time::timeout(Duration::from_secs(5), async {
+            draining_seen_by_a.wait_for(|d| d.contains("b")).await.is_ok()
+        })
+        .await;
+        assert!(draining.unwrap_or(false), "a never saw b draining");
+        assert_eq!(*b.draining().borrow(), BTreeSet::from(["b".to_string()]), "b knows it is draining");
+        b.leave().await;
+        let gone = tokio::time::timeout(Duration::from_secs(5), async {
+            draining_seen_by_a.wait_for(|d| d.is_empty()).await.is_ok()
+        })
+        .await;
+        assert!(gone.unwrap_or(false), "b is still draining after leaving");
     }
 
     #[tokio::test]
@@ -481,7 +548,7 @@ mod tests {
         assert!(detected < Duration::from_secs(3), "detection took {detected:?}");
         // Restarted on the same address with a newer identity: back in.
         let socket = UdpSocket::bind(b_addr).await.unwrap();
-        let me = MemberId { addr: b_addr, node: "b".into(), interfaces: vec!["eth0".into()], bump: 2 };
+        let me = MemberId { addr: b_addr, node: "b".into(), interfaces: vec!["eth0".into()], bump: 2, draining: false };
         let key = SharedKey::from_file_contents(b"the right key, 16+ bytes").unwrap();
         let b = Membership::start(socket, me, key, &Settings::default(), MembershipMetrics::default()).unwrap();
         b.set_peers(BTreeSet::from([a_addr]));

@@ -32,6 +32,10 @@ use crate::responder::{Conflict, Responder};
 const API_SETTLE: Duration = Duration::from_millis(30);
 /// The plan and reports are redone this often even when nothing changed (a safety net for lost writes).
 pub(crate) const RESYNC_PERIOD: Duration = Duration::from_secs(5);
+/// A stopping speaker keeps answering for its VIPs at most this long while the others take them over (they
+/// announce at once, since a draining holder needs no wire probe); then it stops whatever happened. Equal to
+/// the hand-over fallback of a VIP given to a live member with the default join grace.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
 /// One conflict Event per VIP and foreign MAC per this period.
 const CONFLICT_EVENT_PERIOD: Duration = Duration::from_secs(60);
 /// A VIP held by right that another MAC claims is announced again at most this often (RFC 5227's
@@ -91,6 +95,7 @@ pub async fn run(
         node: me.clone(),
         interfaces: inventory.usable(),
         bump: jiff::Timestamp::now().as_millisecond().unsigned_abs(),
+        draining: false,
     };
     tracing::info!(address = %identity.addr, interfaces = ?identity.interfaces, "joining the speakers' gossip");
     let membership = Membership::start(
@@ -104,6 +109,9 @@ pub async fn run(
     membership.set_peers(peers.clone());
     let mut members = membership.members();
     let mut rejoins = membership.rejoins();
+    let mut draining = membership.draining();
+    // Set once SIGTERM came and others are live: the VIPs are being handed over before the speaker exits.
+    let mut drain_deadline: Option<Instant> = None;
 
     let (conflicts_tx, mut conflicts) = mpsc::unbounded_channel();
     let mut responder = Responder::new(conflicts_tx, metrics.clone());
@@ -124,7 +132,20 @@ pub async fn run(
         let claims_due = state.claims.next_due().map(Instant::from_std).unwrap_or(far);
         let complete = state.view_complete(&members.borrow());
         tokio::select! {
-            _ = &mut stop => break,
+            _ = &mut stop, if drain_deadline.is_none() => {
+                if members.borrow().len() < 2 || state.claims.answered().is_empty() {
+                    break;
+                }
+                tracing::info!("stopping: handing the VIPs over before leaving the gossip group");
+                membership.drain();
+                drain_deadline = Some(Instant::now() + DRAIN_TIMEOUT);
+                continue;
+            }
+            _ = tokio::time::sleep_until(drain_deadline.unwrap_or(far)), if drain_deadline.is_some() => {
+                tracing::warn!("stopping: the hand-over did not finish in time");
+                break;
+            }
+            changed = draining.changed() => changed.context("the gossip membership stopped")?,
             _ = cluster.changed() => {
                 api_dirty.get_or_insert(Instant::now() + API_SETTLE);
                 continue;
@@ -227,7 +248,9 @@ pub async fn run(
         let wanted: BTreeMap<IpAddr, Want> = desired
             .iter()
             .map(|(vip, interfaces)| {
-                let holder_live = holders.get(vip).is_some_and(|h| live.contains_key(h));
+                // A draining holder still answers and hands over by itself, like a live one.
+                let holder_live =
+                    holders.get(vip).is_some_and(|h| live.contains_key(h) || draining.borrow().contains(h));
                 (*vip, Want { interfaces: interfaces.clone(), holder_live })
             })
             .collect();
@@ -272,6 +295,9 @@ pub async fn run(
         state.report_node_addresses(&cluster, &reports, plan::node_address_vips(&world), janitor);
         state.report(&cluster, &reports, decisions, &held, janitor);
         state.report_unplaced(&cluster, &reports, unplaced);
+        if drain_deadline.is_some() && after.is_empty() {
+            break;
+        }
     }
 
     tracing::info!("stopping: releasing every VIP and leaving the gossip group");

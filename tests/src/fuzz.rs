@@ -185,6 +185,7 @@ fn member(node: &str, port: u16) -> MemberId {
         node: node.into(),
         interfaces: vec!["eth0".into()],
         bump: 1,
+        draining: false,
     }
 }
 

@@ -56,6 +56,10 @@ fn sigterm_hands_the_vip_over_and_a_restart_takes_it_back() {
     assert!(status.success(), "a graceful stop exits 0: {status}\n{}", lab.logs());
     let next = lab.wait_for_new_owner(&owner);
     lab.assert_single_owner(&next);
+    // It drained: it told the others it was handing over (so they took over without probing the wire) and
+    // stopped once the new owner had announced the VIPs, not at the hand-over deadline.
+    let log = lab.running.speaker_log(&owner, 40);
+    assert!(log.contains("handing the VIPs over") && !log.contains("did not finish in time"), "{log}");
     // Back: the rendezvous hash gives it its VIP again, and there is still one owner.
     lab.running.start_stopped();
     lab.wait_for("the first owner to answer again", || lab.curl(VIP4).as_deref() == Some(owner.as_str()));

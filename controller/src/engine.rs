@@ -425,7 +425,8 @@ impl Engine {
         Reservations::new(list)
     }
 
-    /// What reserved addresses each dirty pool lists, as the `ReservedAddresses` condition will say.
+    /// The reserved addresses (Node addresses, Service CIDRs) `def` lists, as its `OverlapsCluster` condition
+    /// and Warning name them.
     fn reserved_in(&self, def: &PoolDef) -> BTreeSet<String> {
         let reservations = self.allocator.reservations();
         let mut found = BTreeSet::new();

@@ -743,14 +743,14 @@ impl Engine {
             );
             return ("False", "ReservedAddress".into(), message, Some("ReservedAddress"));
         }
-        let labels = service.labels().clone();
+        let labels = service.labels();
         let Some(pool) = &assignment.pool else {
             let message = format!(
                 "keeps {ips}, which no IPAddressPool contains and no pool is recorded for, so no L2Advertisement announces it: the address is unreachable; it moves only if the Service asks for another address"
             );
             return ("False", "OutsidePoolUnannounced".into(), message, Some("OutsidePool"));
         };
-        let announcers = self.announcers(pool, &labels);
+        let announcers = self.announcers(pool, labels);
         // Outside the pool it came from (shrunk or deleted), whether or not another pool lists it: it stays
         // this pool's address, announced as such.
         let own = self.allocator.pool(pool);

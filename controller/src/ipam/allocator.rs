@@ -231,11 +231,12 @@ impl Allocator {
         if let Some(what) = self.reserved.why(ip) {
             return Some(what.to_string());
         }
-        let listing: Vec<&PoolState> = self.pools.values().filter(|p| p.def.withheld.contains_key(&ip)).collect();
-        if !listing.is_empty() && self.pools_containing(ip).is_empty() {
-            return listing[0].def.withheld_reason(ip);
+        // Called for every held address on every reconcile: the index answers the common case (some pool
+        // hands it out) before any scan of the pools' withheld addresses.
+        if !self.pools_containing(ip).is_empty() {
+            return None;
         }
-        None
+        self.pools.values().find_map(|p| p.def.withheld_reason(ip))
     }
 
     /// Names of the other pools whose addresses overlap `pool`'s.

@@ -425,3 +425,14 @@ proptest! {
         prop_assert_eq!(count, 14);
     }
 }
+
+#[test]
+fn overlapping_pools_are_named() {
+    let a = allocator(vec![
+        pool("a", &["192.0.2.0-192.0.2.15"]),
+        pool("b", &["192.0.2.10-192.0.2.40"]),
+        pool("c", &["192.0.2.64-192.0.2.79", "2001:db8::-2001:db8::ff"]),
+    ]);
+    assert_eq!(a.overlapping("a").into_iter().collect::<Vec<_>>(), ["b"]);
+    assert!(a.overlapping("c").is_empty());
+}

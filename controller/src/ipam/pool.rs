@@ -167,20 +167,6 @@ impl PoolDef {
         let all = (end - start).saturating_add(1);
         if self.avoid_buggy_ips && family == Family::V4 { all - buggy_in(start, end) } else { all }
     }
-
-    /// Names of the pools in `others` whose addresses overlap this pool's.
-    pub fn overlaps<'a>(&self, others: impl IntoIterator<Item = &'a PoolDef>) -> Vec<String> {
-        others
-            .into_iter()
-            .filter(|other| other.name != self.name)
-            .filter(|other| {
-                [Family::V4, Family::V6]
-                    .into_iter()
-                    .any(|family| self.ranges(family).runs().any(|(s, e)| other.ranges(family).count_in(s, e) > 0))
-            })
-            .map(|other| other.name.clone())
-            .collect()
-    }
 }
 
 /// How many values in `start..=end` end in .0 or .255 (IPv4).
@@ -275,15 +261,6 @@ mod tests {
                 .starts_with("serviceAllocation.serviceSelectors[1] is invalid: unknown selector operator"),
             "{error}"
         );
-    }
-
-    #[test]
-    fn overlapping_pools_are_named() {
-        let a = PoolDef::from_entries("a", &["192.0.2.0/28"]).unwrap();
-        let b = PoolDef::from_entries("b", &["192.0.2.10-192.0.2.40"]).unwrap();
-        let c = PoolDef::from_entries("c", &["192.0.2.64/28", "2001:db8::/120"]).unwrap();
-        assert_eq!(a.overlaps([&a, &b, &c]), ["b"]);
-        assert!(c.overlaps([&a, &b]).is_empty());
     }
 
     proptest! {

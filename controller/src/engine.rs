@@ -372,10 +372,10 @@ impl Engine {
         self.allocator.set_reservations(self.reservations());
         let mut keys = self.unsettled.clone();
         keys.extend(self.allocator.holders_of_any(&touched));
+        // Holders of every reserved address (a new Service CIDR can cover many), and of those that are no
+        // longer reserved (`touched`).
         for reservation in self.allocator.reservations().list() {
-            if reservation.first != reservation.last {
-                keys.extend(self.allocator.holders_of_any(&[reservation.first]));
-            }
+            keys.extend(self.allocator.holders_between(reservation.first, reservation.last));
         }
         if touched.is_empty() {
             self.dirty_pools.extend(self.pools.keys().cloned());

@@ -763,3 +763,16 @@ fn a_freed_address_goes_to_a_waiting_service_at_once() {
     let second = statuses(&out).into_iter().find(|s| s.key.name == "second").expect("the waiting Service is settled");
     assert_eq!(second.ingress, [ip("192.0.2.1")]);
 }
+
+#[test]
+fn a_new_service_cidr_tells_every_service_holding_an_address_inside_it() {
+    let mut e = synced(&[pool("p", &["198.18.0.5-198.18.0.9"])]);
+    e.apply_service(service("first", 1));
+    e.apply_service(service("second", 2));
+    let out = e.apply_service_cidr("kubernetes", vec!["198.18.0.0/16".into()]);
+    let reasons: Vec<(&str, &str)> = statuses(&out)
+        .iter()
+        .map(|s| (s.key.name.as_str(), s.condition.as_ref().map(|c| c.reason.as_str()).unwrap_or_default()))
+        .collect();
+    assert_eq!(reasons, [("first", "ReservedAddress"), ("second", "ReservedAddress")]);
+}

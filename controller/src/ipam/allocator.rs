@@ -176,9 +176,8 @@ impl Allocator {
         let mut assigned = [0u128; 2];
         for family in [Family::V4, Family::V6] {
             for (start, end) in def.ranges(family).runs() {
-                let (Some(lo), Some(hi)) = (from_u128(family, start), from_u128(family, end)) else { continue };
                 assigned[family.slot()] +=
-                    self.holders.range(lo..=hi).filter(|(ip, _)| def.contains(**ip)).count() as u128;
+                    self.held_in(family, start, end).filter(|(ip, _)| def.contains(**ip)).count() as u128;
             }
         }
         self.pools.insert(def.name.clone(), PoolState { def, cursor, assigned });
@@ -263,13 +262,22 @@ impl Allocator {
         let mut keys = BTreeSet::new();
         for family in [Family::V4, Family::V6] {
             for (start, end) in def.ranges(family).runs() {
-                let (Some(lo), Some(hi)) = (from_u128(family, start), from_u128(family, end)) else { continue };
-                for holders in self.holders.range(lo..=hi).map(|(_, h)| h) {
-                    keys.extend(holders.iter().map(|h| h.key.clone()));
-                }
+                keys.extend(self.held_in(family, start, end).flat_map(|(_, h)| h.iter().map(|h| h.key.clone())));
             }
         }
         keys
+    }
+
+    /// Services holding an address in `first..=last` (one family).
+    pub fn holders_between(&self, first: IpAddr, last: IpAddr) -> BTreeSet<ServiceKey> {
+        let family = Family::of(first);
+        self.held_in(family, to_u128(first), to_u128(last)).flat_map(|(_, h)| h.iter().map(|h| h.key.clone())).collect()
+    }
+
+    /// The held addresses of `family` in `start..=end`, with their holders.
+    fn held_in(&self, family: Family, start: u128, end: u128) -> impl Iterator<Item = (&IpAddr, &Vec<Holder>)> {
+        let bounds = from_u128(family, start).zip(from_u128(family, end)).filter(|(lo, hi)| lo <= hi);
+        bounds.into_iter().flat_map(move |(lo, hi)| self.holders.range(lo..=hi))
     }
 
     /// Services holding one of `ips`.

@@ -40,9 +40,9 @@ fn status_number(status: &str, field: &str) -> Option<i64> {
     status.lines().find_map(|l| l.strip_prefix(field)).and_then(|rest| rest.split_whitespace().next()?.parse().ok())
 }
 
-/// utime + stime of /proc/self/stat, in seconds. The command name may hold spaces and parentheses, so the
+/// utime + stime of a /proc/PID/stat, in seconds. The command name may hold spaces and parentheses, so the
 /// fields are counted from its last closing parenthesis.
-fn cpu_seconds(stat: &str) -> Option<f64> {
+pub fn cpu_seconds(stat: &str) -> Option<f64> {
     let (_, rest) = stat.rsplit_once(')')?;
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // After the name: state is field 3 of the line; utime and stime are fields 14 and 15.

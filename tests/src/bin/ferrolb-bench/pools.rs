@@ -17,9 +17,6 @@ use k8s_openapi::api::core::v1::Service;
 use kube::api::{Api, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 
-/// Linux reports process CPU times in /proc in USER_HZ ticks, which is 100 on every architecture we run on
-/// (it is fixed for user space whatever the kernel's own HZ).
-const USER_HZ: f64 = 100.0;
 /// Pools and Services are created this many at a time: the API server on 2 cores is the bound.
 const CONCURRENCY: usize = 50;
 const LATENCY_SERVICES: usize = 200;
@@ -45,12 +42,7 @@ fn controller(plane: &ControlPlane, dir: &Path, binary: &Path, name: &str) -> Re
 
 fn cpu_seconds(pid: u32) -> Result<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the command name (which may hold spaces, so split after its closing parenthesis).
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).context("unreadable /proc stat")?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
-    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name and state.
-    Ok((ticks(11) + ticks(12)) as f64 / USER_HZ)
+    ferrolb_telemetry::process::cpu_seconds(&stat).context("unreadable /proc stat")
 }
 
 async fn round(plane: &ControlPlane, dir: &Path, binary: &Path, count: usize) -> Result<()> {

@@ -128,6 +128,15 @@ struct Entry {
     recheck: Option<(Instant, u32)>,
 }
 
+impl Entry {
+    /// Sends the first probe (on every interface) and starts the probe window.
+    fn start_probing(&mut self, vip: IpAddr, timing: &Timing, now: Instant, step: &mut Step) {
+        self.claim =
+            Claim::Probing { sent: 1, next_probe: now + timing.probe_interval, take_at: now + timing.probe_window() };
+        step.probes.extend(self.interfaces.iter().map(|i| (vip, i.clone())));
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Claims {
     me: String,
@@ -187,14 +196,7 @@ impl Claims {
                 Claim::Probing { .. } | Claim::Deferred { .. } if want.holder_live => {
                     entry.claim = Claim::Held { stand_in: !complete }
                 }
-                Claim::Deferred { retry } if retry <= now => {
-                    entry.claim = Claim::Probing {
-                        sent: 1,
-                        next_probe: now + timing.probe_interval,
-                        take_at: now + timing.probe_window(),
-                    };
-                    step.probes.extend(want.interfaces.iter().map(|i| (*vip, i.clone())));
-                }
+                Claim::Deferred { retry } if retry <= now => entry.start_probing(*vip, &timing, now, &mut step),
                 Claim::Probing { .. } | Claim::Deferred { .. } => {}
             }
         }
@@ -230,14 +232,7 @@ impl Claims {
                     entry.claim = Claim::Probing { sent: sent + 1, next_probe: now + timing.probe_interval, take_at };
                     step.probes.extend(entry.interfaces.iter().map(|i| (*vip, i.clone())));
                 }
-                Claim::Deferred { retry } if retry <= now => {
-                    entry.claim = Claim::Probing {
-                        sent: 1,
-                        next_probe: now + timing.probe_interval,
-                        take_at: now + timing.probe_window(),
-                    };
-                    step.probes.extend(entry.interfaces.iter().map(|i| (*vip, i.clone())));
-                }
+                Claim::Deferred { retry } if retry <= now => entry.start_probing(*vip, &timing, now, &mut step),
                 Claim::Held { stand_in: true } => {
                     if let Some((due, done)) = entry.recheck
                         && due <= now

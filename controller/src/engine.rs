@@ -104,6 +104,9 @@ pub struct Engine {
     dirty_pools: BTreeSet<String>,
     /// Some Service gave addresses up since the waiting Services were last offered them.
     freed: bool,
+    /// Counts the reconciles that changed what a Service holds or shows: metrics derived from every Service
+    /// are recomputed only when it moved.
+    changes: u64,
     synced: bool,
     clock: Box<dyn Fn() -> Time + Send>,
 }
@@ -126,6 +129,7 @@ impl Engine {
             reported_reserved: HashMap::new(),
             dirty_pools: BTreeSet::new(),
             freed: false,
+            changes: 0,
             synced: false,
             clock,
         }
@@ -635,6 +639,11 @@ impl Engine {
         gauges
     }
 
+    /// Moves whenever a Service's addresses, condition or existence changed (see [`Engine::held_addresses`]).
+    pub fn changes(&self) -> u64 {
+        self.changes
+    }
+
     /// Services ferrolb handles that hold no address.
     pub fn pending_services(&self) -> usize {
         self.unsettled.iter().filter(|key| self.allocator.assignment(key).is_none()).count()
@@ -661,6 +670,7 @@ impl Engine {
             }
             self.reported.remove(key);
             self.unsettled.remove(key);
+            self.changes += 1;
             return Vec::new();
         };
         if !self.handles(&service) {
@@ -674,7 +684,8 @@ impl Engine {
             .map_err(|e| ("InvalidRequest".to_string(), e.to_string()))
             .and_then(|request| self.allocator.assign(&request).map_err(|e| (reason_of(&e), e.to_string())));
         let after = self.allocator.assignment(key).map(|a| a.ips.clone()).unwrap_or_default();
-        if before != after {
+        let moved = before != after;
+        if moved {
             self.mark_dirty(&before);
             self.mark_dirty(&after);
             self.freed |= before.iter().any(|ip| !after.contains(ip));
@@ -717,6 +728,9 @@ impl Engine {
             held_pool.map(|pool| self.condition(&service, POOL_CONDITION, "True", POOL_CONDITION_REASON, &pool));
         if let Some(status) = self.status_change(&service, after, Some(condition), pool_condition) {
             outputs.push(Output::Status(status));
+        }
+        if moved || !outputs.is_empty() {
+            self.changes += 1;
         }
         outputs
     }
@@ -814,6 +828,7 @@ impl Engine {
         let mut outputs = Vec::new();
         self.reported.remove(key);
         self.unsettled.remove(key);
+        self.changes += 1;
         let released = self.allocator.release(key);
         let held = released.is_some();
         if let Some(released) = released {

@@ -776,3 +776,20 @@ fn a_new_service_cidr_tells_every_service_holding_an_address_inside_it() {
         .collect();
     assert_eq!(reasons, [("first", "ReservedAddress"), ("second", "ReservedAddress")]);
 }
+
+#[test]
+fn the_change_count_moves_with_services_and_not_with_quiet_resyncs() {
+    let mut e = synced(&[pool("demo", &["192.0.2.1-192.0.2.9"])]);
+    let mut stored = BTreeMap::new();
+    let web = service("web", 1);
+    stored.insert(key_of(&web), web.clone());
+    let before = e.changes();
+    let out = e.apply_service(web.clone());
+    settle(&mut e, &mut stored, out);
+    assert!(e.changes() > before, "an allocation is a change");
+    let settled = e.changes();
+    assert!(e.reconcile_all().is_empty());
+    assert_eq!(e.changes(), settled, "a resync that writes nothing changes nothing");
+    e.delete_service(&web);
+    assert!(e.changes() > settled, "a deletion is a change");
+}

@@ -97,6 +97,8 @@ pub async fn run(
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut pool_flush = tokio::time::interval(POOL_STATUS_PERIOD);
     let mut exported_addresses: HashSet<ServiceAddressLabels> = HashSet::new();
+    // The engine's change count when the per-address series were last exported (None: never).
+    let mut exported_at: Option<u64> = None;
     tokio::pin!(stop);
     loop {
         let outputs = tokio::select! {
@@ -186,7 +188,11 @@ pub async fn run(
                     let _ = writes.send(Write::PoolStatus(name, status));
                 }
                 export_pool_gauges(&engine, &metrics);
-                export_service_addresses(&engine, &metrics, &mut exported_addresses);
+                // Rebuilt from every Service, so only when a Service changed: not every half second.
+                if exported_at != Some(engine.changes()) {
+                    export_service_addresses(&engine, &metrics, &mut exported_addresses);
+                    exported_at = Some(engine.changes());
+                }
                 Vec::new()
             }
         };

@@ -564,10 +564,11 @@ impl Engine {
     /// The L2Advertisements that announce `pool`'s addresses for `service` (a deleted pool is matched by
     /// its name only), as the speakers decide it.
     fn announcers(&self, pool: &str, service_labels: &BTreeMap<String, String>) -> Vec<&str> {
-        let labels = self.pools.get(pool).map(|p| p.object.labels().clone()).unwrap_or_default();
+        let no_labels = BTreeMap::new();
+        let labels = self.pools.get(pool).map_or(&no_labels, |p| p.object.labels());
         self.advertisements
             .iter()
-            .filter(|(_, adv)| adv.selects_pool(pool, &labels) && adv.selects_service(service_labels))
+            .filter(|(_, adv)| adv.selects_pool(pool, labels) && adv.selects_service(service_labels))
             .map(|(name, _)| name.as_str())
             .collect()
     }
@@ -654,8 +655,9 @@ impl Engine {
         let mut held = Vec::new();
         for (key, assignment) in self.allocator.assignments() {
             let pool = assignment.pool.clone().unwrap_or_default();
-            let labels = self.services.get(key).map(|s| s.labels().clone()).unwrap_or_default();
-            let advertised = assignment.pool.is_some() && !self.announcers(&pool, &labels).is_empty();
+            let no_labels = BTreeMap::new();
+            let labels = self.services.get(key).map_or(&no_labels, |s| s.labels());
+            let advertised = assignment.pool.is_some() && !self.announcers(&pool, labels).is_empty();
             held.extend(assignment.ips.iter().map(|ip| (key.clone(), *ip, pool.clone(), advertised)));
         }
         held
@@ -793,8 +795,9 @@ impl Engine {
         let reason = if requested_ips { "Requested" } else { "Allocated" };
         let mut message = format!("{ips} from pool {pool:?}");
         if announcers.is_empty() {
-            let pool_labels = self.pools.get(pool).map(|p| p.object.labels().clone()).unwrap_or_default();
-            if self.advertisements.values().any(|adv| adv.selects_pool(pool, &pool_labels)) {
+            let no_labels = BTreeMap::new();
+            let pool_labels = self.pools.get(pool).map_or(&no_labels, |p| p.object.labels());
+            if self.advertisements.values().any(|adv| adv.selects_pool(pool, pool_labels)) {
                 message.push_str(&format!(
                     "; the L2Advertisements selecting pool {pool:?} do not select this Service (serviceSelectors), so no node announces it"
                 ));

@@ -70,15 +70,16 @@ pub fn run(tag: Option<String>) -> Result<()> {
 /// The images, built from the release binaries in `release`.
 pub fn specs(release: &Path, tag: &str) -> Result<Vec<ImageSpec>> {
     let bin = |name: &str| (release.join(name), format!("/usr/local/bin/{name}"));
+    let system = system_files()?;
     let mut ferrolb_files = vec![bin("ferrolb-controller"), bin("ferrolb-speaker"), bin("ferrolb")];
-    ferrolb_files.extend(system_files()?);
+    ferrolb_files.extend(system.iter().cloned());
     let keepalived = ["/usr/sbin/keepalived", "/sbin/keepalived"]
         .iter()
         .map(PathBuf::from)
         .find(|p| p.is_file())
         .context("keepalived is not installed (cargo xtask deps installs it)")?;
     let mut keepalived_files = vec![bin("ferrolb-speaker"), (keepalived, "/usr/sbin/keepalived".into())];
-    keepalived_files.extend(system_files()?);
+    keepalived_files.extend(system);
     Ok(vec![
         ImageSpec {
             name: "ferrolb",

@@ -347,7 +347,8 @@ pub fn node_info(node: &Node) -> NodeInfo {
         .into_iter()
         .flatten()
         .any(|c| c.type_ == "NetworkUnavailable" && c.status == "True");
-    NodeInfo { name: node.name_any(), labels: node.labels().clone(), network_unavailable }
+    let unschedulable = node.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false);
+    NodeInfo { name: node.name_any(), labels: node.labels().clone(), network_unavailable, unschedulable }
 }
 
 /// Every IP address a Node lists in `status.addresses` (hostnames and the like are skipped).
@@ -410,6 +411,7 @@ mod tests {
     fn nodes_endpoints_and_addresses() {
         let node: Node = serde_json::from_value(serde_json::json!({
             "metadata": {"name": "node-1", "labels": {"zone": "a"}},
+            "spec": {"unschedulable": true},
             "status": {
                 "conditions": [{"type": "NetworkUnavailable", "status": "True"}],
                 "addresses": [{"type": "Hostname", "address": "node-1"}, {"type": "InternalIP", "address": "2001:db8::11"}, {"type": "InternalIP", "address": "192.0.2.11"}]
@@ -417,6 +419,7 @@ mod tests {
         }))
         .unwrap();
         assert!(node_info(&node).network_unavailable);
+        assert!(node_info(&node).unschedulable);
         assert_eq!(node_address(&node, true), Some("192.0.2.11".parse().unwrap()));
         assert_eq!(node_address(&node, false), Some("2001:db8::11".parse().unwrap()));
         let listed: Vec<IpAddr> = listed_addresses(&node).collect();

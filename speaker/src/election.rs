@@ -5,6 +5,8 @@
 //! - live members of the speakers' gossip group;
 //! - not labelled `node.kubernetes.io/exclude-from-external-load-balancers`;
 //! - not `NetworkUnavailable`;
+//! - not cordoned (`spec.unschedulable`), unless every otherwise eligible node is: a drain moves the VIPs
+//!   away (with a hand-over) before the node's speaker stops, yet cordoning the whole cluster drops nothing;
 //! - matched by the `nodeSelectors` of an L2Advertisement that selects the Service, and have one of that
 //!   advertisement's `interfaces` (any usable interface when it lists none);
 //! - with `externalTrafficPolicy: Local`, running a ready endpoint of the Service.
@@ -35,6 +37,8 @@ pub struct NodeView {
     pub labels: BTreeMap<String, String>,
     /// The Node's `NetworkUnavailable` condition is True.
     pub network_unavailable: bool,
+    /// The Node is cordoned (`spec.unschedulable`), as a drain begins.
+    pub unschedulable: bool,
     /// Interfaces the node's speaker can announce on (from its gossip metadata).
     pub interfaces: BTreeSet<String>,
 }
@@ -62,6 +66,8 @@ pub struct ServiceView {
 pub struct Candidate<'a> {
     pub node: &'a str,
     pub interfaces: BTreeSet<String>,
+    /// Only there because every eligible node is cordoned.
+    pub cordoned: bool,
 }
 
 /// The nodes that may announce `service`, given the advertisements that select it.
@@ -74,7 +80,7 @@ pub fn candidates<'a>(
     if service.ready_endpoint_nodes.is_empty() {
         return Vec::new();
     }
-    nodes
+    let eligible: Vec<Candidate<'a>> = nodes
         .iter()
         .filter(|node| live.contains(&node.name))
         .filter(|node| !node.labels.contains_key(EXCLUDE_LABEL) && !node.network_unavailable)
@@ -92,9 +98,10 @@ pub fn candidates<'a>(
                     interfaces.extend(advertisement.interfaces.intersection(&node.interfaces).cloned());
                 }
             }
-            (!interfaces.is_empty()).then_some(Candidate { node: &node.name, interfaces })
+            (!interfaces.is_empty()).then_some(Candidate { node: &node.name, interfaces, cordoned: node.unschedulable })
         })
-        .collect()
+        .collect();
+    if eligible.iter().any(|c| !c.cordoned) { eligible.into_iter().filter(|c| !c.cordoned).collect() } else { eligible }
 }
 
 /// The rendezvous score of `node` for a Service whose first VIP is `vip`.

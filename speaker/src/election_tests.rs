@@ -9,6 +9,7 @@ fn node(name: &str) -> NodeView {
         name: name.into(),
         labels: BTreeMap::from([("kubernetes.io/hostname".to_string(), name.to_string())]),
         network_unavailable: false,
+        unschedulable: false,
         interfaces: BTreeSet::from(["eth0".to_string()]),
     }
 }
@@ -72,6 +73,23 @@ fn eligibility_follows_every_rule() {
     let chosen = candidates(&nodes, &alive, &only_other, &svc);
     assert_eq!(names(&chosen), ["other-nic"]);
     assert_eq!(chosen[0].interfaces, BTreeSet::from(["eth1".to_string()]));
+}
+
+#[test]
+fn cordoned_nodes_give_way_unless_every_node_is_cordoned() {
+    let mut nodes = vec![node("node-1"), node("node-2"), node("node-3")];
+    let all = live(&["node-1", "node-2", "node-3"]);
+    let web = service(&["192.0.2.200"], &["node-1"]);
+    let owner_before = owner(&candidates(&nodes, &all, &any_node(), &web), &web.vips).unwrap().node.to_string();
+    nodes.iter_mut().filter(|n| n.name == owner_before).for_each(|n| n.unschedulable = true);
+    let drained = candidates(&nodes, &all, &any_node(), &web);
+    assert!(!names(&drained).contains(&owner_before.as_str()), "a cordoned node is no candidate while others are");
+    assert_eq!(drained.len(), 2);
+    assert!(drained.iter().all(|c| !c.cordoned));
+    nodes.iter_mut().for_each(|n| n.unschedulable = true);
+    let everyone_cordoned = candidates(&nodes, &all, &any_node(), &web);
+    assert_eq!(names(&everyone_cordoned), ["node-1", "node-2", "node-3"], "a cluster-wide cordon drops no VIP");
+    assert_eq!(owner(&everyone_cordoned, &web.vips).unwrap().node, owner_before, "and moves none");
 }
 
 #[test]

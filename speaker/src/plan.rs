@@ -49,6 +49,8 @@ pub struct NodeInfo {
     pub name: String,
     pub labels: BTreeMap<String, String>,
     pub network_unavailable: bool,
+    /// `spec.unschedulable`: cordoned.
+    pub unschedulable: bool,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -124,6 +126,7 @@ pub fn decide(world: &World, members: &Members) -> Vec<Decision> {
             name: n.name.clone(),
             labels: n.labels.clone(),
             network_unavailable: n.network_unavailable,
+            unschedulable: n.unschedulable,
             interfaces: members.get(&n.name).cloned().unwrap_or_default(),
         })
         .collect();

@@ -14,7 +14,12 @@ fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
 }
 
 fn node(name: &str) -> NodeInfo {
-    NodeInfo { name: name.into(), labels: labels(&[("kubernetes.io/hostname", name)]), network_unavailable: false }
+    NodeInfo {
+        name: name.into(),
+        labels: labels(&[("kubernetes.io/hostname", name)]),
+        network_unavailable: false,
+        unschedulable: false,
+    }
 }
 
 fn service(name: &str, vips: &[&str], endpoints: &[&str]) -> ServiceInfo {
@@ -87,8 +92,10 @@ fn both_families_go_to_the_election_owner_on_the_interface_of_their_subnet() {
     let decisions = decide(&w, &all);
     assert_eq!(decisions.len(), 1);
     let owner = decisions[0].owner.clone().unwrap();
-    let views: Vec<_> =
-        ALL.iter().map(|n| election::Candidate { node: n, interfaces: ["eth0".to_string()].into() }).collect();
+    let views: Vec<_> = ALL
+        .iter()
+        .map(|n| election::Candidate { node: n, interfaces: ["eth0".to_string()].into(), cordoned: false })
+        .collect();
     assert_eq!(owner, election::owner(&views, &[ip("192.0.2.200")]).unwrap().node);
     let held = mine(&decisions, &owner, &lab_inventory());
     let eth0: BTreeSet<String> = ["eth0".to_string()].into();

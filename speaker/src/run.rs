@@ -570,7 +570,12 @@ mod tests {
     fn world(nodes: &[&str]) -> plan::World {
         let nodes = nodes
             .iter()
-            .map(|n| plan::NodeInfo { name: n.to_string(), labels: BTreeMap::new(), network_unavailable: false })
+            .map(|n| plan::NodeInfo {
+                name: n.to_string(),
+                labels: BTreeMap::new(),
+                network_unavailable: false,
+                unschedulable: false,
+            })
             .collect();
         plan::World { nodes, ..Default::default() }
     }

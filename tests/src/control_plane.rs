@@ -1,9 +1,12 @@
 //! A real Kubernetes control plane for tests: etcd + kube-apiserver as child processes, with RBAC
 //! authorization, service-account token signing, a self-made CA and an admin token.
 //!
-//! There is no kubelet, controller-manager or scheduler: no Pods run, no EndpointSlices appear by themselves,
-//! nothing is garbage-collected and Namespaces are never finalized. Tests create what they need (see
+//! By default there is no kubelet, controller-manager or scheduler: no Pods run, no EndpointSlices appear by
+//! themselves, nothing is garbage-collected and Namespaces are never finalized. Tests create what they need (see
 //! [`crate::objects`]) and name it uniquely, since one control plane is shared by all tests of a binary.
+//! [`ControlPlane::start_for_nodes`] prepares it for real kubelets instead (Node authorizer, a credential per
+//! node, a kubelet client certificate) and [`ControlPlane::start_controllers`] adds kube-controller-manager and
+//! kube-scheduler.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -27,7 +30,9 @@ use crate::toolchain::K8sBinary;
 const ADMIN_USER: &str = "ferrolb-admin";
 /// Service ClusterIPs are only ever stored, never routed, here; the ranges are the benchmarking block and the
 /// documentation prefix so no real address appears in any object. /16 and /112 leave room for 10 000 Services.
-const SERVICE_CLUSTER_IP_RANGE: &str = "198.18.0.0/16,2001:db8:ffff::/112";
+pub const SERVICE_CLUSTER_IP_RANGE: &str = "198.18.0.0/16,2001:db8:ffff::/112";
+/// The `kubernetes` Service's ClusterIP (the range's first address): pods reach the API server there.
+pub const KUBERNETES_CLUSTER_IP: &str = "198.18.0.1";
 const READY_TIMEOUT: Duration = Duration::from_secs(90);
 
 #[derive(Debug)]
@@ -37,7 +42,10 @@ pub struct ControlPlane {
     _tempdir: Option<tempfile::TempDir>,
     port: u16,
     admin_token: String,
-    // Field order is drop order: the API server stops before etcd.
+    /// Bearer tokens of the kubelets (`system:node:<name>`), by node name.
+    node_tokens: Vec<(String, String)>,
+    // Field order is drop order: the controllers stop before the API server, which stops before etcd.
+    controllers: Vec<ManagedProcess>,
     apiserver: ManagedProcess,
     etcd: ManagedProcess,
 }
@@ -72,14 +80,33 @@ impl ControlPlane {
 
     /// Starts etcd and kube-apiserver with their state in `dir`, and waits until the API server is ready.
     pub fn start(dir: &Path) -> Result<Self> {
+        Self::start_with(dir, &[], None)
+    }
+
+    /// Like [`ControlPlane::start`], ready for real kubelets on `nodes`: the Node authorizer and the
+    /// NodeRestriction admission plugin (a kubelet may only touch its own Node and Pods), a bearer token per
+    /// node, a client certificate for the API server's calls to kubelets (logs, exec), and the `kubernetes`
+    /// ClusterIP in the serving certificate (pods reach the API there).
+    ///
+    /// The nodes' addresses are inside their namespaces, out of the host's reach: the API server dials kubelets
+    /// through the HTTP CONNECT proxy on unix socket `node_proxy` (see [`crate::netlab::Lab::serve_node_proxy`]).
+    pub fn start_for_nodes(dir: &Path, nodes: &[String], node_proxy: &Path) -> Result<Self> {
+        Self::start_with(dir, nodes, Some(node_proxy))
+    }
+
+    fn start_with(dir: &Path, nodes: &[String], node_proxy: Option<&Path>) -> Result<Self> {
         let apiserver_bin = require(K8sBinary::KubeApiserver)?;
         let etcd_bin = require(K8sBinary::Etcd)?;
         std::fs::create_dir_all(dir).context(|| format!("creating {}", dir.display()))?;
         let pki = Pki::write(dir)?;
         let admin_token = random_token();
         let tokens = dir.join("tokens.csv");
-        std::fs::write(&tokens, format!("{admin_token},{ADMIN_USER},{ADMIN_USER},\"system:masters\"\n"))
-            .context(|| format!("writing {}", tokens.display()))?;
+        let node_tokens: Vec<(String, String)> = nodes.iter().map(|n| (n.clone(), random_token())).collect();
+        let mut token_lines = format!("{admin_token},{ADMIN_USER},{ADMIN_USER},\"system:masters\"\n");
+        for (node, token) in &node_tokens {
+            token_lines.push_str(&format!("{token},system:node:{node},system:node:{node},\"system:nodes\"\n"));
+        }
+        std::fs::write(&tokens, token_lines).context(|| format!("writing {}", tokens.display()))?;
 
         let etcd_port = free_port()?;
         let peer_port = free_port()?;
@@ -107,7 +134,7 @@ impl ControlPlane {
             format!("--tls-private-key-file={}", pki.serving_key.display()),
             format!("--client-ca-file={}", pki.ca_cert.display()),
             format!("--token-auth-file={}", tokens.display()),
-            "--authorization-mode=RBAC".into(),
+            if nodes.is_empty() { "--authorization-mode=RBAC".into() } else { "--authorization-mode=Node,RBAC".into() },
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
             format!("--service-account-key-file={}", pki.service_account_public.display()),
             format!("--service-account-signing-key-file={}", pki.service_account_private.display()),
@@ -117,12 +144,96 @@ impl ControlPlane {
             "--profiling=false".into(),
             "--v=1".into(),
         ]);
+        if !nodes.is_empty() {
+            apiserver_cmd.args([
+                "--enable-admission-plugins=NodeRestriction".to_string(),
+                format!("--kubelet-client-certificate={}", pki.kubelet_client_cert.display()),
+                format!("--kubelet-client-key={}", pki.kubelet_client_key.display()),
+                "--kubelet-preferred-address-types=InternalIP".into(),
+                // Pods are told the API is at the ClusterIP; without an address of its own the API server
+                // would advertise loopback.
+                format!("--advertise-address={}", crate::netlab::API_SERVICE_ADDRESS),
+            ]);
+        }
+        if let Some(node_proxy) = node_proxy {
+            let egress = dir.join("egress-selector.yaml");
+            let config = serde_json::json!({
+                "apiVersion": "apiserver.k8s.io/v1beta1",
+                "kind": "EgressSelectorConfiguration",
+                "egressSelections": [{
+                    "name": "cluster",
+                    "connection": {
+                        "proxyProtocol": "HTTPConnect",
+                        "transport": {"uds": {"udsName": node_proxy}},
+                    },
+                }],
+            });
+            std::fs::write(&egress, config.to_string()).context(|| format!("writing {}", egress.display()))?;
+            apiserver_cmd.arg(format!("--egress-selector-config-file={}", egress.display()));
+        }
         let apiserver = ManagedProcess::spawn("kube-apiserver", apiserver_cmd, &dir.join("kube-apiserver.log"))?;
 
-        let plane = Self { dir: dir.to_path_buf(), _tempdir: None, port, admin_token, apiserver, etcd };
+        let plane = Self {
+            dir: dir.to_path_buf(),
+            _tempdir: None,
+            port,
+            admin_token,
+            node_tokens,
+            controllers: Vec::new(),
+            apiserver,
+            etcd,
+        };
         plane.write_kubeconfig(&plane.kubeconfig_path(), "admin", &plane.admin_token)?;
         plane.wait_ready()?;
         Ok(plane)
+    }
+
+    /// Starts kube-controller-manager (Deployments, ReplicaSets, DaemonSets, EndpointSlices, garbage
+    /// collection, the `kube-root-ca.crt` ConfigMap pods mount) and kube-scheduler, both as the admin.
+    pub fn start_controllers(&mut self) -> Result<()> {
+        let kubeconfig = self.kubeconfig_path();
+        let mut manager = Command::new(require(K8sBinary::KubeControllerManager)?);
+        manager.args([
+            format!("--kubeconfig={}", kubeconfig.display()),
+            format!("--root-ca-file={}", self.ca_path().display()),
+            format!("--service-account-private-key-file={}", self.dir.join("pki").join("sa.key").display()),
+            format!("--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}"),
+            // Each ServiceAccount's token for its controller, as in a real cluster (RBAC per controller).
+            "--use-service-account-credentials=true".into(),
+            "--leader-elect=false".into(),
+            // Loopback only, on a free port: several labs and test runs share the host.
+            "--bind-address=127.0.0.1".into(),
+            format!("--secure-port={}", free_port()?),
+            // Node lifecycle: a kubelet that stops reporting is NotReady after 20 s, its pods evicted soon after.
+            "--node-monitor-grace-period=20s".into(),
+            "--v=1".into(),
+        ]);
+        let manager =
+            ManagedProcess::spawn("kube-controller-manager", manager, &self.dir.join("kube-controller-manager.log"))?;
+        let mut scheduler = Command::new(require(K8sBinary::KubeScheduler)?);
+        scheduler.args([
+            format!("--kubeconfig={}", kubeconfig.display()),
+            format!("--authentication-kubeconfig={}", kubeconfig.display()),
+            format!("--authorization-kubeconfig={}", kubeconfig.display()),
+            "--leader-elect=false".into(),
+            "--bind-address=127.0.0.1".into(),
+            format!("--secure-port={}", free_port()?),
+            "--v=1".into(),
+        ]);
+        let scheduler = ManagedProcess::spawn("kube-scheduler", scheduler, &self.dir.join("kube-scheduler.log"))?;
+        self.controllers = vec![manager, scheduler];
+        Ok(())
+    }
+
+    /// Writes the kubeconfig kubelet `node` uses (its own token; the API server at `server`).
+    pub fn write_node_kubeconfig(&self, path: &Path, node: &str, server: &str) -> Result<()> {
+        let token = self
+            .node_tokens
+            .iter()
+            .find(|(name, _)| name == node)
+            .map(|(_, token)| token.clone())
+            .ok_or_else(|| Error::Kubeconfig(format!("the control plane has no credential for node {node}")))?;
+        self.write_kubeconfig_for(path, &format!("system:node:{node}"), &token, server)
     }
 
     /// The port the API server listens on at 127.0.0.1 (the network lab forwards the same port inside every
@@ -164,10 +275,14 @@ impl ControlPlane {
 
     /// Writes a kubeconfig that authenticates with `token` (as `user`, a label only).
     pub fn write_kubeconfig(&self, path: &Path, user: &str, token: &str) -> Result<()> {
+        self.write_kubeconfig_for(path, user, token, &self.server_url())
+    }
+
+    fn write_kubeconfig_for(&self, path: &Path, user: &str, token: &str, server: &str) -> Result<()> {
         let config = serde_json::json!({
             "apiVersion": "v1",
             "kind": "Config",
-            "clusters": [{"name": "ferrolb", "cluster": {"server": self.server_url(), "certificate-authority": self.ca_path()}}],
+            "clusters": [{"name": "ferrolb", "cluster": {"server": server, "certificate-authority": self.ca_path()}}],
             "users": [{"name": user, "user": {"token": token}}],
             "contexts": [{"name": "ferrolb", "context": {"cluster": "ferrolb", "user": user}}],
             "current-context": "ferrolb",
@@ -300,6 +415,9 @@ struct Pki {
     serving_key: PathBuf,
     service_account_private: PathBuf,
     service_account_public: PathBuf,
+    /// The API server's identity towards kubelets (in `system:masters`, so every kubelet API is allowed).
+    kubelet_client_cert: PathBuf,
+    kubelet_client_key: PathBuf,
 }
 
 impl Pki {
@@ -323,10 +441,20 @@ impl Pki {
             "localhost".to_string(),
             "kubernetes".to_string(),
             "kubernetes.default.svc".to_string(),
+            "kubernetes.default.svc.cluster.local".to_string(),
+            KUBERNETES_CLUSTER_IP.to_string(),
+            crate::netlab::API_SERVICE_ADDRESS.to_string(),
         ])?;
         serving_params.distinguished_name.push(DnType::CommonName, "kube-apiserver");
         serving_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         let serving_cert = serving_params.signed_by(&serving_key, &issuer)?;
+
+        let kubelet_client_key = KeyPair::generate()?;
+        let mut kubelet_client_params = CertificateParams::new(Vec::<String>::new())?;
+        kubelet_client_params.distinguished_name.push(DnType::CommonName, "kube-apiserver-kubelet-client");
+        kubelet_client_params.distinguished_name.push(DnType::OrganizationName, "system:masters");
+        kubelet_client_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let kubelet_client_cert = kubelet_client_params.signed_by(&kubelet_client_key, &issuer)?;
 
         let service_account_key = KeyPair::generate()?;
 
@@ -336,6 +464,8 @@ impl Pki {
             serving_key: pki.join("apiserver.key"),
             service_account_private: pki.join("sa.key"),
             service_account_public: pki.join("sa.pub"),
+            kubelet_client_cert: pki.join("kubelet-client.crt"),
+            kubelet_client_key: pki.join("kubelet-client.key"),
         };
         for (path, pem) in [
             (&files.ca_cert, ca_cert.pem()),
@@ -343,6 +473,8 @@ impl Pki {
             (&files.serving_key, serving_key.serialize_pem()),
             (&files.service_account_private, service_account_key.serialize_pem()),
             (&files.service_account_public, service_account_key.public_key_pem()),
+            (&files.kubelet_client_cert, kubelet_client_cert.pem()),
+            (&files.kubelet_client_key, kubelet_client_key.serialize_pem()),
         ] {
             std::fs::write(path, pem).context(|| format!("writing {}", path.display()))?;
         }

@@ -47,6 +47,7 @@ impl L2Lab {
             controller_metrics_address: "127.0.0.1:0".into(),
             keepalived,
             speaker_args: speaker_args.iter().map(|a| a.to_string()).collect(),
+            kubelet: None,
         };
         let running = RunningLab::start(config).unwrap();
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();

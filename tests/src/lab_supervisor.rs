@@ -12,6 +12,7 @@ use serde::Serialize;
 
 use crate::control_plane::ControlPlane;
 use crate::error::{Error, IoContext, Result};
+use crate::kubelet_lab::{Images, KubeletNodes};
 use crate::netlab::{Lab, LabHost, LabSpec};
 use crate::objects::{Backend, NodeSpec, apply_endpoint_slice, apply_node};
 use crate::process::ManagedProcess;
@@ -30,6 +31,16 @@ pub const SPEAKER_BINARY: &str = "ferrolb-speaker";
 /// How long a kubelet-like restart waits after a component exits.
 const RESTART_DELAY: Duration = Duration::from_secs(2);
 const SUPERVISE_INTERVAL: Duration = Duration::from_millis(200);
+/// Kubelet mode: how often the pods' container pids are read again for lab.json.
+const POD_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Kubelet mode: where ferrolb's containers run.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct PodPids {
+    /// The Lease holder first.
+    controllers: Vec<u32>,
+    speakers: std::collections::BTreeMap<String, u32>,
+}
 
 /// Where the lab's inputs are and where its state goes.
 #[derive(Debug, Clone)]
@@ -48,6 +59,9 @@ pub struct LabConfig {
     pub keepalived: bool,
     /// Extra arguments for every speaker (timers, ...).
     pub speaker_args: Vec<String>,
+    /// Real nodes (containerd, kubelet, kube-proxy) running these images, ferrolb installed by its chart;
+    /// `None`: our binaries run as processes beside fake Nodes (`--processes`).
+    pub kubelet: Option<Images>,
 }
 
 impl LabConfig {
@@ -68,6 +82,8 @@ impl LabConfig {
 #[derive(Debug, Serialize)]
 pub struct LabState {
     pub ready: bool,
+    /// Real kubelets run the pods; the pids are those of the containers' main processes.
+    pub kubelet: bool,
     pub kubeconfig: PathBuf,
     pub kubectl: PathBuf,
     pub supervisor: Pid,
@@ -172,10 +188,13 @@ pub struct Identities {
 pub struct RunningLab {
     config: LabConfig,
     components: Vec<Supervised>,
+    /// Kubelet mode: the controller pods' (leader first) and the speakers' (by node) container pids.
+    pod_pids: PodPids,
     has_controller: bool,
     missing: Vec<String>,
     pool_applied: bool,
-    // Drop order: components (above) first, then the LAN, then the control plane.
+    // Drop order: components (above) first, then the real nodes, the LAN, the control plane.
+    kubelet_nodes: Option<KubeletNodes>,
     lab: Lab,
     plane: ControlPlane,
 }
@@ -184,9 +203,116 @@ impl RunningLab {
     /// Brings the whole lab up, the components running with the admin's kubeconfig. Blocking; call it
     /// outside any async runtime.
     pub fn start(config: LabConfig) -> Result<Self> {
+        if let Some(images) = config.kubelet.clone() {
+            return Self::start_on_kubelets(config, &images);
+        }
         let mut lab = Self::prepare(config)?;
         lab.start_components(None)?;
         Ok(lab)
+    }
+
+    /// The lab on real nodes: control plane with controller-manager and scheduler, a containerd, kubelet and
+    /// kube-proxy per node, ferrolb installed by `helm install`, the demo pool, Service and Deployment.
+    fn start_on_kubelets(config: LabConfig, images: &Images) -> Result<Self> {
+        std::fs::create_dir_all(&config.state_dir).context(|| format!("creating {}", config.state_dir.display()))?;
+        crate::sweep::remove_with_prefix(&format!("{}-", config.prefix));
+        let nodes_dir = config.state_dir.join("nodes");
+        let plane_dir = config.state_dir.join("control-plane");
+        for dir in [&nodes_dir, &plane_dir] {
+            crate::node_runtime::unmount_under(dir);
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        let names: Vec<String> = (1..=config.nodes).map(|i| format!("node-{i}")).collect();
+        tracing::info!("starting etcd, kube-apiserver, kube-controller-manager and kube-scheduler");
+        let node_proxy = config.state_dir.join("node-proxy.sock");
+        let mut plane = ControlPlane::start_for_nodes(&plane_dir, &names, &node_proxy)?;
+        plane.start_controllers()?;
+        std::fs::copy(plane.kubeconfig_path(), config.kubeconfig()).context(|| "copying the kubeconfig".into())?;
+        tracing::info!(nodes = config.nodes, "building the node LAN");
+        let lab = Lab::start(LabSpec {
+            prefix: config.prefix.clone(),
+            nodes: config.nodes,
+            local_prefixes: vec![crate::netlab::DEFAULT_POOL_V4.into(), crate::netlab::DEFAULT_POOL_V6.into()],
+            api_port: Some(plane.port()),
+            pod_network: true,
+        })?;
+        lab.serve_node_proxy(&node_proxy)?;
+        let runtime =
+            tokio::runtime::Builder::new_current_thread().enable_all().build().context(|| "tokio runtime".into())?;
+        tracing::info!("starting containerd, kubelet and kube-proxy on every node; importing the images");
+        let kubelet_nodes = runtime.block_on(async {
+            wait_for_default_namespace(&plane.admin_client().await?).await?;
+            KubeletNodes::start(&plane, &lab, &nodes_dir, images).await
+        })?;
+        let mut this = Self {
+            config,
+            components: Vec::new(),
+            pod_pids: PodPids::default(),
+            has_controller: true,
+            missing: Vec::new(),
+            pool_applied: false,
+            kubelet_nodes: Some(kubelet_nodes),
+            lab,
+            plane,
+        };
+        tracing::info!("helm install charts/ferrolb");
+        let values = crate::kubelet_lab::chart_values(images, this.config.keepalived);
+        crate::kubelet_lab::install_chart(
+            &this.config.repo,
+            &this.config.state_dir.join("helm"),
+            &this.config.kubeconfig(),
+            INSTALL_NAMESPACE,
+            &values,
+        )?;
+        let demo = this.config.repo.join("tests").join("lab").join("demo-pool.yaml");
+        kubectl(&this.config, &["apply", "--server-side", "-f", &demo.to_string_lossy()])?;
+        this.pool_applied = true;
+        tracing::info!("deploying the demo web app");
+        runtime.block_on(async {
+            let client = this.plane.admin_client().await?;
+            apply_demo_service(&client).await?;
+            crate::kubelet_lab::deploy_demo(&this.plane, DEMO_NAMESPACE, images, this.config.nodes).await?;
+            let (key, value) = crate::kubelet_lab::DEMO_APP_LABEL;
+            crate::kubelet_lab::wait_pods_ready(
+                &this.plane,
+                DEMO_NAMESPACE,
+                &format!("{key}={value}"),
+                this.config.nodes,
+            )
+            .await?;
+            this.refresh_pod_pids().await
+        })?;
+        this.write_state(true)?;
+        Ok(this)
+    }
+
+    /// Kubelet mode: reads where ferrolb's containers run now; true if a pid changed.
+    pub async fn refresh_pod_pids(&mut self) -> Result<bool> {
+        let Some(nodes) = &self.kubelet_nodes else { return Ok(false) };
+        let client = self.plane.admin_client().await?;
+        let pods = crate::kubelet_lab::ferrolb_pods(&client, INSTALL_NAMESPACE).await?;
+        let leader = crate::kubelet_lab::controller_leader(&client, INSTALL_NAMESPACE).await?;
+        let mut fresh = PodPids::default();
+        let mut controllers: Vec<&k8s_openapi::api::core::v1::Pod> =
+            pods.get("controller").map(|p| p.iter().collect()).unwrap_or_default();
+        controllers.sort_by_key(|p| Some(crate::kubelet_lab::name_of(*p)) != leader);
+        fresh.controllers = controllers.iter().filter_map(|p| nodes.container_pid(p, "controller")).collect();
+        for pod in pods.get("speaker").into_iter().flatten() {
+            if let Some(pid) = nodes.container_pid(pod, "speaker") {
+                fresh.speakers.insert(crate::kubelet_lab::node_of(pod), pid);
+            }
+        }
+        let changed = fresh != self.pod_pids;
+        self.pod_pids = fresh;
+        Ok(changed)
+    }
+
+    pub fn kubelet_nodes(&self) -> Option<&KubeletNodes> {
+        self.kubelet_nodes.as_ref()
+    }
+
+    pub fn config(&self) -> &LabConfig {
+        &self.config
     }
 
     /// Everything but the components: control plane, LAN, Nodes, CRDs, the demo pool and Service.
@@ -205,6 +331,7 @@ impl RunningLab {
             nodes: config.nodes,
             local_prefixes: vec![crate::netlab::DEFAULT_POOL_V4.into(), crate::netlab::DEFAULT_POOL_V6.into()],
             api_port: Some(plane.port()),
+            pod_network: false,
         })?;
 
         let runtime =
@@ -234,7 +361,17 @@ impl RunningLab {
             false
         };
 
-        Ok(Self { config, components: Vec::new(), has_controller: false, missing, pool_applied, lab, plane })
+        Ok(Self {
+            config,
+            components: Vec::new(),
+            pod_pids: PodPids::default(),
+            has_controller: false,
+            missing,
+            pool_applied,
+            kubelet_nodes: None,
+            lab,
+            plane,
+        })
     }
 
     /// Starts the controller and a speaker per node: with the admin's kubeconfig and a fresh gossip key, or
@@ -333,10 +470,24 @@ impl RunningLab {
     /// Supervises the components until `stop` resolves.
     pub async fn supervise(&mut self, stop: impl std::future::Future<Output = ()>) -> Result<()> {
         tokio::pin!(stop);
+        let mut last_pod_check = std::time::Instant::now();
         loop {
             tokio::select! {
                 _ = &mut stop => return Ok(()),
                 _ = tokio::time::sleep(SUPERVISE_INTERVAL) => {}
+            }
+            if self.kubelet_nodes.is_some() && last_pod_check.elapsed() >= POD_CHECK_INTERVAL {
+                last_pod_check = std::time::Instant::now();
+                for node in self.kubelet_nodes.iter_mut().flat_map(|n| n.nodes.iter_mut()) {
+                    if let Some(daemon) = node.exited_daemon() {
+                        tracing::error!(node = node.name(), daemon, log = %node.log_tail(daemon, 5), "a node daemon exited");
+                    }
+                }
+                match self.refresh_pod_pids().await {
+                    Ok(true) => self.write_state(true)?,
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(error = %e, "could not read ferrolb's pods"),
+                }
             }
             let mut changed = false;
             for component in &mut self.components {
@@ -434,11 +585,23 @@ impl RunningLab {
     }
 
     pub fn state(&self, ready: bool) -> LabState {
+        let kubelet = self.kubelet_nodes.is_some();
         let speaker_pid = |node: &str| {
+            if kubelet {
+                return self.pod_pids.speakers.get(node).map(|&pid| Pid { pid });
+            }
             self.components.iter().find(|c| c.name == format!("speaker on {node}")).and_then(Supervised::pid)
+        };
+        let controller = if kubelet {
+            self.pod_pids.controllers.first().map(|&pid| Pid { pid })
+        } else if self.has_controller {
+            self.components.first().and_then(Supervised::pid)
+        } else {
+            None
         };
         LabState {
             ready,
+            kubelet,
             kubeconfig: self.config.kubeconfig(),
             kubectl: K8sBinary::Kubectl.path(),
             supervisor: Pid { pid: std::process::id() },
@@ -448,7 +611,7 @@ impl RunningLab {
                 ipv4: self.lab.client().ipv4.clone(),
                 ipv6: self.lab.client().ipv6.clone(),
             },
-            controller: if self.has_controller { self.components.first().and_then(Supervised::pid) } else { None },
+            controller,
             nodes: self
                 .lab
                 .nodes()
@@ -490,24 +653,7 @@ async fn create_cluster_objects(plane: &ControlPlane, lab: &Lab) -> Result<()> {
     }
     wait_for_default_namespace(&client).await?;
     crate::objects::create_namespace(&client, INSTALL_NAMESPACE).await?;
-    let services: Api<Service> = Api::namespaced(client.clone(), DEMO_NAMESPACE);
-    let service = Service {
-        metadata: ObjectMeta { name: Some(DEMO_SERVICE.into()), ..Default::default() },
-        spec: Some(ServiceSpec {
-            type_: Some("LoadBalancer".into()),
-            ip_family_policy: Some("PreferDualStack".into()),
-            selector: Some([("app".to_string(), "webapp1".to_string())].into()),
-            ports: Some(vec![ServicePort {
-                name: Some("http".into()),
-                port: 80,
-                protocol: Some("TCP".into()),
-                ..Default::default()
-            }]),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    services.patch(DEMO_SERVICE, &PatchParams::apply("ferrolb-lab").force(), &Patch::Apply(&service)).await?;
+    apply_demo_service(&client).await?;
     for (family, backends) in [
         ("IPv4", lab.nodes().iter().enumerate().map(|(i, n)| (n, format!("203.0.113.{}", 10 + i))).collect::<Vec<_>>()),
         ("IPv6", lab.nodes().iter().enumerate().map(|(i, n)| (n, format!("2001:db8:1::{}", 10 + i))).collect()),
@@ -518,6 +664,31 @@ async fn create_cluster_objects(plane: &ControlPlane, lab: &Lab) -> Result<()> {
             .collect();
         apply_endpoint_slice(&client, DEMO_NAMESPACE, DEMO_SERVICE, family, 80, &backends).await?;
     }
+    Ok(())
+}
+
+/// The demo Service (dual-stack, port 80, selecting the demo app's pods).
+async fn apply_demo_service(client: &kube::Client) -> Result<()> {
+    let services: Api<Service> = Api::namespaced(client.clone(), DEMO_NAMESPACE);
+    let service = Service {
+        metadata: ObjectMeta { name: Some(DEMO_SERVICE.into()), ..Default::default() },
+        spec: Some(ServiceSpec {
+            type_: Some("LoadBalancer".into()),
+            ip_family_policy: Some("PreferDualStack".into()),
+            selector: Some([("app".to_string(), "webapp1".to_string())].into()),
+            ports: Some(vec![ServicePort {
+                name: Some("http".into()),
+                port: 80,
+                // The demo web server's port (the processes lab's fake endpoints ignore it).
+                target_port: Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(8080)),
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    services.patch(DEMO_SERVICE, &PatchParams::apply("ferrolb-lab").force(), &Patch::Apply(&service)).await?;
     Ok(())
 }
 
@@ -582,6 +753,15 @@ pub fn down(config: &LabConfig) -> Vec<String> {
     }
     let _ = std::fs::remove_file(config.pid_file());
     let _ = std::fs::remove_file(config.lab_json());
-    cleaned.extend(crate::sweep::remove_with_prefix(&format!("{}-", config.prefix)));
+    // Real nodes: whatever a killed supervisor left in the nodes' cgroups, mounts and the shared host paths.
+    let node_prefix = format!("{}-", config.prefix);
+    for cgroup in crate::node_runtime::node_cgroups().into_iter().filter(|c| c.starts_with(&node_prefix)) {
+        let node = cgroup.trim_start_matches(&node_prefix).to_string();
+        crate::node_runtime::remove_node_leftovers(&cgroup, Some(&config.state_dir.join("nodes").join(&node)));
+        cleaned.push(format!("node {node}: its processes, mounts and cgroups"));
+    }
+    crate::node_runtime::unmount_under(&config.state_dir);
+    cleaned.extend(crate::node_runtime::sweep_shared_host_paths());
+    cleaned.extend(crate::sweep::remove_with_prefix(&node_prefix));
     cleaned
 }

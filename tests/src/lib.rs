@@ -8,11 +8,13 @@
 pub mod control_plane;
 pub mod error;
 pub mod fuzz;
+pub mod kubelet_lab;
 pub mod l2lab;
 pub mod lab_supervisor;
 pub mod names;
 pub mod netlab;
 pub mod netns;
+pub mod node_runtime;
 pub mod objects;
 pub mod process;
 pub mod sweep;

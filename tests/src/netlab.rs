@@ -32,6 +32,10 @@ pub struct LabSpec {
     pub local_prefixes: Vec<String>,
     /// Forward 127.0.0.1:<port> in every node namespace to the API server at the host's 127.0.0.1:<port>.
     pub api_port: Option<u16>,
+    /// Nodes for real kubelets: pods serve, not the lab (no HTTP server of its own), every node routes the
+    /// others' pod networks, and the API server is also reachable at [`API_SERVICE_ADDRESS`]:<port> on every
+    /// node (the `kubernetes` Service's endpoint).
+    pub pod_network: bool,
 }
 
 impl LabSpec {
@@ -42,6 +46,7 @@ impl LabSpec {
             nodes,
             local_prefixes: vec![DEFAULT_POOL_V4.into(), DEFAULT_POOL_V6.into()],
             api_port: Some(api_port),
+            pod_network: false,
         }
     }
 }
@@ -50,6 +55,20 @@ impl LabSpec {
 /// 2001:db8::200-250.
 pub const DEFAULT_POOL_V4: &str = "192.0.2.192/26";
 pub const DEFAULT_POOL_V6: &str = "2001:db8::200/120";
+/// Where pods and kube-proxy reach the API server: this address is on every node's loopback, forwarded to
+/// the host's API server, and is the endpoint of the `kubernetes` Service.
+pub const API_SERVICE_ADDRESS: &str = "198.51.100.1";
+/// The pod networks of real nodes: node `i` (from 1) has `203.0.113.<32(i-1)>/27` and `2001:db8:1:<i>::/64`.
+pub const POD_NETWORK_V4: &str = "203.0.113.0/24";
+pub const POD_NETWORK_V6: &str = "2001:db8:1::/48";
+/// Eight /27s fit in the pod network.
+pub const MAX_NODES_WITH_PODS: usize = 8;
+
+/// The IPv4 and IPv6 pod CIDRs of node `index` (from 1).
+pub fn pod_cidrs(index: usize) -> (String, String) {
+    (format!("203.0.113.{}/27", 32 * (index - 1)), format!("2001:db8:1:{index:x}::/64"))
+}
+
 pub const CLIENT_IPV4: &str = "192.0.2.2";
 pub const CLIENT_IPV6: &str = "2001:db8::2";
 const HTTP_PORT: u16 = 80;
@@ -79,6 +98,9 @@ impl Lab {
     pub fn start(spec: LabSpec) -> Result<Self> {
         if !nix::unistd::Uid::effective().is_root() {
             return Err(crate::Error::NotRoot);
+        }
+        if spec.pod_network && spec.nodes > MAX_NODES_WITH_PODS {
+            return Err(crate::Error::Lab(format!("a lab with pods has at most {MAX_NODES_WITH_PODS} nodes")));
         }
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -122,10 +144,39 @@ impl Lab {
         for (i, node) in self.nodes.iter().enumerate() {
             self.plug(node, &format!("n{}", i + 1))?;
             self.route_pool_locally(node)?;
-            self.serve_http(node)?;
-            if let Some(port) = self.spec.api_port {
-                self.forward_api(node, port)?;
+            if self.spec.pod_network {
+                self.route_pod_networks(i + 1)?;
+            } else {
+                self.serve_http(node)?;
             }
+            if let Some(port) = self.spec.api_port {
+                self.forward_api(node, "127.0.0.1", port)?;
+                if self.spec.pod_network {
+                    netns::ip(&["-n", &node.netns, "addr", "add", &format!("{API_SERVICE_ADDRESS}/32"), "dev", "lo"])?;
+                    self.forward_api(node, API_SERVICE_ADDRESS, port)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Node `index` forwards packets (it routes for its pods) and reaches every other node's pods through that
+    /// node, as a flat routed pod network does.
+    fn route_pod_networks(&self, index: usize) -> Result<()> {
+        let ns = self.nodes[index - 1].netns.as_str();
+        netns::sysctl(ns, &["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"])?;
+        for (other_index, other) in self.nodes.iter().enumerate().map(|(i, n)| (i + 1, n)) {
+            if other_index == index {
+                continue;
+            }
+            let (v4, v6) = pod_cidrs(other_index);
+            netns::ip(&["-n", ns, "route", "add", &v4, "via", &other.ipv4])?;
+            netns::ip(&["-n", ns, "-6", "route", "add", &v6, "via", &other.ipv6])?;
+        }
+        // Without a route, a host-network process's connect to a ClusterIP fails before kube-proxy's output
+        // chain can rewrite it (the nodes have no default route).
+        for range in crate::control_plane::SERVICE_CLUSTER_IP_RANGE.split(',') {
+            netns::ip(&["-n", ns, "route", "add", range, "dev", "eth0"])?;
         }
         Ok(())
     }
@@ -215,9 +266,9 @@ impl Lab {
         Ok(())
     }
 
-    fn forward_api(&self, node: &LabHost, port: u16) -> Result<()> {
+    fn forward_api(&self, node: &LabHost, address: &'static str, port: u16) -> Result<()> {
         let listener = netns::in_netns(&node.netns, move || {
-            let listener = std::net::TcpListener::bind(("127.0.0.1", port))?;
+            let listener = std::net::TcpListener::bind((address, port))?;
             listener.set_nonblocking(true)?;
             Ok(listener)
         })?;
@@ -235,6 +286,26 @@ impl Lab {
                         let _ = tokio::io::copy_bidirectional(&mut inside, &mut host).await;
                     }
                 });
+            }
+        });
+        Ok(())
+    }
+
+    /// Serves HTTP CONNECT on unix socket `path` (on the host): a tunnel to `<node address>:<port>` is dialled
+    /// from inside that node's namespace. The API server reaches the kubelets this way (`kubectl logs`, `exec`).
+    pub fn serve_node_proxy(&self, path: &std::path::Path) -> Result<()> {
+        let _ = std::fs::remove_file(path);
+        let runtime = self.runtime()?;
+        let listener = {
+            let _guard = runtime.enter();
+            tokio::net::UnixListener::bind(path).context(|| format!("node proxy at {}", path.display()))?
+        };
+        let nodes: Vec<(Vec<String>, String)> =
+            self.nodes.iter().map(|n| (vec![n.ipv4.clone(), n.ipv6.clone()], n.netns.clone())).collect();
+        runtime.spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                tokio::spawn(tunnel_to_node(stream, nodes.clone()));
             }
         });
         Ok(())
@@ -288,6 +359,48 @@ impl Drop for Lab {
         for ns in self.namespaces() {
             netns::delete(&ns);
         }
+    }
+}
+
+/// One HTTP CONNECT tunnel into the namespace of the node that has the requested address.
+async fn tunnel_to_node(
+    mut stream: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    nodes: Vec<(Vec<String>, String)>,
+) {
+    let mut head = Vec::with_capacity(512);
+    let mut byte = [0u8; 1];
+    // Byte by byte up to the blank line: nothing of the tunnelled stream may be read here.
+    while !head.ends_with(b"\r\n\r\n") && head.len() < 8 * 1024 {
+        match stream.read(&mut byte).await {
+            Ok(1) => head.push(byte[0]),
+            _ => return,
+        }
+    }
+    let head = String::from_utf8_lossy(&head);
+    let target = head.lines().next().and_then(|line| {
+        let mut words = line.split_whitespace();
+        (words.next() == Some("CONNECT")).then(|| words.next()).flatten().map(str::to_string)
+    });
+    let Some(address) = target.and_then(|t| t.parse::<SocketAddr>().ok()) else {
+        let _ = stream.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n").await;
+        return;
+    };
+    let ip = address.ip().to_string();
+    let Some((_, netns)) = nodes.iter().find(|(ips, _)| ips.contains(&ip)) else {
+        let _ = stream.write_all(b"HTTP/1.1 404 Not Found\r\n\r\n").await;
+        return;
+    };
+    let dialled = netns::in_netns(netns, move || {
+        let socket = std::net::TcpStream::connect_timeout(&address, std::time::Duration::from_secs(5))?;
+        socket.set_nonblocking(true)?;
+        Ok(socket)
+    });
+    let Ok(Ok(mut upstream)) = dialled.map(TcpStream::from_std) else {
+        let _ = stream.write_all(b"HTTP/1.1 502 Bad Gateway\r\n\r\n").await;
+        return;
+    };
+    if stream.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n").await.is_ok() {
+        let _ = tokio::io::copy_bidirectional(&mut stream, &mut upstream).await;
     }
 }
 

@@ -18,7 +18,17 @@ const CONTROL_PLANE_DIR_PREFIX: &str = "ferrolb-cp-";
 /// Removes namespaces and control-plane directories left by test processes that no longer run. Returns the
 /// names removed.
 pub fn sweep_leftovers() -> Vec<String> {
-    let mut removed = sweep_control_plane_dirs();
+    let mut removed = Vec::new();
+    // Real nodes first: their processes (in the node's cgroups) hold mounts under the control plane's dir.
+    for cgroup in crate::node_runtime::node_cgroups() {
+        if let Some(owner) = owner_pid(&cgroup)
+            && !process_alive(owner)
+        {
+            crate::node_runtime::remove_node_leftovers(&cgroup, None);
+            removed.push(format!("cgroup {cgroup}"));
+        }
+    }
+    removed.extend(sweep_control_plane_dirs());
     for name in netns::list() {
         if let Some(owner) = owner_pid(&name)
             && !process_alive(owner)
@@ -26,6 +36,9 @@ pub fn sweep_leftovers() -> Vec<String> {
             netns::delete(&name);
             removed.push(name);
         }
+    }
+    if !removed.is_empty() {
+        removed.extend(crate::node_runtime::sweep_shared_host_paths());
     }
     removed
 }
@@ -48,7 +61,12 @@ fn sweep_control_plane_dirs() -> Vec<String> {
         let name = entry.file_name().to_string_lossy().into_owned();
         let Some(rest) = name.strip_prefix(CONTROL_PLANE_DIR_PREFIX) else { continue };
         let Some(Ok(owner)) = rest.split('-').next().map(str::parse::<u32>) else { continue };
-        if !process_alive(owner) && std::fs::remove_dir_all(entry.path()).is_ok() {
+        if process_alive(owner) {
+            continue;
+        }
+        // A real node's kubelet and containerd mount secrets and root filesystems under it.
+        crate::node_runtime::unmount_under(&entry.path());
+        if std::fs::remove_dir_all(entry.path()).is_ok() {
             removed.push(name);
         }
     }

@@ -24,6 +24,7 @@ async fn a_responder_on_packet_sockets_makes_a_vip_reachable_on_both_families() 
         nodes: 2,
         local_prefixes: vec![DEFAULT_POOL_V4.into(), DEFAULT_POOL_V6.into()],
         api_port: None,
+        pod_network: false,
     })
     .unwrap();
     let node = lab.nodes()[1].clone();

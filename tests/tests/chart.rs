@@ -176,6 +176,7 @@ fn install() -> Installed {
         controller_metrics_address: "127.0.0.1:0".into(),
         keepalived: false,
         speaker_args: Vec::new(),
+        kubelet: None,
     };
     let running = RunningLab::prepare(config).unwrap();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();

@@ -11,9 +11,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
-use crate::{deps, run};
+use crate::{deps, image, run};
 
-const LAB_UP_TIMEOUT: Duration = Duration::from_secs(180);
+/// Real nodes take longer: kubelets register, the chart's pods start, the demo pods become ready.
+const LAB_UP_TIMEOUT: Duration = Duration::from_secs(420);
 /// How long to wait for the controller to write an EXTERNAL-IP, and for the VIP to answer.
 const EXTERNAL_IP_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -27,6 +28,10 @@ pub struct LabArgs {
     /// native: the speakers answer ARP/NDP; keepalived: they drive keepalived (VRRP).
     #[arg(long, value_parser = ["native", "keepalived"], default_value = "native")]
     mode: String,
+    /// Run ferrolb's binaries as processes beside fake Nodes (the light lab: no kubelet, no images) instead of
+    /// real kubelets running the chart.
+    #[arg(long)]
+    processes: bool,
 }
 
 fn state_dir() -> PathBuf {
@@ -46,11 +51,15 @@ pub fn run(args: LabArgs) -> Result<()> {
     }
     deps::install_all()?;
     run::step("cargo build --workspace --bins", run::cargo(&["build", "--workspace", "--bins"]))?;
+    if !args.processes {
+        // The pods run ferrolb's images: built from this tree, imported into every node.
+        image::run(None)?;
+    }
     if state_dir().join("supervisor.pid").exists() {
         eprintln!("==> a lab is already running here: taking it down first");
         down()?;
     }
-    let state = start_supervisor(args.nodes, args.mode == "keepalived")?;
+    let state = start_supervisor(args.nodes, args.mode == "keepalived", args.processes)?;
     show_demo(&state)
 }
 
@@ -65,17 +74,19 @@ fn down() -> Result<()> {
     Ok(())
 }
 
-fn start_supervisor(nodes: usize, keepalived: bool) -> Result<Value> {
+fn start_supervisor(nodes: usize, keepalived: bool, processes: bool) -> Result<Value> {
     let dir = state_dir();
     std::fs::create_dir_all(&dir)?;
     let _ = std::fs::remove_file(dir.join("lab.json"));
     let log_path = dir.join("supervisor.log");
     let log = File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
-    eprintln!("==> starting the lab (control plane, {nodes} node namespaces, client); log: {}", log_path.display());
+    let kind = if processes { "node namespaces" } else { "nodes with containerd, kubelet and kube-proxy" };
+    eprintln!("==> starting the lab (control plane, {nodes} {kind}, client); log: {}", log_path.display());
     let mut supervisor = Command::new(lab_binary())
         .arg("--state-dir")
         .arg(&dir)
         .args(keepalived.then_some("--keepalived"))
+        .args(processes.then_some("--processes"))
         .arg("up")
         .arg("--bin-dir")
         .arg(run::workspace_bin_dir())
@@ -135,6 +146,10 @@ fn show_demo(state: &Value) -> Result<()> {
             }
         }
     }
+    if state["kubelet"] == true {
+        println!("\n$ kubectl get pods -A -o wide");
+        print!("{}", kubectl_cmd(&["get", "pods", "-A", "-o", "wide"])?);
+    }
     println!("\n$ kubectl get svc -o wide");
     print!("{}", kubectl_cmd(&["get", "svc", "-n", namespace, "-o", "wide"])?);
 
@@ -165,6 +180,7 @@ fn show_demo(state: &Value) -> Result<()> {
         println!("\n$ ip netns exec {client_ns} curl {url}");
         let answer = curl_until_answer(client_ns, &url);
         match answer {
+            Some(answer) if state["kubelet"] == true => println!("{answer}    <- answered by a demo pod"),
             Some(node) => println!("{node}    <- answered by the node that holds {ip}"),
             None => println!("(no answer within {} s: nothing announces {ip} yet)", EXTERNAL_IP_TIMEOUT.as_secs()),
         }

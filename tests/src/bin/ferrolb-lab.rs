@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use ferrolb_e2e::kubelet_lab::Images;
 use ferrolb_e2e::lab_supervisor::{self, LabConfig, RunningLab};
 
 #[derive(Parser)]
@@ -19,6 +20,15 @@ struct Cli {
     /// The controller's /metrics address on the host (port 0: any free port).
     #[arg(long, default_value = lab_supervisor::CONTROLLER_METRICS_ADDRESS)]
     controller_metrics_address: String,
+    /// Run ferrolb's binaries as processes beside fake Nodes instead of real kubelets running its chart.
+    #[arg(long)]
+    processes: bool,
+    /// Kubelet mode: where the image archives are (`cargo xtask image` puts them in <cache>/target/images).
+    #[arg(long)]
+    images: Option<PathBuf>,
+    /// Kubelet mode: the images' tag (default: the chart's appVersion).
+    #[arg(long)]
+    image_tag: Option<String>,
     /// Prefix of the lab's network namespace names.
     #[arg(long, default_value = "ferrolb-lab")]
     prefix: String,
@@ -55,6 +65,18 @@ fn main() -> Result<()> {
     match cli.command {
         Verb::Up { bin_dir, repo, nodes } => {
             let (bin_dir, repo) = (std::path::absolute(bin_dir)?, std::path::absolute(repo)?);
+            let kubelet = if cli.processes {
+                None
+            } else {
+                let mut images = Images::built_by_xtask(&repo)?;
+                if let Some(dir) = cli.images {
+                    images.dir = std::path::absolute(dir)?;
+                }
+                if let Some(tag) = cli.image_tag {
+                    images.tag = tag;
+                }
+                Some(images)
+            };
             let config = LabConfig {
                 state_dir: cli.state_dir,
                 bin_dir,
@@ -64,6 +86,7 @@ fn main() -> Result<()> {
                 controller_metrics_address: cli.controller_metrics_address,
                 keepalived: cli.keepalived,
                 speaker_args: Vec::new(),
+                kubelet,
             };
             std::fs::create_dir_all(&config.state_dir)?;
             std::fs::write(config.pid_file(), std::process::id().to_string()).context("writing the pid file")?;
@@ -85,6 +108,7 @@ fn main() -> Result<()> {
                 controller_metrics_address: cli.controller_metrics_address,
                 keepalived: cli.keepalived,
                 speaker_args: Vec::new(),
+                kubelet: None,
             };
             for leftover in lab_supervisor::down(&config) {
                 tracing::warn!("removed leftover: {leftover}");

@@ -56,6 +56,7 @@ pub fn run(bin_dir: PathBuf, repo: PathBuf, trials: usize, vips: usize, keepaliv
         controller_metrics_address: "127.0.0.1:0".into(),
         keepalived,
         speaker_args: Vec::new(),
+        kubelet: None,
     };
     let mut lab = RunningLab::start(config).context("starting the lab")?;
     let client_ns = lab.lab().client().netns.clone();

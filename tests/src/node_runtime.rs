@@ -401,12 +401,26 @@ impl Drop for NodeRuntime {
 /// already gone.
 pub fn remove_node_leftovers(cgroup: &str, dir: Option<&Path>) {
     kill_cgroup_tree(cgroup);
+    let mut sandboxes = Vec::new();
     if let Some(dir) = dir {
+        sandboxes = sandbox_ids(dir);
         unmount_under(dir);
         let _ = std::fs::remove_dir_all(dir);
     }
     remove_cgroup_tree(cgroup);
-    remove_cni_results(cgroup);
+    remove_cni_results(cgroup, &sandboxes);
+}
+
+/// The pod sandboxes containerd's CRI plugin made on a node (directories named by sandbox id).
+fn sandbox_ids(dir: &Path) -> Vec<String> {
+    let mut ids = Vec::new();
+    for base in ["root", "state"] {
+        let sandboxes = dir.join("containerd").join(base).join("io.containerd.grpc.v1.cri").join("sandboxes");
+        if let Ok(entries) = std::fs::read_dir(sandboxes) {
+            ids.extend(entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()));
+        }
+    }
+    ids
 }
 
 /// Node cgroup roots on this machine (in the `pids` hierarchy; made in all of them together).
@@ -510,13 +524,17 @@ fn unescape_mount_path(field: &str) -> PathBuf {
     PathBuf::from(out)
 }
 
-/// libcni caches each attachment in `/var/lib/cni/results/<network>-<container>-<interface>` whatever the
-/// configuration says; the network is named after the node's cgroup, so its entries are found by prefix.
-fn remove_cni_results(network: &str) {
+/// libcni caches each attachment in `/var/lib/cni/results/<network>-<sandbox>-<interface>` whatever the
+/// configuration says: the node's own network (named after its cgroup) and containerd's `cni-loopback`, whose
+/// entries are found by the node's sandbox ids.
+fn remove_cni_results(network: &str, sandboxes: &[String]) {
     let dir = Path::new("/var/lib/cni/results");
     let Ok(entries) = std::fs::read_dir(dir) else { return };
     for entry in entries.flatten() {
-        if entry.file_name().to_string_lossy().starts_with(&format!("{network}-")) {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let ours = name.starts_with(&format!("{network}-"))
+            || (name.starts_with("cni-loopback-") && sandboxes.iter().any(|id| name.contains(&format!("-{id}-"))));
+        if ours {
             let _ = std::fs::remove_file(entry.path());
         }
     }

@@ -103,6 +103,8 @@ fn test(cargo_test_args: &[String]) -> Result<()> {
     )?;
     // The e2e tests start the workspace's binaries as processes, so they must exist before the tests run.
     run::step("cargo build --workspace --bins", run::cargo(&["build", "--workspace", "--bins"]))?;
+    // The kubelet tests install the chart with the images of this tree, as a user would.
+    image::run(None)?;
     let mut args = vec!["test", "--workspace", "--no-fail-fast"];
     if !cargo_test_args.is_empty() {
         args.push("--");

@@ -1,6 +1,8 @@
 //! The lab's demo backend: answers every HTTP request with the pod's and the node's name (from the
 //! downward API: `POD_NAME`, `NODE_NAME`), so a client sees which pod on which node served it. Listens on
-//! port 8080 (`PORT` to change it) on every IPv4 and IPv6 address.
+//! port 8080 (`PORT` to change it) on every IPv4 and IPv6 address. On SIGTERM it keeps serving for
+//! `SHUTDOWN_DELAY_MS` (default 2000) before it exits, as a well-behaved backend does: kube-proxy on every
+//! node needs a moment to stop sending it new connections.
 
 use std::io::{Read, Write};
 
@@ -10,15 +12,20 @@ use std::time::Duration;
 
 /// A request that does not arrive within this long is answered anyway: the answer never depends on it.
 const READ_TIMEOUT: Duration = Duration::from_secs(2);
+const DEFAULT_SHUTDOWN_DELAY_MS: u64 = 2000;
 
 fn main() {
-    // As a container's PID 1 it gets no default SIGTERM handling: exit on it, so a pod stops at once.
+    // As a container's PID 1 it gets no default SIGTERM handling: exit on it, after the shutdown delay.
+    let delay = Duration::from_millis(
+        std::env::var("SHUTDOWN_DELAY_MS").ok().and_then(|d| d.parse().ok()).unwrap_or(DEFAULT_SHUTDOWN_DELAY_MS),
+    );
     let mut stop = SigSet::empty();
     stop.add(Signal::SIGTERM);
     stop.add(Signal::SIGINT);
     if stop.thread_block().is_ok() {
         std::thread::spawn(move || {
             let _ = stop.wait();
+            std::thread::sleep(delay);
             std::process::exit(0);
         });
     }

@@ -18,8 +18,14 @@ struct LabRun {
 }
 
 impl LabRun {
+    /// The light lab: our binaries as processes beside fake Nodes.
     fn up(bin_dir: &Path, nodes: usize) -> Self {
-        let state_dir = tempfile::tempdir().unwrap();
+        Self::up_with(bin_dir, nodes, true)
+    }
+
+    fn up_with(bin_dir: &Path, nodes: usize, processes: bool) -> Self {
+        // Named so that a sweep after a crash of this test finds it (and unmounts what a kubelet mounted).
+        let state_dir = tempfile::Builder::new().prefix(&sweep::control_plane_dir_prefix()).tempdir().unwrap();
         // A test-owned prefix, so a crashed run is swept and a developer's own lab is never touched.
         let prefix = ferrolb_e2e::names::unique_lab_prefix();
         let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
@@ -27,7 +33,9 @@ impl LabRun {
             let mut command = Command::new(LAB_BIN);
             command
                 .args(["--state-dir", &state_dir.path().to_string_lossy(), "--prefix", &prefix])
-                .args(["--controller-metrics-address", "127.0.0.1:0", "up"])
+                .args(["--controller-metrics-address", "127.0.0.1:0"])
+                .args(processes.then_some("--processes"))
+                .arg("up")
                 .args([
                     "--bin-dir",
                     &bin_dir.to_string_lossy(),
@@ -52,7 +60,7 @@ impl LabRun {
     }
 
     fn wait_for_state(&self, done: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
-        let deadline = Instant::now() + Duration::from_secs(120);
+        let deadline = Instant::now() + Duration::from_secs(240);
         while Instant::now() < deadline {
             if let Some(state) = self.state().filter(|s| done(s)) {
                 return state;
@@ -193,4 +201,51 @@ fn the_demo_service_gets_its_external_ips_from_the_real_controller() {
         std::fs::read_to_string(run.state_dir.path().join("controller.log")).unwrap_or_default()
     );
     run.down();
+}
+
+/// The process name (`comm`, at most 15 bytes) of a pid, if it runs.
+fn comm(pid: u64) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).ok().map(|c| c.trim().to_string())
+}
+
+#[test]
+fn the_kubelet_lab_publishes_container_pids_follows_restarts_and_down_after_a_crash_leaves_nothing() {
+    let bins = ferrolb_e2e::process::workspace_binary("ferrolb-controller").unwrap();
+    let mut run = LabRun::up_with(bins.parent().unwrap(), 2, false);
+    let state = run.wait_for_state(|s| {
+        s["kubelet"] == true
+            && s["controller"]["pid"].is_u64()
+            && s["nodes"].as_array().is_some_and(|n| n.iter().all(|n| n["speaker"]["pid"].is_u64()))
+    });
+    // The pids are those of the containers' main processes, on the host.
+    let controller = state["controller"]["pid"].as_u64().unwrap();
+    assert_eq!(comm(controller).as_deref(), Some("ferrolb-control"), "controller pid {controller}");
+    let speaker = state["nodes"][0]["speaker"]["pid"].as_u64().unwrap();
+    assert_eq!(comm(speaker).as_deref(), Some("ferrolb-speaker"), "speaker pid {speaker}");
+    assert!(state["missing"].as_array().unwrap().is_empty());
+
+    // A crashed container is restarted by the kubelet; lab.json follows.
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(speaker as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    let restarted = run.wait_for_state(|s| s["nodes"][0]["speaker"]["pid"].as_u64().is_some_and(|p| p != speaker));
+    let new_speaker = restarted["nodes"][0]["speaker"]["pid"].as_u64().unwrap();
+    assert_eq!(comm(new_speaker).as_deref(), Some("ferrolb-speaker"));
+
+    // The supervisor dies without cleaning up; `down` removes what it left: containers (in their own pod
+    // namespaces), the runtimes, mounts, cgroups, namespaces.
+    run.supervisor.kill().unwrap();
+    run.supervisor.wait().unwrap();
+    let status = Command::new(LAB_BIN)
+        .args(["--state-dir", &run.state_dir.path().to_string_lossy(), "--prefix", &run.prefix, "down"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    for pid in [controller, new_speaker] {
+        assert!(!sweep::process_alive(pid as u32), "container process {pid} still runs after down");
+    }
+    assert!(netns::list().iter().all(|n| !n.starts_with(&run.prefix)), "namespaces left");
+    let cgroups = ferrolb_e2e::node_runtime::node_cgroups();
+    assert!(cgroups.iter().all(|c| !c.starts_with(&run.prefix)), "cgroups left: {cgroups:?}");
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let state_dir = run.state_dir.path().to_string_lossy().into_owned();
+    assert!(!mounts.contains(&state_dir), "mounts left under {state_dir}");
 }

@@ -4,6 +4,8 @@
 //!
 //! One lab per test, and the tests take turns (each lab is three nodes' worth of runtimes on two cores).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed step should stop the test, loudly
+
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -232,7 +234,7 @@ fn uid(pid: u32) -> u32 {
 /// Whether the process's root filesystem is mounted read-only, from its own mount table.
 fn root_read_only(pid: u32) -> bool {
     let mountinfo = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
-    let root = mountinfo.lines().filter(|l| l.split(' ').nth(4) == Some("/")).last().unwrap().to_string();
+    let root = mountinfo.lines().rfind(|l| l.split(' ').nth(4) == Some("/")).unwrap().to_string();
     root.split(' ').nth(5).unwrap().split(',').any(|o| o == "ro")
 }
 

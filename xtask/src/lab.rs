@@ -198,7 +198,13 @@ fn show_demo(state: &Value) -> Result<()> {
     println!("  kubectl get l2announcements -n ferrolb-system    # which node holds each VIP");
     println!("  ip netns exec {client_ns} curl http://<EXTERNAL-IP>/");
     println!("State (pids, namespaces, addresses): {}", state_dir().join("lab.json").display());
-    println!("Logs: {}/*.log", state_dir().display());
+    if state["kubelet"] == true {
+        println!("  kubectl logs -n ferrolb-system ds/ferrolb-speaker    # or deploy/ferrolb-controller");
+        println!("Node daemons' logs (containerd, kubelet, kube-proxy): {}/nodes/<node>/*.log", state_dir().display());
+        println!("Control plane logs: {}/control-plane/*.log", state_dir().display());
+    } else {
+        println!("Logs: {}/*.log", state_dir().display());
+    }
     println!("Tear it down: cargo xtask lab down");
     Ok(())
 }

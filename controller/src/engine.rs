@@ -5,6 +5,7 @@
 //! It never re-IPs a Service by itself: addresses move only when the Service asks for something its
 //! addresses no longer satisfy, and a failure keeps what the Service had.
 
+use ferrolb_crds::reason;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 
@@ -16,8 +17,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{Resource, ResourceExt};
 
 use crate::ipam::{
-    AllocError, Allocator, Family, FamilyPolicy, PoolDef, PoolError, Reservation, Reservations, ServiceKey,
-    ServiceRequest,
+    Allocator, Family, FamilyPolicy, PoolDef, PoolError, Reservation, Reservations, ServiceKey, ServiceRequest,
 };
 
 /// The Service status condition ferrolb owns.
@@ -179,7 +179,7 @@ impl Engine {
                     outputs.push(Output::Event(EventOut {
                         regarding: service.object_ref(&()),
                         type_: EventType::Warning,
-                        reason: "IPConflict",
+                        reason: reason::IP_CONFLICT,
                         note: format!(
                             "{}; {} was created first and keeps it, this Service gets another address",
                             conflict, conflict.holder
@@ -279,7 +279,7 @@ impl Engine {
                     outputs.push(Output::Event(EventOut {
                         regarding: pool.object_ref(&()),
                         type_: EventType::Warning,
-                        reason: "InvalidPool",
+                        reason: reason::INVALID_POOL,
                         note: format!("{e}; the pool hands out no address until it is fixed"),
                     }));
                 }
@@ -457,7 +457,7 @@ impl Engine {
             // A restarted controller finds them already on the pool's condition: said before.
             let already = self.pools.get(&name).and_then(|r| r.object.status.as_ref()).is_some_and(|s| {
                 s.conditions.iter().any(|c| {
-                    c.type_ == "OverlapsCluster"
+                    c.type_ == reason::OVERLAPS_CLUSTER
                         && c.status == "True"
                         && new.iter().all(|n| c.message.contains(n.as_str()))
                 })
@@ -466,7 +466,7 @@ impl Engine {
                 outputs.push(Output::Event(EventOut {
                     regarding: record.object.object_ref(&()),
                     type_: EventType::Warning,
-                    reason: "PoolOverlapsCluster",
+                    reason: reason::POOL_OVERLAPS_CLUSTER,
                     note: format!(
                         "lists addresses of the cluster itself, which are never handed out: {}",
                         new.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
@@ -544,7 +544,9 @@ impl Engine {
         // A restarted controller finds the overlap already on the pool's condition: said before.
         let already = record.object.status.as_ref().is_some_and(|s| {
             s.conditions.iter().any(|c| {
-                c.type_ == "Conflicting" && c.status == "True" && others.iter().all(|o| c.message.contains(o.as_str()))
+                c.type_ == reason::CONFLICTING
+                    && c.status == "True"
+                    && others.iter().all(|o| c.message.contains(o.as_str()))
             })
         });
         if already {
@@ -553,7 +555,7 @@ impl Engine {
         Some(Output::Event(EventOut {
             regarding: record.object.object_ref(&()),
             type_: EventType::Warning,
-            reason: "PoolOverlap",
+            reason: reason::POOL_OVERLAP,
             note: format!(
                 "overlaps pool {}: an address in both is still given to one Service only, but the pools' counts and priorities no longer add up",
                 others.join(", ")
@@ -683,8 +685,8 @@ impl Engine {
         let request = ServiceRequest::from_service(&service, namespace_labels);
         let requested_ips = request.as_ref().is_ok_and(|r| !r.requested_ips.is_empty());
         let outcome = request
-            .map_err(|e| ("InvalidRequest".to_string(), e.to_string()))
-            .and_then(|request| self.allocator.assign(&request).map_err(|e| (reason_of(&e), e.to_string())));
+            .map_err(|e| (reason::INVALID_REQUEST.to_string(), e.to_string()))
+            .and_then(|request| self.allocator.assign(&request).map_err(|e| (e.reason().to_string(), e.to_string())));
         let after = self.allocator.assignment(key).map(|a| a.ips.clone()).unwrap_or_default();
         let moved = before != after;
         if moved {
@@ -701,7 +703,7 @@ impl Engine {
             Err((reason, error)) => {
                 let kept = if after.is_empty() { String::new() } else { format!("; keeps {}", join(&after)) };
                 let message = format!("{error}{}{kept}", self.invalid_pools_note(reason));
-                ("False", reason.clone(), message, Some("AllocationFailed"))
+                ("False", reason.clone(), message, Some(reason::ALLOCATION_FAILED))
             }
         };
         if outcome.is_err() {
@@ -717,7 +719,7 @@ impl Engine {
             } else {
                 format!("moved from {} to {message}", join(&reported.ips))
             };
-            outputs.push(event(&service, EventType::Normal, "IPAllocated", note));
+            outputs.push(event(&service, EventType::Normal, reason::IP_ALLOCATED, note));
         }
         if let Some(warning) = warning
             && reported.warned.as_deref() != Some(message.as_str())
@@ -757,14 +759,14 @@ impl Engine {
                 reserved.join("; "),
                 ferrolb_crds::annotations::LOAD_BALANCER_IPS
             );
-            return ("False", "ReservedAddress".into(), message, Some("ReservedAddress"));
+            return ("False", reason::RESERVED_ADDRESS.into(), message, Some(reason::RESERVED_ADDRESS));
         }
         let labels = service.labels();
         let Some(pool) = &assignment.pool else {
             let message = format!(
                 "keeps {ips}, which no IPAddressPool contains and no pool is recorded for, so no L2Advertisement announces it: the address is unreachable; it moves only if the Service asks for another address"
             );
-            return ("False", "OutsidePoolUnannounced".into(), message, Some("OutsidePool"));
+            return ("False", reason::OUTSIDE_POOL_UNANNOUNCED.into(), message, Some(reason::OUTSIDE_POOL));
         };
         let announcers = self.announcers(pool, labels);
         // Outside the pool it came from (shrunk or deleted), whether or not another pool lists it: it stays
@@ -783,16 +785,16 @@ impl Engine {
                     "keeps {} ({origin}), and no L2Advertisement announces pool {pool:?} for this Service: the address is unreachable; it moves only if the Service asks for another address",
                     join(&outside)
                 );
-                return ("False", "OutsidePoolUnannounced".into(), message, Some("OutsidePool"));
+                return ("False", reason::OUTSIDE_POOL_UNANNOUNCED.into(), message, Some(reason::OUTSIDE_POOL));
             }
             let message = format!(
                 "keeps {} ({origin}); still announced through L2Advertisement {}; it moves only if the Service asks for another address",
                 join(&outside),
                 announcers.join(", ")
             );
-            return ("True", "OutsidePool".into(), message, Some("OutsidePool"));
+            return ("True", reason::OUTSIDE_POOL.into(), message, Some(reason::OUTSIDE_POOL));
         }
-        let reason = if requested_ips { "Requested" } else { "Allocated" };
+        let reason = if requested_ips { reason::REQUESTED } else { reason::ALLOCATED };
         let mut message = format!("{ips} from pool {pool:?}");
         if announcers.is_empty() {
             let no_labels = BTreeMap::new();
@@ -811,7 +813,14 @@ impl Engine {
     /// For a Service that got nothing: the pools that might have served it but are not used because they
     /// are invalid (a malformed selector, a bad entry), so the user looks there.
     fn invalid_pools_note(&self, reason: &str) -> String {
-        if !matches!(reason, "NoPools" | "NoEligiblePool" | "PoolExhausted" | "FamilyUnavailable" | "PoolNotFound") {
+        if !matches!(
+            reason,
+            reason::NO_POOLS
+                | reason::NO_ELIGIBLE_POOL
+                | reason::POOL_EXHAUSTED
+                | reason::FAMILY_UNAVAILABLE
+                | reason::POOL_NOT_FOUND
+        ) {
             return String::new();
         }
         let invalid: Vec<String> = self
@@ -931,11 +940,11 @@ impl Engine {
             (Some(error), _) => {
                 let message = format!("{error}; the pool hands out no address until it is fixed");
                 conditions.push(pool_condition(
-                    "Ready",
+                    reason::READY,
                     "False",
                     error.reason(),
                     &message,
-                    keep_time("Ready", "False"),
+                    keep_time(reason::READY, "False"),
                     generation,
                 ));
             }
@@ -957,27 +966,30 @@ impl Engine {
                     }
                 }
                 let (reason, message) = if def.disabled {
-                    ("Draining", "disabled: Services keep their addresses, no new address is given".to_string())
+                    (reason::DRAINING, "disabled: Services keep their addresses, no new address is given".to_string())
                 } else {
-                    ("Ready", format!("{} IPv4 and {} IPv6 addresses", def.usable(Family::V4), def.usable(Family::V6)))
+                    (
+                        reason::READY,
+                        format!("{} IPv4 and {} IPv6 addresses", def.usable(Family::V4), def.usable(Family::V6)),
+                    )
                 };
                 conditions.push(pool_condition(
-                    "Ready",
+                    reason::READY,
                     "True",
                     reason,
                     &message,
-                    keep_time("Ready", "True"),
+                    keep_time(reason::READY, "True"),
                     generation,
                 ));
                 let overlaps: Vec<String> = self.overlaps.get(name).into_iter().flatten().cloned().collect();
                 let reserved = self.reserved_in(def);
                 if reserved.is_empty() {
                     conditions.push(pool_condition(
-                        "OverlapsCluster",
+                        reason::OVERLAPS_CLUSTER,
                         "False",
-                        "NoClusterAddresses",
+                        reason::NO_CLUSTER_ADDRESSES,
                         "lists no Node address and no Service CIDR",
-                        keep_time("OverlapsCluster", "False"),
+                        keep_time(reason::OVERLAPS_CLUSTER, "False"),
                         generation,
                     ));
                 } else {
@@ -987,21 +999,21 @@ impl Engine {
                         listed.join(", ")
                     );
                     conditions.push(pool_condition(
-                        "OverlapsCluster",
+                        reason::OVERLAPS_CLUSTER,
                         "True",
-                        "ListsClusterAddresses",
+                        reason::LISTS_CLUSTER_ADDRESSES,
                         &message,
-                        keep_time("OverlapsCluster", "True"),
+                        keep_time(reason::OVERLAPS_CLUSTER, "True"),
                         generation,
                     ));
                 }
                 if overlaps.is_empty() {
                     conditions.push(pool_condition(
-                        "Conflicting",
+                        reason::CONFLICTING,
                         "False",
-                        "NoOverlap",
+                        reason::NO_OVERLAP,
                         "overlaps no other pool",
-                        keep_time("Conflicting", "False"),
+                        keep_time(reason::CONFLICTING, "False"),
                         generation,
                     ));
                 } else {
@@ -1010,11 +1022,11 @@ impl Engine {
                         overlaps.join(", ")
                     );
                     conditions.push(pool_condition(
-                        "Conflicting",
+                        reason::CONFLICTING,
                         "True",
-                        "Overlaps",
+                        reason::OVERLAPS,
                         &message,
-                        keep_time("Conflicting", "True"),
+                        keep_time(reason::CONFLICTING, "True"),
                         generation,
                     ));
                 }
@@ -1059,18 +1071,6 @@ fn cluster_ips(service: &Service) -> Vec<IpAddr> {
     let listed = spec.and_then(|s| s.cluster_ips.clone()).unwrap_or_default();
     let single = spec.and_then(|s| s.cluster_ip.clone());
     listed.iter().chain(single.iter()).filter_map(|ip| ip.parse().ok()).collect()
-}
-
-/// `pool_exhausted` → `PoolExhausted`: Event and condition reasons are CamelCase.
-fn reason_of(error: &AllocError) -> String {
-    error
-        .kind()
-        .split('_')
-        .map(|word| {
-            let mut chars = word.chars();
-            chars.next().map(|c| c.to_ascii_uppercase().to_string() + chars.as_str()).unwrap_or_default()
-        })
-        .collect()
 }
 
 fn join(ips: &[IpAddr]) -> String {

@@ -1,3 +1,4 @@
+use ferrolb_crds::reason;
 use std::collections::BTreeMap;
 
 use ferrolb_crds::IPAddressPoolSpec;
@@ -98,9 +99,9 @@ fn a_new_service_gets_an_address_a_condition_and_one_event_and_no_write_loop() {
     let status = statuses(&out)[0].clone();
     assert_eq!(status.ingress, ["192.0.2.200".parse::<IpAddr>().unwrap()]);
     let condition = status.condition.clone().unwrap();
-    assert_eq!((condition.status.as_str(), condition.reason.as_str()), ("True", "Allocated"));
+    assert_eq!((condition.status.as_str(), condition.reason.as_str()), ("True", reason::ALLOCATED));
     assert_eq!(condition.message, "192.0.2.200 from pool \"demo\"");
-    assert_eq!(events(&out), [("IPAllocated", "assigned 192.0.2.200 from pool \"demo\"")]);
+    assert_eq!(events(&out), [(reason::IP_ALLOCATED, "assigned 192.0.2.200 from pool \"demo\"")]);
     // The watch then shows our write: nothing more to do.
     assert!(e.apply_service(written(service("web", 1), &status)).is_empty());
 }
@@ -126,11 +127,15 @@ fn restart_keeps_every_address_and_the_older_service_wins_a_clash() {
     assert_ne!(young, ["192.0.2.205".parse::<IpAddr>().unwrap()]);
     let notes = events(&out);
     assert!(
-        notes.iter().any(|(reason, note)| *reason == "IPConflict" && note.contains("shop/old was created first")),
+        notes
+            .iter()
+            .any(|(reason, note)| *reason == reason::IP_CONFLICT && note.contains("shop/old was created first")),
         "{notes:?}"
     );
     assert!(
-        notes.iter().any(|(reason, note)| *reason == "IPAllocated" && note.starts_with("moved from 192.0.2.205")),
+        notes
+            .iter()
+            .any(|(reason, note)| *reason == reason::IP_ALLOCATED && note.starts_with("moved from 192.0.2.205")),
         "{notes:?}"
     );
     // Only the young one's status changes (the others just get their condition written).
@@ -182,7 +187,7 @@ fn a_bad_annotation_is_explained_once_and_keeps_the_address() {
     let out = e.apply_service(bad.clone());
     let status = statuses(&out)[0].clone();
     let condition = status.condition.clone().unwrap();
-    assert_eq!((condition.status.as_str(), condition.reason.as_str()), ("False", "InvalidRequest"));
+    assert_eq!((condition.status.as_str(), condition.reason.as_str()), ("False", reason::INVALID_REQUEST));
     assert!(
         condition.message.contains("ferrolb.io/loadBalancerIPs") && condition.message.ends_with("keeps 192.0.2.0"),
         "{}",
@@ -202,13 +207,13 @@ fn deleting_the_pool_keeps_the_address_and_says_so() {
     let out = e.delete_pool("demo");
     let status = statuses(&out)[0];
     assert_eq!(status.ingress, ["192.0.2.0".parse::<IpAddr>().unwrap()]);
-    assert_eq!(status.condition.as_ref().unwrap().reason, "OutsidePool");
-    assert_eq!(events(&out).iter().map(|(reason, _)| *reason).collect::<Vec<_>>(), ["OutsidePool"]);
+    assert_eq!(status.condition.as_ref().unwrap().reason, reason::OUTSIDE_POOL);
+    assert_eq!(events(&out).iter().map(|(reason, _)| *reason).collect::<Vec<_>>(), [reason::OUTSIDE_POOL]);
     assert!(e.reconcile_all().iter().all(|o| !matches!(o, Output::Event(_))), "reported once");
     // A new Service now has nowhere to get an address from.
     let out = e.apply_service(service("late", 2));
-    assert_eq!(statuses(&out)[0].condition.as_ref().unwrap().reason, "NoPools");
-    assert_eq!(events(&out)[0].0, "AllocationFailed");
+    assert_eq!(statuses(&out)[0].condition.as_ref().unwrap().reason, reason::NO_POOLS);
+    assert_eq!(events(&out)[0].0, reason::ALLOCATION_FAILED);
 }
 
 #[test]
@@ -229,7 +234,7 @@ fn pool_status_counts_usage_and_flags_overlaps() {
     let mut named: Vec<&str> = overlap_events.iter().map(|ev| ev.regarding.name.as_deref().unwrap()).collect();
     named.sort();
     assert_eq!(named, ["a", "b"], "each overlapping pool gets a PoolOverlap Warning");
-    assert!(overlap_events.iter().all(|ev| ev.reason == "PoolOverlap" && ev.type_ == EventType::Warning));
+    assert!(overlap_events.iter().all(|ev| ev.reason == reason::POOL_OVERLAP && ev.type_ == EventType::Warning));
     assert!(
         e.apply_pool(pool("b", &["192.0.2.8-192.0.2.15", "192.0.2.32-192.0.2.35"]))
             .iter()
@@ -245,7 +250,7 @@ fn pool_status_counts_usage_and_flags_overlaps() {
         &UsageStatus { total: "16".into(), assigned: 1, available: "15".into(), next: Some("192.0.2.1".into()) }
     );
     assert_eq!(a.ipv6.as_ref().unwrap().total, "18446744073709551616");
-    let conflicting = a.conditions.iter().find(|c| c.type_ == "Conflicting").unwrap();
+    let conflicting = a.conditions.iter().find(|c| c.type_ == reason::CONFLICTING).unwrap();
     assert_eq!(conflicting.status, "True");
     assert!(conflicting.message.contains("overlaps pool b"));
     assert!(!statuses.contains_key("b"), "b holds none of the changed addresses");
@@ -258,12 +263,12 @@ fn an_invalid_pool_is_reported_and_serves_nothing() {
     assert_eq!(
         events(&out),
         [(
-            "InvalidPool",
+            reason::INVALID_POOL,
             "range \"2001:db8::9-2001:db8::1\" is reversed: its first address comes after its last; the pool hands out no address until it is fixed"
         )]
     );
     let status = e.take_pool_statuses().into_iter().find(|(n, _)| n == "bad").unwrap().1;
-    assert_eq!(status.conditions[0].reason, "InvalidAddresses");
+    assert_eq!(status.conditions[0].reason, reason::INVALID_ADDRESSES);
     assert!(e.apply_pool(pool("bad", &["2001:db8::9-2001:db8::1"])).is_empty(), "reported once");
 }
 
@@ -330,7 +335,7 @@ fn status_written_by_another_instance_is_left_alone() {
     theirs.status.as_mut().unwrap().conditions = Some(vec![Condition {
         type_: CONDITION_TYPE.into(),
         status: "True".into(),
-        reason: "Allocated".into(),
+        reason: reason::ALLOCATED.into(),
         message: "198.51.100.7 from pool \"elsewhere\"".into(),
         last_transition_time: Time(jiff::Timestamp::from_second(1).unwrap()),
         observed_generation: None,
@@ -345,7 +350,10 @@ fn a_requested_address_is_reported_as_requested() {
     asks.metadata.annotations = Some(BTreeMap::from([("ferrolb.io/loadBalancerIPs".into(), "192.0.2.9".into())]));
     let out = e.apply_service(asks);
     let condition = statuses(&out)[0].condition.clone().unwrap();
-    assert_eq!((condition.reason.as_str(), condition.message.as_str()), ("Requested", "192.0.2.9 from pool \"demo\""));
+    assert_eq!(
+        (condition.reason.as_str(), condition.message.as_str()),
+        (reason::REQUESTED, "192.0.2.9 from pool \"demo\"")
+    );
 }
 
 fn annotated(mut service: Service, key: &str, value: &str) -> Service {
@@ -420,9 +428,9 @@ fn a_restart_after_the_pool_shrank_keeps_the_address_and_its_pool() {
 
     let (_, out) = restarted(&[shrunk], &mut stored);
     assert_eq!(held(&stored, "web"), [ip("2001:db8::2a0")], "a restart moved it");
-    assert!(!events(&out).iter().any(|(reason, _)| *reason == "IPAllocated"), "{:?}", events(&out));
+    assert!(!events(&out).iter().any(|(reason, _)| *reason == reason::IP_ALLOCATED), "{:?}", events(&out));
     let condition = ferrolb_crds::service::condition(&stored[&ServiceKey::new("shop", "web")], CONDITION_TYPE).unwrap();
-    assert_eq!(condition.reason, "OutsidePool");
+    assert_eq!(condition.reason, reason::OUTSIDE_POOL);
     assert!(condition.message.contains("still announced through L2Advertisement all"), "{}", condition.message);
 }
 
@@ -492,20 +500,20 @@ fn addresses_of_the_cluster_itself_are_never_handed_out() {
     e.apply_service_cidr("kubernetes", vec!["198.18.0.0/16".into()]);
     let out = e.initial_sync();
     let warned: Vec<&str> =
-        events(&out).into_iter().filter(|(r, _)| *r == "PoolOverlapsCluster").map(|(_, n)| n).collect();
+        events(&out).into_iter().filter(|(r, _)| *r == reason::POOL_OVERLAPS_CLUSTER).map(|(_, n)| n).collect();
     assert_eq!(warned.len(), 1, "{:?}", events(&out));
     assert!(warned[0].contains("192.0.2.1 (the address of Node node-1)"), "{}", warned[0]);
     assert!(warned[0].contains("in Service CIDR 198.18.0.0/16"), "{}", warned[0]);
     let status = e.take_pool_statuses().into_iter().find(|(n, _)| n == "lan").unwrap().1;
-    let overlap = status.conditions.iter().find(|c| c.type_ == "OverlapsCluster").unwrap();
-    assert_eq!((overlap.status.as_str(), overlap.reason.as_str()), ("True", "ListsClusterAddresses"));
+    let overlap = status.conditions.iter().find(|c| c.type_ == reason::OVERLAPS_CLUSTER).unwrap();
+    assert_eq!((overlap.status.as_str(), overlap.reason.as_str()), ("True", reason::LISTS_CLUSTER_ADDRESSES));
     assert_eq!(status.ipv4.as_ref().unwrap().total, "2", "the node's and the Service CIDR's addresses are not counted");
 
     let out = e.apply_service(service("auto", 1));
     assert_eq!(statuses(&out)[0].ingress, [ip("192.0.2.2")]);
     let asks = annotated(service("asks", 2), "ferrolb.io/loadBalancerIPs", "192.0.2.1");
     let condition = statuses(&e.apply_service(asks))[0].condition.clone().unwrap();
-    assert_eq!(condition.reason, "RequestedIpReserved");
+    assert_eq!(condition.reason, reason::REQUESTED_IP_RESERVED);
     assert!(
         condition.message.contains("192.0.2.1 is never handed out: it is the address of Node node-1"),
         "{}",
@@ -518,9 +526,9 @@ fn addresses_of_the_cluster_itself_are_never_handed_out() {
     // A Node that takes an address a Service already holds: the Service keeps it but is told it cannot work.
     let out = e.apply_node("node-2", vec![ip("192.0.2.2")]);
     let condition = statuses(&out)[0].condition.clone().unwrap();
-    assert_eq!((condition.status.as_str(), condition.reason.as_str()), ("False", "ReservedAddress"));
+    assert_eq!((condition.status.as_str(), condition.reason.as_str()), ("False", reason::RESERVED_ADDRESS));
     assert_eq!(statuses(&out)[0].ingress, [ip("192.0.2.2")]);
-    assert!(events(&out).iter().any(|(r, _)| *r == "ReservedAddress"));
+    assert!(events(&out).iter().any(|(r, _)| *r == reason::RESERVED_ADDRESS));
 }
 
 #[test]
@@ -535,7 +543,7 @@ fn special_addresses_are_never_handed_out_even_from_everything() {
         let mut asks = annotated(service(never, 2), "ferrolb.io/loadBalancerIPs", never);
         asks.spec.as_mut().unwrap().ip_families = Some(vec![if never.contains(':') { "IPv6" } else { "IPv4" }.into()]);
         let condition = statuses(&e.apply_service(asks))[0].condition.clone().unwrap();
-        assert_eq!(condition.reason, "RequestedIpReserved", "{never}: {}", condition.message);
+        assert_eq!(condition.reason, reason::REQUESTED_IP_RESERVED, "{never}: {}", condition.message);
     }
 }
 
@@ -550,16 +558,16 @@ fn a_pool_with_an_invalid_selector_is_not_ready_and_services_are_told() {
         .unwrap(),
     );
     let out = e.apply_pool(IPAddressPool::new("picky", spec));
-    assert_eq!(events(&out)[0].0, "InvalidPool");
+    assert_eq!(events(&out)[0].0, reason::INVALID_POOL);
     let status = e.take_pool_statuses().into_iter().find(|(n, _)| n == "picky").unwrap().1;
     let ready = &status.conditions[0];
     assert_eq!(
         (ready.type_.as_str(), ready.status.as_str(), ready.reason.as_str()),
-        ("Ready", "False", "InvalidSelector")
+        (reason::READY, "False", reason::INVALID_SELECTOR)
     );
     assert!(ready.message.contains("serviceAllocation.serviceSelectors[0] is invalid"), "{}", ready.message);
     let condition = statuses(&e.apply_service(service("web", 1)))[0].condition.clone().unwrap();
-    assert_eq!(condition.reason, "NoPools");
+    assert_eq!(condition.reason, reason::NO_POOLS);
     assert!(condition.message.contains("not used because invalid: pool \"picky\""), "{}", condition.message);
 }
 
@@ -576,7 +584,7 @@ fn a_kept_address_nothing_can_announce_is_said_to_be_unreachable() {
     settle(&mut e, &mut stored, out);
     let condition =
         ferrolb_crds::service::condition(&stored[&ServiceKey::new("shop", "web")], CONDITION_TYPE).unwrap().clone();
-    assert_eq!((condition.status.as_str(), condition.reason.as_str()), ("True", "OutsidePool"));
+    assert_eq!((condition.status.as_str(), condition.reason.as_str()), ("True", reason::OUTSIDE_POOL));
     assert!(condition.message.contains("pool \"p\", which it came from, was deleted"), "{}", condition.message);
     // With only an advertisement for another pool, nothing announces it any more.
     let mut out = e.delete_advertisement("all");
@@ -586,9 +594,9 @@ fn a_kept_address_nothing_can_announce_is_said_to_be_unreachable() {
     let out = settle(&mut e, &mut stored, out);
     let condition =
         ferrolb_crds::service::condition(&stored[&ServiceKey::new("shop", "web")], CONDITION_TYPE).unwrap().clone();
-    assert_eq!((condition.status.as_str(), condition.reason.as_str()), ("False", "OutsidePoolUnannounced"));
+    assert_eq!((condition.status.as_str(), condition.reason.as_str()), ("False", reason::OUTSIDE_POOL_UNANNOUNCED));
     assert!(condition.message.contains("the address is unreachable"), "{}", condition.message);
-    assert!(events(&out).iter().any(|(r, n)| *r == "OutsidePool" && n.contains("unreachable")));
+    assert!(events(&out).iter().any(|(r, n)| *r == reason::OUTSIDE_POOL && n.contains("unreachable")));
     assert_eq!(held(&stored, "web"), [ip("192.0.2.1")]);
 }
 
@@ -661,7 +669,7 @@ mod sticky {
                 // A Service still waiting for what it asked (its condition False for want of it) may yet get it.
                 let waiting = |s: &Service| {
                     ferrolb_crds::service::condition(s, CONDITION_TYPE).is_some_and(|c| {
-                        c.status == "False" && !matches!(c.reason.as_str(), "OutsidePoolUnannounced" | "ReservedAddress")
+                        c.status == "False" && !matches!(c.reason.as_str(), reason::OUTSIDE_POOL_UNANNOUNCED | reason::RESERVED_ADDRESS)
                     })
                 };
                 let before: BTreeMap<ServiceKey, Vec<IpAddr>> =
@@ -758,7 +766,7 @@ fn a_freed_address_goes_to_a_waiting_service_at_once() {
     let first = service("first", 1);
     e.apply_service(first.clone());
     let out = e.apply_service(service("second", 2));
-    assert_eq!(statuses(&out)[0].condition.as_ref().unwrap().reason, "PoolExhausted");
+    assert_eq!(statuses(&out)[0].condition.as_ref().unwrap().reason, reason::POOL_EXHAUSTED);
     let out = e.delete_service(&first);
     let second = statuses(&out).into_iter().find(|s| s.key.name == "second").expect("the waiting Service is settled");
     assert_eq!(second.ingress, [ip("192.0.2.1")]);
@@ -774,7 +782,7 @@ fn a_new_service_cidr_tells_every_service_holding_an_address_inside_it() {
         .iter()
         .map(|s| (s.key.name.as_str(), s.condition.as_ref().map(|c| c.reason.as_str()).unwrap_or_default()))
         .collect();
-    assert_eq!(reasons, [("first", "ReservedAddress"), ("second", "ReservedAddress")]);
+    assert_eq!(reasons, [("first", reason::RESERVED_ADDRESS), ("second", reason::RESERVED_ADDRESS)]);
 }
 
 #[test]

@@ -2,6 +2,7 @@
 //! writer. Nothing is allocated before every watch has listed what exists (so addresses already in status
 //! are taken back first). A re-list after a watch gap also reports the objects deleted during the gap.
 
+use ferrolb_crds::reason;
 use std::collections::HashSet;
 use std::time::Duration;
 
@@ -265,7 +266,7 @@ fn slim(mut service: Service) -> Service {
 /// Service's condition turns to a new refusal, by reason.
 fn count(metrics: &Metrics, output: &Output) {
     match output {
-        Output::Event(event) if event.reason == "IPAllocated" => {
+        Output::Event(event) if event.reason == reason::IP_ALLOCATED => {
             metrics.allocations.inc();
         }
         Output::Status(status) => {

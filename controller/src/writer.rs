@@ -130,7 +130,7 @@ async fn apply(client: &kube::Client, recorder: &Recorder, manager: &str, metric
         Write::PoolStatus(name, status) => {
             let pools: Api<IPAddressPool> = Api::all(client.clone());
             let patch =
-                serde_json::json!({"apiVersion": "ferrolb.io/v1alpha1", "kind": "IPAddressPool", "status": status});
+                serde_json::json!({"apiVersion": ferrolb_crds::API_VERSION, "kind": "IPAddressPool", "status": status});
             if let Err(e) = pools.patch_status(&name, &PatchParams::apply(manager).force(), &Patch::Apply(&patch)).await
             {
                 metrics.write_errors.get_or_create(&crate::metrics::KindLabel { kind: "pool_status".into() }).inc();

@@ -10,6 +10,7 @@ pub mod annotations;
 pub mod l2advertisement;
 pub mod l2announcement;
 pub mod pool;
+pub mod reason;
 pub mod selector;
 pub mod service;
 
@@ -21,6 +22,8 @@ pub use pool::{IPAddressPool, IPAddressPoolSpec, IPAddressPoolStatus};
 pub const GROUP: &str = "ferrolb.io";
 /// The served and stored version.
 pub const VERSION: &str = "v1alpha1";
+/// `apiVersion` of ferrolb's objects.
+pub const API_VERSION: &str = "ferrolb.io/v1alpha1";
 /// `spec.loadBalancerClass` of the Services ferrolb handles (and, unless the install says otherwise, those
 /// that set no class at all).
 pub const DEFAULT_LOAD_BALANCER_CLASS: &str = "ferrolb.io/lb";
@@ -84,5 +87,17 @@ mod tests {
             let committed = std::fs::read_to_string(dir.join(&name)).unwrap_or_default();
             assert!(committed == yaml, "charts/ferrolb/crds/{name} is stale or missing: run `cargo xtask crds`");
         }
+    }
+}
+
+#[cfg(test)]
+mod api_version_tests {
+    use kube::Resource;
+
+    #[test]
+    fn api_version_is_the_group_and_version_of_every_kind() {
+        assert_eq!(super::API_VERSION, format!("{}/{}", super::GROUP, super::VERSION));
+        assert_eq!(super::L2Announcement::api_version(&()), super::API_VERSION);
+        assert_eq!(super::IPAddressPool::api_version(&()), super::API_VERSION);
     }
 }

@@ -66,7 +66,7 @@ mod tests {
     fn origin_pool_is_the_pool_condition_message() {
         let with = |status: &str, message: &str| -> Service {
             serde_json::from_value(serde_json::json!({"status": {"conditions": [
-                {"type": "ferrolb.io/IPAllocated", "status": "True", "reason": "Allocated", "message": "x", "lastTransitionTime": "2026-01-01T00:00:00Z"},
+                {"type": "ferrolb.io/IPAllocated", "status": "True", "reason": crate::reason::ALLOCATED, "message": "x", "lastTransitionTime": "2026-01-01T00:00:00Z"},
                 {"type": POOL_CONDITION, "status": status, "reason": POOL_CONDITION_REASON, "message": message, "lastTransitionTime": "2026-01-01T00:00:00Z"},
             ]}}))
             .unwrap()

@@ -74,11 +74,11 @@ struct Compact<V> {
 
 impl<V: Clone> Compact<V> {
     fn values(&self) -> Vec<V> {
-        self.items.read().map(|items| items.values().cloned().collect()).unwrap_or_default()
+        crate::locks::read(&self.items, "watched objects").values().cloned().collect()
     }
 
     fn get(&self, key: &str) -> Option<V> {
-        self.items.read().ok().and_then(|items| items.get(key).cloned())
+        crate::locks::read(&self.items, "watched objects").get(key).cloned()
     }
 
     async fn wait_until_ready(&self) -> Result<(), CompactStopped> {
@@ -124,7 +124,7 @@ where
                     continue;
                 }
             };
-            let Ok(mut items) = store.write() else { return };
+            let mut items = crate::locks::write(&store, "watched objects");
             match event {
                 watcher::Event::Init => relisting = Some(HashMap::new()),
                 watcher::Event::InitApply(object) => {
@@ -276,13 +276,10 @@ impl Cluster {
 
     /// The L2Announcements in the install namespace: name → spec.
     pub fn announcements(&self) -> BTreeMap<String, ferrolb_crds::L2AnnouncementSpec> {
-        self.announcements
-            .items
-            .read()
-            .map(|items| {
-                items.iter().map(|(k, v)| (k.rsplit('/').next().unwrap_or(k).to_string(), v.clone())).collect()
-            })
-            .unwrap_or_default()
+        crate::locks::read(&self.announcements.items, "L2Announcements")
+            .iter()
+            .map(|(k, v)| (k.rsplit('/').next().unwrap_or(k).to_string(), v.clone()))
+            .collect()
     }
 }
 

@@ -14,6 +14,7 @@ pub mod frames;
 pub mod gossip_auth;
 pub mod keepalived;
 pub mod links;
+pub mod locks;
 pub mod membership;
 pub mod metrics;
 pub mod packet_socket;

@@ -40,7 +40,7 @@ struct Args {
     #[arg(long, env = "FERROLB_VRID_RANGE", default_value = "1-255", value_parser = parse_vrid_range)]
     vrid_range: (u8, u8),
     /// keepalived mode: VRRP advertisement interval (failover takes about three of them).
-    #[arg(long, env = "FERROLB_ADVERT_INTERVAL_MS", default_value_t = 1000)]
+    #[arg(long, env = "FERROLB_ADVERT_INTERVAL_MS", default_value_t = ms(render::Settings::default().advert_interval))]
     advert_interval_ms: u64,
     /// keepalived mode: multicast VRRP instead of unicast to the candidates' node addresses.
     #[arg(long, env = "FERROLB_VRRP_MULTICAST")]
@@ -69,28 +69,28 @@ struct Args {
     #[arg(long, env = "FERROLB_GOSSIP_ADDRESS")]
     gossip_address: Option<IpAddr>,
     /// How often a random peer is probed.
-    #[arg(long, env = "FERROLB_PROBE_PERIOD_MS", default_value_t = 250)]
+    #[arg(long, env = "FERROLB_PROBE_PERIOD_MS", default_value_t = ms(membership::Settings::default().probe_period))]
     probe_period_ms: u64,
     /// How long a direct probe waits before indirect probes start (below the probe period).
-    #[arg(long, env = "FERROLB_PROBE_RTT_MS", default_value_t = 100)]
+    #[arg(long, env = "FERROLB_PROBE_RTT_MS", default_value_t = ms(membership::Settings::default().probe_rtt))]
     probe_rtt_ms: u64,
     /// How long a suspected peer has to refute before it is declared dead.
-    #[arg(long, env = "FERROLB_SUSPECT_TIMEOUT_MS", default_value_t = 300)]
+    #[arg(long, env = "FERROLB_SUSPECT_TIMEOUT_MS", default_value_t = ms(membership::Settings::default().suspect_to_down_after))]
     suspect_timeout_ms: u64,
     /// How often nodes known from the API but not alive in the gossip are contacted.
-    #[arg(long, env = "FERROLB_REJOIN_INTERVAL_MS", default_value_t = 1000)]
+    #[arg(long, env = "FERROLB_REJOIN_INTERVAL_MS", default_value_t = ms(membership::Settings::default().rejoin_interval))]
     rejoin_interval_ms: u64,
     /// Gratuitous ARPs / unsolicited NAs sent on takeover.
-    #[arg(long, env = "FERROLB_ANNOUNCE_BURST", default_value_t = 3)]
+    #[arg(long, env = "FERROLB_ANNOUNCE_BURST", default_value_t = Timing::default().burst)]
     announce_burst: u32,
-    #[arg(long, env = "FERROLB_ANNOUNCE_BURST_INTERVAL_MS", default_value_t = 250)]
+    #[arg(long, env = "FERROLB_ANNOUNCE_BURST_INTERVAL_MS", default_value_t = ms(Timing::default().burst_interval))]
     announce_burst_interval_ms: u64,
     /// Re-announcement period while a VIP is held (switch tables and caches age out).
-    #[arg(long, env = "FERROLB_ANNOUNCE_REFRESH_SECONDS", default_value_t = 60)]
+    #[arg(long, env = "FERROLB_ANNOUNCE_REFRESH_SECONDS", default_value_t = Timing::default().refresh_interval.as_secs())]
     announce_refresh_seconds: u64,
     /// After start-up or an interface coming back, take nothing over for this long unless another speaker
     /// is seen first.
-    #[arg(long, env = "FERROLB_JOIN_GRACE_MS", default_value_t = 2000)]
+    #[arg(long, env = "FERROLB_JOIN_GRACE_MS", default_value_t = ms(run::DEFAULT_JOIN_GRACE))]
     join_grace_ms: u64,
     /// The only interfaces the speaker may announce on, comma-separated (default: every usable one).
     #[arg(long, env = "FERROLB_INTERFACES", value_delimiter = ',')]
@@ -191,4 +191,9 @@ async fn start(args: Args) -> anyhow::Result<()> {
             keepalived::run::run(client, options, keepalived, metrics, health, events, shutdown_signal()).await
         }
     }
+}
+
+/// A duration as whole milliseconds, for flag defaults taken from the `Default` impls.
+fn ms(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }

@@ -142,7 +142,8 @@ impl Reports {
     pub fn send(&self, report: Report) -> Result<(), WriterStopped> {
         match report {
             Report::Ops(ops) => {
-                if let Ok(mut pending) = self.pending.lock() {
+                {
+                    let mut pending = crate::locks::lock(&self.pending, "pending reports");
                     for op in ops {
                         pending.insert(op.name().to_string(), op);
                     }
@@ -177,7 +178,7 @@ pub async fn run(client: kube::Client, namespace: String, events: EventSource, m
             _ = reports.wake.notified() => {}
         }
         loop {
-            let next = reports.pending.lock().ok().and_then(|mut pending| pending.pop_first());
+            let next = crate::locks::lock(&reports.pending, "pending reports").pop_first();
             let Some((name, op)) = next else { break };
             if applied.get(&name).is_some_and(|(last, at)| *last == op && at.elapsed() < APPLIED_RECENTLY) {
                 continue;
@@ -200,7 +201,7 @@ async fn execute(api: &Api<L2Announcement>, name: &str, op: &Op) -> bool {
                 let object = L2Announcement::new(name, spec.clone());
                 let mut value = serde_json::to_value(&object).unwrap_or_default();
                 if let Some(map) = value.as_object_mut() {
-                    map.insert("apiVersion".into(), "ferrolb.io/v1alpha1".into());
+                    map.insert("apiVersion".into(), ferrolb_crds::API_VERSION.into());
                     map.insert("kind".into(), "L2Announcement".into());
                 }
                 api.patch(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&value)).await.map(|_| ())

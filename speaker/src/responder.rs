@@ -108,9 +108,7 @@ impl Responder {
             }
         }
         let macs: BTreeSet<Mac> = inventory.links.iter().filter_map(|l| l.mac).collect();
-        if let Ok(mut ours) = self.our_macs.write() {
-            *ours = macs;
-        }
+        *crate::locks::write(&self.our_macs, "own MACs") = macs;
     }
 
     fn open(&self, interface: &str, mac: Mac, link_local: Option<Ipv6Addr>) -> std::io::Result<Port> {
@@ -161,9 +159,7 @@ impl Responder {
                 };
             }
         }
-        if let Ok(mut owned) = self.owned.write() {
-            *owned = by_interface;
-        }
+        *crate::locks::write(&self.owned, "answered VIPs") = by_interface;
     }
 
     /// Carries out the announcer's actions.
@@ -245,7 +241,7 @@ impl Responder {
 }
 
 fn macs(ours: &Arc<RwLock<BTreeSet<Mac>>>) -> BTreeSet<Mac> {
-    ours.read().map(|m| m.clone()).unwrap_or_default()
+    crate::locks::read(ours, "own MACs").clone()
 }
 
 /// What one received frame calls for.
@@ -303,7 +299,7 @@ async fn serve(socket: Arc<PacketSocket>, family: FamilyLabel, react: React, mac
                 continue;
             }
         };
-        let mine = owned.read().ok().and_then(|o| o.get(&interface).cloned()).unwrap_or_default();
+        let mine = crate::locks::read(&owned, "answered VIPs").get(&interface).cloned().unwrap_or_default();
         if mine.is_empty() {
             continue;
         }

@@ -6,6 +6,7 @@
 //! a takeover from a holder that is not a live member waits for a silent probe, a stand-in stands down when
 //! it hears the owner, and a VIP handed to a live member is answered until that member announces it.
 
+use ferrolb_crds::reason;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
@@ -28,6 +29,9 @@ use crate::plan::{self, Decision};
 use crate::report::{self, Notice, Report};
 use crate::responder::{Conflict, Responder};
 
+/// After start-up, or after an interface comes back, how long a speaker takes nothing over unless it sees
+/// another member first.
+pub const DEFAULT_JOIN_GRACE: Duration = Duration::from_secs(2);
 /// API changes come in bursts (a Deployment rollout touches many EndpointSlices): plan once per burst.
 const API_SETTLE: Duration = Duration::from_millis(30);
 /// The plan and reports are redone this often even when nothing changed (a safety net for lost writes).
@@ -417,7 +421,7 @@ impl State {
                 let _ = reports.send(Report::Notice(Notice {
                     regarding,
                     warning: false,
-                    reason: "NodeAssigned",
+                    reason: reason::NODE_ASSIGNED,
                     note: format!("{} announced from node {} on {}", vips.join(", "), self.me, interfaces.join(", ")),
                 }));
             }
@@ -445,7 +449,12 @@ impl State {
             );
             tracing::warn!(service = %format!("{}/{}", service.namespace, service.name), "{note}");
             if let Some(regarding) = cluster.service_reference(&service) {
-                let _ = reports.send(Report::Notice(Notice { regarding, warning: true, reason: "NotAnnounced", note }));
+                let _ = reports.send(Report::Notice(Notice {
+                    regarding,
+                    warning: true,
+                    reason: reason::NOT_ANNOUNCED,
+                    note,
+                }));
             }
         }
         self.unplaced_services = now;
@@ -478,7 +487,12 @@ impl State {
             let service = format!("{}/{}", refusal.service.namespace, refusal.service.name);
             tracing::warn!(%service, "{note}");
             if let Some(regarding) = cluster.service_reference(&refusal.service) {
-                let _ = reports.send(Report::Notice(Notice { regarding, warning: true, reason: "NodeAddress", note }));
+                let _ = reports.send(Report::Notice(Notice {
+                    regarding,
+                    warning: true,
+                    reason: reason::NODE_ADDRESS,
+                    note,
+                }));
             }
             self.node_address_vips.insert(key);
         }
@@ -547,7 +561,7 @@ impl State {
                 let _ = reports.send(Report::Notice(Notice {
                     regarding,
                     warning: true,
-                    reason: "IPConflict",
+                    reason: reason::IP_CONFLICT,
                     note: format!(
                         "another host (MAC {}) claims {} on {} of node {}, which announces it: two hosts answer for this address; find and remove the other one",
                         conflict.mac, conflict.vip, conflict.interface, self.me

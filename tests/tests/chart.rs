@@ -5,6 +5,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed step should stop the test, loudly
 
+use ferrolb_crds::reason;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -232,7 +233,7 @@ fn ferrolb_runs_on_the_charts_rbac_which_allows_nothing_more_and_upgrade_and_uni
             .into_iter()
             .filter_map(|e| e.reason)
             .collect();
-        reasons.iter().any(|r| r == "IPAllocated") && reasons.iter().any(|r| r == "NodeAssigned")
+        reasons.iter().any(|r| r == reason::IP_ALLOCATED) && reasons.iter().any(|r| r == reason::NODE_ASSIGNED)
     });
 
     // What each may do, and what it must not.

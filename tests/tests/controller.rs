@@ -7,6 +7,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed step should stop the test, loudly
 
+use ferrolb_crds::reason;
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::process::Command;
@@ -207,7 +208,7 @@ async fn services_get_addresses_with_ip_mode_vip_a_condition_an_event_and_pool_u
     s.start_controller();
     s.service("single", "SingleStack", &[]).await;
     // Until an L2Advertisement selects the pool, the Service says nobody announces its address.
-    let unannounced = s.condition("single", "Allocated").await;
+    let unannounced = s.condition("single", reason::ALLOCATED).await;
     let notice = format!("no L2Advertisement selects pool \"{pool}\", so no node announces it");
     assert!(unannounced.message.ends_with(&notice), "{}", unannounced.message);
     let spec = L2AdvertisementSpec { ip_address_pools: vec![pool.clone()], ..Default::default() };
@@ -233,8 +234,8 @@ async fn services_get_addresses_with_ip_mode_vip_a_condition_an_event_and_pool_u
         &s,
     )
     .await;
-    assert_eq!((condition.status.as_str(), condition.reason.as_str()), ("True", "Allocated"));
-    assert!(s.event("dual", "IPAllocated").await.contains("192.0.2.17, 2001:db8::100"));
+    assert_eq!((condition.status.as_str(), condition.reason.as_str()), ("True", reason::ALLOCATED));
+    assert!(s.event("dual", reason::IP_ALLOCATED).await.contains("192.0.2.17, 2001:db8::100"));
 
     let pools: Api<IPAddressPool> = Api::all(s.client.clone());
     let status = eventually(
@@ -245,7 +246,7 @@ async fn services_get_addresses_with_ip_mode_vip_a_condition_an_event_and_pool_u
     .await;
     assert_eq!(status.ipv4.unwrap().available, "6");
     assert_eq!(status.ipv6.unwrap().assigned, 1);
-    assert!(status.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+    assert!(status.conditions.iter().any(|c| c.type_ == reason::READY && c.status == "True"));
 }
 
 #[tokio::test]
@@ -341,17 +342,17 @@ async fn bad_input_is_explained_on_the_service_and_never_stops_the_controller() 
     s.service("exhausted", "SingleStack", &[("metallb.io/address-pool", &tiny)]).await;
 
     let cases = [
-        ("bad-annotation", "InvalidRequest", "ferrolb.io/loadBalancerIPs"),
-        ("unknown-pool", "PoolNotFound", "pool \"nope\" does not exist"),
-        ("outside", "RequestedIpNotInPool", "198.51.100.77 is in no pool"),
-        ("dual-required", "FamilyUnavailable", "IPv6"),
-        ("exhausted", "PoolExhausted", &tiny),
+        ("bad-annotation", reason::INVALID_REQUEST, "ferrolb.io/loadBalancerIPs"),
+        ("unknown-pool", reason::POOL_NOT_FOUND, "pool \"nope\" does not exist"),
+        ("outside", reason::REQUESTED_IP_NOT_IN_POOL, "198.51.100.77 is in no pool"),
+        ("dual-required", reason::FAMILY_UNAVAILABLE, "IPv6"),
+        ("exhausted", reason::POOL_EXHAUSTED, &tiny),
     ];
     for (service, reason, detail) in cases {
         let condition = s.condition(service, reason).await;
         assert_eq!(condition.status, "False");
         assert!(condition.message.contains(detail), "{service}: {}", condition.message);
-        let note = s.event(service, "AllocationFailed").await;
+        let note = s.event(service, reason::ALLOCATION_FAILED).await;
         assert!(note.contains(detail), "{service}: {note}");
     }
     assert!(s.controllers[0].try_wait().is_none(), "the controller exited:\n{}", s.logs());
@@ -378,7 +379,7 @@ async fn overlapping_pools_are_flagged_and_a_deleted_pool_leaves_addresses_in_pl
                 .status?
                 .conditions
                 .into_iter()
-                .find(|c| c.type_ == "Conflicting" && c.status == "True")
+                .find(|c| c.type_ == reason::CONFLICTING && c.status == "True")
         },
         &s,
     )
@@ -391,7 +392,7 @@ async fn overlapping_pools_are_flagged_and_a_deleted_pool_leaves_addresses_in_pl
         || async {
             events.list(&Default::default()).await.ok()?.items.into_iter().find_map(|e| {
                 (e.regarding.as_ref()?.name.as_deref() == Some(a.as_str())
-                    && e.reason.as_deref() == Some("PoolOverlap"))
+                    && e.reason.as_deref() == Some(reason::POOL_OVERLAP))
                 .then(|| e.note.unwrap_or_default())
             })
         },
@@ -405,10 +406,10 @@ async fn overlapping_pools_are_flagged_and_a_deleted_pool_leaves_addresses_in_pl
     pools.delete(&a, &DeleteParams::default()).await.unwrap();
     pools.delete(&b, &DeleteParams::default()).await.unwrap();
     // No L2Advertisement announces the deleted pool: the kept address cannot answer, and the Service says so.
-    let condition = s.condition("web", "OutsidePoolUnannounced").await;
+    let condition = s.condition("web", reason::OUTSIDE_POOL_UNANNOUNCED).await;
     assert_eq!(condition.status, "False");
     assert!(condition.message.contains(&ips[0]) && condition.message.contains("unreachable"), "{}", condition.message);
-    assert!(s.event("web", "OutsidePool").await.contains(&ips[0]));
+    assert!(s.event("web", reason::OUTSIDE_POOL).await.contains(&ips[0]));
     assert_eq!(s.ips("web").await, ips, "a deleted pool must not re-IP its Services");
 }
 
@@ -452,7 +453,7 @@ async fn two_instances_of_different_classes_leave_each_others_services_alone() {
     a.start_controller();
     a.service("mine", "SingleStack", &[]).await;
     let mine = a.ips("mine").await;
-    let condition = a.condition("mine", "Allocated").await;
+    let condition = a.condition("mine", reason::ALLOCATED).await;
 
     // A second instance, for another class, starts while the first one's Service exists.
     let mut b = Setup::new().await;
@@ -492,7 +493,7 @@ async fn pool_edits_overlaps_and_restarts_never_move_an_address_nor_reuse_a_rele
 
     // Shrink p past the first address, then crash and restart the controller.
     s.pool("p", &["192.0.2.161-192.0.2.175"], |_| {}).await;
-    let condition = s.condition("kept", "OutsidePool").await;
+    let condition = s.condition("kept", reason::OUTSIDE_POOL).await;
     assert!(condition.message.contains(&format!("L2Advertisement {p}")), "{}", condition.message);
     s.controllers.remove(0);
     s.start_controller();
@@ -501,7 +502,7 @@ async fn pool_edits_overlaps_and_restarts_never_move_an_address_nor_reuse_a_rele
     assert_eq!(s.ips("kept").await, kept, "a restart after a pool shrink moved the address\n{}", s.logs());
     assert_eq!(s.ips("second").await, second, "a restart with overlapping pools moved the address\n{}", s.logs());
     assert_ne!(late, released, "a just-released address was handed out again after the restart");
-    assert_eq!(s.condition("kept", "OutsidePool").await.status, "True");
+    assert_eq!(s.condition("kept", reason::OUTSIDE_POOL).await.status, "True");
     // Restarted again, with nothing changed: still nothing moves, and nothing says it did.
     s.controllers.remove(0);
     s.start_controller();
@@ -533,10 +534,10 @@ async fn node_addresses_and_the_service_cidr_are_never_handed_out() {
     s.service("auto", "SingleStack", &[]).await;
     assert_eq!(s.ips("auto").await, ["203.0.113.51"]);
     s.service("node-ip", "SingleStack", &[("ferrolb.io/loadBalancerIPs", "203.0.113.50")]).await;
-    let refused = s.condition("node-ip", "RequestedIpReserved").await;
+    let refused = s.condition("node-ip", reason::REQUESTED_IP_RESERVED).await;
     assert!(refused.message.contains(&format!("the address of Node {node}")), "{}", refused.message);
     s.service("cluster-ip", "SingleStack", &[("ferrolb.io/loadBalancerIPs", "198.18.0.1")]).await;
-    let refused = s.condition("cluster-ip", "RequestedIpReserved").await;
+    let refused = s.condition("cluster-ip", reason::REQUESTED_IP_RESERVED).await;
     assert!(
         refused.message.contains("Service CIDR 198.18.0.0/16") || refused.message.contains("default/kubernetes"),
         "{}",
@@ -553,7 +554,7 @@ async fn node_addresses_and_the_service_cidr_are_never_handed_out() {
                 .status?
                 .conditions
                 .into_iter()
-                .find(|c| c.type_ == "OverlapsCluster" && c.status == "True")
+                .find(|c| c.type_ == reason::OVERLAPS_CLUSTER && c.status == "True")
         },
         &s,
     )
@@ -590,14 +591,14 @@ async fn a_pool_with_an_invalid_selector_is_not_ready_and_says_why() {
                 .status?
                 .conditions
                 .into_iter()
-                .find(|c| c.type_ == "Ready" && c.status == "False")
+                .find(|c| c.type_ == reason::READY && c.status == "False")
         },
         &s,
     )
     .await;
-    assert_eq!(ready.reason, "InvalidSelector");
+    assert_eq!(ready.reason, reason::INVALID_SELECTOR);
     s.service("web", "SingleStack", &[]).await;
-    let condition = s.condition("web", "NoPools").await;
+    let condition = s.condition("web", reason::NO_POOLS).await;
     assert!(
         condition.message.contains(&format!("not used because invalid: pool \"{picky}\"")),
         "{}",
@@ -623,7 +624,7 @@ async fn metrics_show_every_address_its_pool_whether_it_is_announced_and_the_pen
     s.service("first", "SingleStack", &[]).await;
     assert_eq!(s.ips("first").await, ["192.0.2.130"]);
     s.service("second", "SingleStack", &[]).await;
-    s.condition("second", "PoolExhausted").await;
+    s.condition("second", reason::POOL_EXHAUSTED).await;
     let port = s.metrics_ports[0];
     let series = format!(
         "ferrolb_service_address{{namespace=\"{}\",service=\"first\",ip=\"192.0.2.130\",pool=\"{pool}\",advertised=\"false\"}} 1",

@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed step should stop the test, loudly
 
+use ferrolb_crds::reason;
 use std::time::Duration;
 
 use ferrolb_e2e::l2lab::{L2Lab, VIP4, VIP6, macs_in, metric};
@@ -18,7 +19,12 @@ use nix::sys::signal::Signal;
 fn one_owner_answers_on_both_families_and_reports_itself() {
     let lab = L2Lab::up();
     let owner = lab.owner();
-    assert_eq!(lab.events("NodeAssigned").len(), 1, "one NodeAssigned Event: {:?}", lab.events("NodeAssigned"));
+    assert_eq!(
+        lab.events(reason::NODE_ASSIGNED).len(),
+        1,
+        "one NodeAssigned Event: {:?}",
+        lab.events(reason::NODE_ASSIGNED)
+    );
     let metrics = lab.metrics(&owner);
     assert_eq!(metric(&metrics, "ferrolb_speaker_owned_vips"), 2.0, "{metrics}");
     assert_eq!(metric(&metrics, "ferrolb_speaker_members"), 3.0, "{metrics}");
@@ -31,8 +37,8 @@ fn one_owner_answers_on_both_families_and_reports_itself() {
     // Another host claims the VIP: the owner sees a foreign MAC for it and says so on the Service.
     let client = lab.running.lab().client().interface.clone();
     lab.running.lab().client_exec("arping", &["-U", "-S", VIP4, "-c", "1", "-i", &client, VIP4]).unwrap();
-    lab.wait_for("an IPConflict Event", || !lab.events("IPConflict").is_empty());
-    let note = lab.events("IPConflict")[0].note.clone().unwrap_or_default();
+    lab.wait_for("an IPConflict Event", || !lab.events(reason::IP_CONFLICT).is_empty());
+    let note = lab.events(reason::IP_CONFLICT)[0].note.clone().unwrap_or_default();
     assert!(note.contains(&lab.running.lab().client().mac) && note.contains(VIP4), "{note}");
     assert!(metric(&lab.metrics(&owner), "ferrolb_speaker_ip_conflicts_total") >= 1.0);
 }
@@ -190,9 +196,9 @@ fn a_service_asking_for_a_nodes_address_is_refused_and_the_node_stays_reachable(
     );
     lab.service_with_status("node-address", &[&node2], None);
     lab.wait_for("a NodeAddress Warning on the Service", || {
-        !lab.events_about("node-address", "NodeAddress").is_empty()
+        !lab.events_about("node-address", reason::NODE_ADDRESS).is_empty()
     });
-    let event = &lab.events_about("node-address", "NodeAddress")[0];
+    let event = &lab.events_about("node-address", reason::NODE_ADDRESS)[0];
     assert_eq!(event.type_.as_deref(), Some("Warning"));
     assert!(event.note.as_deref().unwrap_or_default().contains(&node2), "{event:?}");
 
@@ -317,7 +323,7 @@ fn a_frozen_and_resumed_owner_reports_no_conflict_and_takes_its_vip_back() {
     });
     std::thread::sleep(Duration::from_secs(3));
     lab.assert_single_owner(&owner);
-    assert_eq!(lab.events("IPConflict").len(), 0, "{:?}\n{}", lab.events("IPConflict"), lab.logs());
+    assert_eq!(lab.events(reason::IP_CONFLICT).len(), 0, "{:?}\n{}", lab.events(reason::IP_CONFLICT), lab.logs());
     assert!(
         metric(&lab.metrics(&owner), "ferrolb_speaker_stale_frames_total") >= 1.0,
         "frames queued while frozen were dropped"
@@ -339,7 +345,7 @@ fn a_link_that_comes_back_at_once_hands_the_vip_back_with_no_false_conflict() {
     });
     std::thread::sleep(Duration::from_secs(4));
     lab.assert_single_owner(&owner);
-    assert_eq!(lab.events("IPConflict").len(), 0, "{:?}\n{}", lab.events("IPConflict"), lab.logs());
+    assert_eq!(lab.events(reason::IP_CONFLICT).len(), 0, "{:?}\n{}", lab.events(reason::IP_CONFLICT), lab.logs());
 }
 
 /// The controller and the speakers together: the demo Service's pool shrinks past its address; the controller
@@ -356,8 +362,9 @@ fn a_pool_shrunk_past_a_services_address_leaves_it_kept_and_answering() {
     let services: Api<Service> = Api::namespaced(lab.client.clone(), DEMO_NAMESPACE);
     lab.wait_for("the demo Service to say it keeps its address outside its pool", || {
         let service = lab.runtime.block_on(services.get(DEMO_SERVICE)).unwrap();
-        ferrolb_crds::service::condition(&service, ferrolb_crds::service::ALLOCATED_CONDITION)
-            .is_some_and(|c| c.status == "True" && c.reason == "OutsidePool" && c.message.contains("still announced"))
+        ferrolb_crds::service::condition(&service, ferrolb_crds::service::ALLOCATED_CONDITION).is_some_and(|c| {
+            c.status == "True" && c.reason == reason::OUTSIDE_POOL && c.message.contains("still announced")
+        })
     });
     let service = lab.runtime.block_on(services.get(DEMO_SERVICE)).unwrap();
     let kept: Vec<String> = ferrolb_crds::service::ingress_ips(&service).iter().map(|ip| ip.to_string()).collect();

@@ -57,21 +57,22 @@ pub enum AllocError {
 }
 
 impl AllocError {
-    /// A short stable label for metrics and Event reasons.
-    pub fn kind(&self) -> &'static str {
+    /// The condition and Event reason that says why (see [`ferrolb_crds::reason`]).
+    pub fn reason(&self) -> &'static str {
+        use ferrolb_crds::reason;
         match self {
-            Self::NoPools => "no_pools",
-            Self::NoEligiblePool(_) => "no_eligible_pool",
-            Self::PoolNotFound(_) => "pool_not_found",
-            Self::PoolDisabled { .. } => "pool_disabled",
-            Self::PoolNotAllowed { .. } => "pool_not_allowed",
-            Self::Exhausted { .. } => "pool_exhausted",
-            Self::FamilyUnavailable { .. } => "family_unavailable",
-            Self::RequestedIpNotInPool { .. } => "requested_ip_not_in_pool",
-            Self::RequestedIpReserved { .. } => "requested_ip_reserved",
-            Self::RequestedIpInUse { .. } => "requested_ip_in_use",
-            Self::RequestedIpsSplitAcrossPools { .. } => "requested_ips_split",
-            Self::RequestedIpsNotDualStack(_) => "requested_ips_not_dual_stack",
+            Self::NoPools => reason::NO_POOLS,
+            Self::NoEligiblePool(_) => reason::NO_ELIGIBLE_POOL,
+            Self::PoolNotFound(_) => reason::POOL_NOT_FOUND,
+            Self::PoolDisabled { .. } => reason::POOL_DISABLED,
+            Self::PoolNotAllowed { .. } => reason::POOL_NOT_ALLOWED,
+            Self::Exhausted { .. } => reason::POOL_EXHAUSTED,
+            Self::FamilyUnavailable { .. } => reason::FAMILY_UNAVAILABLE,
+            Self::RequestedIpNotInPool { .. } => reason::REQUESTED_IP_NOT_IN_POOL,
+            Self::RequestedIpReserved { .. } => reason::REQUESTED_IP_RESERVED,
+            Self::RequestedIpInUse { .. } => reason::REQUESTED_IP_IN_USE,
+            Self::RequestedIpsSplitAcrossPools { .. } => reason::REQUESTED_IPS_SPLIT,
+            Self::RequestedIpsNotDualStack(_) => reason::REQUESTED_IPS_NOT_DUAL_STACK,
         }
     }
 }

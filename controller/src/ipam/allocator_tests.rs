@@ -53,7 +53,7 @@ fn restricted_pools_come_first_by_priority_then_name() {
     assert_eq!(order, [ip("192.0.2.2"), ip("192.0.2.3"), ip("192.0.2.4"), ip("192.0.2.1")]);
     // Another namespace matches no restriction: only the open pool serves it, and it is full.
     let error = a.assign(&v4("other", "s")).unwrap_err();
-    assert_eq!(error.kind(), "pool_exhausted", "{error}");
+    assert_eq!(error.reason(), ferrolb_crds::reason::POOL_EXHAUSTED, "{error}");
 }
 
 #[test]
@@ -86,7 +86,7 @@ fn auto_assign_false_pools_serve_only_services_that_ask() {
     let mut manual = pool("manual", &["192.0.2.0-192.0.2.3"]);
     manual.auto_assign = false;
     let mut a = allocator(vec![manual]);
-    assert_eq!(a.assign(&v4("ns", "plain")).unwrap_err().kind(), "no_eligible_pool");
+    assert_eq!(a.assign(&v4("ns", "plain")).unwrap_err().reason(), ferrolb_crds::reason::NO_ELIGIBLE_POOL);
     let mut asks_pool = v4("ns", "by-pool");
     asks_pool.requested_pool = Some("manual".into());
     assert_eq!(a.assign(&asks_pool).unwrap().ips, [ip("192.0.2.0")]);
@@ -102,7 +102,7 @@ fn avoid_buggy_ips_never_hands_out_dot_zero_or_dot_255() {
     let mut a = allocator(vec![p]);
     let got: Vec<IpAddr> = (0..2).map(|i| a.assign(&v4("ns", &format!("s{i}"))).unwrap().ips[0]).collect();
     assert_eq!(got, [ip("192.0.2.254"), ip("192.0.3.1")]);
-    assert_eq!(a.assign(&v4("ns", "s3")).unwrap_err().kind(), "pool_exhausted");
+    assert_eq!(a.assign(&v4("ns", "s3")).unwrap_err().reason(), ferrolb_crds::reason::POOL_EXHAUSTED);
 }
 
 #[test]

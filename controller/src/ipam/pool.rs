@@ -2,6 +2,7 @@
 //! The API server already refused malformed entries (CEL); what CEL cannot check (reversed IPv6 ranges) and
 //! anything that slipped past it (an object written before the CRD was installed) is refused here.
 
+use ferrolb_crds::reason;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
@@ -26,8 +27,8 @@ impl PoolError {
     /// The pool's `Ready=False` reason.
     pub fn reason(&self) -> &'static str {
         match self {
-            Self::Entry(_) | Self::Empty => "InvalidAddresses",
-            Self::InvalidSelector { .. } => "InvalidSelector",
+            Self::Entry(_) | Self::Empty => reason::INVALID_ADDRESSES,
+            Self::InvalidSelector { .. } => reason::INVALID_SELECTOR,
         }
     }
 }
@@ -254,7 +255,7 @@ mod tests {
             "serviceSelectors": [{"matchLabels": {"a": "b"}}, {"matchExpressions": [{"key": "tier", "operator": "Equals", "values": ["web"]}]}]
         })).unwrap());
         let error = PoolDef::from_spec("p", &spec).unwrap_err();
-        assert_eq!(error.reason(), "InvalidSelector");
+        assert_eq!(error.reason(), reason::INVALID_SELECTOR);
         assert!(
             error
                 .to_string()

@@ -27,6 +27,10 @@ use std::net::IpAddr;
 use ferrolb_crds::selector;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
+/// The nodes that may be candidates, with the interfaces each can announce on: the live gossip members in
+/// native mode (this node always among them), every Node in keepalived mode.
+pub type Members = BTreeMap<String, BTreeSet<String>>;
+
 /// Nodes carrying this label never announce load-balancer addresses (a Kubernetes convention).
 pub const EXCLUDE_LABEL: &str = "node.kubernetes.io/exclude-from-external-load-balancers";
 

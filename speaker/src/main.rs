@@ -7,14 +7,12 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
-use ferrolb_speaker::announcer::Timing;
 use ferrolb_speaker::cluster::ClassFilter;
-use ferrolb_speaker::gossip_auth::SharedKey;
+use ferrolb_speaker::driver::Options;
 use ferrolb_speaker::keepalived::{self, render, run::KeepalivedOptions};
-use ferrolb_speaker::membership;
+use ferrolb_speaker::l2::{self, announcer::Timing, gossip_auth::SharedKey, membership, run::L2Options};
 use ferrolb_speaker::metrics::Metrics;
 use ferrolb_speaker::report::EventSource;
-use ferrolb_speaker::run::{self, Options};
 use ferrolb_telemetry::{LogFormat, init_logging, shutdown_signal};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -90,7 +88,7 @@ struct Args {
     announce_refresh_seconds: u64,
     /// After start-up or an interface coming back, take nothing over for this long unless another speaker
     /// is seen first.
-    #[arg(long, env = "FERROLB_JOIN_GRACE_MS", default_value_t = ms(run::DEFAULT_JOIN_GRACE))]
+    #[arg(long, env = "FERROLB_JOIN_GRACE_MS", default_value_t = ms(l2::run::DEFAULT_JOIN_GRACE))]
     join_grace_ms: u64,
     /// The only interfaces the speaker may announce on, comma-separated (default: every usable one).
     #[arg(long, env = "FERROLB_INTERFACES", value_delimiter = ',')]
@@ -121,27 +119,9 @@ fn parse_vrid_range(text: &str) -> Result<(u8, u8), String> {
 }
 
 async fn start(args: Args) -> anyhow::Result<()> {
-    // keepalived mode needs no gossip, so no key.
-    let gossip_key = if args.mode == Mode::Native {
-        let key_bytes = std::fs::read(&args.gossip_key_file)
-            .with_context(|| format!("reading the gossip key from {}", args.gossip_key_file.display()))?;
-        SharedKey::from_file_contents(&key_bytes)
-            .with_context(|| format!("the gossip key in {}", args.gossip_key_file.display()))?
-    } else {
-        SharedKey::from_file_contents(b"unused in keepalived mode")?
-    };
-    let gossip = membership::Settings {
-        probe_period: Duration::from_millis(args.probe_period_ms),
-        probe_rtt: Duration::from_millis(args.probe_rtt_ms),
-        suspect_to_down_after: Duration::from_millis(args.suspect_timeout_ms),
-        indirect_probes: 2,
-        rejoin_interval: Duration::from_millis(args.rejoin_interval_ms),
-    };
-    gossip.validate().context("gossip timers")?;
     let client = kube::Client::try_default()
         .await
         .context("connecting to the Kubernetes API (KUBECONFIG or in-cluster config)")?;
-
     let metrics = Metrics::default();
     let (bound, health) = ferrolb_telemetry::serve_metrics(args.metrics_address, |registry| metrics.register(registry))
         .await
@@ -150,32 +130,20 @@ async fn start(args: Args) -> anyhow::Result<()> {
 
     let events = EventSource { client: client.clone(), instance: args.node_name.clone() };
     let options = Options {
-        node_name: args.node_name,
-        namespace: args.namespace,
+        node_name: args.node_name.clone(),
+        namespace: args.namespace.clone(),
         classes: ClassFilter {
-            load_balancer_class: args.load_balancer_class,
+            load_balancer_class: args.load_balancer_class.clone(),
             handle_unset_class: !args.ignore_unset_class,
         },
-        pool_selector: args.pool_selector,
-        gossip_port: args.gossip_port,
-        gossip_address: args.gossip_address,
-        gossip_key,
-        gossip,
-        timing: Timing {
-            burst: args.announce_burst.max(1),
-            burst_interval: Duration::from_millis(args.announce_burst_interval_ms),
-            refresh_interval: Duration::from_secs(args.announce_refresh_seconds.max(1)),
-        },
-        join_grace: Duration::from_millis(args.join_grace_ms),
-        allowed_interfaces: args
-            .interfaces
-            .into_iter()
-            .map(|i| i.trim().to_string())
-            .filter(|i| !i.is_empty())
-            .collect(),
+        pool_selector: args.pool_selector.clone(),
+        allowed_interfaces: args.interfaces.iter().map(|i| i.trim().to_string()).filter(|i| !i.is_empty()).collect(),
     };
     match args.mode {
-        Mode::Native => run::run(client, options, metrics, health, events, shutdown_signal()).await,
+        Mode::Native => {
+            let l2 = l2_options(&args)?;
+            l2::run::run(client, options, l2, metrics, health, events, shutdown_signal()).await
+        }
         Mode::Keepalived => {
             let keepalived = KeepalivedOptions {
                 binary: args.keepalived_binary,
@@ -191,6 +159,34 @@ async fn start(args: Args) -> anyhow::Result<()> {
             keepalived::run::run(client, options, keepalived, metrics, health, events, shutdown_signal()).await
         }
     }
+}
+
+/// Native mode's own settings: the gossip key (read only in this mode), port, timers and announcements.
+fn l2_options(args: &Args) -> anyhow::Result<L2Options> {
+    let key_bytes = std::fs::read(&args.gossip_key_file)
+        .with_context(|| format!("reading the gossip key from {}", args.gossip_key_file.display()))?;
+    let gossip_key = SharedKey::from_file_contents(&key_bytes)
+        .with_context(|| format!("the gossip key in {}", args.gossip_key_file.display()))?;
+    let gossip = membership::Settings {
+        probe_period: Duration::from_millis(args.probe_period_ms),
+        probe_rtt: Duration::from_millis(args.probe_rtt_ms),
+        suspect_to_down_after: Duration::from_millis(args.suspect_timeout_ms),
+        rejoin_interval: Duration::from_millis(args.rejoin_interval_ms),
+        ..membership::Settings::default()
+    };
+    gossip.validate().context("gossip timers")?;
+    Ok(L2Options {
+        gossip_port: args.gossip_port,
+        gossip_address: args.gossip_address,
+        gossip_key,
+        gossip,
+        timing: Timing {
+            burst: args.announce_burst.max(1),
+            burst_interval: Duration::from_millis(args.announce_burst_interval_ms),
+            refresh_interval: Duration::from_secs(args.announce_refresh_seconds.max(1)),
+        },
+        join_grace: Duration::from_millis(args.join_grace_ms),
+    })
 }
 
 /// A duration as whole milliseconds, for flag defaults taken from the `Default` impls.

@@ -20,7 +20,7 @@ impl FamilyLabel {
     }
 }
 
-/// Why a gossip datagram was dropped (see [`crate::gossip_auth::AuthError::reason`]).
+/// Why a gossip datagram was dropped (see [`crate::l2::gossip_auth::AuthError::reason`]).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RejectLabel {
     pub reason: &'static str,

@@ -20,9 +20,9 @@ use std::net::IpAddr;
 use ferrolb_crds::L2AdvertisementSpec;
 use ferrolb_crds::l2announcement::ServiceReference;
 
+use crate::election::Members;
 use crate::election::{self, AdvertisementView, NodeView, ServiceView};
-use crate::links::Inventory;
-use crate::membership::Members;
+use crate::inventory::Inventory;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceInfo {

@@ -1,7 +1,7 @@
 #![allow(clippy::unwrap_used)]
 
 use super::*;
-use crate::links::Link;
+use crate::inventory::Link;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use proptest::prelude::*;
 
@@ -72,7 +72,7 @@ fn lab_inventory() -> Inventory {
     let link = |name: &str, addresses: &[&str]| Link {
         name: name.into(),
         index: 2,
-        mac: Some(crate::frames::Mac([2, 0, 0, 0, 0, 1])),
+        mac: Some(crate::mac::Mac([2, 0, 0, 0, 0, 1])),
         up: true,
         broadcast: true,
         loopback: false,

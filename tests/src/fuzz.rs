@@ -15,11 +15,11 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
 
-use ferrolb_speaker::frames::Mac;
-use ferrolb_speaker::frames::arp::{self, ArpFrame};
-use ferrolb_speaker::frames::ndp::{self, NdFrame};
-use ferrolb_speaker::gossip_auth::SharedKey;
-use ferrolb_speaker::membership::{self, MemberId};
+use ferrolb_speaker::l2::frames::Mac;
+use ferrolb_speaker::l2::frames::arp::{self, ArpFrame};
+use ferrolb_speaker::l2::frames::ndp::{self, NdFrame};
+use ferrolb_speaker::l2::gossip_auth::SharedKey;
+use ferrolb_speaker::l2::membership::{self, MemberId};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Target {
@@ -258,7 +258,7 @@ fn check(target: Target, input: &[u8], gossip: &mut Option<membership::Core>) ->
                 return Err("a mutated datagram passed authentication".into());
             }
             // The freshness check reads the header only after the tag verified; whatever the bytes, no panic.
-            let _ = ferrolb_speaker::gossip_auth::Opener::new(key).open(input, std::time::SystemTime::now());
+            let _ = ferrolb_speaker::l2::gossip_auth::Opener::new(key).open(input, std::time::SystemTime::now());
             // ...but a peer holding the key can send anything: foca must cope.
             let core =
                 gossip.get_or_insert_with(|| membership::core(member("node-a", 1), &membership::Settings::default()));

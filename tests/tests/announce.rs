@@ -9,10 +9,10 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 use ferrolb_e2e::netlab::{DEFAULT_POOL_V4, DEFAULT_POOL_V6, LabSpec};
 use ferrolb_e2e::{Lab, names, netns};
-use ferrolb_speaker::frames::Mac;
-use ferrolb_speaker::frames::arp::{self, ArpFrame};
-use ferrolb_speaker::frames::ndp::{self, NdFrame, multicast_mac, solicited_node_group};
-use ferrolb_speaker::packet_socket::{BoundSocket, ETHERTYPE_ARP, ETHERTYPE_IPV6};
+use ferrolb_speaker::l2::frames::Mac;
+use ferrolb_speaker::l2::frames::arp::{self, ArpFrame};
+use ferrolb_speaker::l2::frames::ndp::{self, NdFrame, multicast_mac, solicited_node_group};
+use ferrolb_speaker::l2::packet_socket::{BoundSocket, ETHERTYPE_ARP, ETHERTYPE_IPV6};
 
 const VIP4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 200);
 const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x200);

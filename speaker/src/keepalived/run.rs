@@ -13,16 +13,13 @@ use tokio::time::Instant;
 
 use super::render::{self, Group, InstanceState, NodeAddresses, Settings};
 use super::supervise::{Applied, Supervisor};
-use crate::announcer::Timing;
 use crate::cluster::{Cluster, node_address};
+use crate::driver::{self, API_SETTLE, Options, Reporter};
+use crate::election::Members;
 use crate::links::{self, Inventory};
-use crate::membership::Members;
 use crate::metrics::Metrics;
 use crate::plan::{self, Decision, World};
 use crate::report;
-use crate::run::{Options, State};
-
-const API_SETTLE: Duration = Duration::from_millis(30);
 /// keepalived pauses its adverts while it reloads (about a second with hundreds of VIPs on a small node):
 /// reloads are spaced at least this far apart, so a burst of Service changes costs one reload, not many.
 const MIN_RELOAD_SPACING: Duration = Duration::from_secs(2);
@@ -45,7 +42,7 @@ pub async fn run(
     stop: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let me = options.node_name.clone();
-    let (cluster, _node) = crate::run::watch_cluster(&client, &options).await?;
+    let (cluster, _node) = driver::watch_cluster(&client, &options).await?;
     let mut inventory = links::scan()
         .await
         .context("reading the node's interfaces (netlink)")?
@@ -55,12 +52,12 @@ pub async fn run(
     let settings = Settings { notify_fifo: Supervisor::notify_fifo(&keepalived.dir), ..keepalived.settings };
     let (reports, reports_rx) = report::channel();
     let writer = tokio::spawn(report::run(client.clone(), options.namespace.clone(), events, reports_rx));
-    let mut state = State::new(me.clone(), Timing::default(), Duration::ZERO);
+    let mut state = Reporter::new(me.clone());
     let mut instance_states: BTreeMap<String, InstanceState> = BTreeMap::new();
     let (mut groups, mut decisions, mut world): (Vec<Group>, Vec<Decision>, World) = Default::default();
     let mut dirty = Some(Instant::now());
     let mut last_render: Option<Instant> = None;
-    let mut resync = tokio::time::interval(crate::run::RESYNC_PERIOD);
+    let mut resync = tokio::time::interval(driver::RESYNC_PERIOD);
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     health.set_ready(true);
     tracing::info!(binary = %keepalived.binary.display(), dir = %keepalived.dir.display(), "keepalived mode");
@@ -174,7 +171,7 @@ async fn apply(
     settings: &Settings,
     supervisor: &mut Supervisor,
     cluster: &Cluster,
-    state: &mut State,
+    state: &mut Reporter,
     reports: &report::Reports,
 ) {
     let addresses: BTreeMap<String, NodeAddresses> = world

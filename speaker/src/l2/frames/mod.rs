@@ -7,44 +7,7 @@ pub mod ndp;
 
 use std::fmt;
 
-/// An Ethernet MAC address.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-pub struct Mac(pub [u8; 6]);
-
-impl Mac {
-    pub const BROADCAST: Mac = Mac([0xff; 6]);
-
-    pub fn is_multicast(self) -> bool {
-        self.0[0] & 1 == 1
-    }
-}
-
-impl fmt::Display for Mac {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let [a, b, c, d, e, g] = self.0;
-        write!(f, "{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{g:02x}")
-    }
-}
-
-impl std::str::FromStr for Mac {
-    type Err = FrameError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let mut bytes = [0u8; 6];
-        let mut parts = s.split(':');
-        for byte in &mut bytes {
-            let part = parts.next().ok_or(FrameError::BadMac)?;
-            if part.len() != 2 {
-                return Err(FrameError::BadMac);
-            }
-            *byte = u8::from_str_radix(part, 16).map_err(|_| FrameError::BadMac)?;
-        }
-        if parts.next().is_some() {
-            return Err(FrameError::BadMac);
-        }
-        Ok(Mac(bytes))
-    }
-}
+pub use crate::mac::Mac;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FrameError {
@@ -62,7 +25,6 @@ pub enum FrameError {
     BadCode(u8),
     MulticastTarget,
     BadOption,
-    BadMac,
 }
 
 impl fmt::Display for FrameError {
@@ -78,7 +40,6 @@ impl fmt::Display for FrameError {
             Self::BadCode(c) => write!(f, "ICMPv6 code {c}, expected 0"),
             Self::MulticastTarget => f.write_str("neighbor discovery target is multicast"),
             Self::BadOption => f.write_str("malformed neighbor discovery option"),
-            Self::BadMac => f.write_str("not a MAC address (xx:xx:xx:xx:xx:xx)"),
         }
     }
 }

@@ -2,7 +2,7 @@
 //! the sockets together. Every input (an object changed, a member came or went, a link changed) leads to the
 //! same step: rebuild the plan, bring the announcer to it, swap the answered set, and queue the reports.
 //! The failover path (member down → plan → probe → gratuitous ARP/NA) touches no API. When this node
-//! really starts and stops answering for a VIP the plan gives or takes is [`crate::claims`]' decision:
+//! really starts and stops answering for a VIP the plan gives or takes is [`crate::l2::claims`]' decision:
 //! a takeover from a holder that is not a live member waits for a silent probe, a stand-in stands down when
 //! it hears the owner, and a VIP handed to a live member is answered until that member announces it.
 
@@ -12,30 +12,26 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::Context;
-use ferrolb_crds::l2announcement::ServiceReference;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::announcer::{Announcer, Timing};
-use crate::claims::{self, Claims, Heard, Want};
-use crate::cluster::{ClassFilter, Cluster, node_address};
-use crate::frames::Mac;
-use crate::gossip_auth::SharedKey;
+use crate::cluster::{Cluster, node_address};
+use crate::driver::{self, Reporter};
+use crate::l2::announcer::{Announcer, Timing};
+use crate::l2::claims::{self, Claims, Heard, Want};
+use crate::l2::frames::Mac;
+use crate::l2::gossip_auth::SharedKey;
+use crate::l2::membership::{self, MemberId, Membership, MembershipMetrics};
+use crate::l2::responder::{Conflict, Responder};
 use crate::links;
-use crate::membership::{self, MemberId, Membership, MembershipMetrics};
 use crate::metrics::Metrics;
 use crate::plan::{self, Decision};
 use crate::report::{self, Notice, Report};
-use crate::responder::{Conflict, Responder};
 
 /// After start-up, or after an interface comes back, how long a speaker takes nothing over unless it sees
 /// another member first.
 pub const DEFAULT_JOIN_GRACE: Duration = Duration::from_secs(2);
-/// API changes come in bursts (a Deployment rollout touches many EndpointSlices): plan once per burst.
-const API_SETTLE: Duration = Duration::from_millis(30);
-/// The plan and reports are redone this often even when nothing changed (a safety net for lost writes).
-pub(crate) const RESYNC_PERIOD: Duration = Duration::from_secs(5);
 /// A stopping speaker keeps answering for its VIPs at most this long while the others take them over (they
 /// announce at once, since a draining holder needs no wire probe); then it stops whatever happened. Equal to
 /// the hand-over fallback of a VIP given to a live member with the default join grace.
@@ -46,21 +42,15 @@ const CONFLICT_EVENT_PERIOD: Duration = Duration::from_secs(60);
 /// DEFEND_INTERVAL): enough to win the LAN back from a stale claim, never a gratuitous ARP storm.
 const DEFEND_INTERVAL: Duration = Duration::from_secs(10);
 
+/// What native mode needs beyond [`driver::Options`].
 #[derive(Debug, Clone)]
-pub struct Options {
-    pub node_name: String,
-    /// Where L2Announcements are written (the install namespace).
-    pub namespace: String,
-    pub classes: ClassFilter,
-    pub pool_selector: Option<String>,
+pub struct L2Options {
     pub gossip_port: u16,
     /// The address other speakers reach this one at; the Node's InternalIP when unset.
     pub gossip_address: Option<IpAddr>,
     pub gossip_key: SharedKey,
     pub gossip: membership::Settings,
     pub timing: Timing,
-    /// The only interfaces the speaker may use (empty: any usable one).
-    pub allowed_interfaces: Vec<String>,
     /// After start-up, or after an interface comes back, take no VIP over until another member is seen or
     /// this long has passed: a node that cannot yet see the others would otherwise claim every VIP.
     pub join_grace: Duration,
@@ -68,24 +58,25 @@ pub struct Options {
 
 pub async fn run(
     client: kube::Client,
-    options: Options,
+    options: driver::Options,
+    l2: L2Options,
     metrics: Metrics,
     health: ferrolb_telemetry::Health,
     events: report::EventSource,
     stop: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let me = options.node_name.clone();
-    let (cluster, node) = watch_cluster(&client, &options).await?;
+    let (cluster, node) = driver::watch_cluster(&client, &options).await?;
 
-    let gossip_ip = options
+    let gossip_ip = l2
         .gossip_address
         .or_else(|| node_address(&node, true))
         .or_else(|| node_address(&node, false))
         .with_context(|| format!("Node {me} has no InternalIP or ExternalIP: set --gossip-address"))?;
     let bind: SocketAddr = if gossip_ip.is_ipv4() {
-        (Ipv4Addr::UNSPECIFIED, options.gossip_port).into()
+        (Ipv4Addr::UNSPECIFIED, l2.gossip_port).into()
     } else {
-        (Ipv6Addr::UNSPECIFIED, options.gossip_port).into()
+        (Ipv6Addr::UNSPECIFIED, l2.gossip_port).into()
     };
     let socket = UdpSocket::bind(bind).await.with_context(|| format!("binding the gossip port {bind}"))?;
 
@@ -95,7 +86,7 @@ pub async fn run(
         .restricted_to(&options.allowed_interfaces);
     let mut link_changes = links::watch_changes().context("watching the node's interfaces (netlink)")?;
     let identity = MemberId {
-        addr: SocketAddr::new(gossip_ip, options.gossip_port),
+        addr: SocketAddr::new(gossip_ip, l2.gossip_port),
         node: me.clone(),
         interfaces: inventory.usable(),
         bump: jiff::Timestamp::now().as_millisecond().unsigned_abs(),
@@ -105,11 +96,11 @@ pub async fn run(
     let membership = Membership::start(
         socket,
         identity,
-        options.gossip_key.clone(),
-        &options.gossip,
+        l2.gossip_key.clone(),
+        &l2.gossip,
         MembershipMetrics { rejected_datagrams: metrics.rejected_gossip.clone() },
     )?;
-    let mut peers = cluster.gossip_peers(options.gossip_port, gossip_ip.is_ipv4());
+    let mut peers = cluster.gossip_peers(l2.gossip_port, gossip_ip.is_ipv4());
     membership.set_peers(peers.clone());
     let mut members = membership.members();
     let mut rejoins = membership.rejoins();
@@ -123,11 +114,11 @@ pub async fn run(
     let (reports, reports_rx) = report::channel();
     let writer = tokio::spawn(report::run(client.clone(), options.namespace.clone(), events, reports_rx));
 
-    let mut state = State::new(me.clone(), options.timing, options.join_grace);
+    let mut state = State::new(me.clone(), l2.timing, l2.join_grace);
     let mut probes: Vec<(IpAddr, String)> = Vec::new();
     health.set_ready(true);
     let mut api_dirty: Option<Instant> = Some(Instant::now());
-    let mut resync = tokio::time::interval(RESYNC_PERIOD);
+    let mut resync = tokio::time::interval(driver::RESYNC_PERIOD);
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(stop);
     loop {
@@ -151,12 +142,12 @@ pub async fn run(
             }
             changed = draining.changed() => changed.context("the gossip membership stopped")?,
             _ = cluster.changed() => {
-                api_dirty.get_or_insert(Instant::now() + API_SETTLE);
+                api_dirty.get_or_insert(Instant::now() + driver::API_SETTLE);
                 continue;
             }
             _ = tokio::time::sleep_until(api_dirty.unwrap_or(far)), if api_dirty.is_some() => {
                 api_dirty = None;
-                let now_peers = cluster.gossip_peers(options.gossip_port, gossip_ip.is_ipv4());
+                let now_peers = cluster.gossip_peers(l2.gossip_port, gossip_ip.is_ipv4());
                 if now_peers != peers {
                     peers = now_peers;
                     membership.set_peers(peers.clone());
@@ -179,7 +170,7 @@ pub async fn run(
                             if after.difference(&before).next().is_some() {
                                 // Back from a cut link: what the gossip says now may be from before the
                                 // cut, so wait the whole grace for the others to see us and us them.
-                                state.hold_until = Some(Instant::now() + options.join_grace);
+                                state.hold_until = Some(Instant::now() + l2.join_grace);
                                 state.hold_ends_on_contact = false;
                             }
                         }
@@ -248,7 +239,7 @@ pub async fn run(
         let announcements = cluster.announcements();
         state.learn_speakers(&live, &announcements, &world);
         let complete = state.view_complete(&live);
-        let holders = previous_holders(&state.decisions, &announcements, &me);
+        let holders = previous_holders(state.reporter.decisions(), &announcements, &me);
         let wanted: BTreeMap<IpAddr, Want> = desired
             .iter()
             .map(|(vip, interfaces)| {
@@ -296,9 +287,9 @@ pub async fn run(
         metrics.owned_vips.set(i64::try_from(after.len()).unwrap_or(i64::MAX));
         responder.execute(actions).await;
         let janitor = live.keys().next() == Some(&me);
-        state.report_node_addresses(&cluster, &reports, plan::node_address_vips(&world), janitor);
-        state.report(&cluster, &reports, decisions, &held, janitor);
-        state.report_unplaced(&cluster, &reports, unplaced);
+        state.reporter.report_node_addresses(&cluster, &reports, plan::node_address_vips(&world), janitor);
+        state.reporter.report(&cluster, &reports, decisions, &held, janitor);
+        state.reporter.report_unplaced(&cluster, &reports, unplaced);
         if drain_deadline.is_some() && after.is_empty() {
             break;
         }
@@ -312,21 +303,6 @@ pub async fn run(
     drop(reports);
     let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
     Ok(())
-}
-
-/// Starts every watch, waits until each has listed, and finds this node's Node.
-pub(crate) async fn watch_cluster(
-    client: &kube::Client,
-    options: &Options,
-) -> anyhow::Result<(Cluster, std::sync::Arc<k8s_openapi::api::core::v1::Node>)> {
-    let cluster = Cluster::start(client, &options.namespace, options.classes.clone(), options.pool_selector.as_deref());
-    tracing::info!("listing Nodes, Services, EndpointSlices, L2Advertisements, IPAddressPools, L2Announcements");
-    cluster.ready().await.context("a watch stopped before listing")?;
-    let me = &options.node_name;
-    let node = cluster
-        .node(me)
-        .with_context(|| format!("there is no Node named {me:?} (set NODE_NAME to this node's name)"))?;
-    Ok((cluster, node))
 }
 
 /// Who held each VIP last, as far as this node knows: the owner of its last plan, unless that was this
@@ -364,18 +340,13 @@ pub(crate) struct State {
     hold_until: Option<Instant>,
     /// At start-up the hold ends as soon as another member is seen.
     hold_ends_on_contact: bool,
-    decisions: Vec<Decision>,
-    /// Services this node announced after the last plan (for `NodeAssigned`).
-    announced_services: BTreeSet<ServiceReference>,
     conflict_events: HashMap<(IpAddr, Mac), Instant>,
-    /// Services this node owns but cannot announce (some VIP has no interface), already reported.
-    unplaced_services: BTreeSet<ServiceReference>,
-    /// Service VIPs refused as a node's address, already reported.
-    node_address_vips: BTreeSet<(ServiceReference, IpAddr)>,
+    pub(crate) reporter: Reporter,
 }
 
 impl State {
     pub(crate) fn new(me: String, timing: Timing, join_grace: Duration) -> Self {
+        let reporter_name = me.clone();
         Self {
             claims: Claims::new(me.clone(), claims::Timing::with_join_grace(join_grace)),
             me,
@@ -385,122 +356,13 @@ impl State {
             known_speakers: BTreeSet::new(),
             hold_until: Some(Instant::now() + join_grace),
             hold_ends_on_contact: true,
-            decisions: Vec::new(),
-            announced_services: BTreeSet::new(),
             conflict_events: HashMap::new(),
-            unplaced_services: BTreeSet::new(),
-            node_address_vips: BTreeSet::new(),
+            reporter: Reporter::new(reporter_name),
         }
-    }
-
-    pub(crate) fn report(
-        &mut self,
-        cluster: &Cluster,
-        reports: &report::Reports,
-        decisions: Vec<Decision>,
-        held: &BTreeMap<IpAddr, BTreeSet<String>>,
-        janitor: bool,
-    ) {
-        let ops = report::announcement_ops(&decisions, &self.me, held, janitor, &cluster.announcements());
-        if !ops.is_empty() {
-            let _ = reports.send(Report::Ops(ops));
-        }
-        let mut announced = BTreeSet::new();
-        for decision in decisions.iter().filter(|d| d.owner.as_deref() == Some(self.me.as_str())) {
-            let interfaces: BTreeSet<&String> = decision.vips.iter().filter_map(|v| held.get(v)).flatten().collect();
-            if interfaces.is_empty() {
-                continue;
-            }
-            announced.insert(decision.service.clone());
-            if self.announced_services.contains(&decision.service) {
-                continue;
-            }
-            if let Some(regarding) = cluster.service_reference(&decision.service) {
-                let vips: Vec<String> = decision.vips.iter().map(IpAddr::to_string).collect();
-                let interfaces: Vec<&str> = interfaces.iter().map(|s| s.as_str()).collect();
-                let _ = reports.send(Report::Notice(Notice {
-                    regarding,
-                    warning: false,
-                    reason: reason::NODE_ASSIGNED,
-                    note: format!("{} announced from node {} on {}", vips.join(", "), self.me, interfaces.join(", ")),
-                }));
-            }
-        }
-        self.announced_services = announced;
-        self.decisions = decisions;
-    }
-
-    pub(crate) fn report_unplaced(
-        &mut self,
-        cluster: &Cluster,
-        reports: &report::Reports,
-        unplaced: Vec<(ServiceReference, Vec<IpAddr>)>,
-    ) {
-        let now: BTreeSet<ServiceReference> = unplaced.iter().map(|(s, _)| s.clone()).collect();
-        for (service, vips) in unplaced {
-            if self.unplaced_services.contains(&service) {
-                continue;
-            }
-            let vips: Vec<String> = vips.iter().map(IpAddr::to_string).collect();
-            let note = format!(
-                "node {} owns {} but none of its usable interfaces has an address in that subnet and it has no default route of that family: nothing answers for it; name the interface in the L2Advertisement (spec.interfaces)",
-                self.me,
-                vips.join(", ")
-            );
-            tracing::warn!(service = %format!("{}/{}", service.namespace, service.name), "{note}");
-            if let Some(regarding) = cluster.service_reference(&service) {
-                let _ = reports.send(Report::Notice(Notice {
-                    regarding,
-                    warning: true,
-                    reason: reason::NOT_ANNOUNCED,
-                    note,
-                }));
-            }
-        }
-        self.unplaced_services = now;
-    }
-
-    /// Tells the user once about every Service VIP that is a node's address (never announced). An address a
-    /// Node lists is reported by the janitor alone (every speaker sees it); one only on this node's
-    /// interfaces by this node.
-    pub(crate) fn report_node_addresses(
-        &mut self,
-        cluster: &Cluster,
-        reports: &report::Reports,
-        refused: Vec<plan::NodeAddressVip>,
-        janitor: bool,
-    ) {
-        let now: BTreeSet<(ServiceReference, IpAddr)> = refused.iter().map(|r| (r.service.clone(), r.vip)).collect();
-        for refusal in refused {
-            let key = (refusal.service.clone(), refusal.vip);
-            if self.node_address_vips.contains(&key) {
-                continue;
-            }
-            let ours = if refusal.listed { janitor } else { refusal.node == self.me };
-            if !ours {
-                continue;
-            }
-            let note = format!(
-                "{} is an address of node {}: no speaker announces it (a gratuitous ARP would take the node's own traffic); give the Service an address that no node has",
-                refusal.vip, refusal.node
-            );
-            let service = format!("{}/{}", refusal.service.namespace, refusal.service.name);
-            tracing::warn!(%service, "{note}");
-            if let Some(regarding) = cluster.service_reference(&refusal.service) {
-                let _ = reports.send(Report::Notice(Notice {
-                    regarding,
-                    warning: true,
-                    reason: reason::NODE_ADDRESS,
-                    note,
-                }));
-            }
-            self.node_address_vips.insert(key);
-        }
-        self.node_address_vips.retain(|k| now.contains(k));
     }
 
     /// The announcements that defend `vip` against another MAC's claim, at most once per DEFEND_INTERVAL.
-    fn defend(&mut self, vip: IpAddr) -> Vec<crate::announcer::Action> {
+    fn defend(&mut self, vip: IpAddr) -> Vec<crate::l2::announcer::Action> {
         if self.defended.get(&vip).is_some_and(|at| at.elapsed() < DEFEND_INTERVAL) {
             return Vec::new();
         }
@@ -511,7 +373,7 @@ impl State {
 
     fn learn_speakers(
         &mut self,
-        live: &crate::membership::Members,
+        live: &crate::election::Members,
         announcements: &BTreeMap<String, ferrolb_crds::L2AnnouncementSpec>,
         world: &plan::World,
     ) {
@@ -523,7 +385,7 @@ impl State {
 
     /// Every node known to run a speaker is a live member: a VIP taken over now is held by right, not as a
     /// stand-in for a node we cannot hear.
-    fn view_complete(&self, live: &crate::membership::Members) -> bool {
+    fn view_complete(&self, live: &crate::election::Members) -> bool {
         self.known_speakers.iter().all(|n| live.contains_key(n))
     }
 
@@ -534,7 +396,8 @@ impl State {
         self.deferral_logged.insert(conflict.vip, Instant::now());
         self.deferral_logged.retain(|_, at| at.elapsed() < CONFLICT_EVENT_PERIOD);
         let services: Vec<String> = self
-            .decisions
+            .reporter
+            .decisions()
             .iter()
             .filter(|d| d.vips.contains(&conflict.vip))
             .map(|d| format!("{}/{}", d.service.namespace, d.service.name))
@@ -552,7 +415,8 @@ impl State {
         }
         self.conflict_events.insert(key, Instant::now());
         self.conflict_events.retain(|_, at| at.elapsed() < CONFLICT_EVENT_PERIOD);
-        let holders: Vec<&Decision> = self.decisions.iter().filter(|d| d.vips.contains(&conflict.vip)).collect();
+        let holders: Vec<&Decision> =
+            self.reporter.decisions().iter().filter(|d| d.vips.contains(&conflict.vip)).collect();
         if holders.is_empty() {
             tracing::warn!(vip = %conflict.vip, mac = %conflict.mac, interface = %conflict.interface, "IP conflict on a VIP no Service holds any more");
         }
@@ -577,7 +441,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    fn members(nodes: &[&str]) -> crate::membership::Members {
+    fn members(nodes: &[&str]) -> crate::election::Members {
         nodes.iter().map(|n| (n.to_string(), BTreeSet::new())).collect()
     }
 
@@ -605,7 +469,7 @@ mod tests {
         // A fresh speaker that sees nobody still knows the node an L2Announcement names.
         let mut fresh = State::new("node-3".into(), Timing::default(), Duration::from_secs(2));
         let spec = ferrolb_crds::L2AnnouncementSpec {
-            service: ServiceReference { namespace: "default".into(), name: "web".into() },
+            service: ferrolb_crds::l2announcement::ServiceReference { namespace: "default".into(), name: "web".into() },
             ips: vec!["192.0.2.200".into()],
             node: "node-2".into(),
             interfaces: vec!["eth0".into()],

@@ -1,5 +1,5 @@
 //! One AF_PACKET socket per interface and EtherType: it only moves whole Ethernet frames in and out, and
-//! never interprets them (that is [`crate::frames`]). Bound to one interface so a frame is answered from the
+//! never interprets them (that is [`crate::l2::frames`]). Bound to one interface so a frame is answered from the
 //! interface it arrived on; not promiscuous, and multicast groups are joined explicitly.
 
 #![allow(unsafe_code)] // sockaddr_ll and packet_mreq have no safe constructor; each call says why it is sound.
@@ -11,7 +11,7 @@ use std::os::fd::AsRawFd;
 use socket2::{Domain, Protocol, SockFilter, Socket, Type};
 use tokio::io::unix::AsyncFd;
 
-use crate::frames::Mac;
+use crate::l2::frames::Mac;
 
 /// EtherTypes the announcer listens to.
 pub const ETHERTYPE_ARP: u16 = 0x0806;

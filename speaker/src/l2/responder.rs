@@ -16,13 +16,13 @@ use std::sync::{Arc, RwLock};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::announcer::Action;
-use crate::frames::arp::{self, ArpFrame};
-use crate::frames::ndp::{self, NdFrame};
-use crate::frames::{self, Mac};
+use crate::l2::announcer::Action;
+use crate::l2::frames::arp::{self, ArpFrame};
+use crate::l2::frames::ndp::{self, NdFrame};
+use crate::l2::frames::{self, Mac};
+use crate::l2::packet_socket::{BoundSocket, ETHERTYPE_ARP, ETHERTYPE_IPV6, PacketSocket};
 use crate::links::Inventory;
 use crate::metrics::{FamilyLabel, Metrics};
-use crate::packet_socket::{BoundSocket, ETHERTYPE_ARP, ETHERTYPE_IPV6, PacketSocket};
 
 /// Another host claims a VIP we own.
 #[derive(Debug, Clone, PartialEq, Eq)]

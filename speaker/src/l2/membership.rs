@@ -10,7 +10,7 @@
 //! `bump`), which the others see as a rename of the same address. A member declared down while still running
 //! (a partition) renews itself the same way when it learns of it.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::num::{NonZeroU8, NonZeroUsize};
 use std::sync::Arc;
@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::gossip_auth::{OVERHEAD, Opener, Sealer, SharedKey};
+use crate::l2::gossip_auth::{OVERHEAD, Opener, Sealer, SharedKey};
 use crate::metrics::RejectLabel;
 
 /// Largest datagram on the wire: below a 1500-byte MTU with IP and UDP headers.
@@ -139,8 +139,7 @@ pub fn core(me: MemberId, settings: &Settings) -> Core {
     Foca::new(me, settings.foca_config(), rand::make_rng::<StdRng>(), PostcardCodec)
 }
 
-/// Live members: node name → the interfaces its speaker can announce on. This node is always in it.
-pub type Members = BTreeMap<String, BTreeSet<String>>;
+pub use crate::election::Members;
 
 #[derive(Debug, Clone, Default)]
 pub struct MembershipMetrics {

@@ -11,8 +11,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use crate::frames::Mac;
-use crate::frames::ndp::{multicast_mac, solicited_node_group};
+use crate::l2::frames::Mac;
+use crate::l2::frames::ndp::{multicast_mac, solicited_node_group};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timing {

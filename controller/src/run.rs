@@ -2,11 +2,11 @@
 //! writer. Nothing is allocated before every watch has listed what exists (so addresses already in status
 //! are taken back first). A re-list after a watch gap also reports the objects deleted during the gap.
 
-use ferrolb_crds::reason;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use ferrolb_crds::{IPAddressPool, L2Advertisement};
+use ferrolb_crds::{IPAddressPool, L2Advertisement, reason};
+use ferrolb_watch::{Feed, WatchIndex};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Node, Service};
 use k8s_openapi::api::networking::v1::ServiceCIDR;
@@ -78,22 +78,16 @@ pub async fn run(
         .default_backoff()
         .map_ok(|event| Watched::Node(compact_node_event(event)));
     let mut streams = vec![services.boxed(), pools.boxed(), namespaces.boxed(), advertisements.boxed(), nodes.boxed()];
-    let mut listed = [false; 6];
-    if service_cidrs_served(&client).await {
+    let mut feeds = Feeds::default();
+    let cidrs_served = service_cidrs_served(&client).await;
+    if cidrs_served {
         let cidrs = watcher(Api::<ServiceCIDR>::all(client.clone()), watcher::Config::default())
             .default_backoff()
             .map_ok(Watched::ServiceCidr);
         streams.push(cidrs.boxed());
-    } else {
-        listed[5] = true;
     }
     let mut events = futures::stream::select_all(streams);
 
-    let mut relisting_advertisements: Option<HashSet<String>> = None;
-    let mut relisting_services: Option<HashSet<ServiceKey>> = None;
-    let mut relisting_pools: Option<HashSet<String>> = None;
-    let mut relisting_nodes: Option<HashSet<String>> = None;
-    let mut relisting_cidrs: Option<HashSet<String>> = None;
     let mut resync = tokio::time::interval(RESYNC_PERIOD);
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut pool_flush = tokio::time::interval(POOL_STATUS_PERIOD);
@@ -110,78 +104,12 @@ pub async fn run(
                     tracing::warn!(error = %e, "watch error; retrying with backoff");
                     continue;
                 }
-                Some(Ok(Watched::Service(event))) => match event {
-                    Event::Init => { relisting_services = Some(HashSet::new()); Vec::new() }
-                    Event::InitApply(service) | Event::Apply(service) => {
-                        if let Some(seen) = relisting_services.as_mut() { seen.insert(key_of(&service)); }
-                        engine.apply_service(slim(service))
-                    }
-                    Event::Delete(service) => engine.delete_service(&service),
-                    Event::InitDone => {
-                        listed[0] = true;
-                        let seen = relisting_services.take().unwrap_or_default();
-                        engine.forget_services_not_in(&seen)
-                    }
-                },
-                Some(Ok(Watched::Pool(event))) => match event {
-                    Event::Init => { relisting_pools = Some(HashSet::new()); Vec::new() }
-                    Event::InitApply(pool) | Event::Apply(pool) => {
-                        if let Some(seen) = relisting_pools.as_mut() { seen.insert(pool.name_any()); }
-                        engine.apply_pool(pool)
-                    }
-                    Event::Delete(pool) => engine.delete_pool(&pool.name_any()),
-                    Event::InitDone => {
-                        listed[1] = true;
-                        let seen = relisting_pools.take().unwrap_or_default();
-                        engine.forget_pools_not_in(&seen)
-                    }
-                },
-                Some(Ok(Watched::Namespace(event))) => match event {
-                    Event::InitApply(ns) | Event::Apply(ns) => engine.apply_namespace(&ns),
-                    Event::Delete(ns) => { engine.delete_namespace(&ns.name_any()); Vec::new() }
-                    Event::Init => Vec::new(),
-                    Event::InitDone => { listed[2] = true; Vec::new() }
-                },
-                Some(Ok(Watched::Advertisement(event))) => match event {
-                    Event::Init => { relisting_advertisements = Some(HashSet::new()); Vec::new() }
-                    Event::InitApply(adv) | Event::Apply(adv) => {
-                        if let Some(seen) = relisting_advertisements.as_mut() { seen.insert(adv.name_any()); }
-                        engine.apply_advertisement(&adv)
-                    }
-                    Event::Delete(adv) => engine.delete_advertisement(&adv.name_any()),
-                    Event::InitDone => {
-                        listed[3] = true;
-                        let seen = relisting_advertisements.take().unwrap_or_default();
-                        engine.forget_advertisements_not_in(&seen)
-                    }
-                },
-                Some(Ok(Watched::Node(event))) => match event {
-                    Event::Init => { relisting_nodes = Some(HashSet::new()); Vec::new() }
-                    Event::InitApply(node) | Event::Apply(node) => {
-                        if let Some(seen) = relisting_nodes.as_mut() { seen.insert(node.name.clone()); }
-                        engine.apply_node(&node.name, node.addresses)
-                    }
-                    Event::Delete(node) => engine.delete_node(&node.name),
-                    Event::InitDone => {
-                        listed[4] = true;
-                        let seen = relisting_nodes.take().unwrap_or_default();
-                        engine.forget_nodes_not_in(&seen)
-                    }
-                },
-                Some(Ok(Watched::ServiceCidr(event))) => match event {
-                    Event::Init => { relisting_cidrs = Some(HashSet::new()); Vec::new() }
-                    Event::InitApply(cidr) | Event::Apply(cidr) => {
-                        if let Some(seen) = relisting_cidrs.as_mut() { seen.insert(cidr.name_any()); }
-                        let cidrs = cidr.spec.as_ref().and_then(|s| s.cidrs.clone()).unwrap_or_default();
-                        engine.apply_service_cidr(&cidr.name_any(), cidrs)
-                    }
-                    Event::Delete(cidr) => engine.delete_service_cidr(&cidr.name_any()),
-                    Event::InitDone => {
-                        listed[5] = true;
-                        let seen = relisting_cidrs.take().unwrap_or_default();
-                        engine.forget_service_cidrs_not_in(&seen)
-                    }
-                },
+                Some(Ok(Watched::Service(event))) => feeds.services.feed(&mut engine, event),
+                Some(Ok(Watched::Pool(event))) => feeds.pools.feed(&mut engine, event),
+                Some(Ok(Watched::Namespace(event))) => feeds.namespaces.feed(&mut engine, event),
+                Some(Ok(Watched::Advertisement(event))) => feeds.advertisements.feed(&mut engine, event),
+                Some(Ok(Watched::Node(event))) => feeds.nodes.feed(&mut engine, event),
+                Some(Ok(Watched::ServiceCidr(event))) => feeds.cidrs.feed(&mut engine, event),
             },
             _ = resync.tick(), if engine.is_synced() => engine.reconcile_all(),
             _ = pool_flush.tick(), if engine.is_synced() => {
@@ -198,7 +126,7 @@ pub async fn run(
             }
         };
         let mut outputs = outputs;
-        if !engine.is_synced() && listed.iter().all(|l| *l) {
+        if !engine.is_synced() && feeds.listed(cidrs_served) {
             tracing::info!("every watch has listed; restoring addresses from Service status, then allocating");
             outputs.extend(engine.initial_sync());
             health.ready.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -226,6 +154,159 @@ async fn service_cidrs_served(client: &kube::Client) -> bool {
             tracing::warn!(error = %e, "cannot list ServiceCIDRs (networking.k8s.io/v1); only the kubernetes Service's ClusterIPs are kept out of the pools");
             false
         }
+    }
+}
+
+/// The relist bookkeeping of every watch.
+#[derive(Default)]
+struct Feeds {
+    services: Feed<ServiceKey>,
+    pools: Feed<String>,
+    namespaces: Feed<String>,
+    advertisements: Feed<String>,
+    nodes: Feed<String>,
+    cidrs: Feed<String>,
+}
+
+impl Feeds {
+    /// Every watch has listed (the ServiceCIDRs' only where the API serves them).
+    fn listed(&self, cidrs_served: bool) -> bool {
+        self.services.listed()
+            && self.pools.listed()
+            && self.namespaces.listed()
+            && self.advertisements.listed()
+            && self.nodes.listed()
+            && (self.cidrs.listed() || !cidrs_served)
+    }
+}
+
+impl WatchIndex<Service> for Engine {
+    type Key = ServiceKey;
+    type Output = Vec<Output>;
+
+    fn key(service: &Service) -> ServiceKey {
+        key_of(service)
+    }
+
+    fn apply(&mut self, service: Service) -> Vec<Output> {
+        self.apply_service(slim(service))
+    }
+
+    fn delete(&mut self, service: Service) -> Vec<Output> {
+        self.delete_service(&service)
+    }
+
+    fn retain(&mut self, listed: &HashSet<ServiceKey>) -> Vec<Output> {
+        self.forget_services_not_in(listed)
+    }
+}
+
+impl WatchIndex<IPAddressPool> for Engine {
+    type Key = String;
+    type Output = Vec<Output>;
+
+    fn key(pool: &IPAddressPool) -> String {
+        pool.name_any()
+    }
+
+    fn apply(&mut self, pool: IPAddressPool) -> Vec<Output> {
+        self.apply_pool(pool)
+    }
+
+    fn delete(&mut self, pool: IPAddressPool) -> Vec<Output> {
+        self.delete_pool(&pool.name_any())
+    }
+
+    fn retain(&mut self, listed: &HashSet<String>) -> Vec<Output> {
+        self.forget_pools_not_in(listed)
+    }
+}
+
+impl WatchIndex<Namespace> for Engine {
+    type Key = String;
+    type Output = Vec<Output>;
+
+    fn key(namespace: &Namespace) -> String {
+        namespace.name_any()
+    }
+
+    fn apply(&mut self, namespace: Namespace) -> Vec<Output> {
+        self.apply_namespace(&namespace)
+    }
+
+    fn delete(&mut self, namespace: Namespace) -> Vec<Output> {
+        self.delete_namespace(&namespace.name_any());
+        Vec::new()
+    }
+
+    /// A namespace deleted while the watch was down only matters through its Services, which the Service
+    /// watch's own relist forgets.
+    fn retain(&mut self, _listed: &HashSet<String>) -> Vec<Output> {
+        Vec::new()
+    }
+}
+
+impl WatchIndex<L2Advertisement> for Engine {
+    type Key = String;
+    type Output = Vec<Output>;
+
+    fn key(advertisement: &L2Advertisement) -> String {
+        advertisement.name_any()
+    }
+
+    fn apply(&mut self, advertisement: L2Advertisement) -> Vec<Output> {
+        self.apply_advertisement(&advertisement)
+    }
+
+    fn delete(&mut self, advertisement: L2Advertisement) -> Vec<Output> {
+        self.delete_advertisement(&advertisement.name_any())
+    }
+
+    fn retain(&mut self, listed: &HashSet<String>) -> Vec<Output> {
+        self.forget_advertisements_not_in(listed)
+    }
+}
+
+impl WatchIndex<NodeAddresses> for Engine {
+    type Key = String;
+    type Output = Vec<Output>;
+
+    fn key(node: &NodeAddresses) -> String {
+        node.name.clone()
+    }
+
+    fn apply(&mut self, node: NodeAddresses) -> Vec<Output> {
+        self.apply_node(&node.name, node.addresses)
+    }
+
+    fn delete(&mut self, node: NodeAddresses) -> Vec<Output> {
+        self.delete_node(&node.name)
+    }
+
+    fn retain(&mut self, listed: &HashSet<String>) -> Vec<Output> {
+        self.forget_nodes_not_in(listed)
+    }
+}
+
+impl WatchIndex<ServiceCIDR> for Engine {
+    type Key = String;
+    type Output = Vec<Output>;
+
+    fn key(cidr: &ServiceCIDR) -> String {
+        cidr.name_any()
+    }
+
+    fn apply(&mut self, cidr: ServiceCIDR) -> Vec<Output> {
+        let cidrs = cidr.spec.as_ref().and_then(|s| s.cidrs.clone()).unwrap_or_default();
+        self.apply_service_cidr(&cidr.name_any(), cidrs)
+    }
+
+    fn delete(&mut self, cidr: ServiceCIDR) -> Vec<Output> {
+        self.delete_service_cidr(&cidr.name_any())
+    }
+
+    fn retain(&mut self, listed: &HashSet<String>) -> Vec<Output> {
+        self.forget_service_cidrs_not_in(listed)
     }
 }
 

@@ -9,6 +9,7 @@ use std::sync::{Arc, RwLock};
 
 use ferrolb_crds::l2announcement::ServiceReference;
 use ferrolb_crds::{IPAddressPool, L2Advertisement, L2Announcement};
+use ferrolb_watch::{Feed, WatchIndex};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, ObjectReference, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -98,6 +99,40 @@ fn key_of<K: kube::Resource>(object: &K) -> String {
     }
 }
 
+/// The compact values of one watch's objects, by `namespace/name`; objects `extract` maps to `None` are left out.
+struct CompactIndex<'a, V, F> {
+    items: &'a mut HashMap<String, V>,
+    extract: &'a F,
+}
+
+impl<K, V, F> WatchIndex<K> for CompactIndex<'_, V, F>
+where
+    K: kube::Resource<DynamicType = ()>,
+    F: Fn(&K) -> Option<V>,
+{
+    type Key = String;
+    type Output = ();
+
+    fn key(object: &K) -> String {
+        key_of(object)
+    }
+
+    fn apply(&mut self, object: K) {
+        match (self.extract)(&object) {
+            Some(value) => self.items.insert(key_of(&object), value),
+            None => self.items.remove(&key_of(&object)),
+        };
+    }
+
+    fn delete(&mut self, object: K) {
+        self.items.remove(&key_of(&object));
+    }
+
+    fn retain(&mut self, listed: &std::collections::HashSet<String>) {
+        self.items.retain(|key, _| listed.contains(key));
+    }
+}
+
 fn watch_compact<K, V>(
     api: Api<K>,
     config: watcher::Config,
@@ -115,7 +150,7 @@ where
     tokio::spawn(async move {
         let stream = watcher(api, config).default_backoff();
         futures::pin_mut!(stream);
-        let mut relisting: Option<HashMap<String, V>> = None;
+        let mut feed = Feed::default();
         while let Some(event) = stream.next().await {
             let event = match event {
                 Ok(event) => event,
@@ -124,31 +159,14 @@ where
                     continue;
                 }
             };
-            let mut items = crate::locks::write(&store, "watched objects");
-            match event {
-                watcher::Event::Init => relisting = Some(HashMap::new()),
-                watcher::Event::InitApply(object) => {
-                    if let (Some(fresh), Some(value)) = (relisting.as_mut(), extract(&object)) {
-                        fresh.insert(key_of(&object), value);
-                    }
-                }
-                watcher::Event::InitDone => {
-                    if let Some(fresh) = relisting.take() {
-                        *items = fresh;
-                    }
-                    let _ = ready_tx.send(true);
-                }
-                watcher::Event::Apply(object) => {
-                    match extract(&object) {
-                        Some(value) => items.insert(key_of(&object), value),
-                        None => items.remove(&key_of(&object)),
-                    };
-                }
-                watcher::Event::Delete(object) => {
-                    items.remove(&key_of(&object));
-                }
+            let list_ended = matches!(event, watcher::Event::InitDone);
+            {
+                let mut items = crate::locks::write(&store, "watched objects");
+                feed.feed(&mut CompactIndex { items: &mut items, extract: &extract }, event);
             }
-            drop(items);
+            if list_ended {
+                let _ = ready_tx.send(feed.listed());
+            }
             changed.notify_one();
         }
     });

@@ -229,13 +229,7 @@ impl RunningLab {
         plane.start_controllers()?;
         std::fs::copy(plane.kubeconfig_path(), config.kubeconfig()).context(|| "copying the kubeconfig".into())?;
         tracing::info!(nodes = config.nodes, "building the node LAN");
-        let lab = Lab::start(LabSpec {
-            prefix: config.prefix.clone(),
-            nodes: config.nodes,
-            local_prefixes: vec![crate::netlab::DEFAULT_POOL_V4.into(), crate::netlab::DEFAULT_POOL_V6.into()],
-            api_port: Some(plane.port()),
-            pod_network: true,
-        })?;
+        let lab = Lab::start(LabSpec::for_lab(&config.prefix, config.nodes, plane.port(), true))?;
         lab.serve_node_proxy(&node_proxy)?;
         let runtime =
             tokio::runtime::Builder::new_current_thread().enable_all().build().context(|| "tokio runtime".into())?;
@@ -326,13 +320,7 @@ impl RunningLab {
         std::fs::copy(plane.kubeconfig_path(), config.kubeconfig()).context(|| "copying the kubeconfig".into())?;
 
         tracing::info!(nodes = config.nodes, "building the node LAN");
-        let lab = Lab::start(LabSpec {
-            prefix: config.prefix.clone(),
-            nodes: config.nodes,
-            local_prefixes: vec![crate::netlab::DEFAULT_POOL_V4.into(), crate::netlab::DEFAULT_POOL_V6.into()],
-            api_port: Some(plane.port()),
-            pod_network: false,
-        })?;
+        let lab = Lab::start(LabSpec::for_lab(&config.prefix, config.nodes, plane.port(), false))?;
 
         let runtime =
             tokio::runtime::Builder::new_current_thread().enable_all().build().context(|| "tokio runtime".into())?;

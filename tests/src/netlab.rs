@@ -51,6 +51,20 @@ impl LabSpec {
     }
 }
 
+impl LabSpec {
+    /// The developer's lab (`cargo xtask lab`): `prefix`, the default pool prefixes, the API forwarded to
+    /// `api_port`; `pod_network` for real kubelets.
+    pub fn for_lab(prefix: &str, nodes: usize, api_port: u16, pod_network: bool) -> Self {
+        Self {
+            prefix: prefix.to_string(),
+            nodes,
+            local_prefixes: vec![DEFAULT_POOL_V4.into(), DEFAULT_POOL_V6.into()],
+            api_port: Some(api_port),
+            pod_network,
+        }
+    }
+}
+
 /// The pool prefixes a lab routes locally by default: they hold the demo pool 192.0.2.200-250 and
 /// 2001:db8::200-250.
 pub const DEFAULT_POOL_V4: &str = "192.0.2.192/26";

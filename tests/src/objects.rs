@@ -199,3 +199,17 @@ pub fn ipv6_load_balancer(name: &str, pool: Option<&str>) -> k8s_openapi::api::c
         ..Default::default()
     }
 }
+
+/// The addresses in a Service's `status.loadBalancer.ingress`, in order.
+pub async fn load_balancer_ips(client: &Client, namespace: &str, name: &str) -> Result<Vec<String>> {
+    let services: Api<k8s_openapi::api::core::v1::Service> = Api::namespaced(client.clone(), namespace);
+    let service = services.get(name).await?;
+    Ok(service
+        .status
+        .and_then(|s| s.load_balancer)
+        .and_then(|lb| lb.ingress)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|i| i.ip)
+        .collect())
+}

@@ -16,7 +16,7 @@ use ferrolb_e2e::lab_supervisor::{
 };
 use ferrolb_e2e::names;
 use ferrolb_e2e::toolchain::K8sBinary;
-use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ListParams};
@@ -148,16 +148,8 @@ impl Installed {
     }
 
     fn service_ips(&self) -> Vec<String> {
-        let services: Api<Service> = Api::namespaced(self.client.clone(), DEMO_NAMESPACE);
-        let service = self.runtime.block_on(services.get(DEMO_SERVICE)).unwrap();
-        service
-            .status
-            .and_then(|s| s.load_balancer)
-            .and_then(|l| l.ingress)
-            .unwrap_or_default()
-            .into_iter()
-            .filter_map(|i| i.ip)
-            .collect()
+        let ips = ferrolb_e2e::objects::load_balancer_ips(&self.client, DEMO_NAMESPACE, DEMO_SERVICE);
+        self.runtime.block_on(ips).unwrap()
     }
 
     fn curl(&self, url: &str) -> Option<String> {

@@ -17,7 +17,7 @@ use ferrolb_crds::l2announcement::L2Announcement;
 use ferrolb_e2e::kubelet_lab::{self, Images, RELEASE};
 use ferrolb_e2e::lab_supervisor::{DEMO_NAMESPACE, DEMO_SERVICE, INSTALL_NAMESPACE, LabConfig, RunningLab};
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, DeleteParams, EvictParams, ListParams, Patch, PatchParams};
 
 /// One lab at a time.
@@ -82,16 +82,8 @@ impl KubeletLab {
     }
 
     fn service_ips(&self) -> Vec<String> {
-        let services: Api<Service> = Api::namespaced(self.client.clone(), DEMO_NAMESPACE);
-        let service = self.runtime.block_on(services.get(DEMO_SERVICE)).unwrap();
-        service
-            .status
-            .and_then(|s| s.load_balancer)
-            .and_then(|lb| lb.ingress)
-            .unwrap_or_default()
-            .into_iter()
-            .filter_map(|i| i.ip)
-            .collect()
+        let ips = ferrolb_e2e::objects::load_balancer_ips(&self.client, DEMO_NAMESPACE, DEMO_SERVICE);
+        self.runtime.block_on(ips).unwrap()
     }
 
     /// The node announcing the demo Service, per its L2Announcement.

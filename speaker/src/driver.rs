@@ -1,6 +1,8 @@
-//! What every announcement mode shares: the options every mode needs, the watches of the cluster, the
-//! timing of the API coalescing and the resync, and the [`Reporter`] that turns a mode's decisions and what
-//! this node really holds into L2Announcements and Events on the Services.
+//! The speaker's one loop, whatever the mode: the watches of the cluster and the coalescing of their changes,
+//! the interface rescans, the periodic resync, the report writer ([`Reporter`]: L2Announcements and Events on
+//! the Services), and the stop (with a drain when the mode needs one). A mode is a [`Backend`]: it waits on
+//! its own sources (gossip, sockets, timers, a keepalived process), handles what they say, and takes a step
+//! (decide, apply, report) whenever the driver or one of its own events asks for one.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -9,8 +11,11 @@ use std::time::Duration;
 use anyhow::Context;
 use ferrolb_crds::l2announcement::ServiceReference;
 use ferrolb_crds::reason;
+use tokio::time::Instant;
 
 use crate::cluster::{ClassFilter, Cluster};
+use crate::inventory::Inventory;
+use crate::links;
 use crate::plan::{self, Decision};
 use crate::report::{self, Notice, Report};
 
@@ -44,6 +49,151 @@ pub async fn watch_cluster(
         .node(me)
         .with_context(|| format!("there is no Node named {me:?} (set NODE_NAME to this node's name)"))?;
     Ok((cluster, node))
+}
+
+/// What a backend sees of the driver's state when it handles an event or takes a step.
+pub struct Shared<'a> {
+    pub me: &'a str,
+    pub cluster: &'a Cluster,
+    /// This node's interfaces, as of the last rescan (restricted to the allowed ones).
+    pub inventory: &'a Inventory,
+    pub reports: &'a report::Reports,
+    pub reporter: &'a mut Reporter,
+}
+
+/// After an event: take a step now, or wait for the next input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    Step,
+    Wait,
+}
+
+/// An announcement mode.
+#[allow(async_fn_in_trait)] // the driver awaits it on the speaker's own runtime; no Send bound is needed
+pub trait Backend {
+    /// Something from one of the backend's own sources.
+    type Event;
+
+    /// Waits for the backend's next event. It must only wait (the driver drops it when another input comes
+    /// first): the work goes in [`Backend::handle`].
+    async fn next_event(&mut self) -> anyhow::Result<Self::Event>;
+    /// Acts on an event; whether a step is needed.
+    async fn handle(&mut self, event: Self::Event, shared: &mut Shared<'_>) -> anyhow::Result<Next>;
+    /// The cluster's objects changed (a burst has settled); a step follows.
+    fn api_changed(&mut self, _cluster: &Cluster) {}
+    /// The interfaces were read again (`before` → `shared.inventory`); a step follows.
+    fn interfaces_changed(&mut self, _before: &Inventory, _shared: &mut Shared<'_>) {}
+    /// Decide, bring this node to the decision, report.
+    async fn step(&mut self, shared: &mut Shared<'_>) -> anyhow::Result<()>;
+    /// SIGTERM came: how long the backend may still need to hand its VIPs over (`None`: stop now).
+    fn begin_drain(&mut self) -> Option<Duration>;
+    /// During a drain, after a step: everything is handed over.
+    fn drained(&self) -> bool;
+    /// Releases what this node holds.
+    async fn stop(self, shared: &mut Shared<'_>);
+}
+
+/// Everything the driver starts before a backend can: the listed watches, this node's Node, its interfaces
+/// and their change signal, and the report writer.
+pub struct Setup {
+    pub options: Options,
+    pub cluster: Cluster,
+    pub node: std::sync::Arc<k8s_openapi::api::core::v1::Node>,
+    pub inventory: Inventory,
+    link_changes: tokio::sync::mpsc::UnboundedReceiver<()>,
+    reports: report::Reports,
+    writer: tokio::task::JoinHandle<()>,
+}
+
+impl Setup {
+    pub async fn start(client: &kube::Client, options: Options, events: report::EventSource) -> anyhow::Result<Self> {
+        let (cluster, node) = watch_cluster(client, &options).await?;
+        let inventory = links::scan()
+            .await
+            .context("reading the node's interfaces (netlink)")?
+            .restricted_to(&options.allowed_interfaces);
+        let link_changes = links::watch_changes().context("watching the node's interfaces (netlink)")?;
+        let (reports, reports_rx) = report::channel();
+        let writer = tokio::spawn(report::run(client.clone(), options.namespace.clone(), events, reports_rx));
+        Ok(Self { options, cluster, node, inventory, link_changes, reports, writer })
+    }
+}
+
+/// Runs `backend` until `stop` resolves (and its drain, if it asks for one, ends).
+pub async fn run<B: Backend>(
+    setup: Setup,
+    mut backend: B,
+    health: ferrolb_telemetry::Health,
+    stop: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let Setup { options, cluster, node: _, mut inventory, mut link_changes, reports, writer } = setup;
+    let me = options.node_name.clone();
+    let mut reporter = Reporter::new(me.clone());
+    let mut api_dirty: Option<Instant> = Some(Instant::now());
+    let mut drain_deadline: Option<Instant> = None;
+    let mut resync = tokio::time::interval(RESYNC_PERIOD);
+    resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    health.set_ready(true);
+    tokio::pin!(stop);
+    loop {
+        let far = Instant::now() + Duration::from_secs(3600);
+        tokio::select! {
+            _ = &mut stop, if drain_deadline.is_none() => {
+                match backend.begin_drain() {
+                    Some(timeout) => {
+                        drain_deadline = Some(Instant::now() + timeout);
+                        continue;
+                    }
+                    None => break,
+                }
+            }
+            _ = tokio::time::sleep_until(drain_deadline.unwrap_or(far)), if drain_deadline.is_some() => {
+                tracing::warn!("stopping: the hand-over did not finish in time");
+                break;
+            }
+            _ = cluster.changed() => {
+                api_dirty.get_or_insert(Instant::now() + API_SETTLE);
+                continue;
+            }
+            _ = tokio::time::sleep_until(api_dirty.unwrap_or(far)), if api_dirty.is_some() => {
+                api_dirty = None;
+                backend.api_changed(&cluster);
+            }
+            _ = resync.tick() => {}
+            Some(()) = link_changes.recv() => {
+                // A link change comes with address and route changes: read once they have settled.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                while link_changes.try_recv().is_ok() {}
+                match links::scan().await {
+                    Ok(scanned) => {
+                        let before = std::mem::replace(&mut inventory, scanned.restricted_to(&options.allowed_interfaces));
+                        let mut shared = Shared { me: &me, cluster: &cluster, inventory: &inventory, reports: &reports, reporter: &mut reporter };
+                        backend.interfaces_changed(&before, &mut shared);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "rescanning interfaces failed"),
+                }
+            }
+            event = backend.next_event() => {
+                let event = event?;
+                let mut shared = Shared { me: &me, cluster: &cluster, inventory: &inventory, reports: &reports, reporter: &mut reporter };
+                if backend.handle(event, &mut shared).await? == Next::Wait {
+                    continue;
+                }
+            }
+        }
+        let mut shared =
+            Shared { me: &me, cluster: &cluster, inventory: &inventory, reports: &reports, reporter: &mut reporter };
+        backend.step(&mut shared).await?;
+        if drain_deadline.is_some() && backend.drained() {
+            break;
+        }
+    }
+    let mut shared =
+        Shared { me: &me, cluster: &cluster, inventory: &inventory, reports: &reports, reporter: &mut reporter };
+    backend.stop(&mut shared).await;
+    drop(reports);
+    let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+    Ok(())
 }
 
 /// Reports a mode's decisions: the L2Announcements this node writes (or, as the janitor, deletes), and one

@@ -173,8 +173,14 @@ impl L2Lab {
     /// other's adverts).
     pub fn owner(&self) -> String {
         let mut owner = String::new();
+        // Settled on both families: in keepalived mode each family is its own VRRP instance, and the two
+        // elections end a moment apart.
         self.wait_for("a settled owner", || match (self.curl(VIP4), self.announced_owner()) {
-            (Some(answer), Some(announced)) if answer == announced && self.arping_macs(VIP4, 2).len() == 1 => {
+            (Some(answer), Some(announced))
+                if answer == announced
+                    && self.arping_macs(VIP4, 2).len() == 1
+                    && self.ndisc_mac(VIP6) == Some(self.mac(&answer)) =>
+            {
                 owner = answer;
                 true
             }

@@ -1,4 +1,4 @@
-//! The speaker's loop in keepalived mode: the same watches and election as native mode, but the result is a
+//! keepalived mode's backend: the same watches and election as native mode, but the result is a
 //! keepalived configuration, and what this node holds is what keepalived reports it is master of. Liveness is
 //! VRRP's business here: every Node the election's other rules allow is a candidate, so a node dying changes
 //! no configuration (its peers' VRRP takes over) and no gossip is needed.
@@ -8,15 +8,14 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Context;
 use tokio::time::Instant;
 
 use super::render::{self, Group, InstanceState, NodeAddresses, Settings};
 use super::supervise::{Applied, Supervisor};
 use crate::cluster::{Cluster, node_address};
-use crate::driver::{self, API_SETTLE, Options, Reporter};
+use crate::driver::{self, Next, Options};
 use crate::election::Members;
-use crate::links::{self, Inventory};
+use crate::inventory::Inventory;
 use crate::metrics::Metrics;
 use crate::plan::{self, Decision, World};
 use crate::report;
@@ -32,6 +31,170 @@ pub struct KeepalivedOptions {
     pub settings: Settings,
 }
 
+/// keepalived mode as a [`driver::Backend`].
+pub struct KeepalivedBackend {
+    me: String,
+    metrics: Metrics,
+    settings: Settings,
+    supervisor: Supervisor,
+    states: tokio::sync::mpsc::UnboundedReceiver<(String, InstanceState)>,
+    instance_states: BTreeMap<String, InstanceState>,
+    groups: Vec<Group>,
+    decisions: Vec<Decision>,
+    world: World,
+    /// A new configuration is due (the API changed): rendered at this instant, spaced by MIN_RELOAD_SPACING.
+    render_due: Option<Instant>,
+    last_render: Option<Instant>,
+    /// The interfaces changed: the configuration is applied again (same groups, maybe other interfaces).
+    reapply: bool,
+}
+
+/// What keepalived mode waits on besides the driver's inputs.
+pub enum KeepalivedEvent {
+    /// An instance's VRRP state, from keepalived's notify FIFO.
+    State(String, InstanceState),
+    /// keepalived exited.
+    Exited,
+    /// The restart back-off is over.
+    RestartDue,
+    /// The reload spacing is over: render the configuration now.
+    RenderDue,
+}
+
+impl KeepalivedBackend {
+    pub fn start(setup: &driver::Setup, keepalived: KeepalivedOptions, metrics: Metrics) -> anyhow::Result<Self> {
+        let (supervisor, states) = Supervisor::new(keepalived.binary.clone(), keepalived.dir.clone())?;
+        let settings = Settings { notify_fifo: Supervisor::notify_fifo(&keepalived.dir), ..keepalived.settings };
+        tracing::info!(binary = %keepalived.binary.display(), dir = %keepalived.dir.display(), "keepalived mode");
+        Ok(Self {
+            me: setup.options.node_name.clone(),
+            metrics,
+            settings,
+            supervisor,
+            states,
+            instance_states: BTreeMap::new(),
+            groups: Vec::new(),
+            decisions: Vec::new(),
+            world: World::default(),
+            render_due: Some(Instant::now()),
+            last_render: None,
+            reapply: false,
+        })
+    }
+
+    /// Renders the configuration of the current groups and applies it (a reload only when it changed).
+    async fn apply(&mut self, shared: &mut driver::Shared<'_>) {
+        apply(&self.me, &self.world, &self.groups, shared.inventory, &self.settings, &mut self.supervisor, shared)
+            .await;
+    }
+}
+
+impl driver::Backend for KeepalivedBackend {
+    type Event = KeepalivedEvent;
+
+    async fn next_event(&mut self) -> anyhow::Result<KeepalivedEvent> {
+        let far = Instant::now() + Duration::from_secs(3600);
+        let restart_due = self.supervisor.restart_due();
+        let render_due = self.render_due.filter(|at| *at > Instant::now());
+        tokio::select! {
+            Some((instance, state)) = self.states.recv() => Ok(KeepalivedEvent::State(instance, state)),
+            _ = self.supervisor.exited(), if restart_due.is_none() => Ok(KeepalivedEvent::Exited),
+            _ = tokio::time::sleep_until(restart_due.unwrap_or(far)), if restart_due.is_some() => Ok(KeepalivedEvent::RestartDue),
+            _ = tokio::time::sleep_until(render_due.unwrap_or(far)), if render_due.is_some() => Ok(KeepalivedEvent::RenderDue),
+        }
+    }
+
+    async fn handle(&mut self, event: KeepalivedEvent, _shared: &mut driver::Shared<'_>) -> anyhow::Result<Next> {
+        match event {
+            KeepalivedEvent::State(instance, state) => {
+                tracing::info!(%instance, state = ?state, "VRRP state");
+                self.instance_states.insert(instance, state);
+            }
+            // Its VRRP process is gone with it: this node holds nothing until keepalived says otherwise.
+            KeepalivedEvent::Exited => self.instance_states.clear(),
+            KeepalivedEvent::RestartDue => {
+                if let Err(e) = self.supervisor.restart() {
+                    tracing::error!(error = %e, "restarting keepalived failed");
+                }
+                return Ok(Next::Wait);
+            }
+            KeepalivedEvent::RenderDue => {}
+        }
+        Ok(Next::Step)
+    }
+
+    fn api_changed(&mut self, _cluster: &Cluster) {
+        // keepalived pauses its adverts while it reloads: a burst of changes costs one reload, not many.
+        let earliest = self.last_render.map(|last| last + MIN_RELOAD_SPACING).unwrap_or_else(Instant::now);
+        self.render_due.get_or_insert(earliest.max(Instant::now()));
+    }
+
+    fn interfaces_changed(&mut self, _before: &Inventory, _shared: &mut driver::Shared<'_>) {
+        self.reapply = true;
+    }
+
+    async fn step(&mut self, shared: &mut driver::Shared<'_>) -> anyhow::Result<()> {
+        if self.render_due.is_some_and(|at| at <= Instant::now()) {
+            self.render_due = None;
+            self.last_render = Some(Instant::now());
+            self.world = shared.cluster.world();
+            self.decisions = plan::decide(&self.world, &every_node_a_member(&self.world));
+            match render::groups(&self.decisions, &self.settings) {
+                Ok(fresh) => self.groups = fresh,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot group the VIPs into VRRP instances; keeping the previous configuration")
+                }
+            }
+            self.reapply = false;
+            self.apply(shared).await;
+        } else if std::mem::take(&mut self.reapply) {
+            self.apply(shared).await;
+        }
+        // What this node holds: the VIPs of the instances keepalived is master of.
+        let inventory = shared.inventory;
+        let held: BTreeMap<IpAddr, BTreeSet<String>> = self
+            .groups
+            .iter()
+            .filter(|g| self.instance_states.get(&g.key.instance_name()) == Some(&InstanceState::Master))
+            .filter_map(|g| interface_for(g, inventory).map(|i| (g, i)))
+            .flat_map(|(g, interface)| g.vips.iter().map(move |v| (*v, BTreeSet::from([interface.clone()]))))
+            .collect();
+        self.metrics.owned_vips.set(i64::try_from(held.len()).unwrap_or(i64::MAX));
+        let me = &self.me;
+        let reported: Vec<Decision> = self
+            .decisions
+            .iter()
+            .map(|d| {
+                let mut d = d.clone();
+                let here = d.vips.iter().any(|v| held.contains_key(v));
+                // Not master here: some other candidate holds it (or will); never ours to write or delete.
+                d.owner =
+                    if here { Some(me.clone()) } else { d.ranking.iter().find(|n| *n != me).cloned().or(d.owner) };
+                d
+            })
+            .collect();
+        let janitor = self.world.nodes.iter().map(|n| n.name.as_str()).min() == Some(me.as_str());
+        let (cluster, reports) = (shared.cluster, shared.reports);
+        shared.reporter.report(cluster, reports, reported, &held, janitor);
+        Ok(())
+    }
+
+    /// VRRP hands over by itself when keepalived stops (priority 0 adverts).
+    fn begin_drain(&mut self) -> Option<Duration> {
+        None
+    }
+
+    fn drained(&self) -> bool {
+        true
+    }
+
+    async fn stop(mut self, _shared: &mut driver::Shared<'_>) {
+        tracing::info!("stopping: keepalived releases the VIPs and tells its peers");
+        self.supervisor.stop().await;
+    }
+}
+
+/// Runs keepalived mode until `stop` resolves.
 pub async fn run(
     client: kube::Client,
     options: Options,
@@ -41,105 +204,9 @@ pub async fn run(
     events: report::EventSource,
     stop: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let me = options.node_name.clone();
-    let (cluster, _node) = driver::watch_cluster(&client, &options).await?;
-    let mut inventory = links::scan()
-        .await
-        .context("reading the node's interfaces (netlink)")?
-        .restricted_to(&options.allowed_interfaces);
-    let mut link_changes = links::watch_changes().context("watching the node's interfaces (netlink)")?;
-    let (mut supervisor, mut states) = Supervisor::new(keepalived.binary.clone(), keepalived.dir.clone())?;
-    let settings = Settings { notify_fifo: Supervisor::notify_fifo(&keepalived.dir), ..keepalived.settings };
-    let (reports, reports_rx) = report::channel();
-    let writer = tokio::spawn(report::run(client.clone(), options.namespace.clone(), events, reports_rx));
-    let mut state = Reporter::new(me.clone());
-    let mut instance_states: BTreeMap<String, InstanceState> = BTreeMap::new();
-    let (mut groups, mut decisions, mut world): (Vec<Group>, Vec<Decision>, World) = Default::default();
-    let mut dirty = Some(Instant::now());
-    let mut last_render: Option<Instant> = None;
-    let mut resync = tokio::time::interval(driver::RESYNC_PERIOD);
-    resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    health.set_ready(true);
-    tracing::info!(binary = %keepalived.binary.display(), dir = %keepalived.dir.display(), "keepalived mode");
-    tokio::pin!(stop);
-    loop {
-        let far = Instant::now() + Duration::from_secs(3600);
-        let restart_due = supervisor.restart_due();
-        tokio::select! {
-            _ = &mut stop => break,
-            _ = cluster.changed() => {
-                dirty.get_or_insert(Instant::now() + API_SETTLE);
-                continue;
-            }
-            _ = tokio::time::sleep_until(dirty.unwrap_or(far)), if dirty.is_some() => {
-                if let Some(last) = last_render
-                    && last.elapsed() < MIN_RELOAD_SPACING
-                {
-                    dirty = Some(last + MIN_RELOAD_SPACING);
-                    continue;
-                }
-                dirty = None;
-                last_render = Some(Instant::now());
-                world = cluster.world();
-                decisions = plan::decide(&world, &every_node_a_member(&world));
-                match render::groups(&decisions, &settings) {
-                    Ok(fresh) => groups = fresh,
-                    Err(e) => tracing::error!(error = %e, "cannot group the VIPs into VRRP instances; keeping the previous configuration"),
-                }
-                apply(&me, &world, &groups, &inventory, &settings, &mut supervisor, &cluster, &mut state, &reports).await;
-            }
-            Some(()) = link_changes.recv() => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                while link_changes.try_recv().is_ok() {}
-                match links::scan().await {
-                    Ok(scanned) => inventory = scanned.restricted_to(&options.allowed_interfaces),
-                    Err(e) => tracing::warn!(error = %e, "rescanning interfaces failed"),
-                }
-                apply(&me, &world, &groups, &inventory, &settings, &mut supervisor, &cluster, &mut state, &reports).await;
-            }
-            _ = resync.tick() => {}
-            Some((instance, instance_state)) = states.recv() => {
-                tracing::info!(%instance, state = ?instance_state, "VRRP state");
-                instance_states.insert(instance, instance_state);
-            }
-            _ = supervisor.exited(), if restart_due.is_none() => {
-                // Its VRRP process is gone with it: this node holds nothing until keepalived says otherwise.
-                instance_states.clear();
-            }
-            _ = tokio::time::sleep_until(restart_due.unwrap_or(far)), if restart_due.is_some() => {
-                if let Err(e) = supervisor.restart() {
-                    tracing::error!(error = %e, "restarting keepalived failed");
-                }
-                continue;
-            }
-        }
-        // What this node holds: the VIPs of the instances keepalived is master of.
-        let held: BTreeMap<IpAddr, BTreeSet<String>> = groups
-            .iter()
-            .filter(|g| instance_states.get(&g.key.instance_name()) == Some(&InstanceState::Master))
-            .filter_map(|g| interface_for(g, &inventory).map(|i| (g, i)))
-            .flat_map(|(g, interface)| g.vips.iter().map(move |v| (*v, BTreeSet::from([interface.clone()]))))
-            .collect();
-        metrics.owned_vips.set(i64::try_from(held.len()).unwrap_or(i64::MAX));
-        let reported: Vec<Decision> = decisions
-            .iter()
-            .map(|d| {
-                let mut d = d.clone();
-                let here = d.vips.iter().any(|v| held.contains_key(v));
-                // Not master here: some other candidate holds it (or will); never ours to write or delete.
-                d.owner =
-                    if here { Some(me.clone()) } else { d.ranking.iter().find(|n| **n != me).cloned().or(d.owner) };
-                d
-            })
-            .collect();
-        let janitor = world.nodes.iter().map(|n| n.name.as_str()).min() == Some(me.as_str());
-        state.report(&cluster, &reports, reported, &held, janitor);
-    }
-    tracing::info!("stopping: keepalived releases the VIPs and tells its peers");
-    supervisor.stop().await;
-    drop(reports);
-    let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
-    Ok(())
+    let setup = driver::Setup::start(&client, options, events).await?;
+    let backend = KeepalivedBackend::start(&setup, keepalived, metrics)?;
+    driver::run(setup, backend, health, stop).await
 }
 
 /// Every Node, with every interface any advertisement names (whether a node really has it is keepalived's
@@ -162,7 +229,6 @@ fn interface_for(group: &Group, inventory: &Inventory) -> Option<String> {
     inventory.interfaces_for(*first).into_iter().next()
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn apply(
     me: &str,
     world: &World,
@@ -170,10 +236,9 @@ async fn apply(
     inventory: &Inventory,
     settings: &Settings,
     supervisor: &mut Supervisor,
-    cluster: &Cluster,
-    state: &mut Reporter,
-    reports: &report::Reports,
+    shared: &mut driver::Shared<'_>,
 ) {
+    let cluster = shared.cluster;
     let addresses: BTreeMap<String, NodeAddresses> = world
         .nodes
         .iter()
@@ -193,7 +258,8 @@ async fn apply(
             }
         }
     }
-    state.report_unplaced(cluster, reports, unplaced);
+    let reports = shared.reports;
+    shared.reporter.report_unplaced(cluster, reports, unplaced);
     match supervisor.apply(&config).await {
         Ok(Applied::Unchanged) => {}
         Ok(Applied::Started) => tracing::info!(instances = groups.len(), "keepalived configured"),

@@ -1,6 +1,6 @@
-//! The speaker's main loop: wires the watches, the membership, the interface inventory, the announcer and
-//! the sockets together. Every input (an object changed, a member came or went, a link changed) leads to the
-//! same step: rebuild the plan, bring the announcer to it, swap the answered set, and queue the reports.
+//! Native mode's backend: the membership, the announcer and the sockets behind the driver's loop. Every
+//! input (an object changed, a member came or went, a link changed) leads to the same step: rebuild the plan,
+//! bring the announcer to it, swap the answered set, and queue the reports.
 //! The failover path (member down → plan → probe → gratuitous ARP/NA) touches no API. When this node
 //! really starts and stops answering for a VIP the plan gives or takes is [`crate::l2::claims`]' decision:
 //! a takeover from a holder that is not a live member waits for a silent probe, a stand-in stands down when
@@ -17,14 +17,14 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::cluster::{Cluster, node_address};
-use crate::driver::{self, Reporter};
+use crate::driver::{self, Next};
+use crate::inventory::Inventory;
 use crate::l2::announcer::{Announcer, Timing};
 use crate::l2::claims::{self, Claims, Heard, Want};
 use crate::l2::frames::Mac;
 use crate::l2::gossip_auth::SharedKey;
 use crate::l2::membership::{self, MemberId, Membership, MembershipMetrics};
 use crate::l2::responder::{Conflict, Responder};
-use crate::links;
 use crate::metrics::Metrics;
 use crate::plan::{self, Decision};
 use crate::report::{self, Notice, Report};
@@ -56,179 +56,201 @@ pub struct L2Options {
     pub join_grace: Duration,
 }
 
-pub async fn run(
-    client: kube::Client,
-    options: driver::Options,
-    l2: L2Options,
+/// Native mode as a [`driver::Backend`].
+pub struct L2Backend {
+    me: String,
+    join_grace: Duration,
+    gossip_port: u16,
+    gossip_ipv4: bool,
     metrics: Metrics,
-    health: ferrolb_telemetry::Health,
-    events: report::EventSource,
-    stop: impl std::future::Future<Output = ()>,
-) -> anyhow::Result<()> {
-    let me = options.node_name.clone();
-    let (cluster, node) = driver::watch_cluster(&client, &options).await?;
+    membership: Membership,
+    members: tokio::sync::watch::Receiver<crate::election::Members>,
+    rejoins: tokio::sync::watch::Receiver<u64>,
+    draining: tokio::sync::watch::Receiver<BTreeSet<String>>,
+    conflicts: mpsc::UnboundedReceiver<Conflict>,
+    responder: Responder,
+    state: State,
+    peers: BTreeSet<SocketAddr>,
+    probes: Vec<(IpAddr, String)>,
+}
 
-    let gossip_ip = l2
-        .gossip_address
-        .or_else(|| node_address(&node, true))
-        .or_else(|| node_address(&node, false))
-        .with_context(|| format!("Node {me} has no InternalIP or ExternalIP: set --gossip-address"))?;
-    let bind: SocketAddr = if gossip_ip.is_ipv4() {
-        (Ipv4Addr::UNSPECIFIED, l2.gossip_port).into()
-    } else {
-        (Ipv6Addr::UNSPECIFIED, l2.gossip_port).into()
-    };
-    let socket = UdpSocket::bind(bind).await.with_context(|| format!("binding the gossip port {bind}"))?;
+/// What native mode waits on besides the driver's inputs.
+pub enum L2Event {
+    /// The gossip's members, or its draining members, changed.
+    Membership,
+    Conflict(Conflict),
+    /// A claim's probe or grace is due (`complete`: the view was complete when the wait began).
+    ClaimsDue {
+        complete: bool,
+    },
+    /// This node was declared down and rejoined.
+    Rejoined,
+    /// A gratuitous ARP / NA is due.
+    AnnouncementDue,
+    /// The start-up or link-return hold is over.
+    HoldOver,
+}
 
-    let mut inventory = links::scan()
-        .await
-        .context("reading the node's interfaces (netlink)")?
-        .restricted_to(&options.allowed_interfaces);
-    let mut link_changes = links::watch_changes().context("watching the node's interfaces (netlink)")?;
-    let identity = MemberId {
-        addr: SocketAddr::new(gossip_ip, l2.gossip_port),
-        node: me.clone(),
-        interfaces: inventory.usable(),
-        bump: jiff::Timestamp::now().as_millisecond().unsigned_abs(),
-        draining: false,
-    };
-    tracing::info!(address = %identity.addr, interfaces = ?identity.interfaces, "joining the speakers' gossip");
-    let membership = Membership::start(
-        socket,
-        identity,
-        l2.gossip_key.clone(),
-        &l2.gossip,
-        MembershipMetrics { rejected_datagrams: metrics.rejected_gossip.clone() },
-    )?;
-    let mut peers = cluster.gossip_peers(l2.gossip_port, gossip_ip.is_ipv4());
-    membership.set_peers(peers.clone());
-    let mut members = membership.members();
-    let mut rejoins = membership.rejoins();
-    let mut draining = membership.draining();
-    // Set once SIGTERM came and others are live: the VIPs are being handed over before the speaker exits.
-    let mut drain_deadline: Option<Instant> = None;
+impl L2Backend {
+    /// Binds the gossip port, joins the gossip group and opens the packet sockets.
+    pub async fn start(setup: &driver::Setup, l2: L2Options, metrics: Metrics) -> anyhow::Result<Self> {
+        let me = setup.options.node_name.clone();
+        let gossip_ip = l2
+            .gossip_address
+            .or_else(|| node_address(&setup.node, true))
+            .or_else(|| node_address(&setup.node, false))
+            .with_context(|| format!("Node {me} has no InternalIP or ExternalIP: set --gossip-address"))?;
+        let bind: SocketAddr = if gossip_ip.is_ipv4() {
+            (Ipv4Addr::UNSPECIFIED, l2.gossip_port).into()
+        } else {
+            (Ipv6Addr::UNSPECIFIED, l2.gossip_port).into()
+        };
+        let socket = UdpSocket::bind(bind).await.with_context(|| format!("binding the gossip port {bind}"))?;
+        let identity = MemberId {
+            addr: SocketAddr::new(gossip_ip, l2.gossip_port),
+            node: me.clone(),
+            interfaces: setup.inventory.usable(),
+            bump: jiff::Timestamp::now().as_millisecond().unsigned_abs(),
+            draining: false,
+        };
+        tracing::info!(address = %identity.addr, interfaces = ?identity.interfaces, "joining the speakers' gossip");
+        let membership = Membership::start(
+            socket,
+            identity,
+            l2.gossip_key.clone(),
+            &l2.gossip,
+            MembershipMetrics { rejected_datagrams: metrics.rejected_gossip.clone() },
+        )?;
+        let peers = setup.cluster.gossip_peers(l2.gossip_port, gossip_ip.is_ipv4());
+        membership.set_peers(peers.clone());
+        let (conflicts_tx, conflicts) = mpsc::unbounded_channel();
+        let mut responder = Responder::new(conflicts_tx, metrics.clone());
+        responder.sync(&setup.inventory);
+        Ok(Self {
+            state: State::new(me.clone(), l2.timing, l2.join_grace),
+            me,
+            join_grace: l2.join_grace,
+            gossip_port: l2.gossip_port,
+            gossip_ipv4: gossip_ip.is_ipv4(),
+            metrics,
+            members: membership.members(),
+            rejoins: membership.rejoins(),
+            draining: membership.draining(),
+            membership,
+            conflicts,
+            responder,
+            peers,
+            probes: Vec::new(),
+        })
+    }
+}
 
-    let (conflicts_tx, mut conflicts) = mpsc::unbounded_channel();
-    let mut responder = Responder::new(conflicts_tx, metrics.clone());
-    responder.sync(&inventory);
-    let (reports, reports_rx) = report::channel();
-    let writer = tokio::spawn(report::run(client.clone(), options.namespace.clone(), events, reports_rx));
+impl driver::Backend for L2Backend {
+    type Event = L2Event;
 
-    let mut state = State::new(me.clone(), l2.timing, l2.join_grace);
-    let mut probes: Vec<(IpAddr, String)> = Vec::new();
-    health.set_ready(true);
-    let mut api_dirty: Option<Instant> = Some(Instant::now());
-    let mut resync = tokio::time::interval(driver::RESYNC_PERIOD);
-    resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tokio::pin!(stop);
-    loop {
+    async fn next_event(&mut self) -> anyhow::Result<L2Event> {
         let far = Instant::now() + Duration::from_secs(3600);
-        let next_due = state.announcer.next_due().map(Instant::from_std).unwrap_or(far);
-        let claims_due = state.claims.next_due().map(Instant::from_std).unwrap_or(far);
-        let complete = state.view_complete(&members.borrow());
+        let next_due = self.state.announcer.next_due().map(Instant::from_std).unwrap_or(far);
+        let claims_due = self.state.claims.next_due().map(Instant::from_std).unwrap_or(far);
+        let complete = self.state.view_complete(&self.members.borrow());
+        let hold_until = self.state.hold_until;
         tokio::select! {
-            _ = &mut stop, if drain_deadline.is_none() => {
-                if members.borrow().len() < 2 || state.claims.answered().is_empty() {
-                    break;
-                }
-                tracing::info!("stopping: handing the VIPs over before leaving the gossip group");
-                membership.drain();
-                drain_deadline = Some(Instant::now() + DRAIN_TIMEOUT);
-                continue;
-            }
-            _ = tokio::time::sleep_until(drain_deadline.unwrap_or(far)), if drain_deadline.is_some() => {
-                tracing::warn!("stopping: the hand-over did not finish in time");
-                break;
-            }
-            changed = draining.changed() => changed.context("the gossip membership stopped")?,
-            _ = cluster.changed() => {
-                api_dirty.get_or_insert(Instant::now() + driver::API_SETTLE);
-                continue;
-            }
-            _ = tokio::time::sleep_until(api_dirty.unwrap_or(far)), if api_dirty.is_some() => {
-                api_dirty = None;
-                let now_peers = cluster.gossip_peers(l2.gossip_port, gossip_ip.is_ipv4());
-                if now_peers != peers {
-                    peers = now_peers;
-                    membership.set_peers(peers.clone());
-                }
-            }
-            changed = members.changed() => changed.context("the gossip membership stopped")?,
-            _ = resync.tick() => {}
-            Some(()) = link_changes.recv() => {
-                // A link change comes with address and route changes: read once they have settled.
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                while link_changes.try_recv().is_ok() {}
-                match links::scan().await {
-                    Ok(scanned) => {
-                        let scanned = scanned.restricted_to(&options.allowed_interfaces);
-                        let before: BTreeSet<String> = inventory.usable().into_iter().collect();
-                        let after: BTreeSet<String> = scanned.usable().into_iter().collect();
-                        if before != after {
-                            tracing::info!(usable = ?after, "usable interfaces changed");
-                            membership.set_interfaces(after.iter().cloned().collect());
-                            if after.difference(&before).next().is_some() {
-                                // Back from a cut link: what the gossip says now may be from before the
-                                // cut, so wait the whole grace for the others to see us and us them.
-                                state.hold_until = Some(Instant::now() + l2.join_grace);
-                                state.hold_ends_on_contact = false;
-                            }
-                        }
-                        inventory = scanned;
-                        responder.sync(&inventory);
-                    }
-                    Err(e) => tracing::warn!(error = %e, "rescanning interfaces failed"),
-                }
-            }
-            Some(conflict) = conflicts.recv() => {
-                match state.claims.heard(conflict.vip, std::time::Instant::now()) {
-                    Heard::Ignored => continue,
-                    Heard::Conflict => {
-                        let defend = state.defend(conflict.vip);
-                        responder.execute(defend).await;
-                        state.report_conflict(&cluster, &reports, conflict);
-                        continue;
-                    }
-                    Heard::Deferred | Heard::StoodDown => {
-                        metrics.takeovers_deferred.inc();
-                        state.log_deferral(&conflict);
-                    }
-                    Heard::Released => {
-                        tracing::info!(vip = %conflict.vip, mac = %conflict.mac, "handed over: the new owner announces it");
-                    }
-                }
-            }
-            _ = tokio::time::sleep_until(claims_due) => {
-                probes = state.claims.tick(complete, std::time::Instant::now()).probes;
-            }
-            changed = rejoins.changed() => {
+            changed = self.draining.changed() => {
                 changed.context("the gossip membership stopped")?;
+                Ok(L2Event::Membership)
+            }
+            changed = self.members.changed() => {
+                changed.context("the gossip membership stopped")?;
+                Ok(L2Event::Membership)
+            }
+            Some(conflict) = self.conflicts.recv() => Ok(L2Event::Conflict(conflict)),
+            _ = tokio::time::sleep_until(claims_due) => Ok(L2Event::ClaimsDue { complete }),
+            changed = self.rejoins.changed() => {
+                changed.context("the gossip membership stopped")?;
+                Ok(L2Event::Rejoined)
+            }
+            _ = tokio::time::sleep_until(next_due) => Ok(L2Event::AnnouncementDue),
+            _ = tokio::time::sleep_until(hold_until.unwrap_or(far)), if hold_until.is_some() => Ok(L2Event::HoldOver),
+        }
+    }
+
+    async fn handle(&mut self, event: L2Event, shared: &mut driver::Shared<'_>) -> anyhow::Result<Next> {
+        match event {
+            L2Event::Membership => {}
+            L2Event::Conflict(conflict) => match self.state.claims.heard(conflict.vip, std::time::Instant::now()) {
+                Heard::Ignored => return Ok(Next::Wait),
+                Heard::Conflict => {
+                    let defend = self.state.defend(conflict.vip);
+                    self.responder.execute(defend).await;
+                    self.state.report_conflict(shared, conflict);
+                    return Ok(Next::Wait);
+                }
+                Heard::Deferred | Heard::StoodDown => {
+                    self.metrics.takeovers_deferred.inc();
+                    self.state.log_deferral(shared.reporter.decisions(), &conflict);
+                }
+                Heard::Released => {
+                    tracing::info!(vip = %conflict.vip, mac = %conflict.mac, "handed over: the new owner announces it");
+                }
+            },
+            L2Event::ClaimsDue { complete } => {
+                self.probes = self.state.claims.tick(complete, std::time::Instant::now()).probes;
+            }
+            L2Event::Rejoined => {
                 // Declared down while running: someone may have taken our VIPs meanwhile; take them back.
-                let held: Vec<IpAddr> = state.announcer.owned().copied().collect();
+                let held: Vec<IpAddr> = self.state.announcer.owned().copied().collect();
                 tracing::info!(vips = held.len(), "announcing held VIPs again after rejoining the gossip");
-                let actions = state.announcer.reannounce(&held, std::time::Instant::now());
-                responder.execute(actions).await;
-                continue;
+                let actions = self.state.announcer.reannounce(&held, std::time::Instant::now());
+                self.responder.execute(actions).await;
+                return Ok(Next::Wait);
             }
-            _ = tokio::time::sleep_until(next_due) => {
-                let actions = state.announcer.due(std::time::Instant::now());
-                responder.execute(actions).await;
-                continue;
+            L2Event::AnnouncementDue => {
+                let actions = self.state.announcer.due(std::time::Instant::now());
+                self.responder.execute(actions).await;
+                return Ok(Next::Wait);
             }
-            _ = tokio::time::sleep_until(state.hold_until.unwrap_or(far)), if state.hold_until.is_some() => {
-                state.hold_until = None;
+            L2Event::HoldOver => self.state.hold_until = None,
+        }
+        Ok(Next::Step)
+    }
+
+    fn api_changed(&mut self, cluster: &Cluster) {
+        let now_peers = cluster.gossip_peers(self.gossip_port, self.gossip_ipv4);
+        if now_peers != self.peers {
+            self.peers = now_peers;
+            self.membership.set_peers(self.peers.clone());
+        }
+    }
+
+    fn interfaces_changed(&mut self, before: &Inventory, shared: &mut driver::Shared<'_>) {
+        let before: BTreeSet<String> = before.usable().into_iter().collect();
+        let after: BTreeSet<String> = shared.inventory.usable().into_iter().collect();
+        if before != after {
+            tracing::info!(usable = ?after, "usable interfaces changed");
+            self.membership.set_interfaces(after.iter().cloned().collect());
+            if after.difference(&before).next().is_some() {
+                // Back from a cut link: what the gossip says now may be from before the cut, so wait the
+                // whole grace for the others to see us and us them.
+                self.state.hold_until = Some(Instant::now() + self.join_grace);
+                self.state.hold_ends_on_contact = false;
             }
         }
-        let live = members.borrow_and_update().clone();
+        self.responder.sync(shared.inventory);
+    }
+
+    async fn step(&mut self, shared: &mut driver::Shared<'_>) -> anyhow::Result<()> {
+        let (me, state, metrics) = (self.me.clone(), &mut self.state, &self.metrics);
+        let live = self.members.borrow_and_update().clone();
         metrics.members.set(i64::try_from(live.len()).unwrap_or(i64::MAX));
         // At start-up the hold ends early once every node the API lists is seen: taking over while some are
         // still starting would only move VIPs twice.
-        if state.hold_until.is_some() && state.hold_ends_on_contact && live.len() >= peers.len().max(2) {
+        if state.hold_until.is_some() && state.hold_ends_on_contact && live.len() >= self.peers.len().max(2) {
             state.hold_until = None;
         }
-        let world = cluster.world().with_own_addresses(&me, inventory.own_addresses());
+        let inventory = shared.inventory;
+        let world = shared.cluster.world().with_own_addresses(&me, inventory.own_addresses());
         let decisions = plan::decide(&world, &live);
-        let mut desired = plan::mine(&decisions, &me, &inventory);
+        let mut desired = plan::mine(&decisions, &me, inventory);
         let unplaced = plan::unplaced(&decisions, &me, &desired);
         if state.hold_until.is_some() {
             // Not yet in touch with the others: give up what the plan says to, take nothing new.
@@ -236,16 +258,16 @@ pub async fn run(
             desired.retain(|vip, _| held.contains(vip));
         }
         let now = std::time::Instant::now();
-        let announcements = cluster.announcements();
+        let announcements = shared.cluster.announcements();
         state.learn_speakers(&live, &announcements, &world);
         let complete = state.view_complete(&live);
-        let holders = previous_holders(state.reporter.decisions(), &announcements, &me);
+        let holders = previous_holders(shared.reporter.decisions(), &announcements, &me);
+        let draining = self.draining.borrow().clone();
         let wanted: BTreeMap<IpAddr, Want> = desired
             .iter()
             .map(|(vip, interfaces)| {
                 // A draining holder still answers and hands over by itself, like a live one.
-                let holder_live =
-                    holders.get(vip).is_some_and(|h| live.contains_key(h) || draining.borrow().contains(h));
+                let holder_live = holders.get(vip).is_some_and(|h| live.contains_key(h) || draining.contains(h));
                 (*vip, Want { interfaces: interfaces.clone(), holder_live })
             })
             .collect();
@@ -256,7 +278,7 @@ pub async fn run(
             .collect();
         let step = state.claims.update(&wanted, &handed_over, complete, now);
         state.claims.keep_usable(&inventory.usable().into_iter().collect());
-        probes.extend(step.probes);
+        self.probes.extend(step.probes);
         let answered = state.claims.answered();
         let watched: BTreeMap<IpAddr, BTreeSet<String>> = state
             .claims
@@ -269,9 +291,9 @@ pub async fn run(
         actions.extend(state.announcer.reannounce(&step.reannounce, now));
         let held = answered;
         // Stop answering for lost VIPs before anything else happens, and listen for answers before probing.
-        responder.set_owned(&held, &watched);
-        for (vip, interface) in probes.drain(..) {
-            responder.probe(vip, &interface).await;
+        self.responder.set_owned(&held, &watched);
+        for (vip, interface) in self.probes.drain(..) {
+            self.responder.probe(vip, &interface).await;
         }
         let after: BTreeSet<IpAddr> = held.keys().copied().collect();
         let changes = before.symmetric_difference(&after).count();
@@ -285,24 +307,50 @@ pub async fn run(
             }
         }
         metrics.owned_vips.set(i64::try_from(after.len()).unwrap_or(i64::MAX));
-        responder.execute(actions).await;
+        self.responder.execute(actions).await;
         let janitor = live.keys().next() == Some(&me);
-        state.reporter.report_node_addresses(&cluster, &reports, plan::node_address_vips(&world), janitor);
-        state.reporter.report(&cluster, &reports, decisions, &held, janitor);
-        state.reporter.report_unplaced(&cluster, &reports, unplaced);
-        if drain_deadline.is_some() && after.is_empty() {
-            break;
-        }
+        let (cluster, reports) = (shared.cluster, shared.reports);
+        shared.reporter.report_node_addresses(cluster, reports, plan::node_address_vips(&world), janitor);
+        shared.reporter.report(cluster, reports, decisions, &held, janitor);
+        shared.reporter.report_unplaced(cluster, reports, unplaced);
+        Ok(())
     }
 
-    tracing::info!("stopping: releasing every VIP and leaving the gossip group");
-    let actions = state.announcer.update(&BTreeMap::new(), std::time::Instant::now());
-    responder.set_owned(&BTreeMap::new(), &BTreeMap::new());
-    responder.execute(actions).await;
-    membership.leave().await;
-    drop(reports);
-    let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
-    Ok(())
+    fn begin_drain(&mut self) -> Option<Duration> {
+        if self.members.borrow().len() < 2 || self.state.claims.answered().is_empty() {
+            return None;
+        }
+        tracing::info!("stopping: handing the VIPs over before leaving the gossip group");
+        self.membership.drain();
+        Some(DRAIN_TIMEOUT)
+    }
+
+    fn drained(&self) -> bool {
+        self.state.announcer.owned().next().is_none()
+    }
+
+    async fn stop(mut self, _shared: &mut driver::Shared<'_>) {
+        tracing::info!("stopping: releasing every VIP and leaving the gossip group");
+        let actions = self.state.announcer.update(&BTreeMap::new(), std::time::Instant::now());
+        self.responder.set_owned(&BTreeMap::new(), &BTreeMap::new());
+        self.responder.execute(actions).await;
+        self.membership.leave().await;
+    }
+}
+
+/// Runs native mode until `stop` resolves.
+pub async fn run(
+    client: kube::Client,
+    options: driver::Options,
+    l2: L2Options,
+    metrics: Metrics,
+    health: ferrolb_telemetry::Health,
+    events: report::EventSource,
+    stop: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let setup = driver::Setup::start(&client, options, events).await?;
+    let backend = L2Backend::start(&setup, l2, metrics).await?;
+    driver::run(setup, backend, health, stop).await
 }
 
 /// Who held each VIP last, as far as this node knows: the owner of its last plan, unless that was this
@@ -341,12 +389,10 @@ pub(crate) struct State {
     /// At start-up the hold ends as soon as another member is seen.
     hold_ends_on_contact: bool,
     conflict_events: HashMap<(IpAddr, Mac), Instant>,
-    pub(crate) reporter: Reporter,
 }
 
 impl State {
     pub(crate) fn new(me: String, timing: Timing, join_grace: Duration) -> Self {
-        let reporter_name = me.clone();
         Self {
             claims: Claims::new(me.clone(), claims::Timing::with_join_grace(join_grace)),
             me,
@@ -357,7 +403,6 @@ impl State {
             hold_until: Some(Instant::now() + join_grace),
             hold_ends_on_contact: true,
             conflict_events: HashMap::new(),
-            reporter: Reporter::new(reporter_name),
         }
     }
 
@@ -389,15 +434,13 @@ impl State {
         self.known_speakers.iter().all(|n| live.contains_key(n))
     }
 
-    fn log_deferral(&mut self, conflict: &Conflict) {
+    fn log_deferral(&mut self, decisions: &[Decision], conflict: &Conflict) {
         if self.deferral_logged.get(&conflict.vip).is_some_and(|at| at.elapsed() < CONFLICT_EVENT_PERIOD) {
             return;
         }
         self.deferral_logged.insert(conflict.vip, Instant::now());
         self.deferral_logged.retain(|_, at| at.elapsed() < CONFLICT_EVENT_PERIOD);
-        let services: Vec<String> = self
-            .reporter
-            .decisions()
+        let services: Vec<String> = decisions
             .iter()
             .filter(|d| d.vips.contains(&conflict.vip))
             .map(|d| format!("{}/{}", d.service.namespace, d.service.name))
@@ -408,7 +451,8 @@ impl State {
         );
     }
 
-    fn report_conflict(&mut self, cluster: &Cluster, reports: &report::Reports, conflict: Conflict) {
+    fn report_conflict(&mut self, shared: &driver::Shared<'_>, conflict: Conflict) {
+        let (cluster, reports) = (shared.cluster, shared.reports);
         let key = (conflict.vip, conflict.mac);
         if self.conflict_events.get(&key).is_some_and(|at| at.elapsed() < CONFLICT_EVENT_PERIOD) {
             return;
@@ -416,7 +460,7 @@ impl State {
         self.conflict_events.insert(key, Instant::now());
         self.conflict_events.retain(|_, at| at.elapsed() < CONFLICT_EVENT_PERIOD);
         let holders: Vec<&Decision> =
-            self.reporter.decisions().iter().filter(|d| d.vips.contains(&conflict.vip)).collect();
+            shared.reporter.decisions().iter().filter(|d| d.vips.contains(&conflict.vip)).collect();
         if holders.is_empty() {
             tracing::warn!(vip = %conflict.vip, mac = %conflict.mac, interface = %conflict.interface, "IP conflict on a VIP no Service holds any more");
         }

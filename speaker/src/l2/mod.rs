@@ -3,9 +3,12 @@
 
 pub mod announcer;
 pub mod claims;
+pub mod core;
 pub mod frames;
 pub mod gossip_auth;
 pub mod membership;
 pub mod packet_socket;
 pub mod responder;
 pub mod run;
+#[cfg(test)]
+mod scenario_tests;

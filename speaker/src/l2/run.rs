@@ -6,12 +6,12 @@
 //! a takeover from a holder that is not a live member waits for a silent probe, a stand-in stands down when
 //! it hears the owner, and a VIP handed to a live member is answered until that member announces it.
 
-use ferrolb_crds::reason;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::Context;
+use ferrolb_crds::reason;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -19,14 +19,15 @@ use tokio::time::Instant;
 use crate::cluster::{Cluster, node_address};
 use crate::driver::{self, Next};
 use crate::inventory::Inventory;
-use crate::l2::announcer::{Announcer, Timing};
-use crate::l2::claims::{self, Claims, Heard, Want};
+use crate::l2::announcer::Timing;
+use crate::l2::claims::Heard;
+use crate::l2::core::{Core, View};
 use crate::l2::frames::Mac;
 use crate::l2::gossip_auth::SharedKey;
 use crate::l2::membership::{self, MemberId, Membership, MembershipMetrics};
 use crate::l2::responder::{Conflict, Responder};
 use crate::metrics::Metrics;
-use crate::plan::{self, Decision};
+use crate::plan::Decision;
 use crate::report::{self, Notice, Report};
 
 /// After start-up, or after an interface comes back, how long a speaker takes nothing over unless it sees
@@ -38,9 +39,6 @@ pub const DEFAULT_JOIN_GRACE: Duration = Duration::from_secs(2);
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
 /// One conflict Event per VIP and foreign MAC per this period.
 const CONFLICT_EVENT_PERIOD: Duration = Duration::from_secs(60);
-/// A VIP held by right that another MAC claims is announced again at most this often (RFC 5227's
-/// DEFEND_INTERVAL): enough to win the LAN back from a stale claim, never a gratuitous ARP storm.
-const DEFEND_INTERVAL: Duration = Duration::from_secs(10);
 
 /// What native mode needs beyond [`driver::Options`].
 #[derive(Debug, Clone)]
@@ -59,7 +57,6 @@ pub struct L2Options {
 /// Native mode as a [`driver::Backend`].
 pub struct L2Backend {
     me: String,
-    join_grace: Duration,
     gossip_port: u16,
     gossip_ipv4: bool,
     metrics: Metrics,
@@ -69,9 +66,9 @@ pub struct L2Backend {
     draining: tokio::sync::watch::Receiver<BTreeSet<String>>,
     conflicts: mpsc::UnboundedReceiver<Conflict>,
     responder: Responder,
-    state: State,
+    core: Core,
+    log: ConflictLog,
     peers: BTreeSet<SocketAddr>,
-    probes: Vec<(IpAddr, String)>,
 }
 
 /// What native mode waits on besides the driver's inputs.
@@ -127,9 +124,9 @@ impl L2Backend {
         let mut responder = Responder::new(conflicts_tx, metrics.clone());
         responder.sync(&setup.inventory);
         Ok(Self {
-            state: State::new(me.clone(), l2.timing, l2.join_grace),
+            core: Core::new(me.clone(), l2.timing, l2.join_grace, std::time::Instant::now()),
+            log: ConflictLog::new(me.clone()),
             me,
-            join_grace: l2.join_grace,
             gossip_port: l2.gossip_port,
             gossip_ipv4: gossip_ip.is_ipv4(),
             metrics,
@@ -140,7 +137,6 @@ impl L2Backend {
             conflicts,
             responder,
             peers,
-            probes: Vec::new(),
         })
     }
 }
@@ -150,10 +146,10 @@ impl driver::Backend for L2Backend {
 
     async fn next_event(&mut self) -> anyhow::Result<L2Event> {
         let far = Instant::now() + Duration::from_secs(3600);
-        let next_due = self.state.announcer.next_due().map(Instant::from_std).unwrap_or(far);
-        let claims_due = self.state.claims.next_due().map(Instant::from_std).unwrap_or(far);
-        let complete = self.state.view_complete(&self.members.borrow());
-        let hold_until = self.state.hold_until;
+        let next_due = self.core.announcements_due().map(Instant::from_std).unwrap_or(far);
+        let claims_due = self.core.claims_due().map(Instant::from_std).unwrap_or(far);
+        let complete = self.core.view_complete(&self.members.borrow());
+        let hold_until = self.core.hold_due().map(Instant::from_std);
         tokio::select! {
             changed = self.draining.changed() => {
                 changed.context("the gossip membership stopped")?;
@@ -175,41 +171,37 @@ impl driver::Backend for L2Backend {
     }
 
     async fn handle(&mut self, event: L2Event, shared: &mut driver::Shared<'_>) -> anyhow::Result<Next> {
+        let now = std::time::Instant::now();
         match event {
-            L2Event::Membership => {}
-            L2Event::Conflict(conflict) => match self.state.claims.heard(conflict.vip, std::time::Instant::now()) {
+            L2Event::Membership | L2Event::HoldOver => {}
+            L2Event::Conflict(conflict) => match self.core.heard(conflict.vip, now) {
                 Heard::Ignored => return Ok(Next::Wait),
                 Heard::Conflict => {
-                    let defend = self.state.defend(conflict.vip);
+                    let defend = self.core.defend(conflict.vip, now);
                     self.responder.execute(defend).await;
-                    self.state.report_conflict(shared, conflict);
+                    self.log.report_conflict(shared, conflict);
                     return Ok(Next::Wait);
                 }
                 Heard::Deferred | Heard::StoodDown => {
                     self.metrics.takeovers_deferred.inc();
-                    self.state.log_deferral(shared.reporter.decisions(), &conflict);
+                    self.log.log_deferral(shared.reporter.decisions(), &conflict);
                 }
                 Heard::Released => {
                     tracing::info!(vip = %conflict.vip, mac = %conflict.mac, "handed over: the new owner announces it");
                 }
             },
-            L2Event::ClaimsDue { complete } => {
-                self.probes = self.state.claims.tick(complete, std::time::Instant::now()).probes;
-            }
+            L2Event::ClaimsDue { complete } => self.core.tick_claims(complete, now),
             L2Event::Rejoined => {
-                // Declared down while running: someone may have taken our VIPs meanwhile; take them back.
-                let held: Vec<IpAddr> = self.state.announcer.owned().copied().collect();
-                tracing::info!(vips = held.len(), "announcing held VIPs again after rejoining the gossip");
-                let actions = self.state.announcer.reannounce(&held, std::time::Instant::now());
+                let actions = self.core.rejoined(now);
+                tracing::info!(frames = actions.len(), "announcing held VIPs again after rejoining the gossip");
                 self.responder.execute(actions).await;
                 return Ok(Next::Wait);
             }
             L2Event::AnnouncementDue => {
-                let actions = self.state.announcer.due(std::time::Instant::now());
+                let actions = self.core.due_announcements(now);
                 self.responder.execute(actions).await;
                 return Ok(Next::Wait);
             }
-            L2Event::HoldOver => self.state.hold_until = None,
         }
         Ok(Next::Step)
     }
@@ -231,93 +223,53 @@ impl driver::Backend for L2Backend {
             if after.difference(&before).next().is_some() {
                 // Back from a cut link: what the gossip says now may be from before the cut, so wait the
                 // whole grace for the others to see us and us them.
-                self.state.hold_until = Some(Instant::now() + self.join_grace);
-                self.state.hold_ends_on_contact = false;
+                self.core.link_returned(std::time::Instant::now());
             }
         }
         self.responder.sync(shared.inventory);
     }
 
     async fn step(&mut self, shared: &mut driver::Shared<'_>) -> anyhow::Result<()> {
-        let (me, state, metrics) = (self.me.clone(), &mut self.state, &self.metrics);
         let live = self.members.borrow_and_update().clone();
-        metrics.members.set(i64::try_from(live.len()).unwrap_or(i64::MAX));
-        // At start-up the hold ends early once every node the API lists is seen: taking over while some are
-        // still starting would only move VIPs twice.
-        if state.hold_until.is_some() && state.hold_ends_on_contact && live.len() >= self.peers.len().max(2) {
-            state.hold_until = None;
-        }
-        let inventory = shared.inventory;
-        let world = shared.cluster.world().with_own_addresses(&me, inventory.own_addresses());
-        let decisions = plan::decide(&world, &live);
-        let mut desired = plan::mine(&decisions, &me, inventory);
-        let unplaced = plan::unplaced(&decisions, &me, &desired);
-        if state.hold_until.is_some() {
-            // Not yet in touch with the others: give up what the plan says to, take nothing new.
-            let held: BTreeSet<IpAddr> = state.announcer.owned().copied().collect();
-            desired.retain(|vip, _| held.contains(vip));
-        }
-        let now = std::time::Instant::now();
+        self.metrics.members.set(i64::try_from(live.len()).unwrap_or(i64::MAX));
+        let world = shared.cluster.world().with_own_addresses(&self.me, shared.inventory.own_addresses());
         let announcements = shared.cluster.announcements();
-        state.learn_speakers(&live, &announcements, &world);
-        let complete = state.view_complete(&live);
-        let holders = previous_holders(shared.reporter.decisions(), &announcements, &me);
         let draining = self.draining.borrow().clone();
-        let wanted: BTreeMap<IpAddr, Want> = desired
-            .iter()
-            .map(|(vip, interfaces)| {
-                // A draining holder still answers and hands over by itself, like a live one.
-                let holder_live = holders.get(vip).is_some_and(|h| live.contains_key(h) || draining.contains(h));
-                (*vip, Want { interfaces: interfaces.clone(), holder_live })
-            })
-            .collect();
-        let handed_over: BTreeSet<IpAddr> = decisions
-            .iter()
-            .filter(|d| d.owner.as_deref().is_some_and(|o| o != me))
-            .flat_map(|d| d.vips.iter().copied())
-            .collect();
-        let step = state.claims.update(&wanted, &handed_over, complete, now);
-        state.claims.keep_usable(&inventory.usable().into_iter().collect());
-        self.probes.extend(step.probes);
-        let answered = state.claims.answered();
-        let watched: BTreeMap<IpAddr, BTreeSet<String>> = state
-            .claims
-            .watched()
-            .into_iter()
-            .filter_map(|v| wanted.get(&v).map(|w| (v, w.interfaces.clone())))
-            .collect();
-        let before: BTreeSet<IpAddr> = state.announcer.owned().copied().collect();
-        let mut actions = state.announcer.update(&answered, now);
-        actions.extend(state.announcer.reannounce(&step.reannounce, now));
-        let held = answered;
+        let view = View {
+            world: &world,
+            live: &live,
+            draining: &draining,
+            inventory: shared.inventory,
+            announcements: &announcements,
+            peers: self.peers.len(),
+        };
+        let outcome = self.core.step(&view, std::time::Instant::now());
         // Stop answering for lost VIPs before anything else happens, and listen for answers before probing.
-        self.responder.set_owned(&held, &watched);
-        for (vip, interface) in self.probes.drain(..) {
-            self.responder.probe(vip, &interface).await;
+        self.responder.set_owned(&outcome.held, &outcome.watched);
+        for (vip, interface) in &outcome.probes {
+            self.responder.probe(*vip, interface).await;
         }
-        let after: BTreeSet<IpAddr> = held.keys().copied().collect();
-        let changes = before.symmetric_difference(&after).count();
+        let changes = outcome.took_over.len() + outcome.gave_up.len();
         if changes > 0 {
-            metrics.ownership_changes.inc_by(changes as u64);
-            for vip in after.difference(&before) {
+            self.metrics.ownership_changes.inc_by(changes as u64);
+            for vip in &outcome.took_over {
                 tracing::info!(%vip, "took over");
             }
-            for vip in before.difference(&after) {
+            for vip in &outcome.gave_up {
                 tracing::info!(%vip, "gave up");
             }
         }
-        metrics.owned_vips.set(i64::try_from(after.len()).unwrap_or(i64::MAX));
-        self.responder.execute(actions).await;
-        let janitor = live.keys().next() == Some(&me);
+        self.metrics.owned_vips.set(i64::try_from(outcome.held.len()).unwrap_or(i64::MAX));
+        self.responder.execute(outcome.actions).await;
         let (cluster, reports) = (shared.cluster, shared.reports);
-        shared.reporter.report_node_addresses(cluster, reports, plan::node_address_vips(&world), janitor);
-        shared.reporter.report(cluster, reports, decisions, &held, janitor);
-        shared.reporter.report_unplaced(cluster, reports, unplaced);
+        shared.reporter.report_node_addresses(cluster, reports, outcome.node_address_vips, outcome.janitor);
+        shared.reporter.report(cluster, reports, outcome.decisions, &outcome.held, outcome.janitor);
+        shared.reporter.report_unplaced(cluster, reports, outcome.unplaced);
         Ok(())
     }
 
     fn begin_drain(&mut self) -> Option<Duration> {
-        if self.members.borrow().len() < 2 || self.state.claims.answered().is_empty() {
+        if self.members.borrow().len() < 2 || self.core.answered().is_empty() {
             return None;
         }
         tracing::info!("stopping: handing the VIPs over before leaving the gossip group");
@@ -326,12 +278,12 @@ impl driver::Backend for L2Backend {
     }
 
     fn drained(&self) -> bool {
-        self.state.announcer.owned().next().is_none()
+        self.core.answers_nothing()
     }
 
     async fn stop(mut self, _shared: &mut driver::Shared<'_>) {
         tracing::info!("stopping: releasing every VIP and leaving the gossip group");
-        let actions = self.state.announcer.update(&BTreeMap::new(), std::time::Instant::now());
+        let actions = self.core.release_all(std::time::Instant::now());
         self.responder.set_owned(&BTreeMap::new(), &BTreeMap::new());
         self.responder.execute(actions).await;
         self.membership.leave().await;
@@ -353,85 +305,17 @@ pub async fn run(
     driver::run(setup, backend, health, stop).await
 }
 
-/// Who held each VIP last, as far as this node knows: the owner of its last plan, unless that was this
-/// node, else the node its Service's L2Announcement names (the writer of which held it). This node is never
-/// a holder here: a takeover from itself has nobody to wait for.
-fn previous_holders(
-    decisions: &[Decision],
-    announcements: &BTreeMap<String, ferrolb_crds::L2AnnouncementSpec>,
-    me: &str,
-) -> BTreeMap<IpAddr, String> {
-    let mut holders: BTreeMap<IpAddr, String> = announcements
-        .values()
-        .filter(|a| a.node != me)
-        .flat_map(|a| a.ips.iter().filter_map(|ip| ip.parse().ok()).map(|ip| (ip, a.node.clone())))
-        .collect();
-    for decision in decisions {
-        if let Some(owner) = decision.owner.as_deref().filter(|o| *o != me) {
-            holders.extend(decision.vips.iter().map(|vip| (*vip, owner.to_string())));
-        }
-    }
-    holders
-}
-
-pub(crate) struct State {
+/// Conflicts and deferred takeovers, told to the user at most once a minute per VIP (and MAC).
+struct ConflictLog {
     me: String,
-    announcer: Announcer,
-    claims: Claims,
-    /// When each VIP was last defended against another MAC's claim.
-    defended: HashMap<IpAddr, Instant>,
     /// When a deferred takeover of each VIP was last logged (a partition retries every second or two).
     deferral_logged: HashMap<IpAddr, Instant>,
-    /// Nodes known to run a speaker: seen in the gossip, or named by an L2Announcement (Nodes that still
-    /// exist). The view is complete when all of them are live members.
-    known_speakers: BTreeSet<String>,
-    hold_until: Option<Instant>,
-    /// At start-up the hold ends as soon as another member is seen.
-    hold_ends_on_contact: bool,
     conflict_events: HashMap<(IpAddr, Mac), Instant>,
 }
 
-impl State {
-    pub(crate) fn new(me: String, timing: Timing, join_grace: Duration) -> Self {
-        Self {
-            claims: Claims::new(me.clone(), claims::Timing::with_join_grace(join_grace)),
-            me,
-            announcer: Announcer::new(timing),
-            defended: HashMap::new(),
-            deferral_logged: HashMap::new(),
-            known_speakers: BTreeSet::new(),
-            hold_until: Some(Instant::now() + join_grace),
-            hold_ends_on_contact: true,
-            conflict_events: HashMap::new(),
-        }
-    }
-
-    /// The announcements that defend `vip` against another MAC's claim, at most once per DEFEND_INTERVAL.
-    fn defend(&mut self, vip: IpAddr) -> Vec<crate::l2::announcer::Action> {
-        if self.defended.get(&vip).is_some_and(|at| at.elapsed() < DEFEND_INTERVAL) {
-            return Vec::new();
-        }
-        self.defended.insert(vip, Instant::now());
-        self.defended.retain(|_, at| at.elapsed() < DEFEND_INTERVAL);
-        self.announcer.reannounce(&[vip], std::time::Instant::now())
-    }
-
-    fn learn_speakers(
-        &mut self,
-        live: &crate::election::Members,
-        announcements: &BTreeMap<String, ferrolb_crds::L2AnnouncementSpec>,
-        world: &plan::World,
-    ) {
-        self.known_speakers.extend(live.keys().cloned());
-        self.known_speakers.extend(announcements.values().map(|a| a.node.clone()));
-        let nodes: BTreeSet<&str> = world.nodes.iter().map(|n| n.name.as_str()).collect();
-        self.known_speakers.retain(|n| nodes.contains(n.as_str()));
-    }
-
-    /// Every node known to run a speaker is a live member: a VIP taken over now is held by right, not as a
-    /// stand-in for a node we cannot hear.
-    fn view_complete(&self, live: &crate::election::Members) -> bool {
-        self.known_speakers.iter().all(|n| live.contains_key(n))
+impl ConflictLog {
+    fn new(me: String) -> Self {
+        Self { me, deferral_logged: HashMap::new(), conflict_events: HashMap::new() }
     }
 
     fn log_deferral(&mut self, decisions: &[Decision], conflict: &Conflict) {
@@ -477,51 +361,5 @@ impl State {
                 }));
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-
-    fn members(nodes: &[&str]) -> crate::election::Members {
-        nodes.iter().map(|n| (n.to_string(), BTreeSet::new())).collect()
-    }
-
-    fn world(nodes: &[&str]) -> plan::World {
-        let nodes = nodes
-            .iter()
-            .map(|n| plan::NodeInfo {
-                name: n.to_string(),
-                labels: BTreeMap::new(),
-                network_unavailable: false,
-                unschedulable: false,
-            })
-            .collect();
-        plan::World { nodes, ..Default::default() }
-    }
-
-    #[test]
-    fn the_view_is_complete_when_every_node_known_to_run_a_speaker_is_live() {
-        let mut state = State::new("node-1".into(), Timing::default(), Duration::from_secs(2));
-        // node-4 has no speaker (never seen, never announced): it does not count.
-        let all = world(&["node-1", "node-2", "node-3", "node-4"]);
-        state.learn_speakers(&members(&["node-1", "node-2", "node-3"]), &BTreeMap::new(), &all);
-        assert!(state.view_complete(&members(&["node-1", "node-2", "node-3"])));
-        assert!(!state.view_complete(&members(&["node-1", "node-3"])), "node-2 was seen: it is missing");
-        // A fresh speaker that sees nobody still knows the node an L2Announcement names.
-        let mut fresh = State::new("node-3".into(), Timing::default(), Duration::from_secs(2));
-        let spec = ferrolb_crds::L2AnnouncementSpec {
-            service: ferrolb_crds::l2announcement::ServiceReference { namespace: "default".into(), name: "web".into() },
-            ips: vec!["192.0.2.200".into()],
-            node: "node-2".into(),
-            interfaces: vec!["eth0".into()],
-        };
-        fresh.learn_speakers(&members(&["node-3"]), &BTreeMap::from([("default.web".to_string(), spec)]), &all);
-        assert!(!fresh.view_complete(&members(&["node-3"])));
-        // A deleted Node is forgotten.
-        fresh.learn_speakers(&members(&["node-3"]), &BTreeMap::new(), &world(&["node-1", "node-3"]));
-        assert!(fresh.view_complete(&members(&["node-3"])));
     }
 }

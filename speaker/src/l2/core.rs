@@ -1,0 +1,322 @@
+//! Native mode's decisions over time, pure: what the node sees (its view of the cluster and the gossip) and
+//! the time go in; what it answers for, the frames to send, the probes to make and what to report come out.
+//! The backend ([`crate::l2::run`]) feeds it from the watches, the membership and the sockets and carries its
+//! outputs out; the scenario tests feed it recorded inputs for several nodes at once.
+//!
+//! What it decides, besides the plan itself ([`crate::plan`]):
+//! - the **start-up hold**: a starting speaker takes nothing over for the join grace, unless it is in touch
+//!   with every speaker the API lists first (taking over while some still start would only move VIPs twice);
+//! - the **link-return grace**: after a usable interface comes back, the whole grace, contact or not (what
+//!   the gossip says then may date from before the cut);
+//! - **when a takeover really happens** ([`crate::l2::claims`]): after a silent probe when the previous holder
+//!   is not a live member, at once when it is (it hands over), and standing down when the owner is heard;
+//! - the **janitor**: the first live member (by name) deletes announcements nobody owns.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use ferrolb_crds::l2announcement::ServiceReference;
+
+use crate::election::Members;
+use crate::inventory::Inventory;
+use crate::l2::announcer::{Action, Announcer, Timing};
+use crate::l2::claims::{self, Claims, Heard, Want};
+use crate::plan::{self, Decision, World};
+
+/// A VIP held by right that another MAC claims is announced again at most this often (RFC 5227's
+/// DEFEND_INTERVAL): enough to win the LAN back from a stale claim, never a gratuitous ARP storm.
+const DEFEND_INTERVAL: Duration = Duration::from_secs(10);
+
+/// What this node knows when it takes a step.
+pub struct View<'a> {
+    /// The cluster, this node's own addresses included.
+    pub world: &'a World,
+    /// Live gossip members and their interfaces (this node among them).
+    pub live: &'a Members,
+    /// Members that announced they are stopping: they still answer and hand over by themselves.
+    pub draining: &'a BTreeSet<String>,
+    pub inventory: &'a Inventory,
+    /// The L2Announcements: name → spec.
+    pub announcements: &'a BTreeMap<String, ferrolb_crds::L2AnnouncementSpec>,
+    /// How many speakers the API lists (the gossip peers).
+    pub peers: usize,
+}
+
+/// The result of a step.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// What this node answers for now, on which interfaces.
+    pub held: BTreeMap<IpAddr, BTreeSet<String>>,
+    /// VIPs this node listens for without answering (a takeover waiting on a probe, a hand-over).
+    pub watched: BTreeMap<IpAddr, BTreeSet<String>>,
+    /// Probes to send (after the answered set is swapped).
+    pub probes: Vec<(IpAddr, String)>,
+    /// Frames to send last (gratuitous ARP / NA, multicast joins and leaves).
+    pub actions: Vec<Action>,
+    pub took_over: Vec<IpAddr>,
+    pub gave_up: Vec<IpAddr>,
+    pub decisions: Vec<Decision>,
+    /// Services this node owns but cannot announce (no interface for some VIP).
+    pub unplaced: Vec<(ServiceReference, Vec<IpAddr>)>,
+    /// Service VIPs that are node addresses (never announced).
+    pub node_address_vips: Vec<plan::NodeAddressVip>,
+    /// This node deletes announcements nobody owns.
+    pub janitor: bool,
+}
+
+pub struct Core {
+    me: String,
+    join_grace: Duration,
+    announcer: Announcer,
+    claims: Claims,
+    /// Nodes known to run a speaker: seen in the gossip, or named by an L2Announcement (Nodes that still
+    /// exist). The view is complete when all of them are live members.
+    known_speakers: BTreeSet<String>,
+    hold_until: Option<Instant>,
+    /// At start-up the hold ends as soon as every listed speaker is seen.
+    hold_ends_on_contact: bool,
+    /// The last step's decisions (who held what before).
+    decisions: Vec<Decision>,
+    /// Probes due from a claims tick, sent with the next step.
+    probes: Vec<(IpAddr, String)>,
+    /// When each VIP was last defended against another MAC's claim.
+    defended: HashMap<IpAddr, Instant>,
+}
+
+impl Core {
+    /// A speaker starting at `now`: in its start-up hold.
+    pub fn new(me: impl Into<String>, timing: Timing, join_grace: Duration, now: Instant) -> Self {
+        let me = me.into();
+        Self {
+            claims: Claims::new(me.clone(), claims::Timing::with_join_grace(join_grace)),
+            me,
+            join_grace,
+            announcer: Announcer::new(timing),
+            known_speakers: BTreeSet::new(),
+            hold_until: Some(now + join_grace),
+            hold_ends_on_contact: true,
+            decisions: Vec::new(),
+            probes: Vec::new(),
+            defended: HashMap::new(),
+        }
+    }
+
+    pub fn me(&self) -> &str {
+        &self.me
+    }
+
+    /// Decide and bring the claims and the announcer to the decision.
+    pub fn step(&mut self, view: &View<'_>, now: Instant) -> Outcome {
+        let me = self.me.clone();
+        let live = view.live;
+        if self.hold_until.is_some_and(|until| until <= now) {
+            self.hold_until = None;
+        }
+        if self.hold_until.is_some() && self.hold_ends_on_contact && live.len() >= view.peers.max(2) {
+            self.hold_until = None;
+        }
+        let decisions = plan::decide(view.world, live);
+        let mut desired = plan::mine(&decisions, &me, view.inventory);
+        let unplaced = plan::unplaced(&decisions, &me, &desired);
+        if self.hold_until.is_some() {
+            // Not yet in touch with the others: give up what the plan says to, take nothing new.
+            let held: BTreeSet<IpAddr> = self.announcer.owned().copied().collect();
+            desired.retain(|vip, _| held.contains(vip));
+        }
+        self.learn_speakers(live, view.announcements, view.world);
+        let complete = self.view_complete(live);
+        let holders = previous_holders(&self.decisions, view.announcements, &me);
+        let wanted: BTreeMap<IpAddr, Want> = desired
+            .iter()
+            .map(|(vip, interfaces)| {
+                // A draining holder still answers and hands over by itself, like a live one.
+                let holder_live = holders.get(vip).is_some_and(|h| live.contains_key(h) || view.draining.contains(h));
+                (*vip, Want { interfaces: interfaces.clone(), holder_live })
+            })
+            .collect();
+        let handed_over: BTreeSet<IpAddr> = decisions
+            .iter()
+            .filter(|d| d.owner.as_deref().is_some_and(|o| o != me))
+            .flat_map(|d| d.vips.iter().copied())
+            .collect();
+        let step = self.claims.update(&wanted, &handed_over, complete, now);
+        self.claims.keep_usable(&view.inventory.usable().into_iter().collect());
+        let mut probes = std::mem::take(&mut self.probes);
+        probes.extend(step.probes);
+        let held = self.claims.answered();
+        let watched: BTreeMap<IpAddr, BTreeSet<String>> = self
+            .claims
+            .watched()
+            .into_iter()
+            .filter_map(|v| wanted.get(&v).map(|w| (v, w.interfaces.clone())))
+            .collect();
+        let before: BTreeSet<IpAddr> = self.announcer.owned().copied().collect();
+        let mut actions = self.announcer.update(&held, now);
+        actions.extend(self.announcer.reannounce(&step.reannounce, now));
+        let after: BTreeSet<IpAddr> = held.keys().copied().collect();
+        self.decisions = decisions.clone();
+        Outcome {
+            took_over: after.difference(&before).copied().collect(),
+            gave_up: before.difference(&after).copied().collect(),
+            held,
+            watched,
+            probes,
+            actions,
+            node_address_vips: plan::node_address_vips(view.world),
+            janitor: live.keys().next() == Some(&me),
+            decisions,
+            unplaced,
+        }
+    }
+
+    /// A usable interface came back: hold for the whole grace.
+    pub fn link_returned(&mut self, now: Instant) {
+        self.hold_until = Some(now + self.join_grace);
+        self.hold_ends_on_contact = false;
+    }
+
+    /// When the hold ends by itself (a step is due then).
+    pub fn hold_due(&self) -> Option<Instant> {
+        self.hold_until
+    }
+
+    /// When a claim's timer (probe, takeover, retry, release fallback) is due.
+    pub fn claims_due(&self) -> Option<Instant> {
+        self.claims.next_due()
+    }
+
+    /// Runs the claims' timers; their probes go out with the next step.
+    pub fn tick_claims(&mut self, complete: bool, now: Instant) {
+        self.probes.extend(self.claims.tick(complete, now).probes);
+    }
+
+    /// When the next gratuitous ARP / NA is due.
+    pub fn announcements_due(&self) -> Option<Instant> {
+        self.announcer.next_due()
+    }
+
+    pub fn due_announcements(&mut self, now: Instant) -> Vec<Action> {
+        self.announcer.due(now)
+    }
+
+    /// Declared down while running: someone may have taken our VIPs meanwhile; announce them again.
+    pub fn rejoined(&mut self, now: Instant) -> Vec<Action> {
+        let held: Vec<IpAddr> = self.announcer.owned().copied().collect();
+        self.announcer.reannounce(&held, now)
+    }
+
+    /// Another MAC claimed `vip`, or answered our probe.
+    pub fn heard(&mut self, vip: IpAddr, now: Instant) -> Heard {
+        self.claims.heard(vip, now)
+    }
+
+    /// The announcements that defend `vip` against another MAC's claim, at most once per DEFEND_INTERVAL.
+    pub fn defend(&mut self, vip: IpAddr, now: Instant) -> Vec<Action> {
+        if self.defended.get(&vip).is_some_and(|at| now.saturating_duration_since(*at) < DEFEND_INTERVAL) {
+            return Vec::new();
+        }
+        self.defended.insert(vip, now);
+        self.defended.retain(|_, at| now.saturating_duration_since(*at) < DEFEND_INTERVAL);
+        self.announcer.reannounce(&[vip], now)
+    }
+
+    /// Whether this node answers for any VIP.
+    pub fn answers_nothing(&self) -> bool {
+        self.announcer.owned().next().is_none()
+    }
+
+    pub fn answered(&self) -> BTreeMap<IpAddr, BTreeSet<String>> {
+        self.claims.answered()
+    }
+
+    /// Stops answering for everything: the frames that end the announcements.
+    pub fn release_all(&mut self, now: Instant) -> Vec<Action> {
+        self.announcer.update(&BTreeMap::new(), now)
+    }
+
+    fn learn_speakers(
+        &mut self,
+        live: &Members,
+        announcements: &BTreeMap<String, ferrolb_crds::L2AnnouncementSpec>,
+        world: &World,
+    ) {
+        self.known_speakers.extend(live.keys().cloned());
+        self.known_speakers.extend(announcements.values().map(|a| a.node.clone()));
+        let nodes: BTreeSet<&str> = world.nodes.iter().map(|n| n.name.as_str()).collect();
+        self.known_speakers.retain(|n| nodes.contains(n.as_str()));
+    }
+
+    /// Every node known to run a speaker is a live member: a VIP taken over now is held by right, not as a
+    /// stand-in for a node we cannot hear.
+    pub fn view_complete(&self, live: &Members) -> bool {
+        self.known_speakers.iter().all(|n| live.contains_key(n))
+    }
+}
+
+/// Who held each VIP last, as far as this node knows: the owner of its last plan, unless that was this
+/// node, else the node its Service's L2Announcement names (the writer of which held it). This node is never
+/// a holder here: a takeover from itself has nobody to wait for.
+fn previous_holders(
+    decisions: &[Decision],
+    announcements: &BTreeMap<String, ferrolb_crds::L2AnnouncementSpec>,
+    me: &str,
+) -> BTreeMap<IpAddr, String> {
+    let mut holders: BTreeMap<IpAddr, String> = announcements
+        .values()
+        .filter(|a| a.node != me)
+        .flat_map(|a| a.ips.iter().filter_map(|ip| ip.parse().ok()).map(|ip| (ip, a.node.clone())))
+        .collect();
+    for decision in decisions {
+        if let Some(owner) = decision.owner.as_deref().filter(|o| *o != me) {
+            holders.extend(decision.vips.iter().map(|vip| (*vip, owner.to_string())));
+        }
+    }
+    holders
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn members(nodes: &[&str]) -> crate::election::Members {
+        nodes.iter().map(|n| (n.to_string(), BTreeSet::new())).collect()
+    }
+
+    fn world(nodes: &[&str]) -> plan::World {
+        let nodes = nodes
+            .iter()
+            .map(|n| plan::NodeInfo {
+                name: n.to_string(),
+                labels: BTreeMap::new(),
+                network_unavailable: false,
+                unschedulable: false,
+            })
+            .collect();
+        plan::World { nodes, ..Default::default() }
+    }
+
+    #[test]
+    fn the_view_is_complete_when_every_node_known_to_run_a_speaker_is_live() {
+        let mut state = Core::new("node-1", Timing::default(), Duration::from_secs(2), Instant::now());
+        // node-4 has no speaker (never seen, never announced): it does not count.
+        let all = world(&["node-1", "node-2", "node-3", "node-4"]);
+        state.learn_speakers(&members(&["node-1", "node-2", "node-3"]), &BTreeMap::new(), &all);
+        assert!(state.view_complete(&members(&["node-1", "node-2", "node-3"])));
+        assert!(!state.view_complete(&members(&["node-1", "node-3"])), "node-2 was seen: it is missing");
+        // A fresh speaker that sees nobody still knows the node an L2Announcement names.
+        let mut fresh = Core::new("node-3", Timing::default(), Duration::from_secs(2), Instant::now());
+        let spec = ferrolb_crds::L2AnnouncementSpec {
+            service: ferrolb_crds::l2announcement::ServiceReference { namespace: "default".into(), name: "web".into() },
+            ips: vec!["192.0.2.200".into()],
+            node: "node-2".into(),
+            interfaces: vec!["eth0".into()],
+        };
+        fresh.learn_speakers(&members(&["node-3"]), &BTreeMap::from([("default.web".to_string(), spec)]), &all);
+        assert!(!fresh.view_complete(&members(&["node-3"])));
+        // A deleted Node is forgotten.
+        fresh.learn_speakers(&members(&["node-3"]), &BTreeMap::new(), &world(&["node-1", "node-3"]));
+        assert!(fresh.view_complete(&members(&["node-3"])));
+    }
+}

@@ -76,8 +76,8 @@ pub struct Core {
     hold_until: Option<Instant>,
     /// At start-up the hold ends as soon as every listed speaker is seen.
     hold_ends_on_contact: bool,
-    /// The last step's decisions (who held what before).
-    decisions: Vec<Decision>,
+    /// Who the last step's plan gave each VIP to, when that was another node.
+    last_owners: BTreeMap<IpAddr, String>,
     /// Probes due from a claims tick, sent with the next step.
     probes: Vec<(IpAddr, String)>,
     /// When each VIP was last defended against another MAC's claim.
@@ -96,7 +96,7 @@ impl Core {
             known_speakers: BTreeSet::new(),
             hold_until: Some(now + join_grace),
             hold_ends_on_contact: true,
-            decisions: Vec::new(),
+            last_owners: BTreeMap::new(),
             probes: Vec::new(),
             defended: HashMap::new(),
         }
@@ -126,7 +126,7 @@ impl Core {
         }
         self.learn_speakers(live, view.announcements, view.world);
         let complete = self.view_complete(live);
-        let holders = previous_holders(&self.decisions, view.announcements, &me);
+        let holders = previous_holders(&self.last_owners, view.announcements, &me);
         let wanted: BTreeMap<IpAddr, Want> = desired
             .iter()
             .map(|(vip, interfaces)| {
@@ -155,7 +155,11 @@ impl Core {
         let mut actions = self.announcer.update(&held, now);
         actions.extend(self.announcer.reannounce(&step.reannounce, now));
         let after: BTreeSet<IpAddr> = held.keys().copied().collect();
-        self.decisions = decisions.clone();
+        self.last_owners = decisions
+            .iter()
+            .filter_map(|d| d.owner.as_ref().filter(|o| **o != me).map(|o| (d, o)))
+            .flat_map(|(d, owner)| d.vips.iter().map(move |vip| (*vip, owner.clone())))
+            .collect();
         Outcome {
             took_over: after.difference(&before).copied().collect(),
             gave_up: before.difference(&after).copied().collect(),
@@ -258,7 +262,7 @@ impl Core {
 /// node, else the node its Service's L2Announcement names (the writer of which held it). This node is never
 /// a holder here: a takeover from itself has nobody to wait for.
 fn previous_holders(
-    decisions: &[Decision],
+    last_owners: &BTreeMap<IpAddr, String>,
     announcements: &BTreeMap<String, ferrolb_crds::L2AnnouncementSpec>,
     me: &str,
 ) -> BTreeMap<IpAddr, String> {
@@ -267,11 +271,7 @@ fn previous_holders(
         .filter(|a| a.node != me)
         .flat_map(|a| a.ips.iter().filter_map(|ip| ip.parse().ok()).map(|ip| (ip, a.node.clone())))
         .collect();
-    for decision in decisions {
-        if let Some(owner) = decision.owner.as_deref().filter(|o| *o != me) {
-            holders.extend(decision.vips.iter().map(|vip| (*vip, owner.to_string())));
-        }
-    }
+    holders.extend(last_owners.iter().map(|(vip, owner)| (*vip, owner.clone())));
     holders
 }
 

@@ -8,9 +8,11 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use ferrolb_speaker::cluster::ClassFilter;
-use ferrolb_speaker::driver::Options;
-use ferrolb_speaker::keepalived::{self, render, run::KeepalivedOptions};
-use ferrolb_speaker::l2::{self, announcer::Timing, gossip_auth::SharedKey, membership, run::L2Options};
+use ferrolb_speaker::driver::{self, Options};
+use ferrolb_speaker::keepalived::render;
+use ferrolb_speaker::keepalived::run::{KeepalivedBackend, KeepalivedOptions};
+use ferrolb_speaker::l2::run::{L2Backend, L2Options};
+use ferrolb_speaker::l2::{self, announcer::Timing, gossip_auth::SharedKey, membership};
 use ferrolb_speaker::metrics::Metrics;
 use ferrolb_speaker::report::EventSource;
 use ferrolb_telemetry::{LogFormat, init_logging, shutdown_signal};
@@ -141,8 +143,11 @@ async fn start(args: Args) -> anyhow::Result<()> {
     };
     match args.mode {
         Mode::Native => {
+            // Checked before any watch starts: a bad key or timer fails at once.
             let l2 = l2_options(&args)?;
-            l2::run::run(client, options, l2, metrics, health, events, shutdown_signal()).await
+            let setup = driver::Setup::start(&client, options, events).await?;
+            let backend = L2Backend::start(&setup, l2, metrics).await?;
+            driver::run(setup, backend, health, shutdown_signal()).await
         }
         Mode::Keepalived => {
             let keepalived = KeepalivedOptions {
@@ -156,7 +161,9 @@ async fn start(args: Args) -> anyhow::Result<()> {
                     ..render::Settings::default()
                 },
             };
-            keepalived::run::run(client, options, keepalived, metrics, health, events, shutdown_signal()).await
+            let setup = driver::Setup::start(&client, options, events).await?;
+            let backend = KeepalivedBackend::start(&setup, keepalived, metrics)?;
+            driver::run(setup, backend, health, shutdown_signal()).await
         }
     }
 }

@@ -13,12 +13,11 @@ use tokio::time::Instant;
 use super::render::{self, Group, InstanceState, NodeAddresses, Settings};
 use super::supervise::{Applied, Supervisor};
 use crate::cluster::{Cluster, node_address};
-use crate::driver::{self, Next, Options};
+use crate::driver::{self, Next};
 use crate::election::Members;
 use crate::inventory::Inventory;
 use crate::metrics::Metrics;
 use crate::plan::{self, Decision, World};
-use crate::report;
 /// keepalived pauses its adverts while it reloads (about a second with hundreds of VIPs on a small node):
 /// reloads are spaced at least this far apart, so a burst of Service changes costs one reload, not many.
 const MIN_RELOAD_SPACING: Duration = Duration::from_secs(2);
@@ -192,21 +191,6 @@ impl driver::Backend for KeepalivedBackend {
         tracing::info!("stopping: keepalived releases the VIPs and tells its peers");
         self.supervisor.stop().await;
     }
-}
-
-/// Runs keepalived mode until `stop` resolves.
-pub async fn run(
-    client: kube::Client,
-    options: Options,
-    keepalived: KeepalivedOptions,
-    metrics: Metrics,
-    health: ferrolb_telemetry::Health,
-    events: report::EventSource,
-    stop: impl std::future::Future<Output = ()>,
-) -> anyhow::Result<()> {
-    let setup = driver::Setup::start(&client, options, events).await?;
-    let backend = KeepalivedBackend::start(&setup, keepalived, metrics)?;
-    driver::run(setup, backend, health, stop).await
 }
 
 /// Every Node, with every interface any advertisement names (whether a node really has it is keepalived's

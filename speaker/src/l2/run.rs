@@ -28,7 +28,7 @@ use crate::l2::membership::{self, MemberId, Membership, MembershipMetrics};
 use crate::l2::responder::{Conflict, Responder};
 use crate::metrics::Metrics;
 use crate::plan::Decision;
-use crate::report::{self, Notice, Report};
+use crate::report::{Notice, Report};
 
 /// After start-up, or after an interface comes back, how long a speaker takes nothing over unless it sees
 /// another member first.
@@ -288,21 +288,6 @@ impl driver::Backend for L2Backend {
         self.responder.execute(actions).await;
         self.membership.leave().await;
     }
-}
-
-/// Runs native mode until `stop` resolves.
-pub async fn run(
-    client: kube::Client,
-    options: driver::Options,
-    l2: L2Options,
-    metrics: Metrics,
-    health: ferrolb_telemetry::Health,
-    events: report::EventSource,
-    stop: impl std::future::Future<Output = ()>,
-) -> anyhow::Result<()> {
-    let setup = driver::Setup::start(&client, options, events).await?;
-    let backend = L2Backend::start(&setup, l2, metrics).await?;
-    driver::run(setup, backend, health, stop).await
 }
 
 /// Conflicts and deferred takeovers, told to the user at most once a minute per VIP (and MAC).

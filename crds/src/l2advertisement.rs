@@ -32,8 +32,9 @@ pub struct L2AdvertisementSpec {
     /// Only nodes matching one of these selectors may announce.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub node_selectors: Vec<LabelSelector>,
-    /// Interfaces to announce on. Empty: every up, broadcast-capable, non-virtual interface with an address
-    /// in the VIP's subnet, else the default-route interface.
+    /// Interfaces to announce on, by name or glob pattern (`en*`, `eth[0-9]`, `br-*`). Empty: every usable
+    /// interface (NICs, bonds, VLANs and LAN bridges; not pod bridges, dummies or tunnels) with an address in
+    /// the VIP's subnet, else the default-route interface.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub interfaces: Vec<String>,
 }

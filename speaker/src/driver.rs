@@ -266,6 +266,7 @@ impl Reporter {
         &mut self,
         cluster: &Cluster,
         reports: &report::Reports,
+        inventory: &Inventory,
         unplaced: Vec<(ServiceReference, Vec<IpAddr>)>,
     ) {
         let now: BTreeSet<ServiceReference> = unplaced.iter().map(|(s, _)| s.clone()).collect();
@@ -273,11 +274,14 @@ impl Reporter {
             if self.unplaced_services.contains(&service) {
                 continue;
             }
+            // What each interface lacked, for the first VIP (the others are of the same Service and pool).
+            let considered = vips.first().map(|vip| inventory.refusals(*vip, &[])).unwrap_or_default();
             let vips: Vec<String> = vips.iter().map(IpAddr::to_string).collect();
             let note = format!(
-                "node {} owns {} but none of its usable interfaces has an address in that subnet and it has no default route of that family: nothing answers for it; name the interface in the L2Advertisement (spec.interfaces)",
+                "node {} owns {} but none of its usable interfaces has an address in that subnet and it has no default route of that family: nothing answers for it; name the interface in the L2Advertisement (spec.interfaces). Interfaces considered: {}",
                 self.me,
-                vips.join(", ")
+                vips.join(", "),
+                if considered.is_empty() { "none".to_string() } else { considered.join("; ") }
             );
             tracing::warn!(service = %format!("{}/{}", service.namespace, service.name), "{note}");
             if let Some(regarding) = cluster.service_reference(&service) {

@@ -25,6 +25,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use ferrolb_crds::selector;
+
+use crate::inventory::any_matches;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 /// The nodes that may be candidates, with the interfaces each can announce on: the live gossip members in
@@ -99,7 +101,8 @@ pub fn candidates<'a>(
                 if advertisement.interfaces.is_empty() {
                     interfaces.extend(node.interfaces.iter().cloned());
                 } else {
-                    interfaces.extend(advertisement.interfaces.intersection(&node.interfaces).cloned());
+                    interfaces
+                        .extend(node.interfaces.iter().filter(|i| any_matches(&advertisement.interfaces, i)).cloned());
                 }
             }
             (!interfaces.is_empty()).then_some(Candidate { node: &node.name, interfaces, cordoned: node.unschedulable })

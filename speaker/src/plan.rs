@@ -216,7 +216,9 @@ fn decide_one(
             if adv.interfaces.is_empty() {
                 any_interface = true;
             } else {
-                named_interfaces.extend(adv.interfaces.intersection(&node.interfaces).cloned());
+                named_interfaces.extend(
+                    node.interfaces.iter().filter(|i| crate::inventory::any_matches(&adv.interfaces, i)).cloned(),
+                );
             }
         }
     }

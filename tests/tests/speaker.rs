@@ -4,8 +4,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed step should stop the test, loudly
 
-use ferrolb_crds::reason;
 use std::time::Duration;
+
+use ferrolb_crds::reason;
 
 use ferrolb_e2e::l2lab::{L2Lab, VIP4, VIP6, macs_in, metric};
 use ferrolb_e2e::lab_supervisor::{DEMO_NAMESPACE, DEMO_SERVICE};
@@ -374,4 +375,35 @@ fn a_pool_shrunk_past_a_services_address_leaves_it_kept_and_answering() {
     lab.running.lab().client_exec("ip", &["neigh", "flush", "dev", &client]).unwrap();
     assert!(lab.curl(VIP4).is_some(), "the kept IPv4 address stopped answering\n{}", lab.logs());
     assert!(lab.curl(VIP6).is_some(), "the kept IPv6 address stopped answering\n{}", lab.logs());
+}
+
+#[test]
+fn a_node_whose_address_is_on_a_bridge_announces_its_vip_from_the_bridge() {
+    let lab = L2Lab::up();
+    let owner = lab.owner();
+    let host = lab.running.lab().node(&owner).unwrap().clone();
+    let ns = lab.netns(&owner);
+    // As on a KVM/Proxmox host: eth0 becomes a port of br0, which takes over the node's MAC and addresses.
+    let ipv4 = format!("{}/24", host.ipv4);
+    let ipv6 = format!("{}/64", host.ipv6);
+    for args in [
+        vec!["link", "add", "br0", "address", host.mac.as_str(), "type", "bridge"],
+        vec!["link", "set", "eth0", "master", "br0"],
+        vec!["addr", "flush", "dev", "eth0", "scope", "global"],
+        vec!["addr", "add", ipv4.as_str(), "dev", "br0"],
+        vec!["addr", "add", ipv6.as_str(), "dev", "br0", "nodad"],
+        vec!["link", "set", "br0", "up"],
+    ] {
+        let out = netns::exec(&ns, "ip", &args).unwrap();
+        assert!(out.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+    }
+    let announcements: Api<ferrolb_crds::L2Announcement> =
+        Api::namespaced(lab.client.clone(), ferrolb_e2e::lab_supervisor::INSTALL_NAMESPACE);
+    lab.wait_for(&format!("{owner} to announce the VIP on br0"), || {
+        lab.runtime
+            .block_on(announcements.get_opt(ferrolb_e2e::l2lab::ANNOUNCEMENT))
+            .unwrap()
+            .is_some_and(|a| a.spec.node == owner && a.spec.interfaces == ["br0"])
+    });
+    lab.assert_single_owner(&owner);
 }

@@ -206,8 +206,8 @@ fn every_node_a_member(world: &World) -> Members {
 /// subnet (or the default route's).
 fn interface_for(group: &Group, inventory: &Inventory) -> Option<String> {
     if !group.key.interfaces.is_empty() {
-        let usable = inventory.usable();
-        return group.key.interfaces.iter().find(|i| usable.contains(i)).cloned();
+        // The advertisement's names may be patterns: the first usable interface one of them means.
+        return inventory.usable().into_iter().find(|i| crate::inventory::any_matches(&group.key.interfaces, i));
     }
     let first = group.vips.iter().next()?;
     inventory.interfaces_for(*first).into_iter().next()
@@ -243,7 +243,7 @@ async fn apply(
         }
     }
     let reports = shared.reports;
-    shared.reporter.report_unplaced(cluster, reports, unplaced);
+    shared.reporter.report_unplaced(cluster, reports, shared.inventory, unplaced);
     match supervisor.apply(&config).await {
         Ok(Applied::Unchanged) => {}
         Ok(Applied::Started) => tracing::info!(instances = groups.len(), "keepalived configured"),

@@ -264,7 +264,7 @@ impl driver::Backend for L2Backend {
         let (cluster, reports) = (shared.cluster, shared.reports);
         shared.reporter.report_node_addresses(cluster, reports, outcome.node_address_vips, outcome.janitor);
         shared.reporter.report(cluster, reports, outcome.decisions, &outcome.held, outcome.janitor);
-        shared.reporter.report_unplaced(cluster, reports, outcome.unplaced);
+        shared.reporter.report_unplaced(cluster, reports, shared.inventory, outcome.unplaced);
         Ok(())
     }
 

@@ -137,6 +137,14 @@ fn the_exclude_label_and_node_selectors_are_honoured() {
     lab.runtime.block_on(api.patch("demo", &PatchParams::default(), &Patch::Merge(&patch))).unwrap();
     lab.wait_for(&format!("{third}, the only selected node, to answer"), || lab.curl(VIP4).as_deref() == Some(third));
     lab.assert_single_owner(third);
+    // A node that sees the selector change a moment after the new owner took over hands over; it does not
+    // defend the VIP nor call the new owner a conflicting host.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        lab.events(reason::IP_CONFLICT).is_empty(),
+        "no IPConflict for a hand-over: {:?}",
+        lab.events(reason::IP_CONFLICT)
+    );
 }
 
 #[test]

@@ -33,6 +33,9 @@ use crate::report::{Notice, Report};
 /// After start-up, or after an interface comes back, how long a speaker takes nothing over unless it sees
 /// another member first.
 pub const DEFAULT_JOIN_GRACE: Duration = Duration::from_secs(2);
+/// How long a foreign claim on a VIP held by right waits before it counts as a conflict: the peer may have seen
+/// a plan change (a selector edit, a cordon) a moment before this node's watch delivers it.
+const CONFLICT_CONFIRM: Duration = Duration::from_millis(300);
 /// A stopping speaker keeps answering for its VIPs at most this long while the others take them over (they
 /// announce at once, since a draining holder needs no wire probe); then it stops whatever happened. Equal to
 /// the hand-over fallback of a VIP given to a live member with the default join grace.
@@ -66,6 +69,8 @@ pub struct L2Backend {
     draining: tokio::sync::watch::Receiver<BTreeSet<String>>,
     conflicts: mpsc::UnboundedReceiver<Conflict>,
     responder: Responder,
+    /// Foreign claims on VIPs held by right, and when to look at them again.
+    unconfirmed: Vec<(Instant, Conflict)>,
     core: Core,
     log: ConflictLog,
     peers: BTreeSet<SocketAddr>,
@@ -76,6 +81,8 @@ pub enum L2Event {
     /// The gossip's members, or its draining members, changed.
     Membership,
     Conflict(Conflict),
+    /// A claim heard [`CONFLICT_CONFIRM`] ago on a VIP held by right is looked at again.
+    ConflictConfirm,
     /// A claim's probe or grace is due (`complete`: the view was complete when the wait began).
     ClaimsDue {
         complete: bool,
@@ -124,6 +131,7 @@ impl L2Backend {
         let mut responder = Responder::new(conflicts_tx, metrics.clone());
         responder.sync(&setup.inventory);
         Ok(Self {
+            unconfirmed: Vec::new(),
             core: Core::new(me.clone(), l2.timing, l2.join_grace, std::time::Instant::now()),
             log: ConflictLog::new(me.clone()),
             me,
@@ -141,6 +149,49 @@ impl L2Backend {
     }
 }
 
+impl L2Backend {
+    /// Hears again the pending claims on VIPs this node's plan now hands over; true if one was released.
+    fn release_handed_over(&mut self) -> bool {
+        let now = std::time::Instant::now();
+        let mut released = false;
+        let mut still = Vec::new();
+        for (at, conflict) in std::mem::take(&mut self.unconfirmed) {
+            match self.core.heard(conflict.vip, now) {
+                Heard::Conflict => still.push((at, conflict)),
+                Heard::Released => {
+                    tracing::info!(vip = %conflict.vip, mac = %conflict.mac, "handed over: the new owner announces it");
+                    released = true;
+                }
+                Heard::Ignored | Heard::Deferred | Heard::StoodDown => {}
+            }
+        }
+        self.unconfirmed = still;
+        released
+    }
+
+    /// A foreign claim heard [`CONFLICT_CONFIRM`] ago, heard again now that any plan change has reached us:
+    /// still against a VIP held by right, it is a conflict (defended and reported); otherwise it was a
+    /// hand-over and is treated as one.
+    async fn confirm(&mut self, conflict: Conflict, shared: &mut driver::Shared<'_>) {
+        let now = std::time::Instant::now();
+        match self.core.heard(conflict.vip, now) {
+            Heard::Ignored => {}
+            Heard::Conflict => {
+                let defend = self.core.defend(conflict.vip, now);
+                self.responder.execute(defend).await;
+                self.log.report_conflict(shared, conflict);
+            }
+            Heard::Deferred | Heard::StoodDown => {
+                self.metrics.takeovers_deferred.inc();
+                self.log.log_deferral(shared.reporter.decisions(), &conflict);
+            }
+            Heard::Released => {
+                tracing::info!(vip = %conflict.vip, mac = %conflict.mac, "handed over: the new owner announces it");
+            }
+        }
+    }
+}
+
 impl driver::Backend for L2Backend {
     type Event = L2Event;
 
@@ -150,6 +201,7 @@ impl driver::Backend for L2Backend {
         let claims_due = self.core.claims_due().map(Instant::from_std).unwrap_or(far);
         let complete = self.core.view_complete(&self.members.borrow());
         let hold_until = self.core.hold_due().map(Instant::from_std);
+        let confirm_due = self.unconfirmed.iter().map(|(at, _)| *at).min();
         tokio::select! {
             changed = self.draining.changed() => {
                 changed.context("the gossip membership stopped")?;
@@ -160,6 +212,7 @@ impl driver::Backend for L2Backend {
                 Ok(L2Event::Membership)
             }
             Some(conflict) = self.conflicts.recv() => Ok(L2Event::Conflict(conflict)),
+            _ = tokio::time::sleep_until(confirm_due.unwrap_or(far)), if confirm_due.is_some() => Ok(L2Event::ConflictConfirm),
             _ = tokio::time::sleep_until(claims_due) => Ok(L2Event::ClaimsDue { complete }),
             changed = self.rejoins.changed() => {
                 changed.context("the gossip membership stopped")?;
@@ -177,10 +230,13 @@ impl driver::Backend for L2Backend {
             L2Event::Conflict(conflict) => match self.core.heard(conflict.vip, now) {
                 Heard::Ignored => return Ok(Next::Wait),
                 Heard::Conflict => {
-                    let defend = self.core.defend(conflict.vip, now);
-                    self.responder.execute(defend).await;
-                    self.log.report_conflict(shared, conflict);
-                    return Ok(Next::Wait);
+                    // Most often a peer that saw a plan change first (a selector edit, a cordon) and took the
+                    // VIP over while our own watch is a moment behind: re-plan now, and defend and report only
+                    // if the claim still stands once the change had time to reach us.
+                    if !self.unconfirmed.iter().any(|(_, c)| c.vip == conflict.vip) {
+                        self.unconfirmed.push((Instant::now() + CONFLICT_CONFIRM, conflict));
+                    }
+                    return Ok(Next::Step);
                 }
                 Heard::Deferred | Heard::StoodDown => {
                     self.metrics.takeovers_deferred.inc();
@@ -190,6 +246,14 @@ impl driver::Backend for L2Backend {
                     tracing::info!(vip = %conflict.vip, mac = %conflict.mac, "handed over: the new owner announces it");
                 }
             },
+            L2Event::ConflictConfirm => {
+                let due = Instant::now();
+                let (ready, later): (Vec<_>, Vec<_>) = self.unconfirmed.drain(..).partition(|(at, _)| *at <= due);
+                self.unconfirmed = later;
+                for (_, conflict) in ready {
+                    self.confirm(conflict, shared).await;
+                }
+            }
             L2Event::ClaimsDue { complete } => self.core.tick_claims(complete, now),
             L2Event::Rejoined => {
                 let actions = self.core.rejoined(now);
@@ -243,7 +307,12 @@ impl driver::Backend for L2Backend {
             announcements: &announcements,
             peers: self.peers.len(),
         };
-        let outcome = self.core.step(&view, std::time::Instant::now());
+        let mut outcome = self.core.step(&view, std::time::Instant::now());
+        // A claim heard just before this plan handed the VIP over was the new owner's: let go at once
+        // instead of answering until its next announcement.
+        if self.release_handed_over() {
+            outcome = self.core.step(&view, std::time::Instant::now());
+        }
         // Stop answering for lost VIPs before anything else happens, and listen for answers before probing.
         self.responder.set_owned(&outcome.held, &outcome.watched);
         for (vip, interface) in &outcome.probes {

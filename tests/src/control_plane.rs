@@ -384,7 +384,8 @@ pub async fn client_from_kubeconfig(path: &Path) -> Result<kube::Client> {
     Ok(kube::Client::try_from(config)?)
 }
 
-fn require(binary: K8sBinary) -> Result<PathBuf> {
+/// The path of a built Kubernetes binary, or an error that says how to build it.
+pub(crate) fn require(binary: K8sBinary) -> Result<PathBuf> {
     let path = binary.path();
     if path.is_file() { Ok(path) } else { Err(Error::MissingBinary { binary: binary.file_name().into(), path }) }
 }

@@ -16,7 +16,7 @@ use crate::control_plane::ControlPlane;
 use crate::error::{Error, IoContext, Result};
 use crate::netlab::{self, Lab};
 use crate::node_runtime::{NodeConfig, NodeRuntime};
-use crate::toolchain::K8sBinary;
+use crate::toolchain::{self, K8sBinary};
 
 /// The chart's release name in the lab (its objects are `ferrolb-controller`, `ferrolb-speaker`, ...).
 pub const RELEASE: &str = "ferrolb";
@@ -34,26 +34,27 @@ pub struct Images {
 }
 
 impl Images {
-    pub const FERROLB: &str = "ghcr.io/ferrolb/ferrolb";
-    pub const KEEPALIVED: &str = "ghcr.io/ferrolb/ferrolb-keepalived";
-    pub const PAUSE: &str = "ferrolb.local/lab/pause";
-    pub const DEMO_WEB: &str = "ferrolb.local/lab/demo-web";
-    const ARCHIVES: [&str; 4] = ["ferrolb", "ferrolb-keepalived", "pause", "demo-web"];
+    pub const FERROLB: &str = toolchain::FERROLB_IMAGE.repository;
+    pub const KEEPALIVED: &str = toolchain::KEEPALIVED_IMAGE.repository;
+    pub const PAUSE: &str = toolchain::PAUSE_IMAGE.repository;
+    pub const DEMO_WEB: &str = toolchain::DEMO_WEB_IMAGE.repository;
 
     /// `<cache>/target/images`, tagged with the chart's appVersion: what `cargo xtask image` makes.
     pub fn built_by_xtask(repo: &Path) -> Result<Self> {
-        Ok(Self { dir: crate::toolchain::cargo_target_dir().join("images"), tag: chart_app_version(repo)? })
+        let tag = toolchain::chart_app_version(repo).context(|| "reading the chart's appVersion".into())?;
+        Ok(Self { dir: toolchain::images_dir(), tag })
     }
 
     pub fn reference(&self, repository: &str) -> String {
         format!("{repository}:{}", self.tag)
     }
 
+    /// Every image a node imports: ferrolb's (both modes) and the lab's own.
     fn archives(&self) -> Result<Vec<PathBuf>> {
-        Self::ARCHIVES
+        [toolchain::FERROLB_IMAGE, toolchain::KEEPALIVED_IMAGE, toolchain::PAUSE_IMAGE, toolchain::DEMO_WEB_IMAGE]
             .iter()
-            .map(|name| {
-                let path = self.dir.join(format!("{name}.tar"));
+            .map(|image| {
+                let path = self.dir.join(format!("{}.tar", image.archive));
                 if path.is_file() {
                     Ok(path)
                 } else {
@@ -62,16 +63,6 @@ impl Images {
             })
             .collect()
     }
-}
-
-/// The chart's appVersion (the default tag of its images).
-pub fn chart_app_version(repo: &Path) -> Result<String> {
-    let path = repo.join("charts").join("ferrolb").join("Chart.yaml");
-    let text = std::fs::read_to_string(&path).context(|| format!("reading {}", path.display()))?;
-    text.lines()
-        .find_map(|line| line.strip_prefix("appVersion:"))
-        .map(|v| v.trim().trim_matches('"').to_string())
-        .ok_or_else(|| Error::Lab(format!("{} has no appVersion", path.display())))
 }
 
 /// The real nodes of a lab.

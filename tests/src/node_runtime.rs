@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::control_plane::ControlPlane;
+use crate::control_plane::{ControlPlane, require};
 use crate::error::{Error, IoContext, Result};
 use crate::netlab::{self, LabHost};
 use crate::process::ManagedProcess;
@@ -568,11 +568,6 @@ pub fn sweep_shared_host_paths() -> Vec<String> {
         }
     }
     removed
-}
-
-fn require(binary: K8sBinary) -> Result<PathBuf> {
-    let path = binary.path();
-    if path.is_file() { Ok(path) } else { Err(Error::MissingBinary { binary: binary.file_name().into(), path }) }
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //! This file has no dependencies beyond `std` on purpose: `xtask` (which builds the binaries) includes it with
 //! `#[path]`, so the versions and cache layout are written down exactly once and `xtask` stays quick to compile.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// The Kubernetes release the suite runs against: the newest minor k8s-openapi 0.29 supports (feature `v1_37`).
 pub const KUBERNETES_VERSION: &str = "v1.37.2";
@@ -116,4 +116,42 @@ pub fn cache_root() -> PathBuf {
 /// Cargo's target directory for the suite, shared by every clone on the machine.
 pub fn cargo_target_dir() -> PathBuf {
     cache_root().join("target")
+}
+
+/// An image `cargo xtask image` builds: `<images dir>/<archive>.tar`, named `<repository>:<tag>` inside.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImageName {
+    pub archive: &'static str,
+    pub repository: &'static str,
+}
+
+impl ImageName {
+    pub fn reference(self, tag: &str) -> String {
+        format!("{}:{tag}", self.repository)
+    }
+}
+
+/// Controller, speaker and CLI (the Dockerfile's default target).
+pub const FERROLB_IMAGE: ImageName = ImageName { archive: "ferrolb", repository: "ghcr.io/ferrolb/ferrolb" };
+/// The speaker with keepalived (the Dockerfile's `keepalived` target).
+pub const KEEPALIVED_IMAGE: ImageName =
+    ImageName { archive: "ferrolb-keepalived", repository: "ghcr.io/ferrolb/ferrolb-keepalived" };
+/// The lab's pod sandbox.
+pub const PAUSE_IMAGE: ImageName = ImageName { archive: "pause", repository: "ferrolb.local/lab/pause" };
+/// The lab's demo web server.
+pub const DEMO_WEB_IMAGE: ImageName = ImageName { archive: "demo-web", repository: "ferrolb.local/lab/demo-web" };
+
+/// Where `cargo xtask image` puts the archives.
+pub fn images_dir() -> PathBuf {
+    cargo_target_dir().join("images")
+}
+
+/// The chart's appVersion: the default tag of its images.
+pub fn chart_app_version(repo: &Path) -> std::io::Result<String> {
+    let path = repo.join("charts").join("ferrolb").join("Chart.yaml");
+    std::fs::read_to_string(&path)?
+        .lines()
+        .find_map(|line| line.strip_prefix("appVersion:"))
+        .map(|v| v.trim().trim_matches('"').to_string())
+        .ok_or_else(|| std::io::Error::other(format!("{} has no appVersion", path.display())))
 }

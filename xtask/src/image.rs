@@ -54,10 +54,10 @@ pub fn run(tag: Option<String>) -> Result<()> {
     )?;
     let tag = match tag {
         Some(tag) => tag,
-        None => chart_app_version()?,
+        None => toolchain::chart_app_version(&run::workspace_root())?,
     };
     let release = toolchain::cargo_target_dir().join("release");
-    let out = toolchain::cargo_target_dir().join("images");
+    let out = toolchain::images_dir();
     fs::create_dir_all(&out)?;
     for spec in specs(&release, &tag)? {
         let archive = out.join(format!("{}.tar", spec.name));
@@ -82,29 +82,29 @@ pub fn specs(release: &Path, tag: &str) -> Result<Vec<ImageSpec>> {
     keepalived_files.extend(system);
     Ok(vec![
         ImageSpec {
-            name: "ferrolb",
-            reference: format!("ghcr.io/ferrolb/ferrolb:{tag}"),
+            name: toolchain::FERROLB_IMAGE.archive,
+            reference: toolchain::FERROLB_IMAGE.reference(tag),
             files: ferrolb_files,
             entrypoint: "/usr/local/bin/ferrolb-controller".into(),
             user: Some(NONROOT),
         },
         ImageSpec {
-            name: "ferrolb-keepalived",
-            reference: format!("ghcr.io/ferrolb/ferrolb-keepalived:{tag}"),
+            name: toolchain::KEEPALIVED_IMAGE.archive,
+            reference: toolchain::KEEPALIVED_IMAGE.reference(tag),
             files: keepalived_files,
             entrypoint: "/usr/local/bin/ferrolb-speaker".into(),
             user: None,
         },
         ImageSpec {
-            name: "pause",
-            reference: format!("ferrolb.local/lab/pause:{tag}"),
+            name: toolchain::PAUSE_IMAGE.archive,
+            reference: toolchain::PAUSE_IMAGE.reference(tag),
             files: vec![(release.join("ferrolb-pause"), "/pause".into())],
             entrypoint: "/pause".into(),
             user: None,
         },
         ImageSpec {
-            name: "demo-web",
-            reference: format!("ferrolb.local/lab/demo-web:{tag}"),
+            name: toolchain::DEMO_WEB_IMAGE.archive,
+            reference: toolchain::DEMO_WEB_IMAGE.reference(tag),
             files: vec![(release.join("ferrolb-demo-web"), "/demo-web".into())],
             entrypoint: "/demo-web".into(),
             user: Some(NONROOT),
@@ -238,15 +238,6 @@ fn tempdir(prefix: &str) -> Result<PathBuf> {
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir)?;
     Ok(dir)
-}
-
-fn chart_app_version() -> Result<String> {
-    let chart = fs::read_to_string(run::workspace_root().join("charts/ferrolb/Chart.yaml"))?;
-    chart
-        .lines()
-        .find_map(|l| l.strip_prefix("appVersion:"))
-        .map(|v| v.trim().trim_matches('"').to_string())
-        .context("charts/ferrolb/Chart.yaml has no appVersion")
 }
 
 #[cfg(test)]

@@ -274,18 +274,17 @@ impl RunningLab {
                 this.config.nodes,
             )
             .await?;
-            this.refresh_pod_pids().await
+            this.refresh_pod_pids(&client).await
         })?;
         this.write_state(true)?;
         Ok(this)
     }
 
     /// Kubelet mode: reads where ferrolb's containers run now; true if a pid changed.
-    pub async fn refresh_pod_pids(&mut self) -> Result<bool> {
+    pub async fn refresh_pod_pids(&mut self, client: &kube::Client) -> Result<bool> {
         let Some(nodes) = &self.kubelet_nodes else { return Ok(false) };
-        let client = self.plane.admin_client().await?;
-        let pods = crate::kubelet_lab::ferrolb_pods(&client, INSTALL_NAMESPACE).await?;
-        let leader = crate::kubelet_lab::controller_leader(&client, INSTALL_NAMESPACE).await?;
+        let pods = crate::kubelet_lab::ferrolb_pods(client, INSTALL_NAMESPACE).await?;
+        let leader = crate::kubelet_lab::controller_leader(client, INSTALL_NAMESPACE).await?;
         let mut fresh = PodPids::default();
         let mut controllers: Vec<&k8s_openapi::api::core::v1::Pod> =
             pods.get("controller").map(|p| p.iter().collect()).unwrap_or_default();
@@ -459,19 +458,26 @@ impl RunningLab {
     pub async fn supervise(&mut self, stop: impl std::future::Future<Output = ()>) -> Result<()> {
         tokio::pin!(stop);
         let mut last_pod_check = std::time::Instant::now();
+        // One client for the whole supervision (a client belongs to the runtime that made it: this one).
+        let pods_client = match self.kubelet_nodes {
+            Some(_) => Some(self.plane.admin_client().await?),
+            None => None,
+        };
         loop {
             tokio::select! {
                 _ = &mut stop => return Ok(()),
                 _ = tokio::time::sleep(SUPERVISE_INTERVAL) => {}
             }
-            if self.kubelet_nodes.is_some() && last_pod_check.elapsed() >= POD_CHECK_INTERVAL {
+            if let Some(client) = &pods_client
+                && last_pod_check.elapsed() >= POD_CHECK_INTERVAL
+            {
                 last_pod_check = std::time::Instant::now();
                 for node in self.kubelet_nodes.iter_mut().flat_map(|n| n.nodes.iter_mut()) {
                     if let Some(daemon) = node.exited_daemon() {
                         tracing::error!(node = node.name(), daemon, log = %node.log_tail(daemon, 5), "a node daemon exited");
                     }
                 }
-                match self.refresh_pod_pids().await {
+                match self.refresh_pod_pids(client).await {
                     Ok(true) => self.write_state(true)?,
                     Ok(false) => {}
                     Err(e) => tracing::warn!(error = %e, "could not read ferrolb's pods"),

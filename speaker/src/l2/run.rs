@@ -151,22 +151,36 @@ impl L2Backend {
 
 impl L2Backend {
     /// Hears again the pending claims on VIPs this node's plan now hands over; true if one was released.
-    fn release_handed_over(&mut self) -> bool {
+    fn release_handed_over(&mut self, decisions: &[Decision]) -> bool {
         let now = std::time::Instant::now();
         let mut released = false;
         let mut still = Vec::new();
         for (at, conflict) in std::mem::take(&mut self.unconfirmed) {
             match self.core.heard(conflict.vip, now) {
                 Heard::Conflict => still.push((at, conflict)),
-                Heard::Released => {
-                    tracing::info!(vip = %conflict.vip, mac = %conflict.mac, "handed over: the new owner announces it");
-                    released = true;
+                heard => {
+                    released |= heard == Heard::Released;
+                    self.heard_without_conflict(heard, &conflict, decisions);
                 }
-                Heard::Ignored | Heard::Deferred | Heard::StoodDown => {}
             }
         }
         self.unconfirmed = still;
         released
+    }
+
+    /// What a claim that is no conflict leads to: a deferred or stood-down takeover is counted and logged, a
+    /// hand-over logged.
+    fn heard_without_conflict(&mut self, heard: Heard, conflict: &Conflict, decisions: &[Decision]) {
+        match heard {
+            Heard::Deferred | Heard::StoodDown => {
+                self.metrics.takeovers_deferred.inc();
+                self.log.log_deferral(decisions, conflict);
+            }
+            Heard::Released => {
+                tracing::info!(vip = %conflict.vip, mac = %conflict.mac, "handed over: the new owner announces it");
+            }
+            Heard::Ignored | Heard::Conflict => {}
+        }
     }
 
     /// A foreign claim heard [`CONFLICT_CONFIRM`] ago, heard again now that any plan change has reached us:
@@ -175,19 +189,12 @@ impl L2Backend {
     async fn confirm(&mut self, conflict: Conflict, shared: &mut driver::Shared<'_>) {
         let now = std::time::Instant::now();
         match self.core.heard(conflict.vip, now) {
-            Heard::Ignored => {}
             Heard::Conflict => {
                 let defend = self.core.defend(conflict.vip, now);
                 self.responder.execute(defend).await;
                 self.log.report_conflict(shared, conflict);
             }
-            Heard::Deferred | Heard::StoodDown => {
-                self.metrics.takeovers_deferred.inc();
-                self.log.log_deferral(shared.reporter.decisions(), &conflict);
-            }
-            Heard::Released => {
-                tracing::info!(vip = %conflict.vip, mac = %conflict.mac, "handed over: the new owner announces it");
-            }
+            heard => self.heard_without_conflict(heard, &conflict, shared.reporter.decisions()),
         }
     }
 }
@@ -238,13 +245,7 @@ impl driver::Backend for L2Backend {
                     }
                     return Ok(Next::Step);
                 }
-                Heard::Deferred | Heard::StoodDown => {
-                    self.metrics.takeovers_deferred.inc();
-                    self.log.log_deferral(shared.reporter.decisions(), &conflict);
-                }
-                Heard::Released => {
-                    tracing::info!(vip = %conflict.vip, mac = %conflict.mac, "handed over: the new owner announces it");
-                }
+                heard => self.heard_without_conflict(heard, &conflict, shared.reporter.decisions()),
             },
             L2Event::ConflictConfirm => {
                 let due = Instant::now();
@@ -310,7 +311,7 @@ impl driver::Backend for L2Backend {
         let mut outcome = self.core.step(&view, std::time::Instant::now());
         // A claim heard just before this plan handed the VIP over was the new owner's: let go at once
         // instead of answering until its next announcement.
-        if self.release_handed_over() {
+        if self.release_handed_over(shared.reporter.decisions()) {
             outcome = self.core.step(&view, std::time::Instant::now());
         }
         // Stop answering for lost VIPs before anything else happens, and listen for answers before probing.

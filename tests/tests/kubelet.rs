@@ -183,6 +183,19 @@ impl Load {
         Self { stop, worker: Some(worker) }
     }
 
+    /// Stops the load and checks it: answers came, no outage during `what`, and at most one reset connection
+    /// per VIP move (`moves`).
+    fn finish_without_outage(self, what: &str, moves: u32) {
+        let outcome = self.finish();
+        eprintln!("{what}: {outcome:?}");
+        assert!(outcome.answered > 0, "{what}: no request was answered");
+        assert_eq!(outcome.outages, 0, "{what}: the VIP answered throughout: {outcome:?}");
+        assert!(
+            outcome.resets <= moves,
+            "{what}: at most the connection in flight at each of {moves} move(s) was reset: {outcome:?}"
+        );
+    }
+
     fn finish(mut self) -> Outcome {
         self.stop.store(true, Ordering::Relaxed);
         self.worker.take().unwrap().join().unwrap()
@@ -317,11 +330,8 @@ fn deleting_the_owners_speaker_pod_moves_the_vip_and_the_daemonset_brings_it_bac
     // The node's own speaker takes its VIP back once it has rejoined (rendezvous hashing).
     lab.wait_for("the VIP to return to its node", || lab.owner().as_deref() == Some(owner.as_str()));
     std::thread::sleep(Duration::from_secs(1));
-    let outcome = load.finish();
-    eprintln!("speaker pod deletion on {owner}: {outcome:?}");
-    assert!(outcome.answered > 0);
-    assert_eq!(outcome.outages, 0, "the VIP answered throughout the hand-over and back: {outcome:?}");
-    assert!(outcome.resets <= 2, "at most the connection in flight at each of the two moves was reset: {outcome:?}");
+    // Away and back: two moves.
+    load.finish_without_outage(&format!("speaker pod deletion on {owner}"), 2);
     assert_eq!(lab.service_ips(), ips);
 }
 
@@ -358,12 +368,8 @@ fn a_helm_upgrade_to_a_new_tag_rolls_the_speakers_with_the_vip_answering_through
                 .all(|p| p.spec.as_ref().unwrap().containers[0].image.as_deref().unwrap().ends_with(&new_tag))
     });
     std::thread::sleep(Duration::from_secs(2));
-    let outcome = load.finish();
-    eprintln!("helm upgrade (rolling speakers and controllers): {outcome:?}");
-    assert!(outcome.answered > 0);
-    assert_eq!(outcome.outages, 0, "the VIP answered throughout the roll: {outcome:?}");
     // Only the owner's restart moves the VIP: away, and back once it has rejoined.
-    assert!(outcome.resets <= 2, "at most the connection in flight at each move was reset: {outcome:?}");
+    load.finish_without_outage("helm upgrade (rolling speakers and controllers)", 2);
     assert_eq!(lab.service_ips(), ips, "no address changed");
 }
 
@@ -391,11 +397,7 @@ fn draining_a_node_moves_its_vips_before_its_speaker_stops(lab: &KubeletLab) {
     let pid = lab.pid(&speaker, "speaker");
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
     std::thread::sleep(Duration::from_secs(3));
-    let outcome = load.finish();
-    eprintln!("drain of {owner}: {outcome:?}");
-    assert!(outcome.answered > 0);
-    assert_eq!(outcome.outages, 0, "the VIP answered throughout the drain and the speaker's stop: {outcome:?}");
-    assert!(outcome.resets <= 1, "at most the connection in flight at the one move was reset: {outcome:?}");
+    load.finish_without_outage(&format!("drain of {owner} and its speaker's stop"), 1);
     assert_ne!(lab.owner().as_deref(), Some(owner.as_str()));
     assert_eq!(lab.service_ips(), ips);
     lab.kubectl(&["uncordon", &owner]);

@@ -83,13 +83,22 @@ fn owner_pid(netns_name: &str) -> Option<u32> {
     digits.parse().ok()
 }
 
-/// Whether `pid` is a running process (a zombie has finished: it only waits to be reaped).
+/// Whether `pid` is a running process. A zombie has finished (it only waits to be reaped), but only once all
+/// its threads have: the leader of a multi-threaded process shows `Z` while its other threads are still
+/// exiting, and until they are, its parent cannot reap it.
 pub fn process_alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         // The state follows the parenthesised command name, which may itself contain ") ".
-        Ok(stat) => stat.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z')),
+        Ok(stat) => {
+            let zombie = stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z'));
+            !zombie || other_threads_remain(pid)
+        }
         Err(_) => false,
     }
+}
+
+fn other_threads_remain(pid: u32) -> bool {
+    std::fs::read_dir(format!("/proc/{pid}/task")).is_ok_and(|tasks| tasks.flatten().count() > 1)
 }
 
 #[cfg(test)]
@@ -104,5 +113,35 @@ mod tests {
         assert_eq!(owner_pid("flbx-1"), None);
         assert_eq!(owner_pid("flb12"), None);
         assert_eq!(owner_pid("other"), None);
+    }
+
+    #[test]
+    fn a_zombie_leader_whose_threads_still_run_is_alive() {
+        use std::io::Write;
+        // The main thread ends (pthread_exit) while another thread waits for stdin to close.
+        let program = "import ctypes, sys, threading\n\
+                       threading.Thread(target=sys.stdin.read).start()\n\
+                       ctypes.CDLL(None).pthread_exit(None)\n";
+        let mut child = std::process::Command::new("/usr/bin/python3")
+            .args(["-c", program])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let zombie_leader = || {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .is_ok_and(|stat| stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z')))
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !zombie_leader() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(zombie_leader(), "the leader never exited");
+        assert!(process_alive(pid), "a thread of it still runs");
+        assert!(child.try_wait().unwrap().is_none(), "and its parent cannot reap it yet");
+
+        let _ = child.stdin.take().unwrap().write_all(b"done");
+        child.wait().unwrap();
+        assert!(!process_alive(pid));
     }
 }

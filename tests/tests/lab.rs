@@ -79,8 +79,16 @@ impl LabRun {
             .status()
             .unwrap();
         assert!(status.success());
-        // `down` waited for the supervisor to finish its teardown; reap it.
-        assert!(self.supervisor.try_wait().unwrap().is_some(), "supervisor still running after `down`");
+        // `down` waited for the supervisor to finish its teardown (every thread of it gone); reap it. The kernel
+        // makes the exited process waitable a moment after its last thread is released.
+        let reaped = (0..50).any(|_| {
+            let exited = self.supervisor.try_wait().unwrap().is_some();
+            if !exited {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            exited
+        });
+        assert!(reaped, "supervisor still running 1 s after `down` returned");
     }
 }
 

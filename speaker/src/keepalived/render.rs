@@ -8,7 +8,7 @@
 //!   free one on collision, groups handled in (preferred VRID, group) order: identical on every node. IPv4 and
 //!   IPv6 have separate VRID spaces (VRRPv3 keeps them apart).
 //! - **Priorities**: from the rendezvous rank, so a group's master is native mode's owner and its backups
-//!   come in native mode's order: 250 for the first, then evenly down to at least 1.
+//!   come in native mode's order: 255 for the first (master at once), then from 250 evenly down to at least 1.
 //! - **Peers**: unicast to the other candidates' node addresses of the group's family, or multicast.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -136,8 +136,14 @@ pub fn groups(decisions: &[Decision], settings: &Settings) -> Result<Vec<Group>,
     Ok(groups)
 }
 
-/// VRRP priority of the node at `rank` (0: the owner) among `candidates`.
+/// VRRP priority of the node at `rank` (0: the owner) among `candidates`. The owner has 255: keepalived
+/// makes an instance whose state is MASTER master at once only at that priority; at any other it first
+/// waits three advert intervals, and a VIP whose group changed (a Service came or went, a node joined) sat
+/// in a fresh instance that every node held as backup, unanswered for those 3 s.
 pub fn priority(rank: usize, candidates: usize) -> u8 {
+    if rank == 0 {
+        return u8::MAX;
+    }
     let step = (249 / candidates.max(1)).max(1);
     u8::try_from(250usize.saturating_sub(rank.saturating_mul(step)).max(1)).unwrap_or(1)
 }

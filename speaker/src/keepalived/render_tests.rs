@@ -74,13 +74,13 @@ fn the_rendered_config_matches_the_golden_file() {
 
 #[test]
 fn priorities_follow_the_rendezvous_rank() {
-    assert_eq!(priority(0, 3), 250);
+    assert_eq!(priority(0, 3), 255, "only the owner's priority makes a fresh instance master without waiting");
     assert!(priority(0, 3) > priority(1, 3) && priority(1, 3) > priority(2, 3) && priority(2, 3) >= 1);
-    assert!(priority(299, 300) >= 1 && priority(0, 300) == 250);
+    assert!(priority(299, 300) >= 1 && priority(0, 300) == 255);
     let groups = groups(&lab_decisions(), &settings()).unwrap();
     let (config, _) = render("node-1", &groups, &addresses(), |_| Some("eth0".into()), &settings());
     // node-1 is first for db and last for the others.
-    assert!(config.contains("priority 250") && config.contains("priority 84"), "{config}");
+    assert!(config.contains("priority 255") && config.contains("priority 84"), "{config}");
 }
 
 #[test]

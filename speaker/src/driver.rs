@@ -16,6 +16,7 @@ use tokio::time::Instant;
 use crate::cluster::{ClassFilter, Cluster};
 use crate::inventory::Inventory;
 use crate::links;
+use crate::metrics::{AnnouncedLabels, Metrics};
 use crate::plan::{self, Decision};
 use crate::report::{self, Notice, Report};
 
@@ -100,13 +101,20 @@ pub struct Setup {
     pub cluster: Cluster,
     pub node: std::sync::Arc<k8s_openapi::api::core::v1::Node>,
     pub inventory: Inventory,
+    /// The speaker's series, shared by the driver's reports and the backend.
+    pub metrics: Metrics,
     link_changes: tokio::sync::mpsc::UnboundedReceiver<()>,
     reports: report::Reports,
     writer: tokio::task::JoinHandle<()>,
 }
 
 impl Setup {
-    pub async fn start(client: &kube::Client, options: Options, events: report::EventSource) -> anyhow::Result<Self> {
+    pub async fn start(
+        client: &kube::Client,
+        options: Options,
+        events: report::EventSource,
+        metrics: Metrics,
+    ) -> anyhow::Result<Self> {
         let (cluster, node) = watch_cluster(client, &options).await?;
         let inventory = links::scan()
             .await
@@ -115,7 +123,7 @@ impl Setup {
         let link_changes = links::watch_changes().context("watching the node's interfaces (netlink)")?;
         let (reports, reports_rx) = report::channel();
         let writer = tokio::spawn(report::run(client.clone(), options.namespace.clone(), events, reports_rx));
-        Ok(Self { options, cluster, node, inventory, link_changes, reports, writer })
+        Ok(Self { options, cluster, node, inventory, metrics, link_changes, reports, writer })
     }
 }
 
@@ -126,9 +134,10 @@ pub async fn run<B: Backend>(
     health: ferrolb_telemetry::Health,
     stop: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let Setup { options, cluster, node: _, mut inventory, mut link_changes, reports, writer } = setup;
+    let Setup { options, cluster, node: _, mut inventory, metrics: setup_metrics, mut link_changes, reports, writer } =
+        setup;
     let me = options.node_name.clone();
-    let mut reporter = Reporter::new(me.clone());
+    let mut reporter = Reporter::new(me.clone(), setup_metrics);
     let mut api_dirty: Option<Instant> = Some(Instant::now());
     let mut drain_deadline: Option<Instant> = None;
     let mut resync = tokio::time::interval(RESYNC_PERIOD);
@@ -200,6 +209,9 @@ pub async fn run<B: Backend>(
 /// Event per change (`NodeAssigned`, `NotAnnounced`, `NodeAddress`), never repeated while nothing changes.
 pub struct Reporter {
     me: String,
+    metrics: Metrics,
+    /// The `ferrolb_speaker_announced` series set after the last plan.
+    announced_series: BTreeSet<AnnouncedLabels>,
     decisions: Vec<Decision>,
     /// Services this node announced after the last plan (for `NodeAssigned`).
     announced_services: BTreeSet<ServiceReference>,
@@ -210,9 +222,11 @@ pub struct Reporter {
 }
 
 impl Reporter {
-    pub fn new(me: String) -> Self {
+    pub fn new(me: String, metrics: Metrics) -> Self {
         Self {
             me,
+            metrics,
+            announced_series: BTreeSet::new(),
             decisions: Vec::new(),
             announced_services: BTreeSet::new(),
             unplaced_services: BTreeSet::new(),
@@ -259,7 +273,34 @@ impl Reporter {
             }
         }
         self.announced_services = announced;
+        self.set_announced_series(&decisions, held);
         self.decisions = decisions;
+    }
+
+    /// One `ferrolb_speaker_announced` series per Service VIP this node holds, per interface; the series of
+    /// what it no longer holds are removed (a stale 1 would hide a VIP nobody announces).
+    fn set_announced_series(&mut self, decisions: &[Decision], held: &BTreeMap<IpAddr, BTreeSet<String>>) {
+        let mut now = BTreeSet::new();
+        for decision in decisions.iter().filter(|d| d.owner.as_deref() == Some(self.me.as_str())) {
+            for vip in &decision.vips {
+                for interface in held.get(vip).into_iter().flatten() {
+                    now.insert(AnnouncedLabels {
+                        namespace: decision.service.namespace.clone(),
+                        service: decision.service.name.clone(),
+                        ip: vip.to_string(),
+                        node: self.me.clone(),
+                        interface: interface.clone(),
+                    });
+                }
+            }
+        }
+        for gone in self.announced_series.difference(&now) {
+            self.metrics.announced.remove(gone);
+        }
+        for series in &now {
+            self.metrics.announced.get_or_create(series).set(1);
+        }
+        self.announced_series = now;
     }
 
     pub fn report_unplaced(

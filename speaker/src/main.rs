@@ -145,8 +145,8 @@ async fn start(args: Args) -> anyhow::Result<()> {
         Mode::Native => {
             // Checked before any watch starts: a bad key or timer fails at once.
             let l2 = l2_options(&args)?;
-            let setup = driver::Setup::start(&client, options, events).await?;
-            let backend = L2Backend::start(&setup, l2, metrics).await?;
+            let setup = driver::Setup::start(&client, options, events, metrics).await?;
+            let backend = L2Backend::start(&setup, l2).await?;
             driver::run(setup, backend, health, shutdown_signal()).await
         }
         Mode::Keepalived => {
@@ -161,8 +161,8 @@ async fn start(args: Args) -> anyhow::Result<()> {
                     ..render::Settings::default()
                 },
             };
-            let setup = driver::Setup::start(&client, options, events).await?;
-            let backend = KeepalivedBackend::start(&setup, keepalived, metrics)?;
+            let setup = driver::Setup::start(&client, options, events, metrics).await?;
+            let backend = KeepalivedBackend::start(&setup, keepalived)?;
             driver::run(setup, backend, health, shutdown_signal()).await
         }
     }

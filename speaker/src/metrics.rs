@@ -26,6 +26,23 @@ pub struct RejectLabel {
     pub reason: &'static str,
 }
 
+/// One VIP of a Service this node announces, on one interface.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+pub struct AnnouncedLabels {
+    pub namespace: String,
+    pub service: String,
+    pub ip: String,
+    pub node: String,
+    pub interface: String,
+}
+
+/// Why keepalived's configuration could not be applied.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadFailureLabel {
+    /// `invalid_config` (refused by `keepalived -t`) or `io` (not written, or keepalived not signalled/started).
+    pub reason: &'static str,
+}
+
 /// Every metric the speaker exports. Cloning shares the same series.
 #[derive(Clone, Debug, Default)]
 pub struct Metrics {
@@ -45,6 +62,10 @@ pub struct Metrics {
     /// Frames dropped unread because they were queued too long (the speaker was not running).
     pub stale_frames: Counter,
     pub rejected_gossip: Family<RejectLabel, Counter>,
+    /// 1 per (Service, VIP, interface) this node announces; gone when it stops.
+    pub announced: Family<AnnouncedLabels, Gauge>,
+    /// keepalived mode: configurations that could not be applied (the previous one stays in force).
+    pub keepalived_reload_failures: Family<ReloadFailureLabel, Counter>,
 }
 
 impl Metrics {
@@ -95,6 +116,16 @@ impl Metrics {
             "ferrolb_speaker_rejected_gossip_datagrams",
             "Gossip datagrams dropped, by reason: bad_tag or truncated (no valid key), stale (sent outside the freshness window), replayed (seen before), version",
             self.rejected_gossip.clone(),
+        );
+        registry.register(
+            "ferrolb_speaker_announced",
+            "1 per VIP of a Service this node announces, with the interface it answers on",
+            self.announced.clone(),
+        );
+        registry.register(
+            "ferrolb_speaker_keepalived_reload_failures",
+            "keepalived configurations not applied, by reason: invalid_config (refused by keepalived -t) or io; the previous configuration stays in force",
+            self.keepalived_reload_failures.clone(),
         );
     }
 }

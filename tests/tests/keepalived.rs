@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use ferrolb_crds::{IPAddressPool, IPAddressPoolSpec, L2Advertisement, L2AdvertisementSpec};
-use ferrolb_e2e::l2lab::{L2Lab, VIP4};
+use ferrolb_e2e::l2lab::{L2Lab, VIP4, metric};
 use ferrolb_e2e::netns;
 use ferrolb_e2e::objects::{Backend, apply_endpoint_slice, create_namespace};
 use futures::StreamExt;
@@ -47,6 +47,13 @@ fn rendered_configurations_pass_keepalived_own_check() {
 fn keepalived_holds_the_vips_and_moves_them_when_the_owner_fails() {
     let mut lab = L2Lab::up_with(true, FAST);
     let owner = lab.owner();
+    // The master's speaker reports what it announces, per Service VIP and interface; the backups nothing.
+    lab.wait_for("the master's announcement series", || {
+        metric(&lab.metrics(&owner), "ferrolb_speaker_announced") == 2.0
+    });
+    for other in ["node-1", "node-2", "node-3"].into_iter().filter(|n| *n != owner) {
+        assert_eq!(metric(&lab.metrics(other), "ferrolb_speaker_announced"), 0.0);
+    }
 
     // keepalived killed: its VRRP process leaves, a backup takes over; the speaker restarts keepalived and
     // the owner, first by rank, takes its VIPs back.

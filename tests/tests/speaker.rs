@@ -31,8 +31,16 @@ fn one_owner_answers_on_both_families_and_reports_itself() {
     assert_eq!(metric(&metrics, "ferrolb_speaker_members"), 3.0, "{metrics}");
     assert!(metric(&metrics, "ferrolb_speaker_requests_answered_total") >= 2.0, "{metrics}");
     assert!(metric(&metrics, "ferrolb_speaker_announcements_sent_total") >= 2.0, "{metrics}");
+    for vip in [VIP4, VIP6] {
+        let series = format!(
+            r#"ferrolb_speaker_announced{{namespace="{DEMO_NAMESPACE}",service="{DEMO_SERVICE}",ip="{vip}",node="{owner}",interface="eth0"}} 1"#
+        );
+        assert!(metrics.lines().any(|l| l == series), "{series} in\n{metrics}");
+    }
     for other in ["node-1", "node-2", "node-3"].into_iter().filter(|n| *n != owner) {
-        assert_eq!(metric(&lab.metrics(other), "ferrolb_speaker_owned_vips"), 0.0);
+        let metrics = lab.metrics(other);
+        assert_eq!(metric(&metrics, "ferrolb_speaker_owned_vips"), 0.0);
+        assert_eq!(metric(&metrics, "ferrolb_speaker_announced"), 0.0, "{metrics}");
     }
 
     // Another host claims the VIP: the owner sees a foreign MAC for it and says so on the Service.
@@ -71,6 +79,11 @@ fn sigterm_hands_the_vip_over_and_a_restart_takes_it_back() {
     lab.running.start_stopped();
     lab.wait_for("the first owner to answer again", || lab.curl(VIP4).as_deref() == Some(owner.as_str()));
     lab.assert_single_owner(&owner);
+    // The stand-in's per-Service series go with the VIPs (a stale 1 would hide a VIP nobody announces).
+    lab.wait_for("the stand-in to drop its announcement series", || {
+        metric(&lab.metrics(&next), "ferrolb_speaker_announced") == 0.0
+    });
+    assert_eq!(metric(&lab.metrics(&owner), "ferrolb_speaker_announced"), 2.0);
 }
 
 #[test]

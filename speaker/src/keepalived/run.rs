@@ -11,12 +11,12 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::render::{self, Group, InstanceState, NodeAddresses, Settings};
-use super::supervise::{Applied, Supervisor};
+use super::supervise::{Applied, SuperviseError, Supervisor};
 use crate::cluster::{Cluster, node_address};
 use crate::driver::{self, Next};
 use crate::election::Members;
 use crate::inventory::Inventory;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, ReloadFailureLabel};
 use crate::plan::{self, Decision, World};
 /// keepalived pauses its adverts while it reloads (about a second with hundreds of VIPs on a small node):
 /// reloads are spaced at least this far apart, so a burst of Service changes costs one reload, not many.
@@ -61,7 +61,8 @@ pub enum KeepalivedEvent {
 }
 
 impl KeepalivedBackend {
-    pub fn start(setup: &driver::Setup, keepalived: KeepalivedOptions, metrics: Metrics) -> anyhow::Result<Self> {
+    pub fn start(setup: &driver::Setup, keepalived: KeepalivedOptions) -> anyhow::Result<Self> {
+        let metrics = setup.metrics.clone();
         let (supervisor, states) = Supervisor::new(keepalived.binary.clone(), keepalived.dir.clone())?;
         let settings = Settings { notify_fifo: Supervisor::notify_fifo(&keepalived.dir), ..keepalived.settings };
         tracing::info!(binary = %keepalived.binary.display(), dir = %keepalived.dir.display(), "keepalived mode");
@@ -83,8 +84,17 @@ impl KeepalivedBackend {
 
     /// Renders the configuration of the current groups and applies it (a reload only when it changed).
     async fn apply(&mut self, shared: &mut driver::Shared<'_>) {
-        apply(&self.me, &self.world, &self.groups, shared.inventory, &self.settings, &mut self.supervisor, shared)
-            .await;
+        let applied =
+            apply(&self.me, &self.world, &self.groups, shared.inventory, &self.settings, &mut self.supervisor, shared)
+                .await;
+        if let Err(e) = applied {
+            let reason = match e {
+                SuperviseError::InvalidConfig(_) => "invalid_config",
+                SuperviseError::Io { .. } => "io",
+            };
+            self.metrics.keepalived_reload_failures.get_or_create(&ReloadFailureLabel { reason }).inc();
+            tracing::error!(error = %e, "keepalived configuration not applied");
+        }
     }
 }
 
@@ -221,7 +231,7 @@ async fn apply(
     settings: &Settings,
     supervisor: &mut Supervisor,
     shared: &mut driver::Shared<'_>,
-) {
+) -> Result<(), SuperviseError> {
     let cluster = shared.cluster;
     let addresses: BTreeMap<String, NodeAddresses> = world
         .nodes
@@ -244,10 +254,10 @@ async fn apply(
     }
     let reports = shared.reports;
     shared.reporter.report_unplaced(cluster, reports, shared.inventory, unplaced);
-    match supervisor.apply(&config).await {
-        Ok(Applied::Unchanged) => {}
-        Ok(Applied::Started) => tracing::info!(instances = groups.len(), "keepalived configured"),
-        Ok(Applied::Reloaded) => tracing::info!(instances = groups.len(), "keepalived reloaded (SIGHUP)"),
-        Err(e) => tracing::error!(error = %e, "keepalived configuration not applied"),
+    match supervisor.apply(&config).await? {
+        Applied::Unchanged => {}
+        Applied::Started => tracing::info!(instances = groups.len(), "keepalived configured"),
+        Applied::Reloaded => tracing::info!(instances = groups.len(), "keepalived reloaded (SIGHUP)"),
     }
+    Ok(())
 }

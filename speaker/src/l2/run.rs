@@ -97,7 +97,8 @@ pub enum L2Event {
 
 impl L2Backend {
     /// Binds the gossip port, joins the gossip group and opens the packet sockets.
-    pub async fn start(setup: &driver::Setup, l2: L2Options, metrics: Metrics) -> anyhow::Result<Self> {
+    pub async fn start(setup: &driver::Setup, l2: L2Options) -> anyhow::Result<Self> {
+        let metrics = setup.metrics.clone();
         let me = setup.options.node_name.clone();
         let gossip_ip = l2
             .gossip_address

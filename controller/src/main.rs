@@ -9,7 +9,7 @@ use clap::Parser;
 use ferrolb_controller::engine::Config;
 use ferrolb_controller::metrics::Metrics;
 use ferrolb_controller::run::{self, Options};
-use ferrolb_telemetry::{LogFormat, init_logging, shutdown_signal};
+use ferrolb_telemetry::{LogFormat, MetricsAccess, MetricsAuth, init_logging, shutdown_signal};
 use kube::runtime::events::Reporter;
 use kube_lease_manager::LeaseManagerBuilder;
 
@@ -32,6 +32,10 @@ struct Args {
     /// Where /metrics, /healthz and /readyz are served.
     #[arg(long, env = "FERROLB_METRICS_ADDRESS", default_value = "0.0.0.0:7472")]
     metrics_address: SocketAddr,
+    /// Who may read /metrics: `kubernetes` (a bearer token the API server authorises for `get /metrics`, as
+    /// the chart sets) or `none` (anyone who reaches the port).
+    #[arg(long, env = "FERROLB_METRICS_AUTH", value_enum, default_value = "none")]
+    metrics_auth: MetricsAuth,
     #[arg(long, env = "FERROLB_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
     /// Run without a Lease (a single replica only).
@@ -65,9 +69,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .await
         .context("connecting to the Kubernetes API (KUBECONFIG or in-cluster config)")?;
     let metrics = Metrics::default();
-    let (bound, health) = ferrolb_telemetry::serve_metrics(args.metrics_address, |registry| metrics.register(registry))
-        .await
-        .with_context(|| format!("serving metrics on {}", args.metrics_address))?;
+    let (bound, health) = ferrolb_telemetry::serve_metrics(
+        args.metrics_address,
+        MetricsAccess::new(args.metrics_auth, &client),
+        |registry| metrics.register(registry),
+    )
+    .await
+    .with_context(|| format!("serving metrics on {}", args.metrics_address))?;
     tracing::info!(address = %bound, "serving /metrics, /healthz, /readyz");
 
     let identity = args.identity.clone().unwrap_or_else(default_identity);

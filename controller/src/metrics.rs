@@ -50,8 +50,19 @@ pub struct Metrics {
     pub service_addresses: Family<ServiceAddressLabels, Gauge>,
 }
 
+/// What a write to the API server was, in `ferrolb_write_errors{kind}`.
+pub const WRITE_KINDS: [&str; 3] = ["service_status", "pool_status", "event"];
+
 impl Metrics {
     pub fn register(&self, registry: &mut Registry) {
+        // Series of every known label value exist from the start, at 0: an alert on `increase()` sees the
+        // first failure (a series born at 1 has no increase), and a dashboard finds the series it names.
+        for reason in ferrolb_crds::reason::REFUSALS {
+            let _ = self.allocation_failures.get_or_create(&ReasonLabel { reason: (*reason).to_string() });
+        }
+        for kind in WRITE_KINDS {
+            let _ = self.write_errors.get_or_create(&KindLabel { kind: kind.to_string() });
+        }
         registry.register("ferrolb_pool_addresses", "Addresses a pool can hand out", self.pool_size.clone());
         registry.register(
             "ferrolb_pool_addresses_in_use",

@@ -37,6 +37,22 @@ pub const REQUESTED_IP_RESERVED: &str = "RequestedIpReserved";
 pub const REQUESTED_IP_IN_USE: &str = "RequestedIpInUse";
 pub const REQUESTED_IPS_SPLIT: &str = "RequestedIpsSplit";
 pub const REQUESTED_IPS_NOT_DUAL_STACK: &str = "RequestedIpsNotDualStack";
+/// Every reason a Service is refused an address for (the `reason` values of `ferrolb_allocation_failures`).
+pub const REFUSALS: &[&str] = &[
+    INVALID_REQUEST,
+    NO_POOLS,
+    NO_ELIGIBLE_POOL,
+    POOL_NOT_FOUND,
+    POOL_DISABLED,
+    POOL_NOT_ALLOWED,
+    POOL_EXHAUSTED,
+    FAMILY_UNAVAILABLE,
+    REQUESTED_IP_NOT_IN_POOL,
+    REQUESTED_IP_RESERVED,
+    REQUESTED_IP_IN_USE,
+    REQUESTED_IPS_SPLIT,
+    REQUESTED_IPS_NOT_DUAL_STACK,
+];
 
 // --- IPAddressPool: conditions `Ready`, `Conflicting` and `OverlapsCluster`, and Events ---
 /// Pool condition type (and its reason when True): the pool hands out addresses.

@@ -16,6 +16,7 @@ use ferrolb_speaker::l2::{self, announcer::Timing, gossip_auth::SharedKey, membe
 use ferrolb_speaker::metrics::Metrics;
 use ferrolb_speaker::report::EventSource;
 use ferrolb_telemetry::{LogFormat, init_logging, shutdown_signal};
+use ferrolb_telemetry::{MetricsAccess, MetricsAuth};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Mode {
@@ -98,6 +99,10 @@ struct Args {
     /// Where /metrics, /healthz and /readyz are served.
     #[arg(long, env = "FERROLB_METRICS_ADDRESS", default_value = "0.0.0.0:7473")]
     metrics_address: SocketAddr,
+    /// Who may read /metrics: `kubernetes` (a bearer token the API server authorises for `get /metrics`, as
+    /// the chart sets) or `none` (anyone who reaches the port).
+    #[arg(long, env = "FERROLB_METRICS_AUTH", value_enum, default_value = "none")]
+    metrics_auth: MetricsAuth,
     #[arg(long, env = "FERROLB_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
 }
@@ -125,9 +130,13 @@ async fn start(args: Args) -> anyhow::Result<()> {
         .await
         .context("connecting to the Kubernetes API (KUBECONFIG or in-cluster config)")?;
     let metrics = Metrics::default();
-    let (bound, health) = ferrolb_telemetry::serve_metrics(args.metrics_address, |registry| metrics.register(registry))
-        .await
-        .with_context(|| format!("serving metrics on {}", args.metrics_address))?;
+    let (bound, health) = ferrolb_telemetry::serve_metrics(
+        args.metrics_address,
+        MetricsAccess::new(args.metrics_auth, &client),
+        |registry| metrics.register(registry),
+    )
+    .await
+    .with_context(|| format!("serving metrics on {}", args.metrics_address))?;
     tracing::info!(address = %bound, node = %args.node_name, "serving /metrics, /healthz, /readyz");
 
     let events = EventSource { client: client.clone(), instance: args.node_name.clone() };

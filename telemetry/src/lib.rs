@@ -6,11 +6,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
-use axum::http::StatusCode;
+use axum::http::header::AUTHORIZATION;
+use axum::http::{HeaderMap, StatusCode};
 use axum::routing::get;
 use prometheus_client::registry::Registry;
 
+pub mod access;
 pub mod process;
+
+pub use access::{MetricsAccess, MetricsAuth, Verdict};
 
 /// Readiness, flipped by the binary when it is ready to do its job (`/readyz` answers 503 until then).
 #[derive(Clone, Default)]
@@ -24,15 +28,16 @@ impl Health {
     }
 }
 
-/// Serves `/metrics` (what `register` puts in a fresh registry), `/healthz` and `/readyz` until the process
-/// ends. Returns the bound address and the readiness flag `/readyz` reports.
+/// Serves `/metrics` (what `register` puts in a fresh registry, readable as `access` allows), `/healthz` and
+/// `/readyz` until the process ends. Returns the bound address and the readiness flag `/readyz` reports.
 pub async fn serve_metrics(
     address: SocketAddr,
+    access: MetricsAccess,
     register: impl FnOnce(&mut Registry),
 ) -> std::io::Result<(SocketAddr, Health)> {
     let registry = registry_with(register);
     let health = Health::default();
-    let bound = serve(address, registry, health.clone()).await?;
+    let bound = serve(address, registry, access, health.clone()).await?;
     Ok((bound, health))
 }
 
@@ -48,14 +53,31 @@ fn registry_with(register: impl FnOnce(&mut Registry)) -> Registry {
 }
 
 /// Serves `/metrics`, `/healthz` and `/readyz` until the process ends. Returns the bound address.
-pub async fn serve(address: SocketAddr, registry: Registry, health: Health) -> std::io::Result<SocketAddr> {
+pub async fn serve(
+    address: SocketAddr,
+    registry: Registry,
+    access: MetricsAccess,
+    health: Health,
+) -> std::io::Result<SocketAddr> {
     let registry = Arc::new(registry);
     let app = Router::new()
         .route(
             "/metrics",
-            get(move || {
-                let registry = registry.clone();
+            get(move |headers: HeaderMap| {
+                let (registry, access) = (registry.clone(), access.clone());
                 async move {
+                    if let MetricsAccess::Kubernetes(authorizer) = &access {
+                        let authorization = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok());
+                        match authorizer.check(authorization).await {
+                            Ok(Verdict::Allowed) => {}
+                            Ok(Verdict::Unauthenticated(why)) => return (StatusCode::UNAUTHORIZED, why),
+                            Ok(Verdict::Forbidden(why)) => return (StatusCode::FORBIDDEN, why),
+                            Err(e) => {
+                                tracing::warn!(error = %e, "could not check a metrics scrape's token");
+                                return (StatusCode::SERVICE_UNAVAILABLE, e.to_string());
+                            }
+                        }
+                    }
                     let mut text = String::new();
                     match prometheus_client::encoding::text::encode(&mut text, &registry) {
                         Ok(()) => (StatusCode::OK, text),

@@ -207,6 +207,23 @@ impl L2Lab {
             .collect()
     }
 
+    /// The controller's /metrics text (its port is the one it logged: the lab binds port 0).
+    pub fn controller_metrics(&self) -> String {
+        let log = std::fs::read_to_string(self.state.path().join("controller.log")).unwrap_or_default();
+        let address = log
+            .lines()
+            .filter(|l| l.contains("serving /metrics"))
+            .filter_map(|l| l.split_whitespace().find_map(|w| w.strip_prefix("address=")))
+            .next_back()
+            .expect("the controller logs where it serves /metrics")
+            .to_string();
+        let output = std::process::Command::new("curl")
+            .args(["-s", "--max-time", "2", &format!("http://{address}/metrics")])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
     pub fn metrics(&self, node: &str) -> String {
         let output =
             netns::exec(&self.netns(node), "curl", &["-s", "--max-time", "2", "http://127.0.0.1:7473/metrics"])

@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed step should stop the test, loudly
 
 use ferrolb_crds::reason;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -349,4 +350,137 @@ fn operators_can_name_label_extend_and_bring_their_own_gossip_secret() {
     let daemonset = kind(&overridden, "DaemonSet")[0];
     assert_eq!(daemonset["metadata"]["name"], "ferrolb-edge-speaker");
     assert_eq!(daemonset["metadata"]["labels"]["app.kubernetes.io/name"], "edge");
+}
+
+/// Every series name a /metrics text declares (`# TYPE` lines, so families without samples count too), with
+/// the label names its samples carry.
+fn exported_series(text: &str) -> BTreeMap<String, BTreeSet<String>> {
+    let mut series: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for line in text.lines() {
+        if let Some(declared) = line.strip_prefix("# TYPE ") {
+            let mut words = declared.split_whitespace();
+            let (Some(name), Some(kind)) = (words.next(), words.next()) else { continue };
+            let sample = match kind {
+                "counter" => format!("{name}_total"),
+                "info" => format!("{name}_info"),
+                _ => name.to_string(),
+            };
+            series.entry(sample).or_default();
+        } else if !line.starts_with('#') {
+            let name: String = line.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+            let labels = line[name.len()..].strip_prefix('{').and_then(|rest| rest.split_once('}')).map(|(l, _)| l);
+            let names = labels.into_iter().flat_map(|l| l.split(',')).filter_map(|pair| pair.split_once('='));
+            series.entry(name).or_default().extend(names.map(|(label, _)| label.to_string()));
+        }
+    }
+    series
+}
+
+/// The metric names, matcher labels and grouping labels (`by`, `on`, `group_left`) of a PromQL expression.
+#[derive(Default)]
+struct Names {
+    metrics: BTreeSet<String>,
+    matched_labels: Vec<(String, String)>,
+    grouping: BTreeSet<String>,
+}
+
+impl promql_parser::util::ExprVisitor for Names {
+    type Error = std::convert::Infallible;
+
+    fn pre_visit(&mut self, expr: &promql_parser::parser::Expr) -> Result<bool, Self::Error> {
+        use promql_parser::parser::Expr;
+        let selector = match expr {
+            Expr::VectorSelector(selector) => Some(selector),
+            Expr::MatrixSelector(matrix) => Some(&matrix.vs),
+            _ => None,
+        };
+        if let Some(selector) = selector {
+            let name = selector.name.clone().unwrap_or_default();
+            for matcher in &selector.matchers.matchers {
+                self.matched_labels.push((name.clone(), matcher.name.clone()));
+            }
+            self.metrics.insert(name);
+        }
+        if let Expr::Aggregate(aggregate) = expr {
+            self.grouping.extend(aggregate.modifier.iter().flat_map(|m| m.labels().labels.clone()));
+        }
+        if let Expr::Binary(binary) = expr
+            && let Some(modifier) = &binary.modifier
+        {
+            self.grouping.extend(modifier.matching.iter().flat_map(|m| m.labels().labels.clone()));
+            self.grouping.extend(modifier.card.labels().into_iter().flat_map(|l| l.labels.clone()));
+        }
+        Ok(true)
+    }
+}
+
+#[test]
+fn every_alert_and_dashboard_expression_parses_and_names_series_the_binaries_export() {
+    let objects = rendered(&["metrics.prometheusRule.enabled=true", "metrics.grafanaDashboard.enabled=true"]);
+    let mut expressions: Vec<(String, String)> = Vec::new();
+    for rule in kind(&objects, "PrometheusRule") {
+        for group in rule["spec"]["groups"].as_array().unwrap() {
+            for alert in group["rules"].as_array().unwrap() {
+                expressions.push((alert["alert"].as_str().unwrap().into(), alert["expr"].as_str().unwrap().into()));
+            }
+        }
+    }
+    let alerts: Vec<&str> = expressions.iter().map(|(name, _)| name.as_str()).collect();
+    for wanted in [
+        "FerrolbPoolNearlyExhausted",
+        "FerrolbServicePending",
+        "FerrolbVIPNotAnnounced",
+        "FerrolbIPConflict",
+        "FerrolbGossipMembersMissing",
+        "FerrolbKeepalivedReloadFailing",
+    ] {
+        assert!(alerts.contains(&wanted), "{wanted} missing from {alerts:?}");
+    }
+    let dashboards = kind(&objects, "ConfigMap");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(dashboards[0]["data"]["ferrolb.json"].as_str().unwrap()).unwrap();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let title = format!("dashboard panel {:?}", panel["title"].as_str().unwrap());
+            expressions.push((title, target["expr"].as_str().unwrap().into()));
+        }
+    }
+
+    // What the binaries really export: a lab's controller and speaker (one Service announced, so the
+    // per-Service series have samples and their labels can be checked).
+    let lab = ferrolb_e2e::l2lab::L2Lab::up();
+    let owner = lab.owner();
+    let mut exported = exported_series(&lab.controller_metrics());
+    lab.wait_for("the owner's announcement series", || lab.metrics(&owner).contains("ferrolb_speaker_announced{"));
+    for (name, labels) in exported_series(&lab.metrics(&owner)) {
+        exported.entry(name).or_default().extend(labels);
+    }
+    assert!(exported.contains_key("ferrolb_service_address") && exported.contains_key("ferrolb_speaker_members"));
+    // Labels Prometheus adds to every scraped series.
+    let scrape_labels = ["instance", "job"];
+
+    for (what, expr) in &expressions {
+        let parsed = promql_parser::parser::parse(expr).unwrap_or_else(|e| panic!("{what}: {expr}\n{e}"));
+        let mut names = Names::default();
+        promql_parser::util::walk_expr(&mut names, &parsed).unwrap();
+        assert!(!names.metrics.is_empty(), "{what} reads no series: {expr}");
+        for metric in &names.metrics {
+            assert!(exported.contains_key(metric), "{what} reads {metric:?}, which nothing exports: {expr}");
+        }
+        for (metric, label) in &names.matched_labels {
+            let labels = &exported[metric];
+            assert!(
+                labels.is_empty() || labels.contains(label) || scrape_labels.contains(&label.as_str()),
+                "{what} matches {metric}{{{label}}}, a label it does not have ({labels:?})"
+            );
+        }
+        for label in &names.grouping {
+            let carried = names.metrics.iter().any(|m| exported[m].contains(label));
+            assert!(
+                carried || scrape_labels.contains(&label.as_str()),
+                "{what} groups by {label:?}, which none of {:?} carries",
+                names.metrics
+            );
+        }
+    }
 }

@@ -60,6 +60,10 @@ impl Setup {
     }
 
     fn start_controller(&mut self) -> usize {
+        self.start_controller_with(&[])
+    }
+
+    fn start_controller_with(&mut self, extra_args: &[&str]) -> usize {
         let index = self.controllers.len();
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         self.metrics_ports.push(port);
@@ -77,6 +81,7 @@ impl Setup {
                 "--lease-grace-seconds",
                 "1",
             ])
+            .args(extra_args)
             .env("KUBECONFIG", self.plane.kubeconfig_path())
             .env("RUST_LOG", "info,ferrolb_controller=debug");
         let log = self.logs.path().join(format!("controller-{index}.log"));
@@ -608,12 +613,99 @@ async fn a_pool_with_an_invalid_selector_is_not_ready_and_says_why() {
 
 /// The text of a controller's /metrics.
 async fn scrape(port: u16) -> Option<String> {
+    get(port, "/metrics", None).await
+}
+
+/// The whole HTTP response (status line, headers, body) to a GET of `path`, with a bearer token if given.
+async fn get(port: u16, path: &str, token: Option<&str>) -> Option<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
-    stream.write_all(b"GET /metrics HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n").await.ok()?;
+    let authorization = token.map(|t| format!("authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let request = format!("GET {path} HTTP/1.1\r\nhost: localhost\r\n{authorization}connection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
     let mut text = String::new();
     stream.read_to_string(&mut text).await.ok()?;
     Some(text)
+}
+
+#[tokio::test]
+async fn with_kubernetes_auth_only_a_token_allowed_to_get_metrics_reads_them() {
+    use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, RoleRef, Subject};
+
+    let mut s = Setup::new().await;
+    s.start_controller_with(&["--metrics-auth", "kubernetes"]);
+    let port = s.metrics_ports[0];
+    eventually("the controller to serve", || async { get(port, "/healthz", None).await }, &s).await;
+    let status = |response: &str| response.split_whitespace().nth(1).unwrap_or_default().to_string();
+
+    // Probes need no token; metrics do, and a made-up one is refused.
+    assert_eq!(status(&get(port, "/healthz", None).await.unwrap()), "200");
+    let anonymous = get(port, "/metrics", None).await.unwrap();
+    assert_eq!(status(&anonymous), "401", "{anonymous}");
+    assert!(!anonymous.contains("ferrolb_"), "{anonymous}");
+    assert_eq!(status(&get(port, "/metrics", Some("not-a-token")).await.unwrap()), "401");
+
+    // A real ServiceAccount token, not yet allowed: 403.
+    let accounts: Api<ServiceAccount> = Api::namespaced(s.client.clone(), &s.namespace);
+    let account = ServiceAccount {
+        metadata: ObjectMeta { name: Some("scraper".into()), ..Default::default() },
+        ..Default::default()
+    };
+    accounts.create(&PostParams::default(), &account).await.unwrap();
+    let request = TokenRequest {
+        spec: Some(TokenRequestSpec { expiration_seconds: Some(600), ..Default::default() }),
+        ..Default::default()
+    };
+    let token = accounts.create_token_request("scraper", &PostParams::default(), &request).await.unwrap();
+    let token = token.status.unwrap().token.unwrap();
+    let forbidden = get(port, "/metrics", Some(&token)).await.unwrap();
+    assert_eq!(status(&forbidden), "403", "{forbidden}");
+    assert!(forbidden.contains("may not get /metrics"), "{forbidden}");
+
+    // Granted `get` on /metrics (what the chart's metrics-reader ClusterRole holds): 200 with the series. The
+    // refusal was remembered for at most 10 s.
+    let name = format!("{}-metrics-reader", s.tag);
+    let role = ClusterRole {
+        metadata: ObjectMeta { name: Some(name.clone()), ..Default::default() },
+        rules: Some(vec![PolicyRule {
+            non_resource_urls: Some(vec!["/metrics".into()]),
+            verbs: vec!["get".into()],
+            ..Default::default()
+        }]),
+        ..Default::default()
+    };
+    Api::<ClusterRole>::all(s.client.clone()).create(&PostParams::default(), &role).await.unwrap();
+    let binding = ClusterRoleBinding {
+        metadata: ObjectMeta { name: Some(name.clone()), ..Default::default() },
+        role_ref: RoleRef {
+            api_group: Some("rbac.authorization.k8s.io".into()),
+            kind: "ClusterRole".into(),
+            name: name.clone(),
+        },
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".into(),
+            name: "scraper".into(),
+            namespace: Some(s.namespace.clone()),
+            ..Default::default()
+        }]),
+    };
+    Api::<ClusterRoleBinding>::all(s.client.clone()).create(&PostParams::default(), &binding).await.unwrap();
+    let read = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let response = get(port, "/metrics", Some(&token)).await.unwrap_or_default();
+            if status(&response) == "200" {
+                return response;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    })
+    .await;
+    let _ = Api::<ClusterRoleBinding>::all(s.client.clone()).delete(&name, &DeleteParams::default()).await;
+    let _ = Api::<ClusterRole>::all(s.client.clone()).delete(&name, &DeleteParams::default()).await;
+    let read = read.unwrap_or_else(|_| panic!("the granted token never read the metrics\n{}", s.logs()));
+    assert!(read.contains("ferrolb_build_info"), "{read}");
 }
 
 #[tokio::test]

@@ -48,6 +48,8 @@ app.kubernetes.io/component: {{ .component }}
   value: {{ .Values.logFormat | quote }}
 - name: FERROLB_LOAD_BALANCER_CLASS
   value: {{ .Values.loadBalancerClass | quote }}
+- name: FERROLB_METRICS_AUTH
+  value: {{ .Values.metrics.auth | quote }}
 {{- if .Values.ignoreUnsetClass }}
 - name: FERROLB_IGNORE_UNSET_CLASS
   value: "true"

@@ -66,6 +66,9 @@ pub enum AuthError {
 
 impl AuthError {
     /// The metric label of the rejection.
+    /// Every value [`AuthError::reason`] returns.
+    pub const REASONS: [&'static str; 5] = ["truncated", "bad_tag", "version", "stale", "replayed"];
+
     pub fn reason(&self) -> &'static str {
         match self {
             AuthError::Truncated => "truncated",
@@ -281,6 +284,21 @@ mod tests {
 
     fn at(secs: u64) -> SystemTime {
         UNIX_EPOCH + Duration::from_secs(1_800_000_000 + secs)
+    }
+
+    #[test]
+    fn every_reason_is_listed_for_the_metrics() {
+        let second = Duration::from_secs(1);
+        for error in [
+            AuthError::Truncated,
+            AuthError::BadTag,
+            AuthError::Version(9),
+            AuthError::Stale(second),
+            AuthError::Future(second),
+            AuthError::Replayed,
+        ] {
+            assert!(AuthError::REASONS.contains(&error.reason()), "{error}");
+        }
     }
 
     #[test]

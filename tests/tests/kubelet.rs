@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use ferrolb_crds::l2announcement::L2Announcement;
 use ferrolb_e2e::kubelet_lab::{self, Images, RELEASE};
 use ferrolb_e2e::lab_supervisor::{DEMO_NAMESPACE, DEMO_SERVICE, INSTALL_NAMESPACE, LabConfig, RunningLab};
+use ferrolb_e2e::netns;
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, DeleteParams, EvictParams, ListParams, Patch, PatchParams};
@@ -286,10 +287,47 @@ fn the_charts_pods_run_under_real_kubelets_and_survive_what_operators_do() {
         assert!(root_read_only(pid), "controller pid {pid} has a read-only root filesystem");
     }
 
+    metrics_are_read_only_with_a_token_the_api_server_allows(&lab);
     deleting_the_leading_controller_hands_the_lease_over_and_changes_no_address(&lab);
     deleting_the_owners_speaker_pod_moves_the_vip_and_the_daemonset_brings_it_back(&lab);
     a_helm_upgrade_to_a_new_tag_rolls_the_speakers_with_the_vip_answering_throughout(&lab);
     draining_a_node_moves_its_vips_before_its_speaker_stops(&lab);
+}
+
+/// The chart's default: /metrics needs a bearer token the API server authorises (`get /metrics`), so a
+/// process on a node's host network (where the speaker's port is open) reads nothing without one.
+fn metrics_are_read_only_with_a_token_the_api_server_allows(lab: &KubeletLab) {
+    let node_netns = lab.running.lab().node("node-1").unwrap().netns.clone();
+    let controller_ip = lab.ready_pods("controller")[0].status.as_ref().unwrap().pod_ip.clone().unwrap();
+    let targets = ["http://127.0.0.1:7473/metrics".to_string(), format!("http://{controller_ip}:7472/metrics")];
+    let get = |url: &str, token: Option<&str>| {
+        let header = token.map(|t| format!("Authorization: Bearer {t}"));
+        let mut args = vec!["-s", "--max-time", "5", "-w", "\n%{http_code}", url];
+        if let Some(header) = &header {
+            args.extend(["-H", header.as_str()]);
+        }
+        let out = netns::exec(&node_netns, "curl", &args).unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or((&text, ""));
+        (code.to_string(), body.to_string())
+    };
+    for url in &targets {
+        let (code, body) = get(url, None);
+        assert_eq!(code, "401", "{url} without a token: {body}");
+    }
+    lab.kubectl(&["create", "serviceaccount", "scraper", "-n", DEMO_NAMESPACE]);
+    let token = lab.kubectl(&["create", "token", "scraper", "-n", DEMO_NAMESPACE]).trim().to_string();
+    for url in &targets {
+        let (code, body) = get(url, Some(&token));
+        assert_eq!(code, "403", "{url} with a token not allowed to get /metrics: {body}");
+    }
+    let account = format!("--serviceaccount={DEMO_NAMESPACE}:scraper");
+    lab.kubectl(&["create", "clusterrolebinding", "scraper", "--clusterrole=ferrolb-metrics-reader", &account]);
+    for url in &targets {
+        // A refusal is remembered for 10 s.
+        lab.wait_for("the granted token to read the metrics", || get(url, Some(&token)).0 == "200");
+        assert!(get(url, Some(&token)).1.contains("ferrolb_build_info"), "{url}");
+    }
 }
 
 fn deleting_the_leading_controller_hands_the_lease_over_and_changes_no_address(lab: &KubeletLab) {

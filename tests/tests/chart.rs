@@ -456,6 +456,11 @@ fn every_alert_and_dashboard_expression_parses_and_names_series_the_binaries_exp
         exported.entry(name).or_default().extend(labels);
     }
     assert!(exported.contains_key("ferrolb_service_address") && exported.contains_key("ferrolb_speaker_members"));
+    // The reference lists every series.
+    let reference = std::fs::read_to_string(repo().join("docs/metrics.md")).unwrap();
+    for name in exported.keys().filter(|n| n.starts_with("ferrolb_") || n.starts_with("process_")) {
+        assert!(reference.contains(&format!("`{name}`")), "docs/metrics.md does not describe {name}");
+    }
     // Labels Prometheus adds to every scraped series.
     let scrape_labels = ["instance", "job"];
 

@@ -96,6 +96,67 @@ fn keepalived_holds_the_vips_and_moves_them_when_the_owner_fails() {
     lab.assert_single_owner(&owner);
 }
 
+/// Pool `many` (IPv6, not auto-assigned: only the Services of namespace `many` ask for it), announced.
+async fn create_many_pool(client: &kube::Client) {
+    let pool = IPAddressPool::new(
+        "many",
+        IPAddressPoolSpec { auto_assign: false, ..IPAddressPoolSpec::with_addresses(&["2001:db8::1:0/112"]) },
+    );
+    Api::<IPAddressPool>::all(client.clone()).create(&PostParams::default(), &pool).await.unwrap();
+    let advertisement = L2Advertisement::new(
+        "many",
+        L2AdvertisementSpec { ip_address_pools: vec!["many".into()], ..Default::default() },
+    );
+    Api::<L2Advertisement>::all(client.clone()).create(&PostParams::default(), &advertisement).await.unwrap();
+    create_namespace(client, "many").await.unwrap();
+}
+
+#[test]
+fn a_configuration_keepalived_refuses_is_counted_keeps_the_running_one_and_is_retried() {
+    // keepalived itself, except that its check (`-t`) refuses every configuration while the marker exists.
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("refuse");
+    let wrapper = dir.path().join("keepalived");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nif [ \"$1\" = -t ] && [ -e {} ]; then echo 'refused by the test' >&2; exit 1; fi\nexec keepalived \"$@\"\n",
+            marker.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let wrapper_arg = wrapper.to_string_lossy().into_owned();
+    let lab = L2Lab::up_with(true, &["--advert-interval-ms", "200", "--keepalived-binary", &wrapper_arg]);
+    let owner = lab.owner();
+    let failures = |node: &str| metric(&lab.metrics(node), "ferrolb_speaker_keepalived_reload_failures_total");
+    assert_eq!(failures(&owner), 0.0);
+
+    std::fs::write(&marker, "").unwrap();
+    let client = lab.client.clone();
+    lab.runtime.block_on(async {
+        create_many_pool(&client).await;
+        create_services(&client, vec!["refused".into()]).await;
+    });
+    lab.wait_for("every speaker to count the refused configuration", || {
+        ["node-1", "node-2", "node-3"].iter().all(|n| failures(n) >= 1.0)
+    });
+    let refused = lab.metrics(&owner);
+    assert!(
+        refused.contains(r#"ferrolb_speaker_keepalived_reload_failures_total{reason="invalid_config"}"#),
+        "{refused}"
+    );
+    // The running configuration stays: the demo VIP still answers from its owner; the new one is not up.
+    assert_eq!(lab.curl(VIP4).as_deref(), Some(owner.as_str()));
+    let new_vip = vip_of(&lab, "refused").expect("the controller gave the Service its address");
+    assert!(lab.curl(&new_vip).is_none(), "{new_vip} answers although no configuration holds it");
+
+    // Fixed: the next resync applies it.
+    std::fs::remove_file(&marker).unwrap();
+    lab.wait_for("the new VIP to answer once keepalived accepts the configuration", || lab.curl(&new_vip).is_some());
+    assert_eq!(lab.curl(VIP4).as_deref(), Some(owner.as_str()));
+}
+
 async fn create_services(client: &kube::Client, names: Vec<String>) {
     let services: Api<Service> = Api::namespaced(client.clone(), "many");
     futures::stream::iter(names)
@@ -143,17 +204,7 @@ fn hundreds_of_vips_use_few_instances_and_changes_drop_nothing() {
     lab.owner();
     let client = lab.client.clone();
     lab.runtime.block_on(async {
-        let pool = IPAddressPool::new(
-            "many",
-            IPAddressPoolSpec { auto_assign: false, ..IPAddressPoolSpec::with_addresses(&["2001:db8::1:0/112"]) },
-        );
-        Api::<IPAddressPool>::all(client.clone()).create(&PostParams::default(), &pool).await.unwrap();
-        let advertisement = L2Advertisement::new(
-            "many",
-            L2AdvertisementSpec { ip_address_pools: vec!["many".into()], ..Default::default() },
-        );
-        Api::<L2Advertisement>::all(client.clone()).create(&PostParams::default(), &advertisement).await.unwrap();
-        create_namespace(&client, "many").await.unwrap();
+        create_many_pool(&client).await;
         create_services(&client, (0..300).map(|i| format!("svc-{i}")).collect()).await;
     });
     lab.wait_for("the first and the last of 300 VIPs to answer", || {

@@ -1,3 +1,4 @@
 //! The `ferrolb` command-line tool's logic, without I/O.
 
 pub mod migrate;
+pub mod status;

@@ -13,10 +13,12 @@ pub mod pool;
 pub mod reason;
 pub mod selector;
 pub mod service;
+pub mod speaker_status;
 
 pub use l2advertisement::{L2Advertisement, L2AdvertisementSpec};
 pub use l2announcement::{L2Announcement, L2AnnouncementSpec};
 pub use pool::{IPAddressPool, IPAddressPoolSpec, IPAddressPoolStatus};
+pub use speaker_status::{SpeakerStatus, SpeakerStatusSpec};
 
 /// The API group of every ferrolb resource.
 pub const GROUP: &str = "ferrolb.io";
@@ -31,7 +33,7 @@ pub const DEFAULT_LOAD_BALANCER_CLASS: &str = "ferrolb.io/lb";
 /// Every CRD of the API, in the order they are written to `charts/ferrolb/crds/`.
 pub fn all_crds() -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> {
     use kube::CustomResourceExt;
-    vec![IPAddressPool::crd(), L2Advertisement::crd(), L2Announcement::crd()]
+    vec![IPAddressPool::crd(), L2Advertisement::crd(), L2Announcement::crd(), SpeakerStatus::crd()]
 }
 
 /// The file name a CRD is written to, and its YAML.

@@ -9,8 +9,10 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use anyhow::Context;
+use ferrolb_crds::SpeakerStatusSpec;
 use ferrolb_crds::l2announcement::ServiceReference;
 use ferrolb_crds::reason;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use tokio::time::Instant;
 
 use crate::cluster::{ClassFilter, Cluster};
@@ -92,6 +94,12 @@ pub trait Backend {
     fn drained(&self) -> bool;
     /// Releases what this node holds.
     async fn stop(self, shared: &mut Shared<'_>);
+    /// The mode's name, as the chart's `speaker.mode` says it.
+    fn mode(&self) -> &'static str;
+    /// The speakers this one hears as alive, itself included (empty when the mode has no membership of its own).
+    fn alive(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// Everything the driver starts before a backend can: the listed watches, this node's Node, its interfaces
@@ -122,7 +130,14 @@ impl Setup {
             .restricted_to(&options.allowed_interfaces);
         let link_changes = links::watch_changes().context("watching the node's interfaces (netlink)")?;
         let (reports, reports_rx) = report::channel();
-        let writer = tokio::spawn(report::run(client.clone(), options.namespace.clone(), events, reports_rx));
+        let owner = OwnerReference {
+            api_version: "v1".into(),
+            kind: "Node".into(),
+            name: options.node_name.clone(),
+            uid: node.metadata.uid.clone().unwrap_or_default(),
+            ..Default::default()
+        };
+        let writer = tokio::spawn(report::run(client.clone(), options.namespace.clone(), owner, events, reports_rx));
         Ok(Self { options, cluster, node, inventory, metrics, link_changes, reports, writer })
     }
 }
@@ -193,6 +208,13 @@ pub async fn run<B: Backend>(
         let mut shared =
             Shared { me: &me, cluster: &cluster, inventory: &inventory, reports: &reports, reporter: &mut reporter };
         backend.step(&mut shared).await?;
+        let _ = reports.send(Report::Speaker(SpeakerStatusSpec {
+            node: me.clone(),
+            mode: backend.mode().into(),
+            alive: backend.alive(),
+            interfaces: inventory.usable(),
+            version: env!("CARGO_PKG_VERSION").into(),
+        }));
         if drain_deadline.is_some() && backend.drained() {
             break;
         }

@@ -13,10 +13,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ferrolb_crds::l2announcement::ServiceReference;
-use ferrolb_crds::{L2Announcement, L2AnnouncementSpec};
+use ferrolb_crds::{L2Announcement, L2AnnouncementSpec, SpeakerStatus, SpeakerStatusSpec};
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::api::{ObjectMeta, PostParams};
 use tokio::sync::{Notify, mpsc};
@@ -98,6 +99,8 @@ pub struct Notice {
 pub enum Report {
     Ops(Vec<Op>),
     Notice(Notice),
+    /// What this speaker sees now (its SpeakerStatus; written only when it changed).
+    Speaker(SpeakerStatusSpec),
 }
 
 /// Who the speaker's Events say reported them.
@@ -119,22 +122,26 @@ pub const REPORTING_CONTROLLER: &str = "ferrolb.io/speaker";
 #[derive(Clone)]
 pub struct Reports {
     pending: Arc<Mutex<BTreeMap<String, Op>>>,
+    speaker: Arc<Mutex<Option<SpeakerStatusSpec>>>,
     wake: Arc<Notify>,
     notices: mpsc::UnboundedSender<Notice>,
 }
 
 pub struct ReportsReceiver {
     pending: Arc<Mutex<BTreeMap<String, Op>>>,
+    /// The latest SpeakerStatus not yet looked at (a newer one replaces it).
+    speaker: Arc<Mutex<Option<SpeakerStatusSpec>>>,
     wake: Arc<Notify>,
     notices: mpsc::UnboundedReceiver<Notice>,
 }
 
 pub fn channel() -> (Reports, ReportsReceiver) {
     let (pending, wake) = (Arc::<Mutex<BTreeMap<String, Op>>>::default(), Arc::new(Notify::new()));
+    let speaker = Arc::<Mutex<Option<SpeakerStatusSpec>>>::default();
     let (notices, notices_rx) = mpsc::unbounded_channel();
     (
-        Reports { pending: pending.clone(), wake: wake.clone(), notices },
-        ReportsReceiver { pending, wake, notices: notices_rx },
+        Reports { pending: pending.clone(), speaker: speaker.clone(), wake: wake.clone(), notices },
+        ReportsReceiver { pending, speaker, wake, notices: notices_rx },
     )
 }
 
@@ -152,6 +159,11 @@ impl Reports {
                 Ok(())
             }
             Report::Notice(notice) => self.notices.send(notice).map_err(|_| WriterStopped),
+            Report::Speaker(spec) => {
+                *crate::locks::lock(&self.speaker, "speaker status") = Some(spec);
+                self.wake.notify_one();
+                Ok(())
+            }
         }
     }
 }
@@ -160,14 +172,25 @@ impl Reports {
 #[error("the report writer stopped")]
 pub struct WriterStopped;
 
+/// An unchanged SpeakerStatus is written again this often.
+const SPEAKER_STATUS_REWRITE: Duration = Duration::from_secs(300);
+
 /// An op applied this recently is not applied again: the watch has not shown it to the plan yet.
 const APPLIED_RECENTLY: Duration = Duration::from_secs(3);
 
 /// Carries reports out until every `Reports` is dropped: Events in order, L2Announcement ops one object at a
 /// time; a failed write is retried a few times (and the plan hands it over again later).
-pub async fn run(client: kube::Client, namespace: String, events: EventSource, mut reports: ReportsReceiver) {
+pub async fn run(
+    client: kube::Client,
+    namespace: String,
+    node: OwnerReference,
+    events: EventSource,
+    mut reports: ReportsReceiver,
+) {
+    let statuses: Api<SpeakerStatus> = Api::namespaced(client.clone(), &namespace);
     let api: Api<L2Announcement> = Api::namespaced(client, &namespace);
     let mut applied: HashMap<String, (Op, tokio::time::Instant)> = HashMap::new();
+    let mut written_status: Option<(SpeakerStatusSpec, tokio::time::Instant)> = None;
     let mut open = true;
     while open {
         tokio::select! {
@@ -191,6 +214,36 @@ pub async fn run(client: kube::Client, namespace: String, events: EventSource, m
             }
         }
         applied.retain(|_, (_, at)| at.elapsed() < APPLIED_RECENTLY);
+        let latest = crate::locks::lock(&reports.speaker, "speaker status").take();
+        // Written when it changed, and now and then anyway (it may have been deleted, e.g. with a Node that
+        // was re-registered under the same name).
+        let due = |spec: &SpeakerStatusSpec| {
+            written_status.as_ref().is_none_or(|(last, at)| last != spec || at.elapsed() > SPEAKER_STATUS_REWRITE)
+        };
+        if let Some(spec) = latest.filter(due) {
+            // Not remembered when the write fails: the next step sends it again.
+            if write_speaker_status(&statuses, &node, &spec).await {
+                written_status = Some((spec, tokio::time::Instant::now()));
+            }
+        }
+    }
+}
+
+/// Server-side applies this node's SpeakerStatus, owned by its Node (garbage-collected with it).
+async fn write_speaker_status(api: &Api<SpeakerStatus>, node: &OwnerReference, spec: &SpeakerStatusSpec) -> bool {
+    let mut object = SpeakerStatus::new(&spec.node, spec.clone());
+    object.metadata.owner_references = Some(vec![node.clone()]);
+    let mut value = serde_json::to_value(&object).unwrap_or_default();
+    if let Some(map) = value.as_object_mut() {
+        map.insert("apiVersion".into(), ferrolb_crds::API_VERSION.into());
+        map.insert("kind".into(), "SpeakerStatus".into());
+    }
+    match api.patch(&spec.node, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&value)).await {
+        Ok(_) => true,
+        Err(e) => {
+            tracing::warn!(node = %spec.node, error = %e, "SpeakerStatus write failed; the next step retries");
+            false
+        }
     }
 }
 

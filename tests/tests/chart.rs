@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use ferrolb_crds::{IPAddressPool, L2Announcement};
+use ferrolb_crds::{IPAddressPool, L2Announcement, SpeakerStatus};
 use ferrolb_e2e::lab_supervisor::{
     DEMO_NAMESPACE, DEMO_POOL, DEMO_SERVICE, INSTALL_NAMESPACE, Identities, LabConfig, RunningLab,
 };
@@ -216,6 +216,16 @@ fn ferrolb_runs_on_the_charts_rbac_which_allows_nothing_more_and_upgrade_and_uni
     installed.wait_for("the L2Announcement", || {
         !installed.runtime.block_on(announcements.list(&ListParams::default())).unwrap().items.is_empty()
     });
+    // Each speaker reports whom it hears, with the chart's RBAC; the object is owned by (and goes with) its Node.
+    let statuses: Api<SpeakerStatus> = Api::namespaced(installed.client.clone(), INSTALL_NAMESPACE);
+    installed.wait_for("a SpeakerStatus per node, each hearing all three", || {
+        let list = installed.runtime.block_on(statuses.list(&ListParams::default())).unwrap().items;
+        list.len() == 3 && list.iter().all(|s| s.spec.alive.len() == 3 && s.spec.mode == "native")
+    });
+    for status in installed.runtime.block_on(statuses.list(&ListParams::default())).unwrap().items {
+        let owner = &status.metadata.owner_references.as_ref().unwrap()[0];
+        assert_eq!((owner.kind.as_str(), owner.name.as_str()), ("Node", status.spec.node.as_str()));
+    }
     let events: Api<Event> = Api::namespaced(installed.client.clone(), DEMO_NAMESPACE);
     installed.wait_for("IPAllocated and NodeAssigned Events", || {
         let reasons: Vec<String> = installed
@@ -234,6 +244,7 @@ fn ferrolb_runs_on_the_charts_rbac_which_allows_nothing_more_and_upgrade_and_uni
     let controller = "ferrolb-controller";
     let ns = ["-n", INSTALL_NAMESPACE];
     assert!(installed.can_i(speaker, &["create", "l2announcements.ferrolb.io", ns[0], ns[1]]));
+    assert!(installed.can_i(speaker, &["patch", "speakerstatuses.ferrolb.io", ns[0], ns[1]]));
     assert!(installed.can_i(speaker, &["list", "endpointslices.discovery.k8s.io", "-A"]));
     assert!(installed.can_i(controller, &["patch", "services", "--subresource=status", "-A"]));
     for (account, args) in [
@@ -241,6 +252,8 @@ fn ferrolb_runs_on_the_charts_rbac_which_allows_nothing_more_and_upgrade_and_uni
         (speaker, vec!["update", "services", "-A"]),
         (speaker, vec!["delete", "services", "-A"]),
         (speaker, vec!["create", "l2announcements.ferrolb.io", "-n", "default"]),
+        (speaker, vec!["create", "speakerstatuses.ferrolb.io", "-n", "default"]),
+        (speaker, vec!["delete", "speakerstatuses.ferrolb.io", "-n", INSTALL_NAMESPACE]),
         (speaker, vec!["patch", "ipaddresspools.ferrolb.io"]),
         (speaker, vec!["get", "secrets", "-n", INSTALL_NAMESPACE]),
         (speaker, vec!["create", "pods", "-n", INSTALL_NAMESPACE]),
@@ -274,7 +287,12 @@ fn ferrolb_runs_on_the_charts_rbac_which_allows_nothing_more_and_upgrade_and_uni
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&leftovers.stdout).trim(), "", "left after uninstall");
     let crds: Api<CustomResourceDefinition> = Api::all(installed.client.clone());
-    for crd in ["ipaddresspools.ferrolb.io", "l2advertisements.ferrolb.io", "l2announcements.ferrolb.io"] {
+    for crd in [
+        "ipaddresspools.ferrolb.io",
+        "l2advertisements.ferrolb.io",
+        "l2announcements.ferrolb.io",
+        "speakerstatuses.ferrolb.io",
+    ] {
         assert!(installed.runtime.block_on(crds.get_opt(crd)).unwrap().is_some(), "{crd} kept (Helm's convention)");
     }
 }

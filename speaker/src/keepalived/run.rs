@@ -201,6 +201,10 @@ impl driver::Backend for KeepalivedBackend {
         tracing::info!("stopping: keepalived releases the VIPs and tells its peers");
         self.supervisor.stop().await;
     }
+
+    fn mode(&self) -> &'static str {
+        "keepalived"
+    }
 }
 
 /// Every Node, with every interface any advertisement names (whether a node really has it is keepalived's

@@ -359,6 +359,14 @@ impl driver::Backend for L2Backend {
         self.responder.execute(actions).await;
         self.membership.leave().await;
     }
+
+    fn mode(&self) -> &'static str {
+        "native"
+    }
+
+    fn alive(&self) -> Vec<String> {
+        self.members.borrow().keys().cloned().collect()
+    }
 }
 
 /// Conflicts and deferred takeovers, told to the user at most once a minute per VIP (and MAC).

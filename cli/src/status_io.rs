@@ -1,0 +1,92 @@
+//! `ferrolb status`'s reads from the API (the report itself is `ferrolb_cli::status`, pure).
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use ferrolb_cli::status::{self, Snapshot};
+use ferrolb_crds::{IPAddressPool, L2Advertisement, L2Announcement, SpeakerStatus, reason};
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{Api, ListParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+
+pub struct Access {
+    pub kubeconfig: Option<PathBuf>,
+    pub context: Option<String>,
+    pub install_namespace: String,
+}
+
+async fn client(access: &Access) -> anyhow::Result<(kube::Client, String)> {
+    let options = KubeConfigOptions { context: access.context.clone(), ..Default::default() };
+    let config = match &access.kubeconfig {
+        Some(path) => {
+            let file = Kubeconfig::read_from(path).with_context(|| format!("reading {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(file, &options).await?
+        }
+        None if access.context.is_some() => kube::Config::from_kubeconfig(&options).await?,
+        None => kube::Config::infer()
+            .await
+            .context("finding a kubeconfig (KUBECONFIG, ~/.kube/config) or in-cluster config")?,
+    };
+    let namespace = config.default_namespace.clone();
+    Ok((kube::Client::try_from(config)?, namespace))
+}
+
+/// The report, as text or JSON.
+pub async fn report(
+    access: &Access,
+    service: Option<&str>,
+    (class, ignore_unset_class): (String, bool),
+    json: bool,
+) -> anyhow::Result<String> {
+    let (client, default_namespace) = client(access).await?;
+    let install = access.install_namespace.as_str();
+    let everything = ListParams::default();
+    let mut snapshot = Snapshot {
+        pools: list(Api::<IPAddressPool>::all(client.clone()), &everything, "IPAddressPools").await?,
+        advertisements: list(Api::<L2Advertisement>::all(client.clone()), &everything, "L2Advertisements").await?,
+        announcements: list(Api::<L2Announcement>::namespaced(client.clone(), install), &everything, "L2Announcements")
+            .await?,
+        class,
+        ignore_unset_class,
+        ..Default::default()
+    };
+    let text = match service {
+        Some(target) => {
+            let (namespace, name) = target.split_once('/').unwrap_or((default_namespace.as_str(), target));
+            let services: Api<Service> = Api::namespaced(client.clone(), namespace);
+            let object = services
+                .get_opt(name)
+                .await
+                .with_context(|| format!("reading Service {namespace}/{name}"))?
+                .with_context(|| format!("there is no Service {namespace}/{name}"))?;
+            let slices = ListParams::default().labels(&format!("kubernetes.io/service-name={name}"));
+            snapshot.endpoint_slices =
+                list(Api::<EndpointSlice>::namespaced(client.clone(), namespace), &slices, "EndpointSlices").await?;
+            let about = ListParams::default().fields(&format!("regarding.kind=Service,regarding.name={name}"));
+            snapshot.events = list(Api::<Event>::namespaced(client.clone(), namespace), &about, "Events").await?;
+            let report = status::service_report(&object, &snapshot);
+            if json { serde_json::to_string_pretty(&report)? + "\n" } else { report.to_text() }
+        }
+        None => {
+            snapshot.speakers =
+                list(Api::<SpeakerStatus>::namespaced(client.clone(), install), &everything, "SpeakerStatuses").await?;
+            let speakers = ListParams::default().labels("app.kubernetes.io/component=speaker");
+            snapshot.speaker_pods =
+                list(Api::<Pod>::namespaced(client.clone(), install), &speakers, "speaker pods").await?;
+            let conflicts = ListParams::default().fields(&format!("reason={}", reason::IP_CONFLICT));
+            snapshot.events = list(Api::<Event>::all(client.clone()), &conflicts, "IPConflict Events").await?;
+            let report = status::cluster_report(&snapshot);
+            if json { serde_json::to_string_pretty(&report)? + "\n" } else { report.to_text() }
+        }
+    };
+    Ok(text)
+}
+
+async fn list<K>(api: Api<K>, params: &ListParams, what: &str) -> anyhow::Result<Vec<K>>
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    Ok(api.list(params).await.with_context(|| format!("listing {what}"))?.items)
+}

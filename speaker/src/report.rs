@@ -191,6 +191,9 @@ pub async fn run(
     let api: Api<L2Announcement> = Api::namespaced(client, &namespace);
     let mut applied: HashMap<String, (Op, tokio::time::Instant)> = HashMap::new();
     let mut written_status: Option<(SpeakerStatusSpec, tokio::time::Instant)> = None;
+    // The last SpeakerStatus write error, logged once (a cluster whose CRDs or RBAC predate the kind refuses
+    // every write, and the writer retries on every step).
+    let mut status_error: Option<String> = None;
     let mut open = true;
     while open {
         tokio::select! {
@@ -222,15 +225,31 @@ pub async fn run(
         };
         if let Some(spec) = latest.filter(due) {
             // Not remembered when the write fails: the next step sends it again.
-            if write_speaker_status(&statuses, &node, &spec).await {
-                written_status = Some((spec, tokio::time::Instant::now()));
+            match write_speaker_status(&statuses, &node, &spec).await {
+                Ok(()) => {
+                    if status_error.take().is_some() {
+                        tracing::info!(node = %spec.node, "SpeakerStatus written again");
+                    }
+                    written_status = Some((spec, tokio::time::Instant::now()));
+                }
+                Err(e) => {
+                    let message = e.to_string();
+                    if status_error.as_deref() != Some(message.as_str()) {
+                        tracing::warn!(node = %spec.node, error = %message, "SpeakerStatus not written (are the CRDs and RBAC of this release applied?); retrying quietly");
+                    }
+                    status_error = Some(message);
+                }
             }
         }
     }
 }
 
 /// Server-side applies this node's SpeakerStatus, owned by its Node (garbage-collected with it).
-async fn write_speaker_status(api: &Api<SpeakerStatus>, node: &OwnerReference, spec: &SpeakerStatusSpec) -> bool {
+async fn write_speaker_status(
+    api: &Api<SpeakerStatus>,
+    node: &OwnerReference,
+    spec: &SpeakerStatusSpec,
+) -> Result<(), kube::Error> {
     let mut object = SpeakerStatus::new(&spec.node, spec.clone());
     object.metadata.owner_references = Some(vec![node.clone()]);
     let mut value = serde_json::to_value(&object).unwrap_or_default();
@@ -238,13 +257,7 @@ async fn write_speaker_status(api: &Api<SpeakerStatus>, node: &OwnerReference, s
         map.insert("apiVersion".into(), ferrolb_crds::API_VERSION.into());
         map.insert("kind".into(), "SpeakerStatus".into());
     }
-    match api.patch(&spec.node, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&value)).await {
-        Ok(_) => true,
-        Err(e) => {
-            tracing::warn!(node = %spec.node, error = %e, "SpeakerStatus write failed; the next step retries");
-            false
-        }
-    }
+    api.patch(&spec.node, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&value)).await.map(|_| ())
 }
 
 async fn execute(api: &Api<L2Announcement>, name: &str, op: &Op) -> bool {

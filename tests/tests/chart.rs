@@ -159,6 +159,11 @@ impl Installed {
 }
 
 fn install() -> Installed {
+    install_chart(&chart(), |_| {})
+}
+
+/// A lab with `chart` installed; `before` runs first (e.g. to take the API back to what an older release had).
+fn install_chart(chart: &str, before: impl FnOnce(&Installed)) -> Installed {
     let state = tempfile::tempdir().unwrap();
     let speaker = ferrolb_e2e::process::workspace_binary("ferrolb-speaker").unwrap();
     let config = LabConfig {
@@ -178,8 +183,79 @@ fn install() -> Installed {
     let kubeconfig = running.plane().kubeconfig_path();
     let installed =
         Installed { running, runtime, client, kubeconfig, helm_home: tempfile::tempdir().unwrap(), _state: state };
-    ok(&installed.helm(&["install", RELEASE, &chart(), "-n", INSTALL_NAMESPACE]));
+    before(&installed);
+    ok(&installed.helm(&["install", RELEASE, chart, "-n", INSTALL_NAMESPACE]));
     installed
+}
+
+impl Installed {
+    /// Runs the controller and the speakers with the chart's ServiceAccounts and its gossip key.
+    fn start_with_chart_identities(&mut self) {
+        let (controller_kubeconfig, speaker_kubeconfig) = self.runtime.block_on(async {
+            let plane = self.running.plane();
+            (
+                plane.service_account_kubeconfig(INSTALL_NAMESPACE, "ferrolb-controller").await.unwrap(),
+                plane.service_account_kubeconfig(INSTALL_NAMESPACE, "ferrolb-speaker").await.unwrap(),
+            )
+        });
+        let key = self._state.path().join("chart-gossip.key");
+        std::fs::write(&key, self.gossip_key()).unwrap();
+        self.running
+            .start_components(Some(Identities { controller_kubeconfig, speaker_kubeconfig, gossip_key: key }))
+            .unwrap();
+    }
+
+    fn speaker_statuses(&self) -> Vec<SpeakerStatus> {
+        let statuses: Api<SpeakerStatus> = Api::namespaced(self.client.clone(), INSTALL_NAMESPACE);
+        self.runtime.block_on(statuses.list(&ListParams::default())).map(|l| l.items).unwrap_or_default()
+    }
+}
+
+#[test]
+fn upgrading_from_the_previous_chart_as_documented_keeps_every_ip_and_the_gossip_key() {
+    // The previous release: its chart, and its CRDs (which had no SpeakerStatus).
+    let previous = repo().join("tests/fixtures/ferrolb-chart-previous.tgz").to_string_lossy().into_owned();
+    let mut installed = install_chart(&previous, |lab| {
+        let crds: Api<CustomResourceDefinition> = Api::all(lab.client.clone());
+        lab.runtime.block_on(crds.delete("speakerstatuses.ferrolb.io", &Default::default())).unwrap();
+    });
+    installed.start_with_chart_identities();
+    installed.wait_for("the demo VIP to answer", || installed.curl("http://192.0.2.200/").is_some());
+    let (ips, key) = (installed.service_ips(), installed.gossip_key());
+    assert_eq!(ips, ["192.0.2.200", "2001:db8::200"]);
+    // Without the new kind (and its RBAC) the speakers keep announcing, and say so once.
+    let log = installed.running.speaker_log("node-1", 200);
+    assert_eq!(log.matches("SpeakerStatus not written").count(), 1, "{log}");
+
+    // The upgrade of docs/install.md: the CRDs first, then the chart with the values kept.
+    let crds = Command::new(ferrolb_e2e::process::workspace_binary("ferrolb").unwrap()).arg("crds").output().unwrap();
+    assert!(crds.status.success());
+    let mut apply = Command::new(K8sBinary::Kubectl.path())
+        .arg("--kubeconfig")
+        .arg(&installed.kubeconfig)
+        .args(["apply", "--server-side", "--force-conflicts", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(apply.stdin.as_mut().unwrap(), &crds.stdout).unwrap();
+    let applied = apply.wait_with_output().unwrap();
+    assert!(applied.status.success(), "{}", String::from_utf8_lossy(&applied.stdout));
+    ok(&installed.helm(&["upgrade", RELEASE, &chart(), "-n", INSTALL_NAMESPACE, "--reset-then-reuse-values"]));
+
+    // The gossip key and every address stay, across a controller restart (a rollout) too; the speakers,
+    // now allowed, report themselves without a restart.
+    assert_eq!(installed.gossip_key(), key, "the upgrade kept the gossip key");
+    installed.running.restart_controller(Duration::from_secs(10)).unwrap();
+    installed.wait_for("a SpeakerStatus per node", || {
+        let statuses = installed.speaker_statuses();
+        statuses.len() == 3 && statuses.iter().all(|s| s.spec.alive.len() == 3)
+    });
+    installed.wait_for("the controller to be back", || installed.log("controller.log").contains("leading"));
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(installed.service_ips(), ips, "every address survived the upgrade");
+    assert!(installed.curl("http://192.0.2.200/").is_some() && installed.curl("http://[2001:db8::200]/").is_some());
+    assert!(installed.running.speaker_log("node-1", 200).contains("SpeakerStatus written again"));
 }
 
 #[test]
@@ -187,21 +263,9 @@ fn ferrolb_runs_on_the_charts_rbac_which_allows_nothing_more_and_upgrade_and_uni
     let mut installed = install();
 
     // The components run with the chart's ServiceAccounts and gossip key, nothing else.
-    let (controller_kubeconfig, speaker_kubeconfig) = installed.runtime.block_on(async {
-        let plane = installed.running.plane();
-        (
-            plane.service_account_kubeconfig(INSTALL_NAMESPACE, "ferrolb-controller").await.unwrap(),
-            plane.service_account_kubeconfig(INSTALL_NAMESPACE, "ferrolb-speaker").await.unwrap(),
-        )
-    });
-    let key = installed._state.path().join("chart-gossip.key");
     let key_before = installed.gossip_key();
     assert!(key_before.len() >= 32, "a generated key of 48 characters");
-    std::fs::write(&key, &key_before).unwrap();
-    installed
-        .running
-        .start_components(Some(Identities { controller_kubeconfig, speaker_kubeconfig, gossip_key: key }))
-        .unwrap();
+    installed.start_with_chart_identities();
 
     // The scenario: an address in status, pool status, the VIP answering, the announcement and both Events.
     installed.wait_for("the demo VIP to answer", || installed.curl("http://192.0.2.200/").is_some());

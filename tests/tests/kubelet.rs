@@ -387,7 +387,7 @@ fn a_helm_upgrade_to_a_new_tag_rolls_the_speakers_with_the_vip_answering_through
         &chart.to_string_lossy(),
         "-n",
         INSTALL_NAMESPACE,
-        "--reuse-values",
+        "--reset-then-reuse-values",
         "--set",
         &format!("image.tag={new_tag}"),
         "--wait",

@@ -46,6 +46,8 @@ pub struct KeepalivedBackend {
     last_render: Option<Instant>,
     /// The interfaces changed: the configuration is applied again (same groups, maybe other interfaces).
     reapply: bool,
+    /// The last error applying the configuration, logged once until it changes or clears.
+    apply_error: Option<String>,
 }
 
 /// What keepalived mode waits on besides the driver's inputs.
@@ -79,6 +81,7 @@ impl KeepalivedBackend {
             render_due: Some(Instant::now()),
             last_render: None,
             reapply: false,
+            apply_error: None,
         })
     }
 
@@ -87,13 +90,27 @@ impl KeepalivedBackend {
         let applied =
             apply(&self.me, &self.world, &self.groups, shared.inventory, &self.settings, &mut self.supervisor, shared)
                 .await;
-        if let Err(e) = applied {
-            let reason = match e {
-                SuperviseError::InvalidConfig(_) => "invalid_config",
-                SuperviseError::Io { .. } => "io",
-            };
-            self.metrics.keepalived_reload_failures.get_or_create(&ReloadFailureLabel { reason }).inc();
-            tracing::error!(error = %e, "keepalived configuration not applied");
+        match applied {
+            Ok(()) => {
+                if self.apply_error.take().is_some() {
+                    tracing::info!("keepalived configuration applied again");
+                }
+            }
+            Err(e) => {
+                let reason = match e {
+                    SuperviseError::InvalidConfig(_) => "invalid_config",
+                    SuperviseError::Io { .. } => "io",
+                };
+                self.metrics.keepalived_reload_failures.get_or_create(&ReloadFailureLabel { reason }).inc();
+                let message = e.to_string();
+                if self.apply_error.as_deref() != Some(message.as_str()) {
+                    tracing::error!(error = %message, "keepalived configuration not applied; retrying at every step");
+                }
+                self.apply_error = Some(message);
+                // Tried again at the next step (the resync at the latest): a passing cause (a full disk, a
+                // keepalived being restarted) must not leave the previous configuration in force for good.
+                self.reapply = true;
+            }
         }
     }
 }

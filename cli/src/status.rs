@@ -27,6 +27,8 @@ pub struct Snapshot {
     /// The class ferrolb handles, and whether it leaves Services without a class alone.
     pub class: String,
     pub ignore_unset_class: bool,
+    /// What could not be read (forbidden to these credentials, or not installed), and why.
+    pub unreadable: Vec<String>,
 }
 
 #[derive(Debug, Serialize, PartialEq)]
@@ -41,6 +43,8 @@ pub struct ServiceReport {
     /// Set when the Service has no address, or nobody announces it: what is wrong and what to change.
     pub problem: Option<Problem>,
     pub events: Vec<EventSummary>,
+    /// What the report could not read: it may be incomplete.
+    pub unreadable: Vec<String>,
 }
 
 #[derive(Debug, Serialize, PartialEq)]
@@ -105,7 +109,8 @@ pub fn service_report(service: &Service, snapshot: &Snapshot) -> ServiceReport {
     } else {
         None
     };
-    ServiceReport { namespace, name, ips, pool, condition: allocated, announced_by, problem, events }
+    let unreadable = snapshot.unreadable.clone();
+    ServiceReport { namespace, name, ips, pool, condition: allocated, announced_by, problem, events, unreadable }
 }
 
 fn why_no_address(service: &Service, allocated: Option<&ConditionSummary>, snapshot: &Snapshot) -> Problem {
@@ -252,6 +257,7 @@ pub struct ClusterReport {
     pub pools: Vec<PoolSummary>,
     pub speakers: Vec<SpeakerSummary>,
     pub conflicts: Vec<String>,
+    pub unreadable: Vec<String>,
 }
 
 #[derive(Debug, Serialize, PartialEq)]
@@ -340,7 +346,7 @@ pub fn cluster_report(snapshot: &Snapshot) -> ClusterReport {
         .collect();
     conflicts.sort();
     conflicts.dedup();
-    ClusterReport { pools, speakers: nodes.into_values().collect(), conflicts }
+    ClusterReport { pools, speakers: nodes.into_values().collect(), conflicts, unreadable: snapshot.unreadable.clone() }
 }
 
 fn empty_speaker(node: &str) -> SpeakerSummary {
@@ -411,6 +417,7 @@ impl ServiceReport {
                 let _ = writeln!(out, "    {} {} ({}): {}", event.type_, event.reason, event.reporter, event.note);
             }
         }
+        unreadable_text(&mut out, &self.unreadable);
         out
     }
 }
@@ -461,7 +468,17 @@ impl ClusterReport {
         for conflict in &self.conflicts {
             let _ = writeln!(out, "  {conflict}");
         }
+        unreadable_text(&mut out, &self.unreadable);
         out
+    }
+}
+
+fn unreadable_text(out: &mut String, unreadable: &[String]) {
+    if !unreadable.is_empty() {
+        let _ = writeln!(out, "Not read (this report may be incomplete):");
+        for what in unreadable {
+            let _ = writeln!(out, "  {what}");
+        }
     }
 }
 

@@ -43,10 +43,14 @@ pub async fn report(
     let (client, default_namespace) = client(access).await?;
     let install = access.install_namespace.as_str();
     let everything = ListParams::default();
+    let mut lister = Lister::default();
     let mut snapshot = Snapshot {
-        pools: list(Api::<IPAddressPool>::all(client.clone()), &everything, "IPAddressPools").await?,
-        advertisements: list(Api::<L2Advertisement>::all(client.clone()), &everything, "L2Advertisements").await?,
-        announcements: list(Api::<L2Announcement>::namespaced(client.clone(), install), &everything, "L2Announcements")
+        pools: lister.list(Api::<IPAddressPool>::all(client.clone()), &everything, "IPAddressPools").await?,
+        advertisements: lister
+            .list(Api::<L2Advertisement>::all(client.clone()), &everything, "L2Advertisements")
+            .await?,
+        announcements: lister
+            .list(Api::<L2Announcement>::namespaced(client.clone(), install), &everything, "L2Announcements")
             .await?,
         class,
         ignore_unset_class,
@@ -62,21 +66,26 @@ pub async fn report(
                 .with_context(|| format!("reading Service {namespace}/{name}"))?
                 .with_context(|| format!("there is no Service {namespace}/{name}"))?;
             let slices = ListParams::default().labels(&format!("kubernetes.io/service-name={name}"));
-            snapshot.endpoint_slices =
-                list(Api::<EndpointSlice>::namespaced(client.clone(), namespace), &slices, "EndpointSlices").await?;
+            snapshot.endpoint_slices = lister
+                .list(Api::<EndpointSlice>::namespaced(client.clone(), namespace), &slices, "EndpointSlices")
+                .await?;
             let about = ListParams::default().fields(&format!("regarding.kind=Service,regarding.name={name}"));
-            snapshot.events = list(Api::<Event>::namespaced(client.clone(), namespace), &about, "Events").await?;
+            snapshot.events =
+                lister.list(Api::<Event>::namespaced(client.clone(), namespace), &about, "Events").await?;
+            snapshot.unreadable = lister.unreadable;
             let report = status::service_report(&object, &snapshot);
             if json { serde_json::to_string_pretty(&report)? + "\n" } else { report.to_text() }
         }
         None => {
-            snapshot.speakers =
-                list(Api::<SpeakerStatus>::namespaced(client.clone(), install), &everything, "SpeakerStatuses").await?;
+            snapshot.speakers = lister
+                .list(Api::<SpeakerStatus>::namespaced(client.clone(), install), &everything, "SpeakerStatuses")
+                .await?;
             let speakers = ListParams::default().labels("app.kubernetes.io/component=speaker");
             snapshot.speaker_pods =
-                list(Api::<Pod>::namespaced(client.clone(), install), &speakers, "speaker pods").await?;
+                lister.list(Api::<Pod>::namespaced(client.clone(), install), &speakers, "speaker pods").await?;
             let conflicts = ListParams::default().fields(&format!("reason={}", reason::IP_CONFLICT));
-            snapshot.events = list(Api::<Event>::all(client.clone()), &conflicts, "IPConflict Events").await?;
+            snapshot.events = lister.list(Api::<Event>::all(client.clone()), &conflicts, "IPConflict Events").await?;
+            snapshot.unreadable = lister.unreadable;
             let report = status::cluster_report(&snapshot);
             if json { serde_json::to_string_pretty(&report)? + "\n" } else { report.to_text() }
         }
@@ -84,9 +93,25 @@ pub async fn report(
     Ok(text)
 }
 
-async fn list<K>(api: Api<K>, params: &ListParams, what: &str) -> anyhow::Result<Vec<K>>
-where
-    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    Ok(api.list(params).await.with_context(|| format!("listing {what}"))?.items)
+/// Lists objects, noting what these credentials may not read (or what is not installed) instead of failing:
+/// the report says what it could not see.
+#[derive(Default)]
+struct Lister {
+    unreadable: Vec<String>,
+}
+
+impl Lister {
+    async fn list<K>(&mut self, api: Api<K>, params: &ListParams, what: &str) -> anyhow::Result<Vec<K>>
+    where
+        K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    {
+        match api.list(params).await {
+            Ok(list) => Ok(list.items),
+            Err(kube::Error::Api(status)) if status.code == 403 || status.code == 404 => {
+                self.unreadable.push(format!("{what}: {}", status.message));
+                Ok(Vec::new())
+            }
+            Err(e) => Err(e).with_context(|| format!("listing {what}")),
+        }
+    }
 }

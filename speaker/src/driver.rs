@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use crate::cluster::{ClassFilter, Cluster};
 use crate::inventory::Inventory;
 use crate::links;
-use crate::metrics::{AnnouncedLabels, Metrics};
+use crate::metrics::{AnnouncedLabels, ExpectedLabels, Metrics};
 use crate::plan::{self, Decision};
 use crate::report::{self, Notice, Report};
 
@@ -232,8 +232,9 @@ pub async fn run<B: Backend>(
 pub struct Reporter {
     me: String,
     metrics: Metrics,
-    /// The `ferrolb_speaker_announced` series set after the last plan.
+    /// The `ferrolb_speaker_announced` and `ferrolb_speaker_expected` series set after the last plan.
     announced_series: BTreeSet<AnnouncedLabels>,
+    expected_series: BTreeSet<ExpectedLabels>,
     decisions: Vec<Decision>,
     /// Services this node announced after the last plan (for `NodeAssigned`).
     announced_services: BTreeSet<ServiceReference>,
@@ -249,6 +250,7 @@ impl Reporter {
             me,
             metrics,
             announced_series: BTreeSet::new(),
+            expected_series: BTreeSet::new(),
             decisions: Vec::new(),
             announced_services: BTreeSet::new(),
             unplaced_services: BTreeSet::new(),
@@ -296,7 +298,36 @@ impl Reporter {
         }
         self.announced_services = announced;
         self.set_announced_series(&decisions, held);
+        self.set_expected_series(&decisions, janitor);
         self.decisions = decisions;
+    }
+
+    /// The janitor's `ferrolb_speaker_expected`: one series per VIP with an elected owner (a Service without a
+    /// ready endpoint has none, so it is not expected to answer). Every other speaker exports none.
+    fn set_expected_series(&mut self, decisions: &[Decision], janitor: bool) {
+        let now: BTreeSet<ExpectedLabels> = if janitor {
+            decisions
+                .iter()
+                .filter_map(|d| d.owner.as_ref().map(|owner| (d, owner)))
+                .flat_map(|(decision, owner)| {
+                    decision.vips.iter().map(move |vip| ExpectedLabels {
+                        namespace: decision.service.namespace.clone(),
+                        service: decision.service.name.clone(),
+                        ip: vip.to_string(),
+                        node: owner.clone(),
+                    })
+                })
+                .collect()
+        } else {
+            BTreeSet::new()
+        };
+        for gone in self.expected_series.difference(&now) {
+            self.metrics.expected.remove(gone);
+        }
+        for series in &now {
+            self.metrics.expected.get_or_create(series).set(1);
+        }
+        self.expected_series = now;
     }
 
     /// One `ferrolb_speaker_announced` series per Service VIP this node holds, per interface; the series of

@@ -36,6 +36,15 @@ pub struct AnnouncedLabels {
     pub interface: String,
 }
 
+/// A VIP the election gives to `node` (exported by one speaker, the janitor).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+pub struct ExpectedLabels {
+    pub namespace: String,
+    pub service: String,
+    pub ip: String,
+    pub node: String,
+}
+
 /// Why keepalived's configuration could not be applied.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReloadFailureLabel {
@@ -64,7 +73,11 @@ pub struct Metrics {
     pub rejected_gossip: Family<RejectLabel, Counter>,
     /// 1 per (Service, VIP, interface) this node announces; gone when it stops.
     pub announced: Family<AnnouncedLabels, Gauge>,
-    /// keepalived mode: configurations that could not be applied (the previous one stays in force).
+    /// 1 per VIP that some node should announce (a ready endpoint, an elected owner), with that owner; set
+    /// by the janitor only, so `unless` against `announced` finds VIPs nobody answers for.
+    pub expected: Family<ExpectedLabels, Gauge>,
+    /// keepalived mode: attempts to apply a configuration that failed (the previous one stays in force; a
+    /// refused configuration is retried at every step, so the count grows while the cause lasts).
     pub keepalived_reload_failures: Family<ReloadFailureLabel, Counter>,
 }
 
@@ -139,8 +152,13 @@ impl Metrics {
             self.announced.clone(),
         );
         registry.register(
+            "ferrolb_speaker_expected",
+            "1 per VIP the election gives to a node (owner in `node`), exported by one speaker only (the live member with the smallest name)",
+            self.expected.clone(),
+        );
+        registry.register(
             "ferrolb_speaker_keepalived_reload_failures",
-            "keepalived configurations not applied, by reason: invalid_config (refused by keepalived -t) or io; the previous configuration stays in force",
+            "Failed attempts to apply keepalived's configuration, by reason: invalid_config (refused by keepalived -t) or io; the previous configuration stays in force and the attempt is repeated at every step",
             self.keepalived_reload_failures.clone(),
         );
     }

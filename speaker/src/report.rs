@@ -174,6 +174,8 @@ pub struct WriterStopped;
 
 /// An unchanged SpeakerStatus is written again this often.
 const SPEAKER_STATUS_REWRITE: Duration = Duration::from_secs(300);
+/// The longest wait after refused SpeakerStatus writes.
+const STATUS_RETRY_MAX: Duration = Duration::from_secs(60);
 
 /// An op applied this recently is not applied again: the watch has not shown it to the plan yet.
 const APPLIED_RECENTLY: Duration = Duration::from_secs(3);
@@ -194,6 +196,9 @@ pub async fn run(
     // The last SpeakerStatus write error, logged once (a cluster whose CRDs or RBAC predate the kind refuses
     // every write, and the writer retries on every step).
     let mut status_error: Option<String> = None;
+    // After a refused write, the next waits (5 s, doubling up to a minute): a cluster without the kind is not
+    // sent a failing request at every step.
+    let mut status_retry: Option<(tokio::time::Instant, u32)> = None;
     let mut open = true;
     while open {
         tokio::select! {
@@ -223,16 +228,21 @@ pub async fn run(
         let due = |spec: &SpeakerStatusSpec| {
             written_status.as_ref().is_none_or(|(last, at)| last != spec || at.elapsed() > SPEAKER_STATUS_REWRITE)
         };
-        if let Some(spec) = latest.filter(due) {
+        let backing_off = status_retry.is_some_and(|(at, _)| tokio::time::Instant::now() < at);
+        if let Some(spec) = latest.filter(due).filter(|_| !backing_off) {
             // Not remembered when the write fails: the next step sends it again.
             match write_speaker_status(&statuses, &node, &spec).await {
                 Ok(()) => {
                     if status_error.take().is_some() {
                         tracing::info!(node = %spec.node, "SpeakerStatus written again");
                     }
+                    status_retry = None;
                     written_status = Some((spec, tokio::time::Instant::now()));
                 }
                 Err(e) => {
+                    let failures = status_retry.map_or(0, |(_, n)| n.saturating_add(1));
+                    let wait = (Duration::from_secs(5) * 2u32.saturating_pow(failures.min(4))).min(STATUS_RETRY_MAX);
+                    status_retry = Some((tokio::time::Instant::now() + wait, failures));
                     let message = e.to_string();
                     if status_error.as_deref() != Some(message.as_str()) {
                         tracing::warn!(node = %spec.node, error = %message, "SpeakerStatus not written (are the CRDs and RBAC of this release applied?); retrying quietly");

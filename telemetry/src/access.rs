@@ -5,6 +5,7 @@
 //! kube-rbac-proxy checks for MetalLB. The health endpoints stay open: kubelets probe them without a token.
 
 use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -57,16 +58,28 @@ const ALLOWED_TTL: Duration = Duration::from_secs(60);
 const REFUSED_TTL: Duration = Duration::from_secs(10);
 /// At most this many tokens are remembered: random tokens sent by a stranger cannot grow the cache unbounded.
 const MAX_REMEMBERED: usize = 256;
+/// At most this many reviews are asked of the API server at once; more scrapes wait for a free one, so a
+/// flood of made-up tokens costs the API server a bounded load.
+const CONCURRENT_REVIEWS: usize = 4;
+/// Longer tokens are refused unread (ServiceAccount tokens are about 1 KiB).
+const MAX_TOKEN_BYTES: usize = 16 * 1024;
 
 pub struct TokenAuthorizer {
     client: kube::Client,
-    /// By a hash of the token (the token itself is never kept).
+    /// By a keyed hash of the token (the token itself is never kept; the key is this process's own).
     verdicts: Mutex<HashMap<u64, (Verdict, Instant)>>,
+    seed: u64,
+    reviews: tokio::sync::Semaphore,
 }
 
 impl TokenAuthorizer {
     pub fn new(client: kube::Client) -> Self {
-        Self { client, verdicts: Mutex::new(HashMap::new()) }
+        Self {
+            client,
+            verdicts: Mutex::new(HashMap::new()),
+            seed: std::collections::hash_map::RandomState::new().hash_one(0u8),
+            reviews: tokio::sync::Semaphore::new(CONCURRENT_REVIEWS),
+        }
     }
 
     /// The verdict for the `Authorization` header's value, if any.
@@ -74,7 +87,16 @@ impl TokenAuthorizer {
         let Some(token) = bearer_token(authorization) else {
             return Ok(Verdict::Unauthenticated("a bearer token is required (Authorization: Bearer ...)".into()));
         };
-        let key = xxhash_rust::xxh3::xxh3_64(token.as_bytes());
+        if token.len() > MAX_TOKEN_BYTES {
+            return Ok(Verdict::Unauthenticated("the token is too long".into()));
+        }
+        let key = xxhash_rust::xxh3::xxh3_64_with_seed(token.as_bytes(), self.seed);
+        if let Some(verdict) = self.remembered(key) {
+            return Ok(verdict);
+        }
+        // The permit is never closed; should it be, reviewing without one is still correct.
+        let _permit = self.reviews.acquire().await.ok();
+        // Another scrape with the same token may have been reviewed while this one waited.
         if let Some(verdict) = self.remembered(key) {
             return Ok(verdict);
         }
@@ -91,6 +113,10 @@ impl TokenAuthorizer {
     fn remember(&self, key: u64, verdict: Verdict) {
         let mut verdicts = self.verdicts.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         verdicts.retain(|_, (verdict, at)| fresh(verdict, *at));
+        if verdicts.len() >= MAX_REMEMBERED {
+            // Refusals go first: a stranger's made-up tokens must not evict the scraper's allowed verdict.
+            verdicts.retain(|_, (verdict, _)| *verdict == Verdict::Allowed);
+        }
         if verdicts.len() >= MAX_REMEMBERED {
             verdicts.clear();
         }
@@ -148,6 +174,28 @@ pub fn bearer_token(authorization: Option<&str>) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn offline_authorizer() -> TokenAuthorizer {
+        // Nothing listens there: a test that reached the API server would fail.
+        let config = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
+        TokenAuthorizer::new(kube::Client::try_from(config).unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_stranger_cannot_evict_the_scrapers_verdict_or_send_huge_tokens() {
+        let authorizer = offline_authorizer();
+        authorizer.remember(1, Verdict::Allowed);
+        for key in 2..(MAX_REMEMBERED as u64 * 3) {
+            authorizer.remember(key, Verdict::Unauthenticated("made up".into()));
+        }
+        assert_eq!(authorizer.remembered(1), Some(Verdict::Allowed));
+        assert!(authorizer.verdicts.lock().unwrap().len() <= MAX_REMEMBERED);
+
+        let huge = format!("Bearer {}", "x".repeat(MAX_TOKEN_BYTES + 1));
+        let verdict = authorizer.check(Some(&huge)).await.unwrap();
+        assert_eq!(verdict, Verdict::Unauthenticated("the token is too long".into()));
+        assert!(matches!(authorizer.check(None).await.unwrap(), Verdict::Unauthenticated(_)));
+    }
 
     #[test]
     fn only_a_bearer_token_is_taken() {

@@ -73,8 +73,10 @@ pub async fn serve(
                             Ok(Verdict::Unauthenticated(why)) => return (StatusCode::UNAUTHORIZED, why),
                             Ok(Verdict::Forbidden(why)) => return (StatusCode::FORBIDDEN, why),
                             Err(e) => {
+                                // The detail (RBAC messages, names) is for the log, not for whoever asked.
                                 tracing::warn!(error = %e, "could not check a metrics scrape's token");
-                                return (StatusCode::SERVICE_UNAVAILABLE, e.to_string());
+                                let why = "the token could not be checked with the API server; see the log";
+                                return (StatusCode::SERVICE_UNAVAILABLE, why.to_string());
                             }
                         }
                     }

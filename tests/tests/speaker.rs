@@ -42,6 +42,17 @@ fn one_owner_answers_on_both_families_and_reports_itself() {
         assert_eq!(metric(&metrics, "ferrolb_speaker_owned_vips"), 0.0);
         assert_eq!(metric(&metrics, "ferrolb_speaker_announced"), 0.0, "{metrics}");
     }
+    // One speaker, the live member with the smallest name, says what the election expects to be announced.
+    let janitor = lab.metrics("node-1");
+    for vip in [VIP4, VIP6] {
+        let series = format!(
+            r#"ferrolb_speaker_expected{{namespace="{DEMO_NAMESPACE}",service="{DEMO_SERVICE}",ip="{vip}",node="{owner}"}} 1"#
+        );
+        assert!(janitor.lines().any(|l| l == series), "{series} in\n{janitor}");
+    }
+    for other in ["node-2", "node-3"] {
+        assert_eq!(metric(&lab.metrics(other), "ferrolb_speaker_expected"), 0.0);
+    }
 
     // Another host claims the VIP: the owner sees a foreign MAC for it and says so on the Service.
     let client = lab.running.lab().client().interface.clone();

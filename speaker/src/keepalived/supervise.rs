@@ -158,6 +158,9 @@ impl Supervisor {
     }
 
     fn start(&mut self) -> Result<(), SuperviseError> {
+        // A start (for a new configuration) during the restart backoff is the restart: a pending one must not
+        // stop this keepalived again for nothing.
+        self.restart_at = None;
         self.stop_leftover();
         let mut command = Command::new(&self.binary);
         command
@@ -213,7 +216,7 @@ impl Supervisor {
 
     pub fn restart(&mut self) -> Result<(), SuperviseError> {
         self.restart_at = None;
-        if self.applied.is_some() { self.start() } else { Ok(()) }
+        if self.applied.is_some() && self.child.is_none() { self.start() } else { Ok(()) }
     }
 
     /// Stops keepalived: it releases its VIPs and tells its peers (priority 0) on the way out.

@@ -67,6 +67,7 @@ pub fn run(bin_dir: PathBuf, repo: PathBuf, trials: usize, vips: usize, keepaliv
     for fault in faults {
         println!("failover ({mode}): {} ({trials} trials)", fault.describe());
         let mut samples = Vec::new();
+        let (mut detected, mut announced) = (Vec::new(), Vec::new());
         for trial in 0..trials {
             let owner = stable_owner(&client_ns)?;
             let stop = Arc::new(AtomicBool::new(false));
@@ -75,13 +76,20 @@ pub fn run(bin_dir: PathBuf, repo: PathBuf, trials: usize, vips: usize, keepaliv
                 std::thread::spawn(move || netns::in_netns(&ns, move || Ok(probe_until_moved(&owner, &stop))))
             };
             std::thread::sleep(Duration::from_millis(300));
-            let fault_at = Instant::now();
+            let (fault_at, fault_wall) = (Instant::now(), jiff::Timestamp::now());
             inject(&mut lab, fault, &owner)?;
             let moved = wait_joined(prober, &stop, Duration::from_secs(15))?;
             match moved {
                 Some((at, to)) => {
                     let took = at.saturating_duration_since(fault_at);
                     samples.push(took);
+                    // Where the time went, from the new owner's log: the gossip declared the old owner down,
+                    // then it announced the VIPs (after its probes and first gratuitous ARP / NA).
+                    let log = lab.speaker_log(&to, 400);
+                    let down = first_after(&log, fault_wall, &["member down", &format!("node={owner}")]);
+                    let took_over = first_after(&log, fault_wall, &[&format!("announced from node {to}")]);
+                    detected.extend(down);
+                    announced.extend(took_over);
                     if trial == 0 {
                         println!("  trial 1: {owner} -> {to} in {:.0} ms", ms(took));
                     }
@@ -108,12 +116,36 @@ pub fn run(bin_dir: PathBuf, repo: PathBuf, trials: usize, vips: usize, keepaliv
             ms(percentile(&samples, 99)),
             ms(samples.last().copied().unwrap_or_default())
         );
+        for (what, mut since_fault) in
+            [("the old owner declared down", detected), ("the new owner announced (NodeAssigned)", announced)]
+        {
+            if since_fault.is_empty() {
+                continue;
+            }
+            since_fault.sort();
+            println!(
+                "    {what}: p50 {:.0} ms, p99 {:.0} ms after the fault ({} trials)",
+                ms(percentile(&since_fault, 50)),
+                ms(percentile(&since_fault, 99)),
+                since_fault.len()
+            );
+        }
     }
 
     if vips > 0 && !keepalived {
         memory_with_vips(&lab, vips)?;
     }
     Ok(())
+}
+
+/// How long after `since` the first log line holding every one of `needles` was written (the log's lines
+/// start with their RFC 3339 time).
+fn first_after(log: &str, since: jiff::Timestamp, needles: &[&str]) -> Option<Duration> {
+    log.lines().filter(|line| needles.iter().all(|n| line.contains(n))).find_map(|line| {
+        let at: jiff::Timestamp = line.split_whitespace().next()?.parse().ok()?;
+        let after = at.duration_since(since);
+        (!after.is_negative()).then(|| Duration::try_from(after).ok()).flatten()
+    })
 }
 
 fn inject(lab: &mut RunningLab, fault: Fault, owner: &str) -> Result<()> {

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
 use ferrolb_crds::service::{ALLOCATED_CONDITION, condition, ingress_ips, origin_pool};
-use ferrolb_crds::{IPAddressPool, L2Advertisement, L2Announcement, SpeakerStatus, reason, selector};
+use ferrolb_crds::{IPAddressPool, L2Advertisement, L2Announcement, SpeakerStatus, reason};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::events::v1::Event;
@@ -198,15 +198,10 @@ fn why_not_announced(service: &Service, pool: Option<&str>, snapshot: &Snapshot)
         .and_then(|p| snapshot.pools.iter().find(|candidate| candidate.metadata.name.as_deref() == Some(p)))
         .and_then(|p| p.metadata.labels.clone())
         .unwrap_or_default();
+    // The same test the controller and the speakers make.
     let advertised = snapshot.advertisements.iter().any(|advertisement| {
-        let spec = &advertisement.spec;
-        let every_pool = spec.ip_address_pools.is_empty() && spec.ip_address_pool_selectors.is_empty();
-        let names_pool = pool.is_some_and(|p| spec.ip_address_pools.iter().any(|n| n == p));
-        let selects_pool = !spec.ip_address_pool_selectors.is_empty()
-            && selector::matches_any(&spec.ip_address_pool_selectors, &pool_labels).unwrap_or(false);
-        let selects_service = spec.service_selectors.is_empty()
-            || selector::matches_any(&spec.service_selectors, &labels).unwrap_or(false);
-        (every_pool || names_pool || selects_pool) && selects_service
+        advertisement.spec.selects_pool(pool.unwrap_or_default(), &pool_labels)
+            && advertisement.spec.selects_service(&labels)
     });
     if !advertised {
         return Problem {

@@ -51,7 +51,10 @@ pub struct Metrics {
 }
 
 /// What a write to the API server was, in `ferrolb_write_errors{kind}`.
-pub const WRITE_KINDS: [&str; 3] = ["service_status", "pool_status", "event"];
+pub const WRITE_SERVICE_STATUS: &str = "service_status";
+pub const WRITE_POOL_STATUS: &str = "pool_status";
+pub const WRITE_EVENT: &str = "event";
+pub const WRITE_KINDS: [&str; 3] = [WRITE_SERVICE_STATUS, WRITE_POOL_STATUS, WRITE_EVENT];
 
 impl Metrics {
     pub fn register(&self, registry: &mut Registry) {

@@ -120,7 +120,7 @@ async fn apply(client: &kube::Client, recorder: &Recorder, manager: &str, metric
                 Err(e) => {
                     metrics
                         .write_errors
-                        .get_or_create(&crate::metrics::KindLabel { kind: "service_status".into() })
+                        .get_or_create(&crate::metrics::KindLabel { kind: crate::metrics::WRITE_SERVICE_STATUS.into() })
                         .inc();
                     tracing::warn!(service = %key, error = %e, "could not write Service status; the next resync retries");
                 }
@@ -133,7 +133,10 @@ async fn apply(client: &kube::Client, recorder: &Recorder, manager: &str, metric
                 serde_json::json!({"apiVersion": ferrolb_crds::API_VERSION, "kind": "IPAddressPool", "status": status});
             if let Err(e) = pools.patch_status(&name, &PatchParams::apply(manager).force(), &Patch::Apply(&patch)).await
             {
-                metrics.write_errors.get_or_create(&crate::metrics::KindLabel { kind: "pool_status".into() }).inc();
+                metrics
+                    .write_errors
+                    .get_or_create(&crate::metrics::KindLabel { kind: crate::metrics::WRITE_POOL_STATUS.into() })
+                    .inc();
                 tracing::warn!(pool = %name, error = %e, "could not write pool status");
             }
         }
@@ -184,7 +187,10 @@ async fn publish(recorder: &Recorder, metrics: &Metrics, event: EventOut) {
         secondary: None,
     };
     if let Err(e) = recorder.publish(&kube_event, &event.regarding).await {
-        metrics.write_errors.get_or_create(&crate::metrics::KindLabel { kind: "event".into() }).inc();
+        metrics
+            .write_errors
+            .get_or_create(&crate::metrics::KindLabel { kind: crate::metrics::WRITE_EVENT.into() })
+            .inc();
         tracing::warn!(object = %object, error = %e, "could not publish Event");
     }
 }

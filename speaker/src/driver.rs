@@ -227,6 +227,23 @@ pub async fn run<B: Backend>(
     Ok(())
 }
 
+/// Makes `family` hold exactly the series `now`, each at 1: those of `last` not in `now` are removed.
+fn replace_series<L>(
+    family: &prometheus_client::metrics::family::Family<L, prometheus_client::metrics::gauge::Gauge>,
+    last: &mut BTreeSet<L>,
+    now: BTreeSet<L>,
+) where
+    L: Clone + Ord + std::hash::Hash + Eq + prometheus_client::encoding::EncodeLabelSet + std::fmt::Debug,
+{
+    for gone in last.difference(&now) {
+        family.remove(gone);
+    }
+    for series in &now {
+        family.get_or_create(series).set(1);
+    }
+    *last = now;
+}
+
 /// Reports a mode's decisions: the L2Announcements this node writes (or, as the janitor, deletes), and one
 /// Event per change (`NodeAssigned`, `NotAnnounced`, `NodeAddress`), never repeated while nothing changes.
 pub struct Reporter {
@@ -321,13 +338,7 @@ impl Reporter {
         } else {
             BTreeSet::new()
         };
-        for gone in self.expected_series.difference(&now) {
-            self.metrics.expected.remove(gone);
-        }
-        for series in &now {
-            self.metrics.expected.get_or_create(series).set(1);
-        }
-        self.expected_series = now;
+        replace_series(&self.metrics.expected, &mut self.expected_series, now);
     }
 
     /// One `ferrolb_speaker_announced` series per Service VIP this node holds, per interface; the series of
@@ -347,13 +358,7 @@ impl Reporter {
                 }
             }
         }
-        for gone in self.announced_series.difference(&now) {
-            self.metrics.announced.remove(gone);
-        }
-        for series in &now {
-            self.metrics.announced.get_or_create(series).set(1);
-        }
-        self.announced_series = now;
+        replace_series(&self.metrics.announced, &mut self.announced_series, now);
     }
 
     pub fn report_unplaced(

@@ -81,9 +81,6 @@ pub struct Metrics {
     pub keepalived_reload_failures: Family<ReloadFailureLabel, Counter>,
 }
 
-/// The `reason` values of `ferrolb_speaker_keepalived_reload_failures`.
-pub const RELOAD_FAILURES: [&str; 2] = ["invalid_config", "io"];
-
 impl Metrics {
     pub fn register(&self, registry: &mut Registry) {
         // Series of every known label value exist from the start, at 0: an alert on `increase()` sees the
@@ -96,7 +93,7 @@ impl Metrics {
         for reason in crate::l2::gossip_auth::AuthError::REASONS {
             let _ = self.rejected_gossip.get_or_create(&RejectLabel { reason });
         }
-        for reason in RELOAD_FAILURES {
+        for reason in crate::keepalived::supervise::SuperviseError::REASONS {
             let _ = self.keepalived_reload_failures.get_or_create(&ReloadFailureLabel { reason });
         }
         registry.register("ferrolb_speaker_owned_vips", "VIPs this node announces", self.owned_vips.clone());

@@ -262,26 +262,27 @@ async fn write_speaker_status(
 ) -> Result<(), kube::Error> {
     let mut object = SpeakerStatus::new(&spec.node, spec.clone());
     object.metadata.owner_references = Some(vec![node.clone()]);
-    let mut value = serde_json::to_value(&object).unwrap_or_default();
+    apply(api, &object).await
+}
+
+/// Server-side applies `object` as the speaker (a server-side apply body must name its apiVersion and kind).
+async fn apply<K>(api: &Api<K>, object: &K) -> Result<(), kube::Error>
+where
+    K: kube::Resource<DynamicType = ()> + serde::Serialize + Clone + std::fmt::Debug + serde::de::DeserializeOwned,
+{
+    let mut value = serde_json::to_value(object).unwrap_or_default();
     if let Some(map) = value.as_object_mut() {
-        map.insert("apiVersion".into(), ferrolb_crds::API_VERSION.into());
-        map.insert("kind".into(), "SpeakerStatus".into());
+        map.insert("apiVersion".into(), K::api_version(&()).into());
+        map.insert("kind".into(), K::kind(&()).into());
     }
-    api.patch(&spec.node, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&value)).await.map(|_| ())
+    let name = object.meta().name.clone().unwrap_or_default();
+    api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&value)).await.map(|_| ())
 }
 
 async fn execute(api: &Api<L2Announcement>, name: &str, op: &Op) -> bool {
     for attempt in 0..3u32 {
         let result = match op {
-            Op::Apply(_, spec) => {
-                let object = L2Announcement::new(name, spec.clone());
-                let mut value = serde_json::to_value(&object).unwrap_or_default();
-                if let Some(map) = value.as_object_mut() {
-                    map.insert("apiVersion".into(), ferrolb_crds::API_VERSION.into());
-                    map.insert("kind".into(), "L2Announcement".into());
-                }
-                api.patch(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&value)).await.map(|_| ())
-            }
+            Op::Apply(_, spec) => apply(api, &L2Announcement::new(name, spec.clone())).await,
             Op::Delete(_) => match api.delete(name, &DeleteParams::default()).await {
                 Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
                 other => other.map(|_| ()),

@@ -97,10 +97,7 @@ impl KeepalivedBackend {
                 }
             }
             Err(e) => {
-                let reason = match e {
-                    SuperviseError::InvalidConfig(_) => "invalid_config",
-                    SuperviseError::Io { .. } => "io",
-                };
+                let reason = e.reason();
                 self.metrics.keepalived_reload_failures.get_or_create(&ReloadFailureLabel { reason }).inc();
                 let message = e.to_string();
                 if self.apply_error.as_deref() != Some(message.as_str()) {

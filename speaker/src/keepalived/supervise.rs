@@ -29,6 +29,19 @@ pub enum SuperviseError {
     Io { what: String, source: std::io::Error },
 }
 
+impl SuperviseError {
+    /// Every value [`SuperviseError::reason`] returns.
+    pub const REASONS: [&'static str; 2] = ["invalid_config", "io"];
+
+    /// The `reason` label of `ferrolb_speaker_keepalived_reload_failures`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            SuperviseError::InvalidConfig(_) => "invalid_config",
+            SuperviseError::Io { .. } => "io",
+        }
+    }
+}
+
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> SuperviseError {
     let what = what.into();
     move |source| SuperviseError::Io { what, source }
@@ -228,6 +241,19 @@ impl Supervisor {
         if tokio::time::timeout(Duration::from_secs(5), child.wait()).await.is_err() {
             tracing::warn!("keepalived did not stop within 5 s; killing it");
             let _ = child.kill().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reason_is_listed_for_the_metrics() {
+        let io = SuperviseError::Io { what: "x".into(), source: std::io::Error::other("y") };
+        for error in [SuperviseError::InvalidConfig("refused".into()), io] {
+            assert!(SuperviseError::REASONS.contains(&error.reason()), "{error}");
         }
     }
 }

@@ -213,3 +213,34 @@ pub async fn load_balancer_ips(client: &Client, namespace: &str, name: &str) -> 
         .filter_map(|i| i.ip)
         .collect())
 }
+
+/// `ferrolb crds | kubectl apply --server-side --force-conflicts [extra_args] -f -`, the CRD upgrade that
+/// docs/install.md prescribes, against `kubeconfig`: kubectl's output (checked for success by the caller).
+pub fn apply_printed_crds(kubeconfig: &std::path::Path, extra_args: &[&str]) -> Result<std::process::Output> {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+
+    use crate::error::{Error, IoContext};
+    let printed = Command::new(crate::process::workspace_binary("ferrolb")?)
+        .arg("crds")
+        .output()
+        .context(|| "running ferrolb crds".into())?;
+    if !printed.status.success() {
+        return Err(Error::Lab(format!("ferrolb crds failed: {}", String::from_utf8_lossy(&printed.stderr))));
+    }
+    let mut apply = Command::new(crate::toolchain::K8sBinary::Kubectl.path())
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(["apply", "--server-side", "--force-conflicts"])
+        .args(extra_args)
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context(|| "starting kubectl apply".into())?;
+    if let Some(mut stdin) = apply.stdin.take() {
+        stdin.write_all(&printed.stdout).context(|| "writing the CRDs to kubectl".into())?;
+    }
+    apply.wait_with_output().context(|| "running kubectl apply".into())
+}

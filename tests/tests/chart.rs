@@ -228,19 +228,7 @@ fn upgrading_from_the_previous_chart_as_documented_keeps_every_ip_and_the_gossip
     assert_eq!(log.matches("SpeakerStatus not written").count(), 1, "{log}");
 
     // The upgrade of docs/install.md: the CRDs first, then the chart with the values kept.
-    let crds = Command::new(ferrolb_e2e::process::workspace_binary("ferrolb").unwrap()).arg("crds").output().unwrap();
-    assert!(crds.status.success());
-    let mut apply = Command::new(K8sBinary::Kubectl.path())
-        .arg("--kubeconfig")
-        .arg(&installed.kubeconfig)
-        .args(["apply", "--server-side", "--force-conflicts", "-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::io::Write::write_all(apply.stdin.as_mut().unwrap(), &crds.stdout).unwrap();
-    let applied = apply.wait_with_output().unwrap();
-    assert!(applied.status.success(), "{}", String::from_utf8_lossy(&applied.stdout));
+    ok(&ferrolb_e2e::objects::apply_printed_crds(&installed.kubeconfig, &[]).unwrap());
     ok(&installed.helm(&["upgrade", RELEASE, &chart(), "-n", INSTALL_NAMESPACE, "--reset-then-reuse-values"]));
 
     // The gossip key and every address stay, across a controller restart (a rollout) too; the speakers,

@@ -187,23 +187,9 @@ async fn ferrolb_crds_server_side_applied_upgrades_an_older_crd() {
     let shortened = older.spec.versions[0].additional_printer_columns.as_ref().unwrap().len();
     crds.replace(name, &PostParams::default(), &older).await.unwrap();
 
-    let printed = std::process::Command::new(ferrolb_e2e::process::workspace_binary("ferrolb").unwrap())
-        .arg("crds")
-        .output()
-        .unwrap();
-    assert!(printed.status.success());
-    let mut apply = std::process::Command::new(ferrolb_e2e::toolchain::K8sBinary::Kubectl.path())
-        .arg("--kubeconfig")
-        .arg(plane.kubeconfig_path())
-        .args(["apply", "--server-side", "--force-conflicts", "--field-manager", "ferrolb-crds", "-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    apply.stdin.take().unwrap().write_all(&printed.stdout).unwrap();
-    let output = apply.wait_with_output().unwrap();
+    let output =
+        ferrolb_e2e::objects::apply_printed_crds(&plane.kubeconfig_path(), &["--field-manager", "ferrolb-crds"])
+            .unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let every_crd = ferrolb_crds::all_crds().len();
     assert_eq!(String::from_utf8_lossy(&output.stdout).matches("serverside-applied").count(), every_crd);

@@ -223,9 +223,13 @@ fn upgrading_from_the_previous_chart_as_documented_keeps_every_ip_and_the_gossip
     installed.wait_for("the demo VIP to answer", || installed.curl("http://192.0.2.200/").is_some());
     let (ips, key) = (installed.service_ips(), installed.gossip_key());
     assert_eq!(ips, ["192.0.2.200", "2001:db8::200"]);
-    // Without the new kind (and its RBAC) the speakers keep announcing, and say so once.
-    let log = installed.running.speaker_log("node-1", 200);
-    assert_eq!(log.matches("SpeakerStatus not written").count(), 1, "{log}");
+    // Without the new kind (and its RBAC) the speakers keep announcing, and say so once: the refusal is
+    // logged after the first step's writes, maybe after the VIP answers, and not again when the writer retries
+    // (5 s later at the first).
+    let refusals = || installed.running.speaker_log("node-1", 200).matches("SpeakerStatus not written").count();
+    installed.wait_for("the speaker to say it cannot write its SpeakerStatus", || refusals() > 0);
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(refusals(), 1, "{}", installed.running.speaker_log("node-1", 200));
 
     // The upgrade of docs/install.md: the CRDs first, then the chart with the values kept.
     ok(&ferrolb_e2e::objects::apply_printed_crds(&installed.kubeconfig, &[]).unwrap());

@@ -71,6 +71,9 @@ pub struct Metrics {
     /// Frames dropped unread because they were queued too long (the speaker was not running).
     pub stale_frames: Counter,
     pub rejected_gossip: Family<RejectLabel, Counter>,
+    /// Other speakers this node's gossip declared down (a crash, a cut link, or a false suspicion of a
+    /// member too slow to answer its probes).
+    pub members_declared_down: Counter,
     /// 1 per (Service, VIP, interface) this node announces; gone when it stops.
     pub announced: Family<AnnouncedLabels, Gauge>,
     /// 1 per VIP that some node should announce (a ready endpoint, an elected owner), with that owner; set
@@ -142,6 +145,11 @@ impl Metrics {
             "ferrolb_speaker_rejected_gossip_datagrams",
             "Gossip datagrams dropped, by reason: bad_tag or truncated (no valid key), stale (sent outside the freshness window), replayed (seen before), version",
             self.rejected_gossip.clone(),
+        );
+        registry.register(
+            "ferrolb_speaker_members_declared_down",
+            "Other speakers this node's gossip declared down: crashed, cut off, or too slow to answer its probes",
+            self.members_declared_down.clone(),
         );
         registry.register(
             "ferrolb_speaker_announced",

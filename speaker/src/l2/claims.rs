@@ -25,7 +25,7 @@ pub const PROBES: u32 = 2;
 /// Gap between probes, and the wait after the last one. A live speaker answers from a task reading its
 /// packet socket: well under 1 ms on an idle LAN, a few ms on a loaded node, so 30 ms is ten times the
 /// worst of that; in all the takeover waits 2 × 30 = 60 ms, which keeps a hard crash's failover (failure
-/// detection ≤ 2 probe periods + suspicion = 800 ms by default, plus this) under the 1 s budget. An
+/// detection ≤ 2 probe periods + a probe period + suspicion = 500 ms by default, plus this) under the 1 s budget. An
 /// answer later than that is not lost for good: a stand-in probes again ([`STAND_IN_RECHECK`]).
 pub const PROBE_INTERVAL: Duration = Duration::from_millis(30);
 /// A stand-in probes its VIP again this long after taking it over, then at doubling intervals up to

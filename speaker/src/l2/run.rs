@@ -124,7 +124,10 @@ impl L2Backend {
             identity,
             l2.gossip_key.clone(),
             &l2.gossip,
-            MembershipMetrics { rejected_datagrams: metrics.rejected_gossip.clone() },
+            MembershipMetrics {
+                rejected_datagrams: metrics.rejected_gossip.clone(),
+                declared_down: metrics.members_declared_down.clone(),
+            },
         )?;
         let peers = setup.cluster.gossip_peers(l2.gossip_port, gossip_ip.is_ipv4());
         membership.set_peers(peers.clone());

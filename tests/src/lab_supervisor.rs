@@ -361,6 +361,69 @@ impl RunningLab {
         })
     }
 
+    /// The same lab with MetalLB's controller and speakers in place of ferrolb's (see [`crate::metallb`]), run
+    /// and restarted the same way, under the same component names and log files.
+    pub fn start_metallb(config: LabConfig, build: &crate::metallb::MetallbBuild) -> Result<Self> {
+        crate::metallb::check_build(build)?;
+        let mut lab = Self::prepare(config)?;
+        let runtime =
+            tokio::runtime::Builder::new_current_thread().enable_all().build().context(|| "tokio runtime".into())?;
+        runtime.block_on(async {
+            let client = lab.plane.admin_client().await?;
+            crate::metallb::prepare_cluster(&client, build, lab.lab.nodes()).await
+        })?;
+        let key_dir = lab.config.state_dir.join("metallb-memberlist");
+        crate::metallb::write_memberlist_key(&key_dir)?;
+        let kubeconfig = lab.config.kubeconfig();
+        let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .context(|| "picking a port for MetalLB's controller metrics".into())?;
+        let mut components = Vec::new();
+        let (controller_build, controller_kubeconfig) = (build.clone(), kubeconfig.clone());
+        let log = lab.config.state_dir.join("controller.log");
+        components.push(Supervised {
+            name: "controller".into(),
+            command: Box::new(move || {
+                let command =
+                    crate::metallb::controller_command(&controller_build, &controller_kubeconfig, metrics_port);
+                ManagedProcess::spawn("metallb-controller", command, &log)
+            }),
+            process: None,
+            exited_at: None,
+        });
+        for node in lab.lab.nodes() {
+            let (build, kubeconfig, node, key_dir) = (build.clone(), kubeconfig.clone(), node.clone(), key_dir.clone());
+            let log = lab.config.state_dir.join(format!("speaker-{}.log", node.name));
+            components.push(Supervised {
+                name: format!("speaker on {}", node.name),
+                command: Box::new(move || {
+                    let command = crate::metallb::speaker_command(&build, &kubeconfig, &node, &key_dir);
+                    ManagedProcess::spawn_in_netns(
+                        &format!("metallb-speaker-{}", node.name),
+                        &node.netns,
+                        command,
+                        &log,
+                    )
+                }),
+                process: None,
+                exited_at: None,
+            });
+        }
+        lab.components = components;
+        lab.has_controller = true;
+        for component in &mut lab.components {
+            component.tick();
+        }
+        lab.write_state(true)?;
+        Ok(lab)
+    }
+
+    /// The pid of the controller process (not in kubelet mode).
+    pub fn controller_pid(&self) -> Option<u32> {
+        self.components.iter().find(|c| c.name == "controller").and_then(Supervised::pid).map(|p| p.pid)
+    }
+
     /// Starts the controller and a speaker per node: with the admin's kubeconfig and a fresh gossip key, or
     /// with the given identities (to prove what a ServiceAccount's RBAC allows).
     pub fn start_components(&mut self, identities: Option<Identities>) -> Result<()> {

@@ -11,6 +11,7 @@ pub mod fuzz;
 pub mod kubelet_lab;
 pub mod l2lab;
 pub mod lab_supervisor;
+pub mod metallb;
 pub mod names;
 pub mod netlab;
 pub mod netns;

@@ -155,3 +155,13 @@ pub fn chart_app_version(repo: &Path) -> std::io::Result<String> {
         .map(|v| v.trim().trim_matches('"').to_string())
         .ok_or_else(|| std::io::Error::other(format!("{} has no appVersion", path.display())))
 }
+
+/// The MetalLB release `bench compare` runs against, built from its Go module (`cargo xtask bench compare`).
+pub const METALLB_MODULE: &str = "go.universe.tf/metallb";
+pub const METALLB_VERSION: &str = "v0.15.3";
+
+/// MetalLB's build: `bin/controller`, `bin/speaker`, and `crds/` (its module's `config/crd/bases`, which
+/// carry no conversion webhook: the benchmark runs MetalLB with its webhook off).
+pub fn metallb_dir() -> PathBuf {
+    cache_root().join(format!("metallb-{METALLB_VERSION}"))
+}

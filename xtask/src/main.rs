@@ -33,13 +33,20 @@ enum Command {
         #[arg(last = true)]
         cargo_test_args: Vec<String>,
     },
-    /// Benchmarks, printing their figures: `bench controller`, `bench failover`.
+    /// Benchmarks, printing their figures: `bench controller`, `bench failover`, `bench compare` (against
+    /// MetalLB, built from its Go module).
     Bench {
-        #[arg(value_parser = ["controller", "failover"])]
+        #[arg(value_parser = ["controller", "failover", "compare"])]
         what: String,
         /// For `failover`: native or keepalived speakers.
         #[arg(long, value_parser = ["native", "keepalived"], default_value = "native")]
         mode: String,
+        /// For `compare`: failover trials per fault and per system.
+        #[arg(long, default_value_t = 10)]
+        trials: usize,
+        /// For `compare`: Services created for the latency, memory and CPU rows.
+        #[arg(long, default_value_t = 1000)]
+        services: usize,
     },
     /// Fuzz the speaker's wire parsers (ARP, NDP, gossip) and pool-entry parsing: every target, or one.
     Fuzz {
@@ -71,7 +78,7 @@ fn main() -> Result<()> {
         }
         Command::Test { cargo_test_args } => test(&cargo_test_args),
         Command::Lab(args) => lab::run(args),
-        Command::Bench { what, mode } => bench(&what, &mode),
+        Command::Bench { what, mode, trials, services } => bench(&what, &mode, trials, services),
         Command::Fuzz { target, seconds } => {
             run::step(
                 "cargo build --release -p ferrolb-e2e --bin ferrolb-fuzz",
@@ -120,7 +127,25 @@ fn test(cargo_test_args: &[String]) -> Result<()> {
     Ok(())
 }
 
-fn bench(what: &str, mode: &str) -> Result<()> {
+/// The controller, the speaker and the benchmark binaries, optimised.
+fn build_release_binaries() -> Result<()> {
+    run::step(
+        "cargo build --release (controller, speaker, bench)",
+        run::cargo(&[
+            "build",
+            "--release",
+            "-p",
+            "ferrolb-controller",
+            "-p",
+            "ferrolb-speaker",
+            "-p",
+            "ferrolb-e2e",
+            "--bins",
+        ]),
+    )
+}
+
+fn bench(what: &str, mode: &str, trials: usize, services: usize) -> Result<()> {
     deps::install_all()?;
     match what {
         "controller" => {
@@ -141,20 +166,7 @@ fn bench(what: &str, mode: &str) -> Result<()> {
             run::step("controller: 2 000 and 10 000 pools (settle time, CPU, Service latency, restart)", pools)
         }
         "failover" => {
-            run::step(
-                "cargo build --release (controller, speaker, bench)",
-                run::cargo(&[
-                    "build",
-                    "--release",
-                    "-p",
-                    "ferrolb-controller",
-                    "-p",
-                    "ferrolb-speaker",
-                    "-p",
-                    "ferrolb-e2e",
-                    "--bins",
-                ]),
-            )?;
+            build_release_binaries()?;
             let release = toolchain::cargo_target_dir().join("release");
             let mut bench = std::process::Command::new(release.join("ferrolb-bench"));
             bench.arg("failover").arg("--bin-dir").arg(&release).arg("--repo").arg(run::workspace_root());
@@ -163,6 +175,26 @@ fn bench(what: &str, mode: &str) -> Result<()> {
             }
             run::step("failover: SIGKILL, link cut, SIGTERM (20 trials each); speaker memory with 10 000 VIPs", bench)
         }
-        other => anyhow::bail!("unknown benchmark {other}: controller or failover"),
+        "compare" => {
+            k8s_bins::ensure_metallb()?;
+            build_release_binaries()?;
+            let release = toolchain::cargo_target_dir().join("release");
+            let out = run::workspace_root().join("target").join("bench").join("compare.json");
+            let mut bench = std::process::Command::new(release.join("ferrolb-bench"));
+            bench
+                .arg("compare")
+                .arg("--bin-dir")
+                .arg(&release)
+                .arg("--repo")
+                .arg(run::workspace_root())
+                .arg("--metallb-dir")
+                .arg(toolchain::metallb_dir())
+                .args(["--metallb-version", toolchain::METALLB_VERSION])
+                .args(["--trials", &trials.to_string(), "--services", &services.to_string()])
+                .arg("--out")
+                .arg(&out);
+            run::step(&format!("compare with MetalLB {}", toolchain::METALLB_VERSION), bench)
+        }
+        other => anyhow::bail!("unknown benchmark {other}: controller, failover or compare"),
     }
 }

@@ -29,14 +29,16 @@ use crate::{ms, percentile};
 const VIP: &str = "192.0.2.200";
 
 #[derive(Debug, Clone, Copy)]
-enum Fault {
+pub(crate) enum Fault {
     Sigkill,
     LinkCut,
     Sigterm,
 }
 
 impl Fault {
-    fn describe(self) -> &'static str {
+    pub(crate) const ALL: [Fault; 3] = [Fault::Sigkill, Fault::LinkCut, Fault::Sigterm];
+
+    pub(crate) fn describe(self) -> &'static str {
         match self {
             Fault::Sigkill => "SIGKILL of the owner's speaker",
             Fault::LinkCut => "cut of the owner's link (eth0 down)",
@@ -60,20 +62,20 @@ pub fn run(bin_dir: PathBuf, repo: PathBuf, trials: usize, vips: usize, keepaliv
     };
     let mut lab = RunningLab::start(config).context("starting the lab")?;
     let client_ns = lab.lab().client().netns.clone();
-    wait_until(Duration::from_secs(60), || curl(&client_ns).is_some()).context("the demo VIP never answered")?;
+    wait_until(Duration::from_secs(60), || curl(&client_ns, VIP).is_some()).context("the demo VIP never answered")?;
 
-    let faults = if trials == 0 { Vec::new() } else { vec![Fault::Sigkill, Fault::LinkCut, Fault::Sigterm] };
+    let faults = if trials == 0 { Vec::new() } else { Fault::ALL.to_vec() };
     let mode = if keepalived { "keepalived mode, advert interval 1 s" } else { "native mode" };
     for fault in faults {
         println!("failover ({mode}): {} ({trials} trials)", fault.describe());
         let mut samples = Vec::new();
         let (mut detected, mut announced) = (Vec::new(), Vec::new());
         for trial in 0..trials {
-            let owner = stable_owner(&client_ns)?;
+            let owner = stable_owner(&client_ns, VIP)?;
             let stop = Arc::new(AtomicBool::new(false));
             let prober = {
                 let (ns, owner, stop) = (client_ns.clone(), owner.clone(), stop.clone());
-                std::thread::spawn(move || netns::in_netns(&ns, move || Ok(probe_until_moved(&owner, &stop))))
+                std::thread::spawn(move || netns::in_netns(&ns, move || Ok(probe_until_moved(VIP, &owner, &stop))))
             };
             std::thread::sleep(Duration::from_millis(300));
             let (fault_at, fault_wall) = (Instant::now(), jiff::Timestamp::now());
@@ -98,15 +100,14 @@ pub fn run(bin_dir: PathBuf, repo: PathBuf, trials: usize, vips: usize, keepaliv
             }
             restore(&mut lab, fault, &owner)?;
             // The restored node wins its VIP back (rendezvous): wait for that before the next trial.
-            wait_until(Duration::from_secs(30), || curl(&client_ns).as_deref() == Some(owner.as_str())).with_context(
-                || {
+            wait_until(Duration::from_secs(30), || curl(&client_ns, VIP).as_deref() == Some(owner.as_str()))
+                .with_context(|| {
                     let logs: Vec<String> = ["node-1", "node-2", "node-3"]
                         .iter()
                         .map(|n| format!("--- speaker on {n}:\n{}", lab.speaker_log(n, 40)))
                         .collect();
                     format!("{owner} did not take its VIP back\n{}", logs.join("\n"))
-                },
-            )?;
+                })?;
         }
         samples.sort();
         println!(
@@ -148,7 +149,7 @@ fn first_after(log: &str, since: jiff::Timestamp, needles: &[&str]) -> Option<Du
     })
 }
 
-fn inject(lab: &mut RunningLab, fault: Fault, owner: &str) -> Result<()> {
+pub(crate) fn inject(lab: &mut RunningLab, fault: Fault, owner: &str) -> Result<()> {
     match fault {
         Fault::Sigkill => lab.signal_speaker(owner, Signal::SIGKILL)?,
         Fault::Sigterm => lab.signal_speaker(owner, Signal::SIGTERM)?,
@@ -160,7 +161,7 @@ fn inject(lab: &mut RunningLab, fault: Fault, owner: &str) -> Result<()> {
     Ok(())
 }
 
-fn restore(lab: &mut RunningLab, fault: Fault, owner: &str) -> Result<()> {
+pub(crate) fn restore(lab: &mut RunningLab, fault: Fault, owner: &str) -> Result<()> {
     match fault {
         Fault::Sigkill | Fault::Sigterm => {
             lab.wait_speaker_exit(owner, Duration::from_secs(10)).context("the speaker did not exit")?;
@@ -174,7 +175,7 @@ fn restore(lab: &mut RunningLab, fault: Fault, owner: &str) -> Result<()> {
     Ok(())
 }
 
-fn wait_joined(
+pub(crate) fn wait_joined(
     prober: std::thread::JoinHandle<ferrolb_e2e::Result<Option<(Instant, String)>>>,
     stop: &AtomicBool,
     timeout: Duration,
@@ -191,8 +192,8 @@ fn wait_joined(
 }
 
 /// Requests one after another until a node other than `owner` answers: when, and which.
-fn probe_until_moved(owner: &str, stop: &AtomicBool) -> Option<(Instant, String)> {
-    let address: SocketAddr = (VIP.parse::<std::net::IpAddr>().ok()?, 80).into();
+pub(crate) fn probe_until_moved(vip: &str, owner: &str, stop: &AtomicBool) -> Option<(Instant, String)> {
+    let address: SocketAddr = (vip.parse::<std::net::IpAddr>().ok()?, 80).into();
     while !stop.load(Ordering::Relaxed) {
         if let Some(node) = request(address)
             && node != owner
@@ -212,19 +213,19 @@ fn request(address: SocketAddr) -> Option<String> {
     response.rsplit("\r\n\r\n").next().map(|body| body.trim().to_string()).filter(|b| !b.is_empty())
 }
 
-fn curl(client_ns: &str) -> Option<String> {
-    let output = netns::exec(client_ns, "curl", &["-s", "--max-time", "1", &format!("http://{VIP}/")]).ok()?;
+pub(crate) fn curl(client_ns: &str, vip: &str) -> Option<String> {
+    let output = netns::exec(client_ns, "curl", &["-s", "--max-time", "1", &format!("http://{vip}/")]).ok()?;
     output.status.success().then(|| String::from_utf8_lossy(&output.stdout).trim().to_string())
 }
 
 /// The node that answered three times in a row, 200 ms apart.
-fn stable_owner(client_ns: &str) -> Result<String> {
+pub(crate) fn stable_owner(client_ns: &str, vip: &str) -> Result<String> {
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
         let answers: Vec<Option<String>> = (0..3)
             .map(|_| {
                 std::thread::sleep(Duration::from_millis(200));
-                curl(client_ns)
+                curl(client_ns, vip)
             })
             .collect();
         if let Some(Some(first)) = answers.first()
@@ -236,7 +237,7 @@ fn stable_owner(client_ns: &str) -> Result<String> {
     bail!("no stable owner within 30 s")
 }
 
-fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> Result<()> {
+pub(crate) fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> Result<()> {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
         if done() {

@@ -2,6 +2,8 @@
 //!
 //! `ferrolb-bench failover`: see [`failover`].
 //!
+//! `ferrolb-bench compare`: ferrolb against MetalLB in the same lab, see [`compare`].
+//!
 //! `ferrolb-bench controller --controller PATH`: Service created → status written, p50/p99 over 1 000
 //! Services created 10 at a time; the time for 10 000 Services created 50 at a time to all get an address;
 //! the controller's peak RSS.
@@ -66,8 +68,32 @@ enum Bench {
         #[arg(long)]
         keepalived: bool,
     },
+    /// ferrolb and MetalLB in turn in the same kind of lab: failover, Service latency, memory, CPU.
+    Compare {
+        /// Where ferrolb-controller and ferrolb-speaker are.
+        #[arg(long)]
+        bin_dir: PathBuf,
+        /// The repository (CRDs, demo manifests).
+        #[arg(long)]
+        repo: PathBuf,
+        /// A MetalLB build: bin/controller, bin/speaker, crds/.
+        #[arg(long)]
+        metallb_dir: PathBuf,
+        /// The MetalLB release built there, for the report.
+        #[arg(long)]
+        metallb_version: String,
+        /// Failover trials per fault and per system, split over the rounds.
+        #[arg(long, default_value_t = 10)]
+        trials: usize,
+        #[arg(long, default_value_t = 1000)]
+        services: usize,
+        /// Where the JSON report goes.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
+mod compare;
 mod failover;
 mod pools;
 
@@ -82,6 +108,17 @@ fn main() -> Result<()> {
         Bench::Pools { controller, counts } => pools::run(&controller, &counts),
         Bench::Failover { bin_dir, repo, trials, vips, keepalived } => {
             failover::run(bin_dir, repo, trials, vips, keepalived)
+        }
+        Bench::Compare { bin_dir, repo, metallb_dir, metallb_version, trials, services, out } => {
+            compare::run(compare::Options {
+                bin_dir,
+                repo,
+                metallb: ferrolb_e2e::metallb::MetallbBuild { dir: metallb_dir },
+                metallb_version,
+                trials,
+                services,
+                out,
+            })
         }
     }
 }

@@ -1,0 +1,549 @@
+//! `ferrolb-bench compare`: ferrolb and MetalLB side by side, measured the same way in the same run. Each
+//! round starts a fresh lab (same API server build, three namespace nodes, the same demo pool and Service)
+//! for ferrolb, then one for MetalLB, so drift on the machine falls on both: ferrolb, MetalLB, ferrolb,
+//! MetalLB. In every lab the demo VIP's owner suffers each fault in turn (as `bench failover` does: the
+//! time until the client's requests land on another node), counting the API server's mutating requests
+//! while it fails over; the last round then creates the Services and measures their addresses, answers,
+//! memory and CPU.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use ferrolb_crds::{IPAddressPool, IPAddressPoolSpec, L2Advertisement, L2AdvertisementSpec};
+use ferrolb_e2e::lab_supervisor::{DEMO_NAMESPACE, DEMO_SERVICE, LabConfig, RunningLab};
+use ferrolb_e2e::metallb::MetallbBuild;
+use ferrolb_e2e::netns;
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::Service;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use serde::Serialize;
+
+use crate::failover::{Fault, curl, inject, probe_until_moved, restore, stable_owner, wait_joined, wait_until};
+use crate::{ms, percentile};
+
+/// Off the demo pool, inside the nodes' IPv6 subnet (so the client reaches it on the LAN): room for 65 536.
+const SERVICE_POOL: &str = "2001:db8::1:0/112";
+const SERVICE_POOL_NAME: &str = "bench-services";
+const SERVICE_NAMESPACE: &str = "bench-services";
+const ROUNDS: usize = 2;
+/// Slower than ferrolb by far: MetalLB's memberlist declares a dead peer after ~5 s, and after a cut link
+/// the two sides may take a minute to merge again.
+const MOVE_TIMEOUT: Duration = Duration::from_secs(60);
+const TAKE_BACK_TIMEOUT: Duration = Duration::from_secs(180);
+/// After the traffic moved, writes still counted as the failover's (announcement status, Events).
+const WRITES_AFTER_MOVE: Duration = Duration::from_secs(2);
+
+pub struct Options {
+    pub bin_dir: PathBuf,
+    pub repo: PathBuf,
+    pub metallb: MetallbBuild,
+    pub metallb_version: String,
+    pub trials: usize,
+    pub services: usize,
+    pub out: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum System {
+    Ferrolb,
+    Metallb,
+}
+
+impl System {
+    fn name(self) -> &'static str {
+        match self {
+            System::Ferrolb => "ferrolb",
+            System::Metallb => "MetalLB",
+        }
+    }
+}
+
+#[derive(Debug, Default, Serialize)]
+struct FailoverMs {
+    sigkill: Vec<f64>,
+    linkcut: Vec<f64>,
+    sigterm: Vec<f64>,
+}
+
+impl FailoverMs {
+    fn of(&mut self, fault: Fault) -> &mut Vec<f64> {
+        match fault {
+            Fault::Sigkill => &mut self.sigkill,
+            Fault::LinkCut => &mut self.linkcut,
+            Fault::Sigterm => &mut self.sigterm,
+        }
+    }
+}
+
+#[derive(Debug, Default, Serialize)]
+struct Rss {
+    controller: u64,
+    speakers: Vec<u64>,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct CpuSeconds {
+    controller: f64,
+    speakers: Vec<f64>,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct Outcome {
+    failover_ms: FailoverMs,
+    /// Trials in which the traffic had not moved within [`MOVE_TIMEOUT`] (not in `failover_ms`).
+    failover_timeouts: usize,
+    service_ip_ms: Vec<f64>,
+    service_answer_ms: Vec<f64>,
+    /// Services that never answered within the wait (not in `service_answer_ms`).
+    services_unanswered: usize,
+    rss_kib: Rss,
+    /// CPU while the Services were created, until the last one answered.
+    cpu_seconds: CpuSeconds,
+    failover_api_writes: Vec<u64>,
+}
+
+#[derive(Serialize)]
+struct Report<'a> {
+    metallb_version: &'a str,
+    services: usize,
+    trials: usize,
+    ferrolb: &'a Outcome,
+    metallb: &'a Outcome,
+}
+
+pub fn run(options: Options) -> Result<()> {
+    ferrolb_e2e::metallb::check_build(&options.metallb)?;
+    let per_round = options.trials.div_ceil(ROUNDS);
+    let mut outcomes: HashMap<&'static str, Outcome> = HashMap::new();
+    for round in 1..=ROUNDS {
+        for system in [System::Ferrolb, System::Metallb] {
+            println!("round {round}/{ROUNDS}: {}", system.name());
+            let outcome = outcomes.entry(system.name()).or_default();
+            let state = tempfile::tempdir()?;
+            let mut lab = start(system, &options, state.path())?;
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let client = runtime.block_on(lab.plane().admin_client())?;
+            let vip = runtime.block_on(demo_vip(&client))?;
+            let client_ns = lab.lab().client().netns.clone();
+            wait_until(Duration::from_secs(120), || curl(&client_ns, &vip).is_some())
+                .with_context(|| format!("{}: the demo VIP {vip} never answered", system.name()))?;
+            for fault in Fault::ALL {
+                for _ in 0..per_round {
+                    failover_trial(&mut lab, &runtime, &client, fault, &vip, outcome)
+                        .with_context(|| format!("{}: {}", system.name(), fault.describe()))?;
+                }
+                println!("  {}: {:?} ms", fault.describe(), outcome.failover_ms.of(fault));
+            }
+            if round == ROUNDS && options.services > 0 {
+                services_phase(&lab, &runtime, &client, system, options.services, outcome)
+                    .with_context(|| format!("{}: {} Services", system.name(), options.services))?;
+            }
+        }
+    }
+    let (ferrolb, metallb) = (&outcomes["ferrolb"], &outcomes["MetalLB"]);
+    print_table(ferrolb, metallb, &options);
+    let report = Report {
+        metallb_version: &options.metallb_version,
+        services: options.services,
+        trials: per_round * ROUNDS,
+        ferrolb,
+        metallb,
+    };
+    if let Some(dir) = options.out.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&options.out, serde_json::to_string_pretty(&report)?)?;
+    println!("written to {}", options.out.display());
+    Ok(())
+}
+
+fn start(system: System, options: &Options, state: &std::path::Path) -> Result<RunningLab> {
+    let config = LabConfig {
+        state_dir: state.to_path_buf(),
+        bin_dir: options.bin_dir.clone(),
+        repo: options.repo.clone(),
+        prefix: ferrolb_e2e::names::unique_lab_prefix(),
+        nodes: 3,
+        controller_metrics_address: "127.0.0.1:0".into(),
+        keepalived: false,
+        speaker_args: Vec::new(),
+        kubelet: None,
+    };
+    let lab = match system {
+        System::Ferrolb => RunningLab::start(config),
+        System::Metallb => RunningLab::start_metallb(config, &options.metallb),
+    };
+    lab.with_context(|| format!("starting the lab for {}", system.name()))
+}
+
+/// The demo Service's IPv4 address, once it has one.
+async fn demo_vip(client: &kube::Client) -> Result<String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        let ips = ferrolb_e2e::objects::load_balancer_ips(client, DEMO_NAMESPACE, DEMO_SERVICE).await?;
+        if let Some(ip) = ips.into_iter().find(|ip| ip.parse::<std::net::Ipv4Addr>().is_ok()) {
+            return Ok(ip);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("the demo Service got no IPv4 address within 60 s")
+}
+
+fn failover_trial(
+    lab: &mut RunningLab,
+    runtime: &tokio::runtime::Runtime,
+    client: &kube::Client,
+    fault: Fault,
+    vip: &str,
+    outcome: &mut Outcome,
+) -> Result<()> {
+    let client_ns = lab.lab().client().netns.clone();
+    let owner = stable_owner(&client_ns, vip)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let prober = {
+        let (ns, owner, stop, vip) = (client_ns.clone(), owner.clone(), stop.clone(), vip.to_string());
+        std::thread::spawn(move || netns::in_netns(&ns, move || Ok(probe_until_moved(&vip, &owner, &stop))))
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let writes_before = runtime.block_on(mutating_requests(client))?;
+    let fault_at = Instant::now();
+    inject(lab, fault, &owner)?;
+    match wait_joined(prober, &stop, MOVE_TIMEOUT)? {
+        Some((at, _)) => {
+            outcome.failover_ms.of(fault).push(ms(at.saturating_duration_since(fault_at)));
+            std::thread::sleep(WRITES_AFTER_MOVE.saturating_sub(at.elapsed()));
+        }
+        None => outcome.failover_timeouts += 1,
+    }
+    let writes = runtime.block_on(mutating_requests(client))?;
+    outcome.failover_api_writes.push(writes.saturating_sub(writes_before));
+    restore(lab, fault, &owner)?;
+    wait_until(TAKE_BACK_TIMEOUT, || curl(&client_ns, vip).as_deref() == Some(owner.as_str()))
+        .with_context(|| format!("{owner} did not take its VIP back\n{}", lab.speaker_log(&owner, 30)))
+}
+
+/// The API server's count of mutating requests served so far (its own `apiserver_request_total`).
+async fn mutating_requests(client: &kube::Client) -> Result<u64> {
+    let request = http::Request::get("/metrics").body(Vec::new())?;
+    let text = client.request_text(request).await?;
+    Ok(text
+        .lines()
+        .filter(|l| l.starts_with("apiserver_request_total{"))
+        .filter(|l| ["POST", "PUT", "PATCH", "DELETE", "APPLY"].iter().any(|v| l.contains(&format!("verb=\"{v}\""))))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64)
+}
+
+/// Creates `count` IPv6 Services (10 at a time, each with a ready endpoint), measuring from each create to its
+/// address in the status and to its VIP accepting the client's connections; then memory and CPU.
+fn services_phase(
+    lab: &RunningLab,
+    runtime: &tokio::runtime::Runtime,
+    client: &kube::Client,
+    system: System,
+    count: usize,
+    outcome: &mut Outcome,
+) -> Result<()> {
+    for node in lab.lab().nodes() {
+        netns::ip(&["-n", &node.netns, "-6", "route", "add", "local", SERVICE_POOL, "dev", "lo", "table", "local"])?;
+    }
+    runtime.block_on(async {
+        match system {
+            System::Ferrolb => apply_ferrolb_pool(client).await?,
+            System::Metallb => {
+                ferrolb_e2e::metallb::apply_pool(client, SERVICE_POOL_NAME, &[SERVICE_POOL], false).await?
+            }
+        }
+        ferrolb_e2e::objects::create_namespace(client, SERVICE_NAMESPACE).await?;
+        anyhow::Ok(())
+    })?;
+    let pids: Vec<u32> = std::iter::once(lab.controller_pid())
+        .chain(lab.lab().nodes().iter().map(|n| lab.speaker_pid(&n.name)))
+        .collect::<Option<Vec<u32>>>()
+        .context("a component is not running")?;
+    let cpu_before: Vec<f64> = pids.iter().map(|p| cpu_seconds(*p)).collect::<Result<_>>()?;
+
+    // Answers are probed from the client's namespace, on a runtime of its own there.
+    let (to_probe, mut probes) = tokio::sync::mpsc::unbounded_channel::<(IpAddr, Instant)>();
+    let prober = {
+        let ns = lab.lab().client().netns.clone();
+        std::thread::spawn(move || {
+            netns::in_netns(&ns, move || {
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+                Ok(runtime.block_on(async move {
+                    let mut probing = tokio::task::JoinSet::new();
+                    while let Some((ip, created)) = probes.recv().await {
+                        probing.spawn(first_answer(ip, created));
+                    }
+                    probing.join_all().await
+                }))
+            })
+        })
+    };
+    let created: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let addressed = runtime.block_on(async {
+        let watch = {
+            let (created, services) = (created.clone(), Api::<Service>::namespaced(client.clone(), SERVICE_NAMESPACE));
+            tokio::spawn(async move {
+                let mut addressed = Vec::new();
+                let stream = watcher(services, watcher::Config::default()).default_backoff().applied_objects();
+                futures::pin_mut!(stream);
+                let mut seen = std::collections::HashSet::new();
+                while let Ok(Some(service)) = stream.try_next().await {
+                    let name = service.metadata.name.clone().unwrap_or_default();
+                    let ip = service
+                        .status
+                        .and_then(|s| s.load_balancer)
+                        .and_then(|lb| lb.ingress)
+                        .and_then(|i| i.into_iter().find_map(|i| i.ip))
+                        .and_then(|ip| ip.parse::<IpAddr>().ok());
+                    let since = created.lock().ok().and_then(|c| c.get(&name).copied());
+                    if let (Some(ip), Some(since)) = (ip, since)
+                        && seen.insert(name)
+                    {
+                        addressed.push(ms(since.elapsed()));
+                        let _ = to_probe.send((ip, since));
+                        if seen.len() == count {
+                            break;
+                        }
+                    }
+                }
+                addressed
+            })
+        };
+        let services: Api<Service> = Api::namespaced(client.clone(), SERVICE_NAMESPACE);
+        let nodes: Vec<String> = lab.lab().nodes().iter().map(|n| n.name.clone()).collect();
+        let results: Vec<Result<()>> = futures::stream::iter(0..count)
+            .map(|i| {
+                let (services, client, created, nodes) = (services.clone(), client.clone(), created.clone(), &nodes);
+                async move {
+                    let name = format!("svc-{i}");
+                    let mut service = ferrolb_e2e::objects::ipv6_load_balancer(&name, Some(SERVICE_POOL_NAME));
+                    service
+                        .metadata
+                        .annotations
+                        .get_or_insert_default()
+                        .insert("metallb.io/address-pool".into(), SERVICE_POOL_NAME.into());
+                    if let Ok(mut created) = created.lock() {
+                        created.insert(name.clone(), Instant::now());
+                    }
+                    services
+                        .create(&PostParams::default(), &service)
+                        .await
+                        .with_context(|| format!("creating {name}"))?;
+                    // MetalLB announces only a Service with a ready endpoint, even with the Cluster policy.
+                    let backend = ferrolb_e2e::objects::Backend {
+                        node: nodes[i % nodes.len()].clone(),
+                        address: format!("2001:db8:2::{:x}", i + 1),
+                        ready: true,
+                    };
+                    ferrolb_e2e::objects::apply_endpoint_slice(
+                        &client,
+                        SERVICE_NAMESPACE,
+                        &name,
+                        "IPv6",
+                        80,
+                        &[backend],
+                    )
+                    .await?;
+                    Ok(())
+                }
+            })
+            .buffer_unordered(10)
+            .collect()
+            .await;
+        results.into_iter().collect::<Result<Vec<()>>>()?;
+        match tokio::time::timeout(Duration::from_secs(600), watch).await {
+            Ok(addressed) => Ok(addressed?),
+            Err(_) => bail!("not every Service got an address within 600 s"),
+        }
+    })?;
+    outcome.service_ip_ms = addressed;
+    let answers = match prober.join() {
+        Ok(answers) => answers?,
+        Err(_) => bail!("the answer prober panicked"),
+    };
+    outcome.services_unanswered = answers.iter().filter(|a| a.is_none()).count();
+    outcome.service_answer_ms = answers.into_iter().flatten().map(ms).collect();
+    let cpu_after: Vec<f64> = pids.iter().map(|p| cpu_seconds(*p)).collect::<Result<_>>()?;
+    let used: Vec<f64> = cpu_after.iter().zip(&cpu_before).map(|(a, b)| a - b).collect();
+    std::thread::sleep(Duration::from_secs(3));
+    let rss: Vec<u64> = pids.iter().map(|p| rss_kib(*p)).collect::<Result<_>>()?;
+    outcome.cpu_seconds = CpuSeconds { controller: used[0], speakers: used[1..].to_vec() };
+    outcome.rss_kib = Rss { controller: rss[0], speakers: rss[1..].to_vec() };
+    println!(
+        "  {count} Services: {} answered ({} never), RSS {:?} KiB, CPU {:?} s",
+        outcome.service_answer_ms.len(),
+        outcome.services_unanswered,
+        rss,
+        outcome.cpu_seconds
+    );
+    Ok(())
+}
+
+async fn apply_ferrolb_pool(client: &kube::Client) -> Result<()> {
+    let params = PatchParams::apply("ferrolb-bench").force();
+    let pool = IPAddressPool::new(
+        SERVICE_POOL_NAME,
+        IPAddressPoolSpec { auto_assign: false, ..IPAddressPoolSpec::with_addresses(&[SERVICE_POOL]) },
+    );
+    Api::<IPAddressPool>::all(client.clone()).patch(SERVICE_POOL_NAME, &params, &Patch::Apply(&pool)).await?;
+    let advertisement = L2Advertisement::new(
+        SERVICE_POOL_NAME,
+        L2AdvertisementSpec { ip_address_pools: vec![SERVICE_POOL_NAME.into()], ..Default::default() },
+    );
+    Api::<L2Advertisement>::all(client.clone())
+        .patch(SERVICE_POOL_NAME, &params, &Patch::Apply(&advertisement))
+        .await?;
+    Ok(())
+}
+
+/// From `created` until a TCP connection to the VIP's port 80 is accepted (by whichever node answers for it),
+/// trying every 10 ms with 100 ms per attempt; `None` after two minutes.
+async fn first_answer(ip: IpAddr, created: Instant) -> Option<Duration> {
+    let address = SocketAddr::new(ip, 80);
+    while created.elapsed() < Duration::from_secs(120) {
+        if let Ok(Ok(_)) =
+            tokio::time::timeout(Duration::from_millis(100), tokio::net::TcpStream::connect(address)).await
+        {
+            return Some(created.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    None
+}
+
+/// User + system CPU time of `pid` so far.
+fn cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The fields after the parenthesised command name (which may hold spaces): utime and stime are the
+    // 14th and 15th of the line, the 12th and 13th after the name.
+    let after_name = stat.rsplit_once(')').map(|(_, rest)| rest).context("malformed /proc stat")?;
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks = |i: usize| -> Result<f64> { Ok(fields.get(i).context("short /proc stat")?.parse::<f64>()?) };
+    let per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)?.unwrap_or(100) as f64;
+    Ok((ticks(11)? + ticks(12)?) / per_second)
+}
+
+fn rss_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .context("no VmRSS")
+}
+
+fn sorted(values: &[f64]) -> Vec<Duration> {
+    let mut durations: Vec<Duration> = values.iter().map(|v| Duration::from_secs_f64(v / 1e3)).collect();
+    durations.sort();
+    durations
+}
+
+fn quantile(values: &[f64], p: usize) -> f64 {
+    ms(percentile(&sorted(values), p))
+}
+
+fn print_table(ferrolb: &Outcome, metallb: &Outcome, options: &Options) {
+    let mut rows: Vec<(String, f64, f64, &str)> = Vec::new();
+    for fault in Fault::ALL {
+        let name = match fault {
+            Fault::Sigkill => "SIGKILL of the owner's speaker",
+            Fault::LinkCut => "owner's link cut",
+            Fault::Sigterm => "SIGTERM of the owner's speaker",
+        };
+        let values = |o: &Outcome| -> Vec<f64> {
+            match fault {
+                Fault::Sigkill => o.failover_ms.sigkill.clone(),
+                Fault::LinkCut => o.failover_ms.linkcut.clone(),
+                Fault::Sigterm => o.failover_ms.sigterm.clone(),
+            }
+        };
+        let (f, m) = (values(ferrolb), values(metallb));
+        for (label, p) in [("p50", 50), ("p90", 90), ("max", 100)] {
+            rows.push((format!("failover, {name}: {label}"), quantile(&f, p), quantile(&m, p), "ms"));
+        }
+    }
+    let writes = |o: &Outcome| o.failover_api_writes.iter().map(|w| *w as f64 * 1e3).collect::<Vec<f64>>();
+    rows.push((
+        "mutating API requests per failover: p50".into(),
+        quantile(&writes(ferrolb), 50) / 1e3,
+        quantile(&writes(metallb), 50) / 1e3,
+        "",
+    ));
+    rows.push((
+        "mutating API requests per failover: max".into(),
+        quantile(&writes(ferrolb), 100) / 1e3,
+        quantile(&writes(metallb), 100) / 1e3,
+        "",
+    ));
+    for (label, values) in [
+        ("Service created -> EXTERNAL-IP", (|o: &Outcome| o.service_ip_ms.clone()) as fn(&Outcome) -> Vec<f64>),
+        ("Service created -> VIP answers", |o: &Outcome| o.service_answer_ms.clone()),
+    ] {
+        for (q, p) in [("p50", 50), ("p99", 99)] {
+            rows.push((format!("{label}: {q}"), quantile(&values(ferrolb), p), quantile(&values(metallb), p), "ms"));
+        }
+    }
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    let max_speaker = |o: &Outcome| mib(o.rss_kib.speakers.iter().copied().max().unwrap_or(0));
+    rows.push((
+        format!("RSS after {} Services: controller", options.services),
+        mib(ferrolb.rss_kib.controller),
+        mib(metallb.rss_kib.controller),
+        "MiB",
+    ));
+    rows.push((
+        format!("RSS after {} Services: largest speaker", options.services),
+        max_speaker(ferrolb),
+        max_speaker(metallb),
+        "MiB",
+    ));
+    rows.push((
+        "CPU while creating them: controller".into(),
+        ferrolb.cpu_seconds.controller,
+        metallb.cpu_seconds.controller,
+        "s",
+    ));
+    rows.push((
+        "CPU while creating them: speakers (sum)".into(),
+        ferrolb.cpu_seconds.speakers.iter().sum(),
+        metallb.cpu_seconds.speakers.iter().sum(),
+        "s",
+    ));
+    println!();
+    println!(
+        "ferrolb vs MetalLB {} ({} failover trials per fault each, {} Services; lower is better; ratio = MetalLB / ferrolb)",
+        options.metallb_version,
+        options.trials.div_ceil(ROUNDS) * ROUNDS,
+        options.services
+    );
+    println!("| {:<52} | {:>12} | {:>12} | {:>9} |", "measure", "ferrolb", "MetalLB", "ratio");
+    println!("|{:-<54}|{:-<14}|{:-<14}|{:-<11}|", "", "", "", "");
+    for (label, f, m, unit) in rows {
+        let ratio = if f > 0.0 {
+            format!("{:.1}x", m / f)
+        } else if m > 0.0 {
+            "inf".into()
+        } else {
+            "=".into()
+        };
+        println!("| {label:<52} | {:>12} | {:>12} | {ratio:>9} |", format!("{f:.1} {unit}"), format!("{m:.1} {unit}"));
+    }
+    for (name, o) in [("ferrolb", ferrolb), ("MetalLB", metallb)] {
+        if o.failover_timeouts > 0 || o.services_unanswered > 0 {
+            println!(
+                "{name}: {} failovers did not move within {} s, {} Services never answered (left out of the rows above)",
+                o.failover_timeouts,
+                MOVE_TIMEOUT.as_secs(),
+                o.services_unanswered
+            );
+        }
+    }
+}

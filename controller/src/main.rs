@@ -9,7 +9,7 @@ use clap::Parser;
 use ferrolb_controller::engine::Config;
 use ferrolb_controller::metrics::Metrics;
 use ferrolb_controller::run::{self, Options};
-use ferrolb_telemetry::{LogFormat, MetricsAccess, MetricsAuth, init_logging, shutdown_signal};
+use ferrolb_telemetry::{LogFormat, MetricsAuth, Started, init_logging, shutdown_signal};
 use kube::runtime::events::Reporter;
 use kube_lease_manager::LeaseManagerBuilder;
 
@@ -65,17 +65,12 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let client = kube::Client::try_default()
-        .await
-        .context("connecting to the Kubernetes API (KUBECONFIG or in-cluster config)")?;
     let metrics = Metrics::default();
-    let (bound, health) = ferrolb_telemetry::serve_metrics(
-        args.metrics_address,
-        MetricsAccess::new(args.metrics_auth, &client),
-        |registry| metrics.register(registry),
-    )
-    .await
-    .with_context(|| format!("serving metrics on {}", args.metrics_address))?;
+    let Started { client, bound, health } =
+        ferrolb_telemetry::connect_and_serve_metrics(args.metrics_address, args.metrics_auth, |registry| {
+            metrics.register(registry)
+        })
+        .await?;
     tracing::info!(address = %bound, "serving /metrics, /healthz, /readyz");
 
     let identity = args.identity.clone().unwrap_or_else(default_identity);

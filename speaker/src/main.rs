@@ -16,7 +16,7 @@ use ferrolb_speaker::l2::{self, announcer::Timing, gossip_auth::SharedKey, membe
 use ferrolb_speaker::metrics::Metrics;
 use ferrolb_speaker::report::EventSource;
 use ferrolb_telemetry::{LogFormat, init_logging, shutdown_signal};
-use ferrolb_telemetry::{MetricsAccess, MetricsAuth};
+use ferrolb_telemetry::{MetricsAuth, Started};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Mode {
@@ -126,17 +126,12 @@ fn parse_vrid_range(text: &str) -> Result<(u8, u8), String> {
 }
 
 async fn start(args: Args) -> anyhow::Result<()> {
-    let client = kube::Client::try_default()
-        .await
-        .context("connecting to the Kubernetes API (KUBECONFIG or in-cluster config)")?;
     let metrics = Metrics::default();
-    let (bound, health) = ferrolb_telemetry::serve_metrics(
-        args.metrics_address,
-        MetricsAccess::new(args.metrics_auth, &client),
-        |registry| metrics.register(registry),
-    )
-    .await
-    .with_context(|| format!("serving metrics on {}", args.metrics_address))?;
+    let Started { client, bound, health } =
+        ferrolb_telemetry::connect_and_serve_metrics(args.metrics_address, args.metrics_auth, |registry| {
+            metrics.register(registry)
+        })
+        .await?;
     tracing::info!(address = %bound, node = %args.node_name, "serving /metrics, /healthz, /readyz");
 
     let events = EventSource { client: client.clone(), instance: args.node_name.clone() };

@@ -28,17 +28,43 @@ impl Health {
     }
 }
 
-/// Serves `/metrics` (what `register` puts in a fresh registry, readable as `access` allows), `/healthz` and
-/// `/readyz` until the process ends. Returns the bound address and the readiness flag `/readyz` reports.
-pub async fn serve_metrics(
+/// What a binary has once [`connect_and_serve_metrics`] returns.
+pub struct Started {
+    pub client: kube::Client,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served.
+    pub bound: SocketAddr,
+    /// The readiness flag `/readyz` reports.
+    pub health: Health,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("connecting to the Kubernetes API (KUBECONFIG or in-cluster config)")]
+    Connect(#[source] kube::Error),
+    #[error("serving metrics on {address}")]
+    Serve {
+        address: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// How every binary starts: a client for the API (from KUBECONFIG or the in-cluster config), then `/metrics`
+/// (what `register` puts in a fresh registry, readable as `auth` says, checked with that client), `/healthz`
+/// and `/readyz`, served until the process ends.
+pub async fn connect_and_serve_metrics(
     address: SocketAddr,
-    access: MetricsAccess,
+    auth: MetricsAuth,
     register: impl FnOnce(&mut Registry),
-) -> std::io::Result<(SocketAddr, Health)> {
+) -> Result<Started, StartError> {
+    let client = kube::Client::try_default().await.map_err(StartError::Connect)?;
     let registry = registry_with(register);
     let health = Health::default();
-    let bound = serve(address, registry, access, health.clone()).await?;
-    Ok((bound, health))
+    let access = MetricsAccess::new(auth, &client);
+    let bound = serve(address, registry, access, health.clone())
+        .await
+        .map_err(|source| StartError::Serve { address, source })?;
+    Ok(Started { client, bound, health })
 }
 
 /// A registry with `ferrolb_build_info{version}` (the one version of the release, see CHANGELOG.md) and what

@@ -135,6 +135,12 @@ pub struct ServiceRef {
     pub name: String,
 }
 
+/// The component names the lab finds its processes by.
+const CONTROLLER_COMPONENT: &str = "controller";
+fn speaker_component(node: &str) -> String {
+    format!("speaker on {node}")
+}
+
 /// A component run like a kubelet runs a container: restarted after it exits.
 struct Supervised {
     name: String,
@@ -144,6 +150,11 @@ struct Supervised {
 }
 
 impl Supervised {
+    /// Not started yet: the first [`Supervised::tick`] starts it.
+    fn new(name: String, command: impl Fn() -> Result<ManagedProcess> + Send + 'static) -> Self {
+        Self { name, command: Box::new(command), process: None, exited_at: None }
+    }
+
     fn pid(&self) -> Option<Pid> {
         self.process.as_ref().map(|p| Pid { pid: p.pid() })
     }
@@ -382,46 +393,25 @@ impl RunningLab {
         let mut components = Vec::new();
         let (controller_build, controller_kubeconfig) = (build.clone(), kubeconfig.clone());
         let log = lab.config.state_dir.join("controller.log");
-        components.push(Supervised {
-            name: "controller".into(),
-            command: Box::new(move || {
-                let command =
-                    crate::metallb::controller_command(&controller_build, &controller_kubeconfig, metrics_port);
-                ManagedProcess::spawn("metallb-controller", command, &log)
-            }),
-            process: None,
-            exited_at: None,
-        });
+        components.push(Supervised::new(CONTROLLER_COMPONENT.into(), move || {
+            let command = crate::metallb::controller_command(&controller_build, &controller_kubeconfig, metrics_port);
+            ManagedProcess::spawn("metallb-controller", command, &log)
+        }));
         for node in lab.lab.nodes() {
             let (build, kubeconfig, node, key_dir) = (build.clone(), kubeconfig.clone(), node.clone(), key_dir.clone());
             let log = lab.config.state_dir.join(format!("speaker-{}.log", node.name));
-            components.push(Supervised {
-                name: format!("speaker on {}", node.name),
-                command: Box::new(move || {
-                    let command = crate::metallb::speaker_command(&build, &kubeconfig, &node, &key_dir);
-                    ManagedProcess::spawn_in_netns(
-                        &format!("metallb-speaker-{}", node.name),
-                        &node.netns,
-                        command,
-                        &log,
-                    )
-                }),
-                process: None,
-                exited_at: None,
-            });
+            components.push(Supervised::new(speaker_component(&node.name), move || {
+                let command = crate::metallb::speaker_command(&build, &kubeconfig, &node, &key_dir);
+                ManagedProcess::spawn_in_netns(&format!("metallb-speaker-{}", node.name), &node.netns, command, &log)
+            }));
         }
-        lab.components = components;
-        lab.has_controller = true;
-        for component in &mut lab.components {
-            component.tick();
-        }
-        lab.write_state(true)?;
+        lab.run_components(components, true)?;
         Ok(lab)
     }
 
     /// The pid of the controller process (not in kubelet mode).
     pub fn controller_pid(&self) -> Option<u32> {
-        self.components.iter().find(|c| c.name == "controller").and_then(Supervised::pid).map(|p| p.pid)
+        self.components.iter().find(|c| c.name == CONTROLLER_COMPONENT).and_then(Supervised::pid).map(|p| p.pid)
     }
 
     /// Starts the controller and a speaker per node: with the admin's kubeconfig and a fresh gossip key, or
@@ -445,19 +435,14 @@ impl RunningLab {
             let kubeconfig = controller_kubeconfig;
             let metrics_address = config.controller_metrics_address.clone();
             let log = config.state_dir.join("controller.log");
-            components.push(Supervised {
-                name: "controller".into(),
-                command: Box::new(move || {
-                    let mut command = Command::new(&controller_bin);
-                    command
-                        .args(["--namespace", INSTALL_NAMESPACE, "--metrics-address", &metrics_address])
-                        .env("KUBECONFIG", &kubeconfig)
-                        .env("RUST_LOG", "info");
-                    ManagedProcess::spawn("controller", command, &log)
-                }),
-                process: None,
-                exited_at: None,
-            });
+            components.push(Supervised::new(CONTROLLER_COMPONENT.into(), move || {
+                let mut command = Command::new(&controller_bin);
+                command
+                    .args(["--namespace", INSTALL_NAMESPACE, "--metrics-address", &metrics_address])
+                    .env("KUBECONFIG", &kubeconfig)
+                    .env("RUST_LOG", "info");
+                ManagedProcess::spawn("controller", command, &log)
+            }));
         } else {
             missing.push(format!(
                 "the controller ({CONTROLLER_BINARY} is not built: the controller issue delivers it): the demo Service stays <pending>"
@@ -484,22 +469,17 @@ impl RunningLab {
                     ]);
                 }
                 let log = config.state_dir.join(format!("speaker-{name}.log"));
-                components.push(Supervised {
-                    name: format!("speaker on {name}"),
-                    command: Box::new(move || {
-                        let mut command = Command::new(&bin);
-                        command
-                            .args(&args)
-                            .env("KUBECONFIG", &kubeconfig)
-                            .env("NODE_NAME", &name)
-                            .env("POD_NAMESPACE", INSTALL_NAMESPACE)
-                            .env("FERROLB_GOSSIP_KEY_FILE", &key)
-                            .env("RUST_LOG", "info");
-                        ManagedProcess::spawn_in_netns(&format!("speaker-{name}"), &netns, command, &log)
-                    }),
-                    process: None,
-                    exited_at: None,
-                });
+                components.push(Supervised::new(speaker_component(&name), move || {
+                    let mut command = Command::new(&bin);
+                    command
+                        .args(&args)
+                        .env("KUBECONFIG", &kubeconfig)
+                        .env("NODE_NAME", &name)
+                        .env("POD_NAMESPACE", INSTALL_NAMESPACE)
+                        .env("FERROLB_GOSSIP_KEY_FILE", &key)
+                        .env("RUST_LOG", "info");
+                    ManagedProcess::spawn_in_netns(&format!("speaker-{name}"), &netns, command, &log)
+                }));
             }
         } else {
             missing.push(format!(
@@ -509,6 +489,11 @@ impl RunningLab {
         for part in missing.iter() {
             tracing::warn!("missing: {part}");
         }
+        self.run_components(components, has_controller)
+    }
+
+    /// Makes `components` the lab's and starts them.
+    fn run_components(&mut self, components: Vec<Supervised>, has_controller: bool) -> Result<()> {
         self.components = components;
         self.has_controller = has_controller;
         for component in &mut self.components {
@@ -565,7 +550,7 @@ impl RunningLab {
     }
 
     fn speaker(&self, node: &str) -> Option<&Supervised> {
-        self.components.iter().find(|c| c.name == format!("speaker on {node}"))
+        self.components.iter().find(|c| c.name == speaker_component(node))
     }
 
     pub fn speaker_pid(&self, node: &str) -> Option<u32> {
@@ -583,7 +568,7 @@ impl RunningLab {
 
     /// Waits up to `timeout` for the speaker of `node` to exit, and reaps it.
     pub fn wait_speaker_exit(&mut self, node: &str, timeout: Duration) -> Option<std::process::ExitStatus> {
-        let component = self.components.iter_mut().find(|c| c.name == format!("speaker on {node}"))?;
+        let component = self.components.iter_mut().find(|c| c.name == speaker_component(node))?;
         let status = component.process.as_mut()?.wait_timeout(timeout)?;
         component.process = None;
         component.exited_at = Some(std::time::Instant::now());
@@ -611,7 +596,7 @@ impl RunningLab {
         let component = self
             .components
             .iter_mut()
-            .find(|c| c.name == "controller")
+            .find(|c| c.name == CONTROLLER_COMPONENT)
             .ok_or_else(|| Error::Lab("no controller in this lab".into()))?;
         if let Some(mut process) = component.process.take() {
             process.signal(nix::sys::signal::Signal::SIGTERM)?;
@@ -647,7 +632,7 @@ impl RunningLab {
             if kubelet {
                 return self.pod_pids.speakers.get(node).map(|&pid| Pid { pid });
             }
-            self.components.iter().find(|c| c.name == format!("speaker on {node}")).and_then(Supervised::pid)
+            self.speaker(node).and_then(Supervised::pid)
         };
         let controller = if kubelet {
             self.pod_pids.controllers.first().map(|&pid| Pid { pid })

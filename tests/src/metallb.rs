@@ -71,7 +71,7 @@ pub async fn prepare_cluster(client: &kube::Client, build: &MetallbBuild, nodes:
                 automount_service_account_token: Some(false),
                 containers: vec![Container {
                     name: "speaker".into(),
-                    image: Some("quay.io/metallb/speaker:v0.15.3".into()),
+                    image: Some(format!("quay.io/metallb/speaker:{}", crate::toolchain::METALLB_VERSION)),
                     ..Default::default()
                 }],
                 ..Default::default()

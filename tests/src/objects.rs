@@ -200,6 +200,24 @@ pub fn ipv6_load_balancer(name: &str, pool: Option<&str>) -> k8s_openapi::api::c
     }
 }
 
+/// Creates an IPv6 `service` (port 80, as [`ipv6_load_balancer`] makes) in `namespace` and its EndpointSlice
+/// with one ready backend on `node` at `2001:db8:2::<n>` (hex), as the EndpointSlice controller would for a
+/// pod behind it: the benchmarks' Services, by the thousand.
+pub async fn create_ipv6_service_with_backend(
+    client: &Client,
+    namespace: &str,
+    service: &k8s_openapi::api::core::v1::Service,
+    node: &str,
+    n: usize,
+) -> Result<()> {
+    let services: Api<k8s_openapi::api::core::v1::Service> = Api::namespaced(client.clone(), namespace);
+    services.create(&PostParams::default(), service).await?;
+    let name = service.metadata.name.as_deref().unwrap_or_default();
+    let backend = Backend { node: node.to_string(), address: format!("2001:db8:2::{n:x}"), ready: true };
+    apply_endpoint_slice(client, namespace, name, "IPv6", 80, &[backend]).await?;
+    Ok(())
+}
+
 /// The addresses in a Service's `status.loadBalancer.ingress`, in order.
 pub async fn load_balancer_ips(client: &Client, namespace: &str, name: &str) -> Result<Vec<String>> {
     let services: Api<k8s_openapi::api::core::v1::Service> = Api::namespaced(client.clone(), namespace);

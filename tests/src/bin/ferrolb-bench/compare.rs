@@ -20,7 +20,7 @@ use ferrolb_e2e::metallb::MetallbBuild;
 use ferrolb_e2e::netns;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Service;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use serde::Serialize;
 
@@ -331,11 +331,10 @@ fn services_phase(
                 addressed
             })
         };
-        let services: Api<Service> = Api::namespaced(client.clone(), SERVICE_NAMESPACE);
         let nodes: Vec<String> = lab.lab().nodes().iter().map(|n| n.name.clone()).collect();
         let results: Vec<Result<()>> = futures::stream::iter(0..count)
             .map(|i| {
-                let (services, client, created, nodes) = (services.clone(), client.clone(), created.clone(), &nodes);
+                let (client, created, nodes) = (client.clone(), created.clone(), &nodes);
                 async move {
                     let name = format!("svc-{i}");
                     let mut service = ferrolb_e2e::objects::ipv6_load_balancer(&name, Some(SERVICE_POOL_NAME));
@@ -347,26 +346,17 @@ fn services_phase(
                     if let Ok(mut created) = created.lock() {
                         created.insert(name.clone(), Instant::now());
                     }
-                    services
-                        .create(&PostParams::default(), &service)
-                        .await
-                        .with_context(|| format!("creating {name}"))?;
                     // MetalLB announces only a Service with a ready endpoint, even with the Cluster policy.
-                    let backend = ferrolb_e2e::objects::Backend {
-                        node: nodes[i % nodes.len()].clone(),
-                        address: format!("2001:db8:2::{:x}", i + 1),
-                        ready: true,
-                    };
-                    ferrolb_e2e::objects::apply_endpoint_slice(
+                    let node = &nodes[i % nodes.len()];
+                    ferrolb_e2e::objects::create_ipv6_service_with_backend(
                         &client,
                         SERVICE_NAMESPACE,
-                        &name,
-                        "IPv6",
-                        80,
-                        &[backend],
+                        &service,
+                        node,
+                        i + 1,
                     )
-                    .await?;
-                    Ok(())
+                    .await
+                    .with_context(|| format!("creating {name}"))
                 }
             })
             .buffer_unordered(10)

@@ -19,7 +19,6 @@ use ferrolb_crds::{IPAddressPool, IPAddressPoolSpec, L2Advertisement, L2Advertis
 use ferrolb_e2e::lab_supervisor::{LabConfig, RunningLab};
 use ferrolb_e2e::netns;
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::api::{Api, PostParams};
 use nix::sys::signal::Signal;
@@ -274,25 +273,21 @@ fn memory_with_vips(lab: &RunningLab, vips: usize) -> Result<()> {
         Api::<L2Advertisement>::all(client.clone()).create(&PostParams::default(), &advertisement).await?;
         ferrolb_e2e::objects::create_namespace(&client, "bench-vips").await?;
         let started = Instant::now();
-        let services: Api<Service> = Api::namespaced(client.clone(), "bench-vips");
         let created: Vec<Result<()>> = futures::stream::iter(0..vips)
             .map(|i| {
-                let (services, client) = (services.clone(), client.clone());
+                let client = client.clone();
                 async move {
                     let name = format!("vip-{i}");
                     let service = ferrolb_e2e::objects::ipv6_load_balancer(&name, Some("bench-v6"));
-                    services
-                        .create(&PostParams::default(), &service)
-                        .await
-                        .with_context(|| format!("creating {name}"))?;
-                    let backend = ferrolb_e2e::objects::Backend {
-                        node: "node-1".into(),
-                        address: format!("2001:db8:2::{:x}", i + 1),
-                        ready: true,
-                    };
-                    ferrolb_e2e::objects::apply_endpoint_slice(&client, "bench-vips", &name, "IPv6", 80, &[backend])
-                        .await?;
-                    Ok(())
+                    ferrolb_e2e::objects::create_ipv6_service_with_backend(
+                        &client,
+                        "bench-vips",
+                        &service,
+                        "node-1",
+                        i + 1,
+                    )
+                    .await
+                    .with_context(|| format!("creating {name}"))
                 }
             })
             .buffer_unordered(50)

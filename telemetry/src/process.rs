@@ -35,8 +35,8 @@ impl ProcessStats {
     }
 }
 
-/// A numeric field of /proc/self/status (`VmRSS:   1234 kB` → 1234).
-fn status_number(status: &str, field: &str) -> Option<i64> {
+/// A numeric field of /proc/PID/status (`VmRSS:   1234 kB` → 1234).
+pub fn status_number(status: &str, field: &str) -> Option<i64> {
     status.lines().find_map(|l| l.strip_prefix(field)).and_then(|rest| rest.split_whitespace().next()?.parse().ok())
 }
 

@@ -25,7 +25,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use serde::Serialize;
 
 use crate::failover::{Fault, curl, inject, probe_until_moved, restore, stable_owner, wait_joined, wait_until};
-use crate::{ms, percentile};
+use crate::{cpu_seconds, ms, percentile, rss_kib};
 
 /// Off the demo pool, inside the nodes' IPv6 subnet (so the client reaches it on the LAN): room for 65 536.
 const SERVICE_POOL: &str = "2001:db8::1:0/112";
@@ -73,7 +73,15 @@ struct FailoverMs {
 }
 
 impl FailoverMs {
-    fn of(&mut self, fault: Fault) -> &mut Vec<f64> {
+    fn of(&self, fault: Fault) -> &[f64] {
+        match fault {
+            Fault::Sigkill => &self.sigkill,
+            Fault::LinkCut => &self.linkcut,
+            Fault::Sigterm => &self.sigterm,
+        }
+    }
+
+    fn of_mut(&mut self, fault: Fault) -> &mut Vec<f64> {
         match fault {
             Fault::Sigkill => &mut self.sigkill,
             Fault::LinkCut => &mut self.linkcut,
@@ -151,7 +159,7 @@ pub fn run(options: Options) -> Result<()> {
         }
     }
     let (ferrolb, metallb) = (&outcomes["ferrolb"], &outcomes["MetalLB"]);
-    print_table(ferrolb, metallb, &options);
+    print_table(ferrolb, metallb, &options, per_round * ROUNDS);
     let report = Report {
         metallb_version: &options.metallb_version,
         services: options.services,
@@ -220,7 +228,7 @@ fn failover_trial(
     inject(lab, fault, &owner)?;
     match wait_joined(prober, &stop, MOVE_TIMEOUT)? {
         Some((at, _)) => {
-            outcome.failover_ms.of(fault).push(ms(at.saturating_duration_since(fault_at)));
+            outcome.failover_ms.of_mut(fault).push(ms(at.saturating_duration_since(fault_at)));
             std::thread::sleep(WRITES_AFTER_MOVE.saturating_sub(at.elapsed()));
         }
         None => outcome.failover_timeouts += 1,
@@ -423,76 +431,32 @@ async fn first_answer(ip: IpAddr, created: Instant) -> Option<Duration> {
     None
 }
 
-/// User + system CPU time of `pid` so far.
-fn cpu_seconds(pid: u32) -> Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // The fields after the parenthesised command name (which may hold spaces): utime and stime are the
-    // 14th and 15th of the line, the 12th and 13th after the name.
-    let after_name = stat.rsplit_once(')').map(|(_, rest)| rest).context("malformed /proc stat")?;
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    let ticks = |i: usize| -> Result<f64> { Ok(fields.get(i).context("short /proc stat")?.parse::<f64>()?) };
-    let per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)?.unwrap_or(100) as f64;
-    Ok((ticks(11)? + ticks(12)?) / per_second)
-}
-
-fn rss_kib(pid: u32) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .context("no VmRSS")
-}
-
-fn sorted(values: &[f64]) -> Vec<Duration> {
-    let mut durations: Vec<Duration> = values.iter().map(|v| Duration::from_secs_f64(v / 1e3)).collect();
-    durations.sort();
-    durations
-}
-
 fn quantile(values: &[f64], p: usize) -> f64 {
-    ms(percentile(&sorted(values), p))
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    percentile(&sorted, p)
 }
 
-fn print_table(ferrolb: &Outcome, metallb: &Outcome, options: &Options) {
+/// `trials`: the failover trials each system had per fault.
+fn print_table(ferrolb: &Outcome, metallb: &Outcome, options: &Options, trials: usize) {
     let mut rows: Vec<(String, f64, f64, &str)> = Vec::new();
     for fault in Fault::ALL {
-        let name = match fault {
-            Fault::Sigkill => "SIGKILL of the owner's speaker",
-            Fault::LinkCut => "owner's link cut",
-            Fault::Sigterm => "SIGTERM of the owner's speaker",
-        };
-        let values = |o: &Outcome| -> Vec<f64> {
-            match fault {
-                Fault::Sigkill => o.failover_ms.sigkill.clone(),
-                Fault::LinkCut => o.failover_ms.linkcut.clone(),
-                Fault::Sigterm => o.failover_ms.sigterm.clone(),
-            }
-        };
-        let (f, m) = (values(ferrolb), values(metallb));
+        let (f, m) = (ferrolb.failover_ms.of(fault), metallb.failover_ms.of(fault));
         for (label, p) in [("p50", 50), ("p90", 90), ("max", 100)] {
-            rows.push((format!("failover, {name}: {label}"), quantile(&f, p), quantile(&m, p), "ms"));
+            rows.push((format!("failover, {}: {label}", fault.describe()), quantile(f, p), quantile(m, p), "ms"));
         }
     }
-    let writes = |o: &Outcome| o.failover_api_writes.iter().map(|w| *w as f64 * 1e3).collect::<Vec<f64>>();
-    rows.push((
-        "mutating API requests per failover: p50".into(),
-        quantile(&writes(ferrolb), 50) / 1e3,
-        quantile(&writes(metallb), 50) / 1e3,
-        "",
-    ));
-    rows.push((
-        "mutating API requests per failover: max".into(),
-        quantile(&writes(ferrolb), 100) / 1e3,
-        quantile(&writes(metallb), 100) / 1e3,
-        "",
-    ));
-    for (label, values) in [
-        ("Service created -> EXTERNAL-IP", (|o: &Outcome| o.service_ip_ms.clone()) as fn(&Outcome) -> Vec<f64>),
-        ("Service created -> VIP answers", |o: &Outcome| o.service_answer_ms.clone()),
+    let writes = |o: &Outcome| o.failover_api_writes.iter().map(|w| *w as f64).collect::<Vec<f64>>();
+    let (f, m) = (writes(ferrolb), writes(metallb));
+    for (label, p) in [("p50", 50), ("max", 100)] {
+        rows.push((format!("mutating API requests per failover: {label}"), quantile(&f, p), quantile(&m, p), ""));
+    }
+    for (label, f, m) in [
+        ("Service created -> EXTERNAL-IP", &ferrolb.service_ip_ms, &metallb.service_ip_ms),
+        ("Service created -> VIP answers", &ferrolb.service_answer_ms, &metallb.service_answer_ms),
     ] {
         for (q, p) in [("p50", 50), ("p99", 99)] {
-            rows.push((format!("{label}: {q}"), quantile(&values(ferrolb), p), quantile(&values(metallb), p), "ms"));
+            rows.push((format!("{label}: {q}"), quantile(f, p), quantile(m, p), "ms"));
         }
     }
     let mib = |kib: u64| kib as f64 / 1024.0;
@@ -524,9 +488,7 @@ fn print_table(ferrolb: &Outcome, metallb: &Outcome, options: &Options) {
     println!();
     println!(
         "ferrolb vs MetalLB {} ({} failover trials per fault each, {} Services; lower is better; ratio = MetalLB / ferrolb)",
-        options.metallb_version,
-        options.trials.div_ceil(ROUNDS) * ROUNDS,
-        options.services
+        options.metallb_version, trials, options.services
     );
     println!("| {:<52} | {:>12} | {:>12} | {:>9} |", "measure", "ferrolb", "MetalLB", "ratio");
     println!("|{:-<54}|{:-<14}|{:-<14}|{:-<11}|", "", "", "", "");

@@ -250,9 +250,23 @@ async fn wait_all(seen: &Arc<Mutex<HashMap<String, Instant>>>, namespace: &str, 
     bail!("not every Service in {namespace} got an address within 600 s")
 }
 
-fn percentile(sorted: &[Duration], p: usize) -> Duration {
+/// User + system CPU time of process `pid` so far.
+fn cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    ferrolb_telemetry::process::cpu_seconds(&stat).context("unreadable /proc stat")
+}
+
+/// The resident memory of process `pid` now.
+fn rss_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib = ferrolb_telemetry::process::status_number(&status, "VmRSS:").context("no VmRSS")?;
+    Ok(u64::try_from(kib)?)
+}
+
+/// The `p`th percentile of `sorted` (ascending; the default when empty).
+fn percentile<T: Copy + Default>(sorted: &[T], p: usize) -> T {
     if sorted.is_empty() {
-        return Duration::ZERO;
+        return T::default();
     }
     sorted[((sorted.len() * p).div_ceil(100)).saturating_sub(1).min(sorted.len() - 1)]
 }

@@ -12,6 +12,8 @@ use anyhow::{Context, Result, bail};
 use ferrolb_crds::{IPAddressPool, IPAddressPoolSpec};
 use ferrolb_e2e::objects::{create_namespace, install_ferrolb_crds, ipv6_load_balancer};
 use ferrolb_e2e::{ControlPlane, ManagedProcess};
+
+use crate::cpu_seconds;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Service;
 use kube::api::{Api, PostParams};
@@ -38,11 +40,6 @@ fn controller(plane: &ControlPlane, dir: &Path, binary: &Path, name: &str) -> Re
         .env("KUBECONFIG", plane.kubeconfig_path())
         .env("RUST_LOG", "warn");
     Ok(ManagedProcess::spawn(name, command, &dir.join(format!("{name}.log")))?)
-}
-
-fn cpu_seconds(pid: u32) -> Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    ferrolb_telemetry::process::cpu_seconds(&stat).context("unreadable /proc stat")
 }
 
 async fn round(plane: &ControlPlane, dir: &Path, binary: &Path, count: usize) -> Result<()> {

@@ -53,13 +53,13 @@ pub struct Cluster {
 }
 
 /// A Service of ours with an address: the plan's view (without endpoints) and its uid for Events.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 struct ServiceEntry {
     info: ServiceInfo,
     uid: Option<String>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 struct SliceEntry {
     namespace: String,
     service: String,
@@ -100,6 +100,8 @@ fn key_of<K: kube::Resource>(object: &K) -> String {
 }
 
 /// The compact values of one watch's objects, by `namespace/name`; objects `extract` maps to `None` are left out.
+/// Each event says whether it changed a value: most changes of an object (its status conditions, a Service
+/// without an address yet, an EndpointSlice whose ready nodes stay the same) change nothing the speaker reads.
 struct CompactIndex<'a, V, F> {
     items: &'a mut HashMap<String, V>,
     extract: &'a F,
@@ -108,28 +110,37 @@ struct CompactIndex<'a, V, F> {
 impl<K, V, F> WatchIndex<K> for CompactIndex<'_, V, F>
 where
     K: kube::Resource<DynamicType = ()>,
+    V: PartialEq,
     F: Fn(&K) -> Option<V>,
 {
     type Key = String;
-    type Output = ();
+    /// Whether a value changed.
+    type Output = bool;
 
     fn key(object: &K) -> String {
         key_of(object)
     }
 
-    fn apply(&mut self, object: K) {
+    fn apply(&mut self, object: K) -> bool {
+        let key = key_of(&object);
         match (self.extract)(&object) {
-            Some(value) => self.items.insert(key_of(&object), value),
-            None => self.items.remove(&key_of(&object)),
-        };
+            Some(value) if self.items.get(&key) == Some(&value) => false,
+            Some(value) => {
+                self.items.insert(key, value);
+                true
+            }
+            None => self.items.remove(&key).is_some(),
+        }
     }
 
-    fn delete(&mut self, object: K) {
-        self.items.remove(&key_of(&object));
+    fn delete(&mut self, object: K) -> bool {
+        self.items.remove(&key_of(&object)).is_some()
     }
 
-    fn retain(&mut self, listed: &std::collections::HashSet<String>) {
+    fn retain(&mut self, listed: &std::collections::HashSet<String>) -> bool {
+        let before = self.items.len();
         self.items.retain(|key, _| listed.contains(key));
+        self.items.len() != before
     }
 }
 
@@ -141,7 +152,7 @@ fn watch_compact<K, V>(
 ) -> Compact<V>
 where
     K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + Send + Sync + serde::de::DeserializeOwned + 'static,
-    V: Send + Sync + 'static,
+    V: PartialEq + Send + Sync + 'static,
 {
     let items: Arc<RwLock<HashMap<String, V>>> = Arc::default();
     let (ready_tx, ready) = tokio::sync::watch::channel(false);
@@ -160,14 +171,18 @@ where
                 }
             };
             let list_ended = matches!(event, watcher::Event::InitDone);
-            {
+            let value_changed = {
                 let mut items = crate::locks::write(&store, "watched objects");
-                feed.feed(&mut CompactIndex { items: &mut items, extract: &extract }, event);
-            }
+                feed.feed(&mut CompactIndex { items: &mut items, extract: &extract }, event)
+            };
             if list_ended {
                 let _ = ready_tx.send(feed.listed());
             }
-            changed.notify_one();
+            // A step for a change that changes nothing of what the plan reads would only cost CPU (it reads
+            // every Service): at thousands of Services most events are such.
+            if value_changed || list_ended {
+                changed.notify_one();
+            }
         }
     });
     Compact { items, ready }
@@ -420,6 +435,36 @@ mod tests {
         let cluster_ip = service(serde_json::json!({"metadata": {"name": "x"}, "spec": {"type": "ClusterIP"}}));
         assert!(!classes.handles(&cluster_ip));
         assert!(service_info(&unset, BTreeSet::new()).is_none(), "no address yet");
+    }
+
+    #[test]
+    fn the_compact_index_reports_a_change_only_when_what_the_speaker_reads_changed() {
+        let mut items = HashMap::new();
+        let extract = |s: &Service| service_info(s, BTreeSet::new());
+        let mut index = CompactIndex { items: &mut items, extract: &extract };
+        let created = service(serde_json::json!({
+            "metadata": {"name": "web", "namespace": "shop"},
+            "spec": {"type": "LoadBalancer"}
+        }));
+        assert!(!index.apply(created.clone()), "no address yet: nothing to plan");
+        let mut addressed = service(serde_json::json!({
+            "metadata": {"name": "web", "namespace": "shop"},
+            "spec": {"type": "LoadBalancer"},
+            "status": {"loadBalancer": {"ingress": [{"ip": "192.0.2.200"}]}}
+        }));
+        assert!(index.apply(addressed.clone()), "an address");
+        assert!(!index.apply(addressed.clone()), "the same again");
+        addressed.metadata.resource_version = Some("42".into());
+        addressed.status.as_mut().unwrap().conditions = Some(vec![]);
+        assert!(!index.apply(addressed.clone()), "a change the speaker does not read");
+        addressed.spec.as_mut().unwrap().external_traffic_policy = Some("Local".into());
+        assert!(index.apply(addressed.clone()), "a change it reads");
+        assert!(index.apply(created), "the address gone");
+        assert!(!index.delete(addressed.clone()), "deleting what is not there");
+        assert!(index.apply(addressed));
+        assert!(!index.retain(&std::collections::HashSet::from(["shop/web".to_string()])), "still listed");
+        assert!(index.retain(&std::collections::HashSet::new()), "no longer listed");
+        assert!(items.is_empty());
     }
 
     #[test]

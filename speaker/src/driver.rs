@@ -280,6 +280,7 @@ impl Reporter {
         &self.decisions
     }
 
+    /// `announcements`: the L2Announcements the decisions were made from ([`Cluster::announcements`]).
     pub fn report(
         &mut self,
         cluster: &Cluster,
@@ -287,8 +288,9 @@ impl Reporter {
         decisions: Vec<Decision>,
         held: &BTreeMap<IpAddr, BTreeSet<String>>,
         janitor: bool,
+        announcements: &BTreeMap<String, ferrolb_crds::L2AnnouncementSpec>,
     ) {
-        let ops = report::announcement_ops(&decisions, &self.me, held, janitor, &cluster.announcements());
+        let ops = report::announcement_ops(&decisions, &self.me, held, janitor, announcements);
         if !ops.is_empty() {
             let _ = reports.send(Report::Ops(ops));
         }

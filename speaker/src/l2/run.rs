@@ -337,7 +337,7 @@ impl driver::Backend for L2Backend {
         self.responder.execute(outcome.actions).await;
         let (cluster, reports) = (shared.cluster, shared.reports);
         shared.reporter.report_node_addresses(cluster, reports, outcome.node_address_vips, outcome.janitor);
-        shared.reporter.report(cluster, reports, outcome.decisions, &outcome.held, outcome.janitor);
+        shared.reporter.report(cluster, reports, outcome.decisions, &outcome.held, outcome.janitor, &announcements);
         shared.reporter.report_unplaced(cluster, reports, shared.inventory, outcome.unplaced);
         Ok(())
     }

@@ -113,27 +113,71 @@ pub fn candidates<'a>(
 
 /// The rendezvous score of `node` for a Service whose first VIP is `vip`.
 pub fn score(node: &str, vip: IpAddr) -> u64 {
-    let mut key = Vec::with_capacity(node.len() + 40);
-    key.extend_from_slice(node.as_bytes());
-    key.push(0);
-    key.extend_from_slice(vip.to_string().as_bytes());
-    xxhash_rust::xxh3::xxh3_64(&key)
+    score_with(node, &VipText::of(vip))
+}
+
+/// `xxh3_64(node ‖ 0x00 ‖ vip)`, fed in pieces: the same digest as of the joined bytes, without joining them.
+fn score_with(node: &str, vip: &VipText) -> u64 {
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    hasher.update(node.as_bytes());
+    hasher.update(&[0]);
+    hasher.update(vip.as_bytes());
+    hasher.digest()
+}
+
+/// A VIP as text, formatted once per Service (not once per candidate and comparison) and on the stack: the
+/// election runs for every Service at every plan.
+struct VipText {
+    bytes: [u8; VipText::CAPACITY],
+    len: usize,
+}
+
+impl VipText {
+    /// Rust writes an IPv6 address in at most 39 bytes; the longest form RFC 4291 allows has 45.
+    const CAPACITY: usize = 48;
+
+    fn of(vip: IpAddr) -> Self {
+        use std::fmt::Write;
+        let mut text = Self { bytes: [0; Self::CAPACITY], len: 0 };
+        // Cannot fail: every address fits (see CAPACITY), and `write_str` refuses rather than truncates.
+        let _ = write!(text, "{vip}");
+        text
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
+impl std::fmt::Write for VipText {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let end = self.len + s.len();
+        self.bytes.get_mut(self.len..end).ok_or(std::fmt::Error)?.copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
+}
+
+/// Each candidate with its score, for a Service whose first VIP is `first`.
+fn scored<'c, 'a>(candidates: &'c [Candidate<'a>], first: IpAddr) -> impl Iterator<Item = (u64, &'c Candidate<'a>)> {
+    let text = VipText::of(first);
+    candidates.iter().map(move |c| (score_with(c.node, &text), c))
 }
 
 /// The owner among `candidates` of a Service whose VIPs are `vips`: highest score, ties (never seen in
 /// practice) broken by the smaller name so the answer never depends on input order.
 pub fn owner<'c, 'a>(candidates: &'c [Candidate<'a>], vips: &[IpAddr]) -> Option<&'c Candidate<'a>> {
     let first = first_vip(vips)?;
-    candidates.iter().max_by(|a, b| score(a.node, first).cmp(&score(b.node, first)).then_with(|| b.node.cmp(a.node)))
+    scored(candidates, first).max_by(|(sa, a), (sb, b)| sa.cmp(sb).then_with(|| b.node.cmp(a.node))).map(|(_, c)| c)
 }
 
 /// Every candidate, best first: the owner, then who takes over if it goes (keepalived mode turns this order
 /// into VRRP priorities).
 pub fn ranking<'c, 'a>(candidates: &'c [Candidate<'a>], vips: &[IpAddr]) -> Vec<&'c Candidate<'a>> {
     let Some(first) = first_vip(vips) else { return Vec::new() };
-    let mut ranked: Vec<&Candidate<'a>> = candidates.iter().collect();
-    ranked.sort_by(|a, b| score(b.node, first).cmp(&score(a.node, first)).then_with(|| a.node.cmp(b.node)));
-    ranked
+    let mut ranked: Vec<(u64, &Candidate<'a>)> = scored(candidates, first).collect();
+    ranked.sort_by(|(sa, a), (sb, b)| sb.cmp(sa).then_with(|| a.node.cmp(b.node)));
+    ranked.into_iter().map(|(_, c)| c).collect()
 }
 
 /// The VIP the election hashes: the IPv4 one when there is one, so both families land on one node.

@@ -39,6 +39,32 @@ fn any_node() -> Vec<AdvertisementView> {
 /// xxh3_64("node-1\0192.0.2.200"), computed once; XXH3 is a fixed specification, so this never changes.
 const PINNED_NODE_1_SCORE: u64 = 0x1b36_f838_f391_2cad;
 
+proptest::proptest! {
+    /// The score is fed to XXH3 in pieces: the digest must be that of the joined bytes, for every address
+    /// (the longest IPv6 texts too) and node names up to the longest a Node may have.
+    #[test]
+    fn the_score_is_xxh3_of_the_joined_name_and_address(
+        node in "[a-z0-9.-]{1,253}",
+        v4 in proptest::prelude::any::<[u8; 4]>(),
+        v6 in proptest::prelude::any::<[u16; 8]>(),
+    ) {
+        for vip in [IpAddr::from(v4), IpAddr::from(std::net::Ipv6Addr::from(v6))] {
+            let joined = [node.as_bytes(), b"\x00", vip.to_string().as_bytes()].concat();
+            proptest::prop_assert_eq!(score(&node, vip), xxhash_rust::xxh3::xxh3_64(&joined));
+        }
+    }
+}
+
+#[test]
+fn the_longest_ipv6_text_is_scored_whole() {
+    let vip: IpAddr = "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255".parse().unwrap();
+    let longest: IpAddr = "1111:2222:3333:4444:5555:6666:7777:8888".parse().unwrap();
+    for vip in [vip, longest] {
+        let joined = [b"n".as_slice(), b"\x00", vip.to_string().as_bytes()].concat();
+        assert_eq!(score("n", vip), xxhash_rust::xxh3::xxh3_64(&joined), "{vip}");
+    }
+}
+
 #[test]
 fn the_score_is_the_documented_function() {
     // Pinned values: if these change, every VIP in every cluster moves on upgrade.

@@ -90,6 +90,9 @@ enum Bench {
         /// Where the JSON report goes.
         #[arg(long)]
         out: PathBuf,
+        /// Only this system (no table, no report): for working on one of them.
+        #[arg(long, value_enum)]
+        only: Option<compare::System>,
     },
 }
 
@@ -109,7 +112,7 @@ fn main() -> Result<()> {
         Bench::Failover { bin_dir, repo, trials, vips, keepalived } => {
             failover::run(bin_dir, repo, trials, vips, keepalived)
         }
-        Bench::Compare { bin_dir, repo, metallb_dir, metallb_version, trials, services, out } => {
+        Bench::Compare { bin_dir, repo, metallb_dir, metallb_version, trials, services, out, only } => {
             compare::run(compare::Options {
                 bin_dir,
                 repo,
@@ -118,6 +121,7 @@ fn main() -> Result<()> {
                 trials,
                 services,
                 out,
+                only,
             })
         }
     }

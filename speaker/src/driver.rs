@@ -238,8 +238,9 @@ fn replace_series<L>(
     for gone in last.difference(&now) {
         family.remove(gone);
     }
-    for series in &now {
-        family.get_or_create(series).set(1);
+    // Those already in `last` are at 1 already: only this function sets or removes them.
+    for new in now.difference(last) {
+        family.get_or_create(new).set(1);
     }
     *last = now;
 }

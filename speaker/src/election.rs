@@ -77,10 +77,10 @@ pub struct Candidate<'a> {
 }
 
 /// The nodes that may announce `service`, given the advertisements that select it.
-pub fn candidates<'a>(
+pub fn candidates<'a, A: std::borrow::Borrow<AdvertisementView>>(
     nodes: &'a [NodeView],
     live: &BTreeSet<String>,
-    advertisements: &[AdvertisementView],
+    advertisements: &[A],
     service: &ServiceView,
 ) -> Vec<Candidate<'a>> {
     if service.ready_endpoint_nodes.is_empty() {
@@ -93,7 +93,7 @@ pub fn candidates<'a>(
         .filter(|node| !service.traffic_policy_local || service.ready_endpoint_nodes.contains(&node.name))
         .filter_map(|node| {
             let mut interfaces = BTreeSet::new();
-            for advertisement in advertisements {
+            for advertisement in advertisements.iter().map(A::borrow) {
                 // A malformed selector selects nothing: announcing from an unintended node is worse.
                 if !selector::matches_any(&advertisement.node_selectors, &node.labels).unwrap_or(false) {
                     continue;

@@ -140,26 +140,43 @@ pub fn decide(world: &World, members: &Members) -> Vec<Decision> {
         })
         .collect();
     pools.sort_by(|a, b| a.info.name.cmp(&b.info.name));
+    // The election's view of each advertisement, made once per plan rather than once per Service.
+    let views: Vec<AdvertisementView> = world
+        .advertisements
+        .iter()
+        .map(|adv| AdvertisementView {
+            node_selectors: adv.node_selectors.clone(),
+            interfaces: adv.interfaces.iter().cloned().collect(),
+        })
+        .collect();
+    let advertisements = Advertisements { specs: &world.advertisements, views: &views };
     let mut decisions: Vec<Decision> = world
         .services
         .iter()
-        .filter_map(|service| decide_one(service, &nodes, &live, &world.advertisements, &pools, &world.node_addresses))
+        .filter_map(|service| decide_one(service, &nodes, &live, &advertisements, &pools, &world.node_addresses))
         .collect();
     decisions.sort_by(|a, b| (&a.service.namespace, &a.service.name).cmp(&(&b.service.namespace, &b.service.name)));
     decisions
+}
+
+/// The L2Advertisements, and the election's view of each (same order).
+struct Advertisements<'w> {
+    specs: &'w [L2AdvertisementSpec],
+    views: &'w [AdvertisementView],
 }
 
 fn decide_one(
     service: &ServiceInfo,
     nodes: &[NodeView],
     live: &BTreeSet<String>,
-    advertisements: &[L2AdvertisementSpec],
+    advertisements: &Advertisements<'_>,
     pools: &[ParsedPool],
     node_addresses: &BTreeMap<IpAddr, NodeAddress>,
 ) -> Option<Decision> {
-    let applying: Vec<&L2AdvertisementSpec> =
-        advertisements.iter().filter(|adv| adv.selects_service(&service.labels)).collect();
-    let mut relevant: Vec<&L2AdvertisementSpec> = Vec::new();
+    // Advertisements by their index in `advertisements`.
+    let applying: Vec<usize> =
+        (0..advertisements.specs.len()).filter(|&i| advertisements.specs[i].selects_service(&service.labels)).collect();
+    let mut relevant: Vec<usize> = Vec::new();
     let mut vips = Vec::new();
     let no_labels = BTreeMap::new();
     for vip in service.vips.iter().filter(|v| !node_addresses.contains_key(v)) {
@@ -175,28 +192,22 @@ fn decide_one(
                 None => continue,
             },
         };
-        let selecting: Vec<&L2AdvertisementSpec> =
-            applying.iter().copied().filter(|adv| adv.selects_pool(name, labels)).collect();
+        let selecting: Vec<usize> =
+            applying.iter().copied().filter(|&i| advertisements.specs[i].selects_pool(name, labels)).collect();
         if selecting.is_empty() {
             continue;
         }
         vips.push(*vip);
-        for adv in selecting {
-            if !relevant.contains(&adv) {
-                relevant.push(adv);
+        for i in selecting {
+            if !relevant.contains(&i) {
+                relevant.push(i);
             }
         }
     }
     if vips.is_empty() {
         return None;
     }
-    let views: Vec<AdvertisementView> = relevant
-        .iter()
-        .map(|adv| AdvertisementView {
-            node_selectors: adv.node_selectors.clone(),
-            interfaces: adv.interfaces.iter().cloned().collect(),
-        })
-        .collect();
+    let views: Vec<&AdvertisementView> = relevant.iter().map(|&i| &advertisements.views[i]).collect();
     let view = ServiceView {
         vips: vips.clone(),
         traffic_policy_local: service.traffic_policy_local,

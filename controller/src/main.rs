@@ -10,7 +10,6 @@ use ferrolb_controller::engine::Config;
 use ferrolb_controller::metrics::Metrics;
 use ferrolb_controller::run::{self, Options};
 use ferrolb_telemetry::{LogFormat, MetricsAuth, Started, init_logging, shutdown_signal};
-use kube::runtime::events::Reporter;
 use kube_lease_manager::LeaseManagerBuilder;
 
 #[derive(Debug, Parser)]
@@ -80,7 +79,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             handle_unset_class: !args.ignore_unset_class,
         },
         pool_selector: args.pool_selector.clone(),
-        reporter: Reporter { controller: "ferrolb-controller".into(), instance: Some(identity.clone()) },
+        instance: identity.clone(),
     };
 
     if args.no_leader_election {

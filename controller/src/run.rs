@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use ferrolb_crds::{IPAddressPool, L2Advertisement, reason};
+use ferrolb_telemetry::events::EventSource;
 use ferrolb_watch::{Feed, WatchIndex};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Node, Service};
@@ -14,7 +15,6 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::WatchStreamExt;
-use kube::runtime::events::Reporter;
 use kube::runtime::watcher::{self, Event, watcher};
 use tokio::sync::mpsc;
 
@@ -33,7 +33,8 @@ pub struct Options {
     pub config: Config,
     /// Only pools matching this label selector are used (lets several instances share a cluster).
     pub pool_selector: Option<String>,
-    pub reporter: Reporter,
+    /// This replica, as its Events name it (`reportingInstance`).
+    pub instance: String,
 }
 
 enum Watched {
@@ -56,8 +57,12 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let (writes, writes_rx) = mpsc::unbounded_channel();
     let manager = writer::field_manager(&options.config.load_balancer_class);
-    let writer =
-        tokio::spawn(writer::run(client.clone(), options.reporter.clone(), manager, metrics.clone(), writes_rx));
+    let events = EventSource {
+        client: client.clone(),
+        controller: writer::REPORTING_CONTROLLER,
+        instance: options.instance.clone(),
+    };
+    let writer = tokio::spawn(writer::run(client.clone(), events, manager, metrics.clone(), writes_rx));
     let mut engine = Engine::new(options.config.clone(), Box::new(|| Time(jiff::Timestamp::now())));
 
     let pool_config = match &options.pool_selector {

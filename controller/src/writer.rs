@@ -8,10 +8,10 @@ use std::collections::{HashMap, HashSet, VecDeque};
 
 use ferrolb_crds::IPAddressPool;
 use ferrolb_crds::pool::IPAddressPoolStatus;
+use ferrolb_telemetry::events::{EventSource, Notice};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::events::{Event, EventType as KubeEventType, Recorder, Reporter};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
@@ -28,6 +28,9 @@ pub fn field_manager(class: &str) -> String {
         format!("ferrolb-controller/{class}")
     }
 }
+/// The controller's Events' `reportingController` (its replica is the `reportingInstance`).
+pub const REPORTING_CONTROLLER: &str = "ferrolb-controller";
+
 /// Writes in flight at once: enough to keep a local API server busy, few enough not to trip its limits.
 const CONCURRENT_WRITES: usize = 32;
 
@@ -47,12 +50,11 @@ enum Slot {
 /// Runs until `writes` closes, then finishes what is in flight.
 pub async fn run(
     client: kube::Client,
-    reporter: Reporter,
+    events: EventSource,
     field_manager: String,
     metrics: Metrics,
     mut writes: mpsc::UnboundedReceiver<Write>,
 ) {
-    let recorder = Recorder::new(client.clone(), reporter);
     let mut pending: HashMap<Slot, Write> = HashMap::new();
     let mut order: VecDeque<Slot> = VecDeque::new();
     let mut in_flight: HashSet<Slot> = HashSet::new();
@@ -70,10 +72,10 @@ pub async fn run(
             }
             let Some(write) = pending.remove(&slot) else { continue };
             in_flight.insert(slot.clone());
-            let (client, recorder, metrics, manager) =
-                (client.clone(), recorder.clone(), metrics.clone(), field_manager.clone());
+            let (client, events, metrics, manager) =
+                (client.clone(), events.clone(), metrics.clone(), field_manager.clone());
             tasks.spawn(async move {
-                apply(&client, &recorder, &manager, &metrics, write).await;
+                apply(&client, &events, &manager, &metrics, write).await;
                 slot
             });
         }
@@ -108,7 +110,7 @@ pub async fn run(
     }
 }
 
-async fn apply(client: &kube::Client, recorder: &Recorder, manager: &str, metrics: &Metrics, write: Write) {
+async fn apply(client: &kube::Client, events: &EventSource, manager: &str, metrics: &Metrics, write: Write) {
     match write {
         Write::Output(Output::Status(status)) => {
             let key = status.key.clone();
@@ -126,7 +128,7 @@ async fn apply(client: &kube::Client, recorder: &Recorder, manager: &str, metric
                 }
             }
         }
-        Write::Output(Output::Event(event)) => publish(recorder, metrics, event).await,
+        Write::Output(Output::Event(event)) => publish(events, metrics, event).await,
         Write::PoolStatus(name, status) => {
             let pools: Api<IPAddressPool> = Api::all(client.clone());
             let patch =
@@ -165,11 +167,7 @@ async fn write_service_status(client: &kube::Client, manager: &str, status: &Sta
     Ok(())
 }
 
-async fn publish(recorder: &Recorder, metrics: &Metrics, event: EventOut) {
-    let type_ = match event.type_ {
-        EventType::Normal => KubeEventType::Normal,
-        EventType::Warning => KubeEventType::Warning,
-    };
+async fn publish(events: &EventSource, metrics: &Metrics, event: EventOut) {
     let object = format!(
         "{}/{}",
         event.regarding.namespace.as_deref().unwrap_or_default(),
@@ -179,30 +177,18 @@ async fn publish(recorder: &Recorder, metrics: &Metrics, event: EventOut) {
         EventType::Normal => tracing::info!(object = %object, reason = event.reason, "{}", event.note),
         EventType::Warning => tracing::warn!(object = %object, reason = event.reason, "{}", event.note),
     }
-    let kube_event = Event {
-        type_,
-        reason: event.reason.into(),
-        note: Some(truncate(&event.note, 1000)),
-        action: "AllocateIP".into(),
-        secondary: None,
+    let notice = Notice {
+        regarding: event.regarding,
+        warning: event.type_ == EventType::Warning,
+        reason: event.reason,
+        action: "AllocateIP",
+        note: event.note,
     };
-    if let Err(e) = recorder.publish(&kube_event, &event.regarding).await {
+    if let Err(e) = events.publish(notice).await {
         metrics
             .write_errors
             .get_or_create(&crate::metrics::KindLabel { kind: crate::metrics::WRITE_EVENT.into() })
             .inc();
         tracing::warn!(object = %object, error = %e, "could not publish Event");
     }
-}
-
-/// Events carry at most 1 kB of note.
-fn truncate(text: &str, max: usize) -> String {
-    if text.len() <= max {
-        return text.to_string();
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &text[..end])
 }

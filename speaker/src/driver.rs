@@ -310,6 +310,7 @@ impl Reporter {
                 let interfaces: Vec<&str> = interfaces.iter().map(|s| s.as_str()).collect();
                 let _ = reports.send(Report::Notice(Notice {
                     regarding,
+                    action: report::ANNOUNCE,
                     warning: false,
                     reason: reason::NODE_ASSIGNED,
                     note: format!("{} announced from node {} on {}", vips.join(", "), self.me, interfaces.join(", ")),
@@ -389,6 +390,7 @@ impl Reporter {
             if let Some(regarding) = cluster.service_reference(&service) {
                 let _ = reports.send(Report::Notice(Notice {
                     regarding,
+                    action: report::ANNOUNCE,
                     warning: true,
                     reason: reason::NOT_ANNOUNCED,
                     note,
@@ -427,6 +429,7 @@ impl Reporter {
             if let Some(regarding) = cluster.service_reference(&refusal.service) {
                 let _ = reports.send(Report::Notice(Notice {
                     regarding,
+                    action: report::ANNOUNCE,
                     warning: true,
                     reason: reason::NODE_ADDRESS,
                     note,

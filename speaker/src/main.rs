@@ -134,7 +134,11 @@ async fn start(args: Args) -> anyhow::Result<()> {
         .await?;
     tracing::info!(address = %bound, node = %args.node_name, "serving /metrics, /healthz, /readyz");
 
-    let events = EventSource { client: client.clone(), instance: args.node_name.clone() };
+    let events = EventSource {
+        client: client.clone(),
+        controller: ferrolb_speaker::report::REPORTING_CONTROLLER,
+        instance: args.node_name.clone(),
+    };
     let options = Options {
         node_name: args.node_name.clone(),
         namespace: args.namespace.clone(),

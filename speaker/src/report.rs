@@ -14,12 +14,8 @@ use std::time::Duration;
 
 use ferrolb_crds::l2announcement::ServiceReference;
 use ferrolb_crds::{L2Announcement, L2AnnouncementSpec, SpeakerStatus, SpeakerStatusSpec};
-use k8s_openapi::api::core::v1::ObjectReference;
-use k8s_openapi::api::events::v1::Event;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
-use kube::api::{ObjectMeta, PostParams};
 use tokio::sync::{Notify, mpsc};
 
 use crate::plan::Decision;
@@ -88,13 +84,10 @@ pub fn announcement_ops(
 }
 
 /// An Event for the writer to publish.
-#[derive(Debug, Clone)]
-pub struct Notice {
-    pub regarding: ObjectReference,
-    pub warning: bool,
-    pub reason: &'static str,
-    pub note: String,
-}
+pub use ferrolb_telemetry::events::Notice;
+
+/// The `action` of the speaker's Events.
+pub const ANNOUNCE: &str = "Announce";
 
 pub enum Report {
     Ops(Vec<Op>),
@@ -103,17 +96,9 @@ pub enum Report {
     Speaker(SpeakerStatusSpec),
 }
 
-/// Who the speaker's Events say reported them.
-#[derive(Clone)]
-pub struct EventSource {
-    pub client: kube::Client,
-    /// This node's name.
-    pub instance: String,
-}
+pub use ferrolb_telemetry::events::EventSource;
 
-/// Events are created directly rather than through kube's `Recorder`: its series cache keeps every Event for
-/// six minutes, megabytes when thousands of Services are taken over at once, and the speaker's Events are
-/// rare and distinct (takeovers, conflicts, rate-limited) so there is nothing to aggregate.
+/// The speaker's Events' `reportingController` (its node is the `reportingInstance`).
 pub const REPORTING_CONTROLLER: &str = "ferrolb.io/speaker";
 
 /// Hands reports to the writer. L2Announcement ops wait in a map keyed by object (a newer op for an object
@@ -300,33 +285,17 @@ async fn execute(api: &Api<L2Announcement>, name: &str, op: &Op) -> bool {
 }
 
 async fn publish(source: &EventSource, notice: Notice) {
-    let namespace = notice.regarding.namespace.clone().unwrap_or_default();
-    let name = notice.regarding.name.clone().unwrap_or_default();
-    let object = format!("{namespace}/{name}");
+    let object = format!(
+        "{}/{}",
+        notice.regarding.namespace.as_deref().unwrap_or_default(),
+        notice.regarding.name.as_deref().unwrap_or_default()
+    );
     if notice.warning {
         tracing::warn!(service = %object, reason = notice.reason, "{}", notice.note);
     } else {
         tracing::info!(service = %object, reason = notice.reason, "{}", notice.note);
     }
-    let event = Event {
-        // Named as Kubernetes names Events: the object's name, a dot, a unique suffix.
-        metadata: ObjectMeta {
-            name: Some(format!("{name}.{:x}{:04x}", jiff::Timestamp::now().as_nanosecond(), rand::random::<u16>())),
-            namespace: Some(namespace.clone()),
-            ..Default::default()
-        },
-        event_time: Some(MicroTime(jiff::Timestamp::now())),
-        type_: Some(if notice.warning { "Warning" } else { "Normal" }.into()),
-        reason: Some(notice.reason.into()),
-        note: Some(notice.note.chars().take(1000).collect()),
-        action: Some("Announce".into()),
-        regarding: Some(notice.regarding),
-        reporting_controller: Some(REPORTING_CONTROLLER.into()),
-        reporting_instance: Some(source.instance.clone()),
-        ..Default::default()
-    };
-    let api: Api<Event> = Api::namespaced(source.client.clone(), &namespace);
-    if let Err(e) = api.create(&PostParams::default(), &event).await {
+    if let Err(e) = source.publish(notice).await {
         tracing::warn!(service = %object, error = %e, "could not publish Event");
     }
 }

@@ -12,6 +12,7 @@ use axum::routing::get;
 use prometheus_client::registry::Registry;
 
 pub mod access;
+pub mod events;
 pub mod process;
 
 pub use access::{MetricsAccess, MetricsAuth, Verdict};

@@ -28,7 +28,7 @@ use crate::l2::membership::{self, MemberId, Membership, MembershipMetrics};
 use crate::l2::responder::{Conflict, Responder};
 use crate::metrics::Metrics;
 use crate::plan::Decision;
-use crate::report::{Notice, Report};
+use crate::report::{self, Notice, Report};
 
 /// After start-up, or after an interface comes back, how long a speaker takes nothing over unless it sees
 /// another member first.
@@ -419,6 +419,7 @@ impl ConflictLog {
             if let Some(regarding) = cluster.service_reference(&decision.service) {
                 let _ = reports.send(Report::Notice(Notice {
                     regarding,
+                    action: report::ANNOUNCE,
                     warning: true,
                     reason: reason::IP_CONFLICT,
                     note: format!(

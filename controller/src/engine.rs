@@ -10,15 +10,18 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 
 use ferrolb_crds::pool::{FamilyUsage as UsageStatus, IPAddressPoolStatus};
-use ferrolb_crds::service::{POOL_CONDITION, POOL_CONDITION_REASON, origin_pool};
+use ferrolb_crds::service::{POOL_CONDITION, POOL_CONDITION_REASON};
 use ferrolb_crds::{IPAddressPool, L2Advertisement, L2AdvertisementSpec};
 use k8s_openapi::api::core::v1::{Namespace, ObjectReference, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use std::sync::Arc;
+
 use kube::{Resource, ResourceExt};
 
 use crate::ipam::{
     Allocator, Family, FamilyPolicy, PoolDef, PoolError, Reservation, Reservations, ServiceKey, ServiceRequest,
 };
+use crate::record::ServiceRecord;
 
 /// The Service status condition ferrolb owns.
 pub const CONDITION_TYPE: &str = ferrolb_crds::service::ALLOCATED_CONDITION;
@@ -86,7 +89,8 @@ pub type PoolGauge = (String, Family, u128, u128);
 pub struct Engine {
     config: Config,
     allocator: Allocator,
-    services: BTreeMap<ServiceKey, Service>,
+    /// Behind `Arc`: settling a Service reads its record while the engine changes.
+    services: BTreeMap<ServiceKey, Arc<ServiceRecord>>,
     namespaces: BTreeMap<String, BTreeMap<String, String>>,
     pools: BTreeMap<String, PoolRecord>,
     advertisements: BTreeMap<String, L2AdvertisementSpec>,
@@ -144,12 +148,11 @@ impl Engine {
     }
 
     /// Whether ferrolb is responsible for this Service.
-    pub fn handles(&self, service: &Service) -> bool {
-        let Some(spec) = &service.spec else { return false };
-        if spec.type_.as_deref() != Some("LoadBalancer") {
+    pub fn handles(&self, service: &ServiceRecord) -> bool {
+        if !service.load_balancer {
             return false;
         }
-        match spec.load_balancer_class.as_deref() {
+        match service.class.as_deref() {
             Some(class) => class == self.config.load_balancer_class,
             None => self.config.handle_unset_class,
         }
@@ -163,12 +166,12 @@ impl Engine {
         let keys = self.keys_oldest_first();
         for key in &keys {
             let Some(service) = self.services.get(key) else { continue };
-            let held = ingress_ips(service);
+            let held = service.ingress.clone();
             if held.is_empty() || !self.handles(service) {
                 continue;
             }
             let request = self.request_or_placeholder(service, &held);
-            let origin = origin_pool(service);
+            let origin = service.origin_pool();
             match self.allocator.restore(&request, &held, origin.as_deref()) {
                 Ok(_) => {
                     self.reported.insert(key.clone(), Reported { ips: held, ..Default::default() });
@@ -177,7 +180,7 @@ impl Engine {
                     // What its status said, so the allocation Event reads "moved from ...".
                     self.reported.insert(key.clone(), Reported { ips: held, ..Default::default() });
                     outputs.push(Output::Event(EventOut {
-                        regarding: service.object_ref(&()),
+                        regarding: service.object_ref(),
                         type_: EventType::Warning,
                         reason: reason::IP_CONFLICT,
                         note: format!(
@@ -203,10 +206,11 @@ impl Engine {
     }
 
     pub fn apply_service(&mut self, service: Service) -> Vec<Output> {
-        let key = key_of(&service);
-        let cluster_ips_before = self.services.get(&key).map(cluster_ips);
-        let now = cluster_ips(&service);
-        self.services.insert(key.clone(), service);
+        let record = ServiceRecord::of(&service);
+        let key = record.key.clone();
+        let cluster_ips_before = self.services.get(&key).map(|s| s.cluster_ips.clone());
+        let now = record.cluster_ips.clone();
+        self.services.insert(key.clone(), Arc::new(record));
         if !self.synced {
             return Vec::new();
         }
@@ -219,7 +223,11 @@ impl Engine {
     }
 
     pub fn delete_service(&mut self, service: &Service) -> Vec<Output> {
-        let key = key_of(service);
+        self.delete_service_key(&key_of(service))
+    }
+
+    fn delete_service_key(&mut self, key: &ServiceKey) -> Vec<Output> {
+        let key = key.clone();
         self.services.remove(&key);
         if !self.synced {
             return Vec::new();
@@ -326,10 +334,8 @@ impl Engine {
 
     /// Settles `keys` in the order address clashes are settled (oldest first).
     fn reconcile_keys(&mut self, keys: BTreeSet<ServiceKey>) -> Vec<Output> {
-        let mut ordered: Vec<(Option<jiff::Timestamp>, ServiceKey)> = keys
-            .into_iter()
-            .map(|k| (self.services.get(&k).and_then(|s| s.metadata.creation_timestamp.clone()).map(|t| t.0), k))
-            .collect();
+        let mut ordered: Vec<(Option<jiff::Timestamp>, ServiceKey)> =
+            keys.into_iter().map(|k| (self.services.get(&k).and_then(|s| s.created), k)).collect();
         ordered.sort();
         ordered.into_iter().flat_map(|(_, key)| self.reconcile_service(&key)).collect()
     }
@@ -407,7 +413,7 @@ impl Engine {
         // The API server's own Service: its ClusterIPs are in the Service CIDR, known even where ServiceCIDRs
         // are not served.
         if let Some(kubernetes) = self.services.get(&ServiceKey::new("default", "kubernetes")) {
-            for ip in cluster_ips(kubernetes) {
+            for &ip in &kubernetes.cluster_ips {
                 list.push(Reservation {
                     first: ip,
                     last: ip,
@@ -577,9 +583,8 @@ impl Engine {
 
     /// After a re-list: Services that were deleted while the watch was down.
     pub fn forget_services_not_in(&mut self, seen: &std::collections::HashSet<ServiceKey>) -> Vec<Output> {
-        let gone: Vec<Service> =
-            self.services.iter().filter(|(k, _)| !seen.contains(*k)).map(|(_, s)| s.clone()).collect();
-        gone.iter().flat_map(|s| self.delete_service(s)).collect()
+        let gone: Vec<ServiceKey> = self.services.keys().filter(|k| !seen.contains(*k)).cloned().collect();
+        gone.iter().flat_map(|key| self.delete_service_key(key)).collect()
     }
 
     /// After a re-list: pools that were deleted while the watch was down.
@@ -612,7 +617,7 @@ impl Engine {
     /// Every Service, oldest first, then by namespace/name: the order in which address clashes are settled.
     fn keys_oldest_first(&self) -> Vec<ServiceKey> {
         let mut ordered: Vec<(Option<jiff::Timestamp>, &ServiceKey)> =
-            self.services.iter().map(|(k, s)| (s.metadata.creation_timestamp.clone().map(|t| t.0), k)).collect();
+            self.services.iter().map(|(k, s)| (s.created, k)).collect();
         ordered.sort();
         ordered.into_iter().map(|(_, key)| key.clone()).collect()
     }
@@ -658,7 +663,7 @@ impl Engine {
         for (key, assignment) in self.allocator.assignments() {
             let pool = assignment.pool.clone().unwrap_or_default();
             let no_labels = BTreeMap::new();
-            let labels = self.services.get(key).map_or(&no_labels, |s| s.labels());
+            let labels = self.services.get(key).map_or(&no_labels, |s| &s.labels);
             let advertised = assignment.pool.is_some() && !self.announcers(&pool, labels).is_empty();
             held.extend(assignment.ips.iter().map(|ip| (key.clone(), *ip, pool.clone(), advertised)));
         }
@@ -682,7 +687,7 @@ impl Engine {
         }
         let namespace_labels = self.namespaces.get(&key.namespace).cloned().unwrap_or_default();
         let before = self.allocator.assignment(key).map(|a| a.ips.clone()).unwrap_or_default();
-        let request = ServiceRequest::from_service(&service, namespace_labels);
+        let request = service.request(namespace_labels);
         let requested_ips = request.as_ref().is_ok_and(|r| !r.requested_ips.is_empty());
         let outcome = request
             .map_err(|e| (reason::INVALID_REQUEST.to_string(), e.to_string()))
@@ -743,7 +748,7 @@ impl Engine {
     /// publish when the message is new: an address that can never answer is not "True".
     fn settled(
         &self,
-        service: &Service,
+        service: &ServiceRecord,
         assignment: &crate::ipam::Assignment,
         requested_ips: bool,
     ) -> (&'static str, String, String, Option<&'static str>) {
@@ -761,7 +766,7 @@ impl Engine {
             );
             return ("False", reason::RESERVED_ADDRESS.into(), message, Some(reason::RESERVED_ADDRESS));
         }
-        let labels = service.labels();
+        let labels = &service.labels;
         let Some(pool) = &assignment.pool else {
             let message = format!(
                 "keeps {ips}, which no IPAddressPool contains and no pool is recorded for, so no L2Advertisement announces it: the address is unreachable; it moves only if the Service asks for another address"
@@ -836,7 +841,7 @@ impl Engine {
     }
 
     /// The Service is no longer ours (type or class changed): free its addresses, remove what we wrote.
-    fn release_unhandled(&mut self, key: &ServiceKey, service: &Service) -> Vec<Output> {
+    fn release_unhandled(&mut self, key: &ServiceKey, service: &ServiceRecord) -> Vec<Output> {
         let mut outputs = Vec::new();
         self.reported.remove(key);
         self.unsettled.remove(key);
@@ -868,29 +873,28 @@ impl Engine {
     /// The status write needed to bring `service` to `ingress` + `condition`, if any.
     fn status_change(
         &self,
-        service: &Service,
+        service: &ServiceRecord,
         ingress: Vec<IpAddr>,
         condition: Option<Condition>,
         pool_condition: Option<Condition>,
     ) -> Option<StatusOut> {
-        let same =
-            |want: &Option<Condition>, type_: &str| match (want, ferrolb_crds::service::condition(service, type_)) {
-                (Some(want), Some(have)) => {
-                    want.status == have.status && want.reason == have.reason && want.message == have.message
-                }
-                (None, None) => true,
-                _ => false,
-            };
-        if same(&condition, CONDITION_TYPE) && same(&pool_condition, POOL_CONDITION) && ingress_ips(service) == ingress
-        {
+        let same = |want: &Option<Condition>, type_: &str| match (want, service.condition(type_)) {
+            (Some(want), Some(have)) => {
+                want.status == have.status && want.reason == have.reason && want.message == have.message
+            }
+            (None, None) => true,
+            _ => false,
+        };
+        if same(&condition, CONDITION_TYPE) && same(&pool_condition, POOL_CONDITION) && service.ingress == ingress {
             return None;
         }
-        Some(StatusOut { key: key_of(service), ingress, condition, pool_condition })
+        Some(StatusOut { key: service.key.clone(), ingress, condition, pool_condition })
     }
 
-    fn condition(&self, service: &Service, type_: &str, status: &str, reason: &str, message: &str) -> Condition {
+    fn condition(&self, service: &ServiceRecord, type_: &str, status: &str, reason: &str, message: &str) -> Condition {
         // The transition time moves only when the status does.
-        let last_transition_time = ferrolb_crds::service::condition(service, type_)
+        let last_transition_time = service
+            .condition(type_)
             .filter(|c| c.status == status)
             .map(|c| c.last_transition_time.clone())
             .unwrap_or_else(|| (self.clock)());
@@ -900,17 +904,16 @@ impl Engine {
             reason: reason.into(),
             message: message.into(),
             last_transition_time,
-            observed_generation: service.metadata.generation,
+            observed_generation: service.generation,
         }
     }
 
-    fn request_or_placeholder(&self, service: &Service, held: &[IpAddr]) -> ServiceRequest {
-        let labels =
-            self.namespaces.get(service.namespace().as_deref().unwrap_or_default()).cloned().unwrap_or_default();
-        ServiceRequest::from_service(service, labels).unwrap_or_else(|_| {
+    fn request_or_placeholder(&self, service: &ServiceRecord, held: &[IpAddr]) -> ServiceRequest {
+        let labels = self.namespaces.get(&service.key.namespace).cloned().unwrap_or_default();
+        service.request(labels).unwrap_or_else(|_| {
             // An unreadable request still holds its addresses, so nobody else is given them meanwhile.
             let primary = held.first().map(|ip| Family::of(*ip)).unwrap_or(Family::V4);
-            let key = key_of(service);
+            let key = &service.key;
             ServiceRequest::simple(&key.namespace, &key.name, FamilyPolicy::PreferDual { primary })
         })
     }
@@ -1056,8 +1059,8 @@ fn pool_condition(
     }
 }
 
-fn event(service: &Service, type_: EventType, reason: &'static str, note: String) -> Output {
-    Output::Event(EventOut { regarding: service.object_ref(&()), type_, reason, note })
+fn event(service: &ServiceRecord, type_: EventType, reason: &'static str, note: String) -> Output {
+    Output::Event(EventOut { regarding: service.object_ref(), type_, reason, note })
 }
 
 pub fn key_of(service: &Service) -> ServiceKey {
@@ -1065,13 +1068,6 @@ pub fn key_of(service: &Service) -> ServiceKey {
 }
 
 pub use ferrolb_crds::service::ingress_ips;
-
-fn cluster_ips(service: &Service) -> Vec<IpAddr> {
-    let spec = service.spec.as_ref();
-    let listed = spec.and_then(|s| s.cluster_ips.clone()).unwrap_or_default();
-    let single = spec.and_then(|s| s.cluster_ip.clone());
-    listed.iter().chain(single.iter()).filter_map(|ip| ip.parse().ok()).collect()
-}
 
 fn join(ips: &[IpAddr]) -> String {
     ips.iter().map(IpAddr::to_string).collect::<Vec<_>>().join(", ")

@@ -5,5 +5,6 @@
 pub mod engine;
 pub mod ipam;
 pub mod metrics;
+pub mod record;
 pub mod run;
 pub mod writer;

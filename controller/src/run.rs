@@ -194,7 +194,7 @@ impl WatchIndex<Service> for Engine {
     }
 
     fn apply(&mut self, service: Service) -> Vec<Output> {
-        self.apply_service(slim(service))
+        self.apply_service(service)
     }
 
     fn delete(&mut self, service: Service) -> Vec<Output> {
@@ -340,12 +340,6 @@ fn compact_node_event(event: Event<Node>) -> Event<NodeAddresses> {
         Event::Delete(node) => Event::Delete(compact(node)),
         Event::InitDone => Event::InitDone,
     }
-}
-
-/// Services are kept in memory for their whole life: drop what ferrolb never reads.
-fn slim(mut service: Service) -> Service {
-    service.metadata.managed_fields = None;
-    service
 }
 
 /// Allocations are counted when a Service's addresses change (its `IPAllocated` Event); failures when a

@@ -658,16 +658,14 @@ impl Engine {
     }
 
     /// Every address a Service holds: (Service, address, its pool, whether an L2Advertisement announces it).
-    pub fn held_addresses(&self) -> Vec<(ServiceKey, IpAddr, String, bool)> {
-        let mut held = Vec::new();
-        for (key, assignment) in self.allocator.assignments() {
-            let pool = assignment.pool.clone().unwrap_or_default();
-            let no_labels = BTreeMap::new();
-            let labels = self.services.get(key).map_or(&no_labels, |s| &s.labels);
-            let advertised = assignment.pool.is_some() && !self.announcers(&pool, labels).is_empty();
-            held.extend(assignment.ips.iter().map(|ip| (key.clone(), *ip, pool.clone(), advertised)));
-        }
-        held
+    pub fn held_addresses(&self) -> impl Iterator<Item = (&ServiceKey, IpAddr, &str, bool)> + '_ {
+        self.allocator.assignments().flat_map(move |(key, assignment)| {
+            let pool = assignment.pool.as_deref().unwrap_or_default();
+            let labels = self.services.get(key).map(|s| &s.labels);
+            let advertised =
+                assignment.pool.is_some() && !self.announcers(pool, labels.unwrap_or(&BTreeMap::new())).is_empty();
+            assignment.ips.iter().map(move |ip| (key, *ip, pool, advertised))
+        })
     }
 
     fn reconcile_service(&mut self, key: &ServiceKey) -> Vec<Output> {

@@ -358,25 +358,31 @@ fn count(metrics: &Metrics, output: &Output) {
     }
 }
 
-/// The per-address series, brought to what the engine holds (series of released addresses go).
+/// The per-address series, brought to what the engine holds (series of released addresses go). The labels
+/// of a series still held move from the old set to the new one: with thousands of Services, a third copy of
+/// every label set would be megabytes.
 fn export_service_addresses(engine: &Engine, metrics: &Metrics, exported: &mut HashSet<ServiceAddressLabels>) {
     metrics.services_pending.set(i64::try_from(engine.pending_services()).unwrap_or(i64::MAX));
-    let now: HashSet<ServiceAddressLabels> = engine
-        .held_addresses()
-        .into_iter()
-        .map(|(key, ip, pool, advertised)| ServiceAddressLabels {
-            namespace: key.namespace,
-            service: key.name,
+    let mut now = HashSet::with_capacity(exported.len());
+    for (key, ip, pool, advertised) in engine.held_addresses() {
+        let labels = ServiceAddressLabels {
+            namespace: key.namespace.clone(),
+            service: key.name.clone(),
             ip: ip.to_string(),
-            pool,
+            pool: pool.to_string(),
             advertised: advertised.to_string(),
-        })
-        .collect();
-    for gone in exported.difference(&now) {
-        metrics.service_addresses.remove(gone);
+        };
+        let labels = match exported.take(&labels) {
+            Some(kept) => kept,
+            None => {
+                metrics.service_addresses.get_or_create(&labels).set(1);
+                labels
+            }
+        };
+        now.insert(labels);
     }
-    for labels in &now {
-        metrics.service_addresses.get_or_create(labels).set(1);
+    for gone in exported.drain() {
+        metrics.service_addresses.remove(&gone);
     }
     *exported = now;
 }

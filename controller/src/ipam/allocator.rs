@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use ferrolb_crds::{address, selector};
 
@@ -159,11 +159,12 @@ pub struct Allocator {
     by_pool: HashMap<String, BTreeSet<ServiceKey>>,
     /// Every address held, per family, as runs: finding the next free address skips a whole run at once.
     used: [RunSet; 2],
-    holders: BTreeMap<IpAddr, Vec<Holder>>,
+    /// A Service's holder is shared by each of its addresses and its entry in `services`.
+    holders: BTreeMap<IpAddr, Vec<Arc<Holder>>>,
     /// Addresses held by Services with each sharing key, to reuse them first.
     shared: BTreeMap<String, BTreeSet<IpAddr>>,
     /// Each Service's addresses, and the sharing terms it holds them under.
-    services: HashMap<ServiceKey, (Assignment, Holder)>,
+    services: HashMap<ServiceKey, (Assignment, Arc<Holder>)>,
 }
 
 impl Allocator {
@@ -276,7 +277,7 @@ impl Allocator {
     }
 
     /// The held addresses of `family` in `start..=end`, with their holders.
-    fn held_in(&self, family: Family, start: u128, end: u128) -> impl Iterator<Item = (&IpAddr, &Vec<Holder>)> {
+    fn held_in(&self, family: Family, start: u128, end: u128) -> impl Iterator<Item = (&IpAddr, &Vec<Arc<Holder>>)> {
         let bounds = from_u128(family, start).zip(from_u128(family, end)).filter(|(lo, hi)| lo <= hi);
         bounds.into_iter().flat_map(move |(lo, hi)| self.holders.range(lo..=hi))
     }
@@ -383,7 +384,7 @@ impl Allocator {
             containing.first().map(|def| def.name.clone())
         });
         let assignment = Assignment { pool, ips };
-        self.record(Holder::of(request), &assignment);
+        self.record(Arc::new(Holder::of(request)), &assignment);
         Ok(assignment)
     }
 
@@ -402,13 +403,13 @@ impl Allocator {
             let Some(holders) = self.holders.get_mut(ip) else { continue };
             if let Some(pos) = holders.iter().position(|h| &h.key == key) {
                 let holder = holders.remove(pos);
-                if let Some(sharing_key) = holder.sharing_key
-                    && !holders.iter().any(|h| h.sharing_key.as_ref() == Some(&sharing_key))
-                    && let Some(set) = self.shared.get_mut(&sharing_key)
+                if let Some(sharing_key) = &holder.sharing_key
+                    && !holders.iter().any(|h| h.sharing_key.as_ref() == Some(sharing_key))
+                    && let Some(set) = self.shared.get_mut(sharing_key)
                 {
                     set.remove(ip);
                     if set.is_empty() {
-                        self.shared.remove(&sharing_key);
+                        self.shared.remove(sharing_key);
                     }
                 }
             }
@@ -472,7 +473,7 @@ impl Allocator {
         ips.sort_by_key(|ip| Family::of(*ip));
         let assignment = Assignment { pool: Some(pool.clone()), ips };
         self.release(&request.key);
-        self.record(Holder::of(request), &assignment);
+        self.record(Arc::new(Holder::of(request)), &assignment);
         self.advance_cursor(&pool, ip);
         assignment
     }
@@ -483,7 +484,7 @@ impl Allocator {
         }
         let assignment =
             if request.requested_ips.is_empty() { self.choose(request)? } else { self.take_requested(request)? };
-        self.record(Holder::of(request), &assignment);
+        self.record(Arc::new(Holder::of(request)), &assignment);
         if let Some(pool) = &assignment.pool {
             for ip in &assignment.ips {
                 self.advance_cursor(pool, *ip);
@@ -733,7 +734,7 @@ impl Allocator {
         }
     }
 
-    fn record(&mut self, holder: Holder, assignment: &Assignment) {
+    fn record(&mut self, holder: Arc<Holder>, assignment: &Assignment) {
         for ip in &assignment.ips {
             if self.holders.get(ip).is_none_or(Vec::is_empty) {
                 let family = Family::of(*ip);

@@ -21,6 +21,7 @@ use kube::runtime::watcher::{self, watcher};
 use tokio::sync::Notify;
 
 use crate::plan::{NodeAddress, NodeInfo, PoolInfo, ServiceInfo, World};
+use crate::services::ServiceIndex;
 
 /// Which Services this installation handles (must match the controller's settings).
 #[derive(Debug, Clone)]
@@ -43,47 +44,23 @@ impl ClassFilter {
 pub struct Cluster {
     nodes: Store<Node>,
     /// Services and EndpointSlices (and announcements, one per Service) come by the thousand: only what the
-    /// plan reads is kept of them.
-    services: Compact<ServiceEntry>,
-    slices: Compact<SliceEntry>,
+    /// plan reads is kept of them. Both watches feed one index, which joins them.
+    services: Arc<RwLock<ServiceIndex>>,
+    services_ready: Listed,
+    slices_ready: Listed,
     advertisements: Store<L2Advertisement>,
     pools: Store<IPAddressPool>,
-    announcements: Compact<ferrolb_crds::L2AnnouncementSpec>,
+    announcements: Arc<RwLock<CompactMap<L2Announcement, ferrolb_crds::L2AnnouncementSpec>>>,
+    announcements_ready: Listed,
     changed: Arc<Notify>,
 }
 
-/// A Service of ours with an address: the plan's view (without endpoints) and its uid for Events.
-#[derive(Debug, Clone, PartialEq)]
-struct ServiceEntry {
-    info: ServiceInfo,
-    uid: Option<String>,
-}
+/// Turns true once a watch has listed.
+struct Listed(tokio::sync::watch::Receiver<bool>);
 
-#[derive(Debug, Clone, PartialEq)]
-struct SliceEntry {
-    namespace: String,
-    service: String,
-    ready_nodes: BTreeSet<String>,
-}
-
-/// A store keeping, per object, only what the speaker reads of it, built from a watch (re-lists replace it
-/// whole, so objects deleted while the watch was down go too).
-struct Compact<V> {
-    items: Arc<RwLock<HashMap<String, V>>>,
-    ready: tokio::sync::watch::Receiver<bool>,
-}
-
-impl<V: Clone> Compact<V> {
-    fn values(&self) -> Vec<V> {
-        crate::locks::read(&self.items, "watched objects").values().cloned().collect()
-    }
-
-    fn get(&self, key: &str) -> Option<V> {
-        crate::locks::read(&self.items, "watched objects").get(key).cloned()
-    }
-
-    async fn wait_until_ready(&self) -> Result<(), CompactStopped> {
-        let mut ready = self.ready.clone();
+impl Listed {
+    async fn wait(&self) -> Result<(), CompactStopped> {
+        let mut ready = self.0.clone();
         ready.wait_for(|r| *r).await.map(|_| ()).map_err(|_| CompactStopped)
     }
 }
@@ -92,7 +69,7 @@ impl<V: Clone> Compact<V> {
 #[error("a watch stopped before listing")]
 pub struct CompactStopped;
 
-fn key_of<K: kube::Resource>(object: &K) -> String {
+pub(crate) fn key_of<K: kube::Resource>(object: &K) -> String {
     match object.meta().namespace.as_deref() {
         Some(namespace) => format!("{namespace}/{}", object.meta().name.as_deref().unwrap_or_default()),
         None => object.meta().name.clone().unwrap_or_default(),
@@ -100,18 +77,25 @@ fn key_of<K: kube::Resource>(object: &K) -> String {
 }
 
 /// The compact values of one watch's objects, by `namespace/name`; objects `extract` maps to `None` are left out.
-/// Each event says whether it changed a value: most changes of an object (its status conditions, a Service
-/// without an address yet, an EndpointSlice whose ready nodes stay the same) change nothing the speaker reads.
-struct CompactIndex<'a, V, F> {
-    items: &'a mut HashMap<String, V>,
-    extract: &'a F,
+/// Each event says whether it changed a value: most changes of an object (its status, say) change nothing the
+/// speaker reads.
+struct CompactMap<K, V> {
+    items: HashMap<String, V>,
+    extract: Extract<K, V>,
 }
 
-impl<K, V, F> WatchIndex<K> for CompactIndex<'_, V, F>
+type Extract<K, V> = Box<dyn Fn(&K) -> Option<V> + Send + Sync>;
+
+impl<K, V> CompactMap<K, V> {
+    fn new(extract: impl Fn(&K) -> Option<V> + Send + Sync + 'static) -> Self {
+        Self { items: HashMap::new(), extract: Box::new(extract) }
+    }
+}
+
+impl<K, V> WatchIndex<K> for CompactMap<K, V>
 where
     K: kube::Resource<DynamicType = ()>,
     V: PartialEq,
-    F: Fn(&K) -> Option<V>,
 {
     type Key = String;
     /// Whether a value changed.
@@ -144,19 +128,14 @@ where
     }
 }
 
-fn watch_compact<K, V>(
-    api: Api<K>,
-    config: watcher::Config,
-    changed: &Arc<Notify>,
-    extract: impl Fn(&K) -> Option<V> + Send + 'static,
-) -> Compact<V>
+/// Feeds `store` from a watch of `api`, and wakes the plan when the store says something it reads changed.
+fn watch_into<K, S>(api: Api<K>, config: watcher::Config, changed: &Arc<Notify>, store: &Arc<RwLock<S>>) -> Listed
 where
     K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + Send + Sync + serde::de::DeserializeOwned + 'static,
-    V: PartialEq + Send + Sync + 'static,
+    S: WatchIndex<K, Key = String, Output = bool> + Send + Sync + 'static,
 {
-    let items: Arc<RwLock<HashMap<String, V>>> = Arc::default();
     let (ready_tx, ready) = tokio::sync::watch::channel(false);
-    let (store, changed) = (items.clone(), changed.clone());
+    let (store, changed) = (store.clone(), changed.clone());
     let kind = K::kind(&()).to_string();
     tokio::spawn(async move {
         let stream = watcher(api, config).default_backoff();
@@ -172,8 +151,8 @@ where
             };
             let list_ended = matches!(event, watcher::Event::InitDone);
             let value_changed = {
-                let mut items = crate::locks::write(&store, "watched objects");
-                feed.feed(&mut CompactIndex { items: &mut items, extract: &extract }, event)
+                let mut store = crate::locks::write(&store, "watched objects");
+                feed.feed(&mut *store, event)
             };
             if list_ended {
                 let _ = ready_tx.send(feed.listed());
@@ -185,7 +164,7 @@ where
             }
         }
     });
-    Compact { items, ready }
+    Listed(ready)
 }
 
 impl Cluster {
@@ -196,31 +175,24 @@ impl Cluster {
             Some(selector) => watcher::Config::default().labels(selector),
             None => watcher::Config::default(),
         };
-        let services =
-            watch_compact(Api::all(client.clone()), watcher::Config::default(), &changed, move |s: &Service| {
-                if !classes.handles(s) {
-                    return None;
-                }
-                service_info(s, BTreeSet::new()).map(|info| ServiceEntry { info, uid: s.metadata.uid.clone() })
-            });
-        let slices =
-            watch_compact(Api::all(client.clone()), watcher::Config::default(), &changed, |slice: &EndpointSlice| {
-                Some(SliceEntry {
-                    namespace: slice.namespace()?,
-                    service: slice.labels().get("kubernetes.io/service-name")?.clone(),
-                    ready_nodes: ready_nodes(slice).collect(),
-                })
-            });
-        let announcements = watch_compact(
+        let services = Arc::new(RwLock::new(ServiceIndex::new(classes)));
+        let services_ready =
+            watch_into::<Service, _>(Api::all(client.clone()), watcher::Config::default(), &changed, &services);
+        let slices_ready =
+            watch_into::<EndpointSlice, _>(Api::all(client.clone()), watcher::Config::default(), &changed, &services);
+        let announcements = Arc::new(RwLock::new(CompactMap::new(|a: &L2Announcement| Some(a.spec.clone()))));
+        let announcements_ready = watch_into(
             Api::namespaced(client.clone(), namespace),
             watcher::Config::default(),
             &changed,
-            |a: &L2Announcement| Some(a.spec.clone()),
+            &announcements,
         );
         Self {
             nodes: watch(Api::all(client.clone()), watcher::Config::default(), &changed),
             services,
-            slices,
+            services_ready,
+            slices_ready,
+            announcements_ready,
             advertisements: watch(Api::all(client.clone()), watcher::Config::default(), &changed),
             pools: watch(Api::all(client.clone()), pool_config, &changed),
             announcements,
@@ -231,11 +203,11 @@ impl Cluster {
     /// Resolves once every watch has listed.
     pub async fn ready(&self) -> Result<(), CompactStopped> {
         self.nodes.wait_until_ready().await.map_err(|_| CompactStopped)?;
-        self.services.wait_until_ready().await?;
-        self.slices.wait_until_ready().await?;
+        self.services_ready.wait().await?;
+        self.slices_ready.wait().await?;
         self.advertisements.wait_until_ready().await.map_err(|_| CompactStopped)?;
         self.pools.wait_until_ready().await.map_err(|_| CompactStopped)?;
-        self.announcements.wait_until_ready().await
+        self.announcements_ready.wait().await
     }
 
     /// Resolves at the next change of any watched object.
@@ -244,21 +216,7 @@ impl Cluster {
     }
 
     pub fn world(&self) -> World {
-        let mut endpoints: HashMap<(String, String), BTreeSet<String>> = HashMap::new();
-        for slice in self.slices.values() {
-            endpoints.entry((slice.namespace, slice.service)).or_default().extend(slice.ready_nodes);
-        }
-        let services = self
-            .services
-            .values()
-            .into_iter()
-            .map(|entry| {
-                let mut info = entry.info;
-                let key = (info.service.namespace.clone(), info.service.name.clone());
-                info.ready_endpoint_nodes = endpoints.remove(&key).unwrap_or_default();
-                info
-            })
-            .collect();
+        let services = crate::locks::read(&self.services, "Services").infos();
         let nodes = self.nodes.state();
         let node_addresses = nodes
             .iter()
@@ -296,20 +254,22 @@ impl Cluster {
 
     /// What an Event about `service` refers to.
     pub fn service_reference(&self, service: &ServiceReference) -> Option<ObjectReference> {
-        let entry = self.services.get(&format!("{}/{}", service.namespace, service.name))?;
+        let uid =
+            crate::locks::read(&self.services, "Services").uid(&format!("{}/{}", service.namespace, service.name))?;
         Some(ObjectReference {
             api_version: Some("v1".into()),
             kind: Some("Service".into()),
             namespace: Some(service.namespace.clone()),
             name: Some(service.name.clone()),
-            uid: entry.uid,
+            uid,
             ..Default::default()
         })
     }
 
     /// The L2Announcements in the install namespace: name → spec.
     pub fn announcements(&self) -> BTreeMap<String, ferrolb_crds::L2AnnouncementSpec> {
-        crate::locks::read(&self.announcements.items, "L2Announcements")
+        crate::locks::read(&self.announcements, "L2Announcements")
+            .items
             .iter()
             .map(|(k, v)| (k.rsplit('/').next().unwrap_or(k).to_string(), v.clone()))
             .collect()
@@ -439,9 +399,7 @@ mod tests {
 
     #[test]
     fn the_compact_index_reports_a_change_only_when_what_the_speaker_reads_changed() {
-        let mut items = HashMap::new();
-        let extract = |s: &Service| service_info(s, BTreeSet::new());
-        let mut index = CompactIndex { items: &mut items, extract: &extract };
+        let mut index = CompactMap::new(|s: &Service| service_info(s, BTreeSet::new()));
         let created = service(serde_json::json!({
             "metadata": {"name": "web", "namespace": "shop"},
             "spec": {"type": "LoadBalancer"}
@@ -464,7 +422,7 @@ mod tests {
         assert!(index.apply(addressed));
         assert!(!index.retain(&std::collections::HashSet::from(["shop/web".to_string()])), "still listed");
         assert!(index.retain(&std::collections::HashSet::new()), "no longer listed");
-        assert!(items.is_empty());
+        assert!(index.items.is_empty());
     }
 
     #[test]

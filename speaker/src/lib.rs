@@ -32,3 +32,4 @@ pub mod mac;
 pub mod metrics;
 pub mod plan;
 pub mod report;
+pub mod services;

@@ -56,7 +56,8 @@ pub struct NodeInfo {
 #[derive(Debug, Clone, Default)]
 pub struct World {
     pub nodes: Vec<NodeInfo>,
-    pub services: Vec<ServiceInfo>,
+    /// Shared with the watches' index ([`crate::services`]): a plan reads them, never changes them.
+    pub services: Vec<std::sync::Arc<ServiceInfo>>,
     pub advertisements: Vec<L2AdvertisementSpec>,
     pub pools: Vec<PoolInfo>,
     /// Addresses that belong to nodes and are never announced: address → where it was seen.

@@ -52,7 +52,7 @@ fn members(nodes: &[&str], interfaces: &[&str]) -> Members {
 fn world(services: Vec<ServiceInfo>, advertisements: Vec<L2AdvertisementSpec>) -> World {
     World {
         nodes: vec![node("node-1"), node("node-2"), node("node-3")],
-        services,
+        services: services.into_iter().map(std::sync::Arc::new).collect(),
         advertisements,
         pools: vec![
             pool("demo", &["192.0.2.200-192.0.2.250", "2001:db8::200/120"]),
@@ -110,7 +110,7 @@ fn a_vip_with_no_interface_on_its_owner_is_reported_unplaced() {
     let mut w = world(vec![service("web", &["192.0.2.200", "2001:db8::200"], &["node-1"])], vec![advertise(&["demo"])]);
     // A pool outside every subnet of the node, and no default route.
     w.pools[0].addresses.push("2001:db8:b::/112".into());
-    w.services[0].vips[1] = ip("2001:db8:b::1");
+    std::sync::Arc::make_mut(&mut w.services[0]).vips[1] = ip("2001:db8:b::1");
     let decisions = decide(&w, &members(&ALL, &["eth0"]));
     let owner = decisions[0].owner.clone().unwrap();
     let placed = mine(&decisions, &owner, &lab_inventory());

@@ -158,14 +158,14 @@ impl Sim {
                     unschedulable: false,
                 })
                 .collect(),
-            services: vec![ServiceInfo {
+            services: vec![std::sync::Arc::new(ServiceInfo {
                 service: ServiceReference { namespace: "default".into(), name: "web".into() },
                 labels: BTreeMap::new(),
                 vips: vec![vip],
                 origin_pool: None,
                 traffic_policy_local: false,
                 ready_endpoint_nodes: names.iter().cloned().collect(),
-            }],
+            })],
             advertisements: vec![L2AdvertisementSpec { ip_address_pools: vec!["demo".into()], ..Default::default() }],
             pools: vec![PoolInfo {
                 name: "demo".into(),

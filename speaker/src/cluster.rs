@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use ferrolb_crds::l2announcement::ServiceReference;
 use ferrolb_crds::{IPAddressPool, L2Advertisement, L2Announcement};
@@ -52,8 +52,14 @@ pub struct Cluster {
     pools: Store<IPAddressPool>,
     announcements: Arc<RwLock<CompactMap<L2Announcement, ferrolb_crds::L2AnnouncementSpec>>>,
     announcements_ready: Listed,
+    /// The last [`Cluster::announcements`] and the generation it was taken at: most plan steps see the
+    /// same thousands of announcements as the one before.
+    announcements_snapshot: Mutex<Option<(u64, Announcements)>>,
     changed: Arc<Notify>,
 }
+
+/// The L2Announcements of the install namespace: name → spec.
+pub type Announcements = Arc<BTreeMap<String, ferrolb_crds::L2AnnouncementSpec>>;
 
 /// Turns true once a watch has listed.
 struct Listed(tokio::sync::watch::Receiver<bool>);
@@ -82,13 +88,15 @@ pub(crate) fn key_of<K: kube::Resource>(object: &K) -> String {
 struct CompactMap<K, V> {
     items: HashMap<String, V>,
     extract: Extract<K, V>,
+    /// Moves with every change of `items`.
+    generation: u64,
 }
 
 type Extract<K, V> = Box<dyn Fn(&K) -> Option<V> + Send + Sync>;
 
 impl<K, V> CompactMap<K, V> {
     fn new(extract: impl Fn(&K) -> Option<V> + Send + Sync + 'static) -> Self {
-        Self { items: HashMap::new(), extract: Box::new(extract) }
+        Self { items: HashMap::new(), extract: Box::new(extract), generation: 0 }
     }
 }
 
@@ -107,24 +115,30 @@ where
 
     fn apply(&mut self, object: K) -> bool {
         let key = key_of(&object);
-        match (self.extract)(&object) {
+        let changed = match (self.extract)(&object) {
             Some(value) if self.items.get(&key) == Some(&value) => false,
             Some(value) => {
                 self.items.insert(key, value);
                 true
             }
             None => self.items.remove(&key).is_some(),
-        }
+        };
+        self.generation += u64::from(changed);
+        changed
     }
 
     fn delete(&mut self, object: K) -> bool {
-        self.items.remove(&key_of(&object)).is_some()
+        let changed = self.items.remove(&key_of(&object)).is_some();
+        self.generation += u64::from(changed);
+        changed
     }
 
     fn retain(&mut self, listed: &std::collections::HashSet<String>) -> bool {
         let before = self.items.len();
         self.items.retain(|key, _| listed.contains(key));
-        self.items.len() != before
+        let changed = self.items.len() != before;
+        self.generation += u64::from(changed);
+        changed
     }
 }
 
@@ -193,6 +207,7 @@ impl Cluster {
             services_ready,
             slices_ready,
             announcements_ready,
+            announcements_snapshot: Mutex::new(None),
             advertisements: watch(Api::all(client.clone()), watcher::Config::default(), &changed),
             pools: watch(Api::all(client.clone()), pool_config, &changed),
             announcements,
@@ -267,12 +282,19 @@ impl Cluster {
     }
 
     /// The L2Announcements in the install namespace: name → spec.
-    pub fn announcements(&self) -> BTreeMap<String, ferrolb_crds::L2AnnouncementSpec> {
-        crate::locks::read(&self.announcements, "L2Announcements")
-            .items
-            .iter()
-            .map(|(k, v)| (k.rsplit('/').next().unwrap_or(k).to_string(), v.clone()))
-            .collect()
+    pub fn announcements(&self) -> Announcements {
+        let store = crate::locks::read(&self.announcements, "L2Announcements");
+        let mut snapshot = crate::locks::lock(&self.announcements_snapshot, "L2Announcements snapshot");
+        if let Some((generation, announcements)) = snapshot.as_ref()
+            && *generation == store.generation
+        {
+            return announcements.clone();
+        }
+        let announcements: Announcements = Arc::new(
+            store.items.iter().map(|(k, v)| (k.rsplit('/').next().unwrap_or(k).to_string(), v.clone())).collect(),
+        );
+        *snapshot = Some((store.generation, announcements.clone()));
+        announcements
     }
 }
 
@@ -423,6 +445,7 @@ mod tests {
         assert!(!index.retain(&std::collections::HashSet::from(["shop/web".to_string()])), "still listed");
         assert!(index.retain(&std::collections::HashSet::new()), "no longer listed");
         assert!(index.items.is_empty());
+        assert_eq!(index.generation, 5, "one generation per change, none for the events that changed nothing");
     }
 
     #[test]

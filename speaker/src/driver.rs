@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use crate::cluster::{ClassFilter, Cluster};
 use crate::inventory::Inventory;
 use crate::links;
-use crate::metrics::{AnnouncedLabels, ExpectedLabels, Metrics};
+use crate::metrics::{AnnouncedLabels, ExpectedLabels, Metrics, SeriesSet, series_digest};
 use crate::plan::{self, Decision};
 use crate::report::{self, Notice, Report};
 
@@ -227,32 +227,14 @@ pub async fn run<B: Backend>(
     Ok(())
 }
 
-/// Makes `family` hold exactly the series `now`, each at 1: those of `last` not in `now` are removed.
-fn replace_series<L>(
-    family: &prometheus_client::metrics::family::Family<L, prometheus_client::metrics::gauge::Gauge>,
-    last: &mut BTreeSet<L>,
-    now: BTreeSet<L>,
-) where
-    L: Clone + Ord + std::hash::Hash + Eq + prometheus_client::encoding::EncodeLabelSet + std::fmt::Debug,
-{
-    for gone in last.difference(&now) {
-        family.remove(gone);
-    }
-    // Those already in `last` are at 1 already: only this function sets or removes them.
-    for new in now.difference(last) {
-        family.get_or_create(new).set(1);
-    }
-    *last = now;
-}
-
 /// Reports a mode's decisions: the L2Announcements this node writes (or, as the janitor, deletes), and one
 /// Event per change (`NodeAssigned`, `NotAnnounced`, `NodeAddress`), never repeated while nothing changes.
 pub struct Reporter {
     me: String,
     metrics: Metrics,
     /// The `ferrolb_speaker_announced` and `ferrolb_speaker_expected` series set after the last plan.
-    announced_series: BTreeSet<AnnouncedLabels>,
-    expected_series: BTreeSet<ExpectedLabels>,
+    announced_series: SeriesSet<AnnouncedLabels>,
+    expected_series: SeriesSet<ExpectedLabels>,
     decisions: Vec<Decision>,
     /// Services this node announced after the last plan (for `NodeAssigned`).
     announced_services: BTreeSet<ServiceReference>,
@@ -267,8 +249,8 @@ impl Reporter {
         Self {
             me,
             metrics,
-            announced_series: BTreeSet::new(),
-            expected_series: BTreeSet::new(),
+            announced_series: SeriesSet::default(),
+            expected_series: SeriesSet::default(),
             decisions: Vec::new(),
             announced_services: BTreeSet::new(),
             unplaced_services: BTreeSet::new(),
@@ -326,43 +308,42 @@ impl Reporter {
     /// The janitor's `ferrolb_speaker_expected`: one series per VIP with an elected owner (a Service without a
     /// ready endpoint has none, so it is not expected to answer). Every other speaker exports none.
     fn set_expected_series(&mut self, decisions: &[Decision], janitor: bool) {
-        let now: BTreeSet<ExpectedLabels> = if janitor {
-            decisions
-                .iter()
-                .filter_map(|d| d.owner.as_ref().map(|owner| (d, owner)))
-                .flat_map(|(decision, owner)| {
-                    decision.vips.iter().map(move |vip| ExpectedLabels {
-                        namespace: decision.service.namespace.clone(),
-                        service: decision.service.name.clone(),
-                        ip: vip.to_string(),
-                        node: owner.clone(),
+        let wanted =
+            decisions.iter().filter(|_| janitor).filter_map(|d| d.owner.as_ref().map(|owner| (d, owner))).flat_map(
+                |(decision, owner)| {
+                    let service = &decision.service;
+                    decision.vips.iter().map(move |&vip| {
+                        (series_digest(&[&service.namespace, &service.name, owner], vip), move || ExpectedLabels {
+                            namespace: service.namespace.clone(),
+                            service: service.name.clone(),
+                            ip: vip.to_string(),
+                            node: owner.clone(),
+                        })
                     })
-                })
-                .collect()
-        } else {
-            BTreeSet::new()
-        };
-        replace_series(&self.metrics.expected, &mut self.expected_series, now);
+                },
+            );
+        self.expected_series.sync(&self.metrics.expected, wanted);
     }
 
     /// One `ferrolb_speaker_announced` series per Service VIP this node holds, per interface; the series of
     /// what it no longer holds are removed (a stale 1 would hide a VIP nobody announces).
     fn set_announced_series(&mut self, decisions: &[Decision], held: &BTreeMap<IpAddr, BTreeSet<String>>) {
-        let mut now = BTreeSet::new();
-        for decision in decisions.iter().filter(|d| d.owner.as_deref() == Some(self.me.as_str())) {
-            for vip in &decision.vips {
-                for interface in held.get(vip).into_iter().flatten() {
-                    now.insert(AnnouncedLabels {
-                        namespace: decision.service.namespace.clone(),
-                        service: decision.service.name.clone(),
+        let me = self.me.as_str();
+        let wanted = decisions.iter().filter(|d| d.owner.as_deref() == Some(me)).flat_map(|decision| {
+            let service = &decision.service;
+            decision.vips.iter().flat_map(move |&vip| {
+                held.get(&vip).into_iter().flatten().map(move |interface| {
+                    (series_digest(&[&service.namespace, &service.name, interface], vip), move || AnnouncedLabels {
+                        namespace: service.namespace.clone(),
+                        service: service.name.clone(),
                         ip: vip.to_string(),
-                        node: self.me.clone(),
+                        node: me.to_string(),
                         interface: interface.clone(),
-                    });
-                }
-            }
-        }
-        replace_series(&self.metrics.announced, &mut self.announced_series, now);
+                    })
+                })
+            })
+        });
+        self.announced_series.sync(&self.metrics.announced, wanted);
     }
 
     pub fn report_unplaced(

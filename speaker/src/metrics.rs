@@ -168,3 +168,129 @@ impl Metrics {
         );
     }
 }
+
+/// The series of one gauge family that should be at 1, each kept under a digest of what names it.
+///
+/// A plan step lists every Service VIP again, thousands, and almost all were already there: building each
+/// one's labels (five strings) only to find it unchanged cost a tenth of the speaker's CPU. Here the labels
+/// of a series are built once, when it is new. Digests are 64-bit XXH3 of the length-prefixed parts: two
+/// different series sharing one is a chance of about 10⁻¹¹ at 10 000 series.
+#[derive(Debug)]
+pub struct SeriesSet<L> {
+    series: std::collections::HashMap<u64, L>,
+}
+
+impl<L> Default for SeriesSet<L> {
+    fn default() -> Self {
+        Self { series: std::collections::HashMap::new() }
+    }
+}
+
+impl<L> SeriesSet<L>
+where
+    L: Clone + std::hash::Hash + Eq + EncodeLabelSet + std::fmt::Debug,
+{
+    /// Makes `family` hold exactly the series `wanted` lists (digest, and how to build its labels), at 1.
+    pub fn sync<F: FnOnce() -> L>(&mut self, family: &Family<L, Gauge>, wanted: impl IntoIterator<Item = (u64, F)>) {
+        let mut next = std::collections::HashMap::with_capacity(self.series.len());
+        for (digest, labels) in wanted {
+            if next.contains_key(&digest) {
+                continue;
+            }
+            let labels = match self.series.remove(&digest) {
+                Some(labels) => labels,
+                None => {
+                    let labels = labels();
+                    family.get_or_create(&labels).set(1);
+                    labels
+                }
+            };
+            next.insert(digest, labels);
+        }
+        for gone in self.series.values() {
+            family.remove(gone);
+        }
+        self.series = next;
+    }
+
+    pub fn len(&self) -> usize {
+        self.series.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.series.is_empty()
+    }
+}
+
+/// The digest [`SeriesSet`] keeps a series under: its naming parts (strings, an address) in order.
+pub fn series_digest(texts: &[&str], ip: std::net::IpAddr) -> u64 {
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    for text in texts {
+        hasher.update(&(text.len() as u64).to_le_bytes());
+        hasher.update(text.as_bytes());
+    }
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            hasher.update(&[4]);
+            hasher.update(&v4.octets());
+        }
+        std::net::IpAddr::V6(v6) => {
+            hasher.update(&[6]);
+            hasher.update(&v6.octets());
+        }
+    }
+    hasher.digest()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn encoded(family: &Family<ExpectedLabels, Gauge>) -> String {
+        let mut registry = Registry::default();
+        registry.register("expected", "test", family.clone());
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        text
+    }
+
+    fn wanted<'a>(
+        services: &'a [(&'a str, &'a str)],
+    ) -> impl Iterator<Item = (u64, impl FnOnce() -> ExpectedLabels)> + 'a {
+        services.iter().map(|(name, ip)| {
+            let ip: std::net::IpAddr = ip.parse().unwrap();
+            (series_digest(&["shop", name, "node-1"], ip), move || ExpectedLabels {
+                namespace: "shop".into(),
+                service: (*name).into(),
+                ip: ip.to_string(),
+                node: "node-1".into(),
+            })
+        })
+    }
+
+    #[test]
+    fn a_series_set_holds_exactly_what_was_last_wanted() {
+        let family = Family::<ExpectedLabels, Gauge>::default();
+        let mut set = SeriesSet::default();
+        set.sync(&family, wanted(&[("web", "192.0.2.1"), ("api", "2001:db8::1"), ("web", "192.0.2.1")]));
+        assert_eq!(set.len(), 2, "a series listed twice is one series");
+        let text = encoded(&family);
+        assert!(text.contains(r#"service="web",ip="192.0.2.1""#) && text.contains(r#"service="api""#), "{text}");
+        set.sync(&family, wanted(&[("api", "2001:db8::1"), ("db", "192.0.2.3")]));
+        let text = encoded(&family);
+        assert!(!text.contains(r#"service="web""#), "a series no longer wanted is removed: {text}");
+        assert!(text.contains(r#"service="api""#) && text.contains(r#"service="db""#), "{text}");
+        set.sync(&family, wanted(&[]));
+        assert!(set.is_empty());
+        assert!(!encoded(&family).contains("service="));
+    }
+
+    #[test]
+    fn digests_tell_apart_what_only_concatenation_or_family_would_confuse() {
+        let v4: std::net::IpAddr = "192.0.2.1".parse().unwrap();
+        let mapped: std::net::IpAddr = "::ffff:192.0.2.1".parse().unwrap();
+        assert_ne!(series_digest(&["ab", "c"], v4), series_digest(&["a", "bc"], v4));
+        assert_ne!(series_digest(&["a"], v4), series_digest(&["a"], mapped));
+    }
+}

@@ -7,7 +7,7 @@
 //! and the live member with the smallest name deletes objects of Services nobody owns any more (a Service
 //! deleted while its owner was down).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -43,6 +43,9 @@ impl Op {
 
 /// The L2Announcement writes and deletions `me` owes, given the decisions, what this node announces
 /// (VIP → interfaces), whether it is the janitor, and the objects that exist.
+///
+/// Runs at every plan step over every Service, and almost every object is already as it should be: each is
+/// compared in place, and only one that must be written is built.
 pub fn announcement_ops(
     decisions: &[Decision],
     me: &str,
@@ -50,37 +53,52 @@ pub fn announcement_ops(
     janitor: bool,
     existing: &BTreeMap<String, L2AnnouncementSpec>,
 ) -> Vec<Op> {
+    use std::fmt::Write as _;
     let mut ops = Vec::new();
-    let mut owned_somewhere = BTreeSet::new();
+    let mut owned_somewhere: HashSet<&ServiceReference> = HashSet::with_capacity(decisions.len());
+    let mut name = String::new();
     for decision in decisions {
-        let name = announcement_name(&decision.service);
         if decision.owner.is_some() {
-            owned_somewhere.insert(name.clone());
+            owned_somewhere.insert(&decision.service);
         }
         if decision.owner.as_deref() != Some(me) {
             continue;
         }
-        let interfaces: BTreeSet<String> =
-            decision.vips.iter().filter_map(|v| held.get(v)).flatten().cloned().collect();
+        let interfaces: BTreeSet<&String> = decision.vips.iter().filter_map(|v| held.get(v)).flatten().collect();
         if interfaces.is_empty() {
             continue;
         }
-        let spec = L2AnnouncementSpec {
-            service: decision.service.clone(),
-            ips: decision.vips.iter().map(IpAddr::to_string).collect(),
-            node: me.to_string(),
-            interfaces: interfaces.into_iter().collect(),
-        };
-        if existing.get(&name) != Some(&spec) {
-            ops.push(Op::Apply(name, spec));
+        name.clear();
+        let _ = write!(name, "{}.{}", decision.service.namespace, decision.service.name);
+        let current = existing.get(name.as_str()).is_some_and(|spec| {
+            spec.service == decision.service
+                && spec.node == me
+                && spec.interfaces.iter().eq(interfaces.iter().copied())
+                && spec.ips.len() == decision.vips.len()
+                && spec.ips.iter().zip(&decision.vips).all(|(text, vip)| text.parse::<IpAddr>().ok() == Some(*vip))
+        });
+        if !current {
+            let spec = L2AnnouncementSpec {
+                service: decision.service.clone(),
+                ips: decision.vips.iter().map(IpAddr::to_string).collect(),
+                node: me.to_string(),
+                interfaces: interfaces.into_iter().cloned().collect(),
+            };
+            ops.push(Op::Apply(name.clone(), spec));
         }
     }
     for (name, spec) in existing {
-        if !owned_somewhere.contains(name) && (janitor || spec.node == me) {
+        let owned = owned_somewhere.contains(&spec.service) && names(name, &spec.service);
+        if !owned && (janitor || spec.node == me) {
             ops.push(Op::Delete(name.clone()));
         }
     }
     ops
+}
+
+/// Whether `name` is [`announcement_name`] of `service` (without building it).
+fn names(name: &str, service: &ServiceReference) -> bool {
+    name.strip_prefix(service.namespace.as_str()).and_then(|rest| rest.strip_prefix('.')) == Some(service.name.as_str())
 }
 
 /// An Event for the writer to publish.
@@ -358,6 +376,84 @@ mod tests {
             announcement_ops(&decisions, "node-3", &BTreeMap::new(), false, &existing),
             [Op::Delete("default.gone".into())]
         );
+    }
+
+    /// What the ops are, built the plain way: every owned object's spec made and compared.
+    fn reference_ops(
+        decisions: &[Decision],
+        me: &str,
+        held: &BTreeMap<IpAddr, BTreeSet<String>>,
+        janitor: bool,
+        existing: &BTreeMap<String, L2AnnouncementSpec>,
+    ) -> Vec<Op> {
+        let mut ops = Vec::new();
+        let mut owned_somewhere = BTreeSet::new();
+        for decision in decisions {
+            let name = announcement_name(&decision.service);
+            if decision.owner.is_some() {
+                owned_somewhere.insert(name.clone());
+            }
+            if decision.owner.as_deref() != Some(me) {
+                continue;
+            }
+            let interfaces: BTreeSet<String> =
+                decision.vips.iter().filter_map(|v| held.get(v)).flatten().cloned().collect();
+            if interfaces.is_empty() {
+                continue;
+            }
+            let spec = L2AnnouncementSpec {
+                service: decision.service.clone(),
+                ips: decision.vips.iter().map(IpAddr::to_string).collect(),
+                node: me.to_string(),
+                interfaces: interfaces.into_iter().collect(),
+            };
+            if existing.get(&name) != Some(&spec) {
+                ops.push(Op::Apply(name, spec));
+            }
+        }
+        for (name, spec) in existing {
+            if !owned_somewhere.contains(name) && (janitor || spec.node == me) {
+                ops.push(Op::Delete(name.clone()));
+            }
+        }
+        ops
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_ops_are_those_of_building_and_comparing_every_spec(
+            owners in proptest::collection::vec(proptest::option::of(0usize..3), 0..6),
+            stored in proptest::collection::vec((0usize..6, 0usize..3, 0usize..3, proptest::bool::ANY), 0..6),
+            held_vips in proptest::collection::btree_set(0u8..6, 0..6),
+            janitor in proptest::bool::ANY,
+        ) {
+            let node = |i: usize| format!("node-{i}");
+            let vip = |i: usize| -> IpAddr { format!("192.0.2.{}", 10 + i).parse().unwrap() };
+            let decisions: Vec<Decision> = owners
+                .iter()
+                .enumerate()
+                .map(|(i, owner)| Decision { vips: vec![vip(i)], ..decision(&format!("s{i}"), owner.map(node).as_deref()) })
+                .collect();
+            let held: BTreeMap<IpAddr, BTreeSet<String>> =
+                held_vips.iter().map(|&i| (vip(i.into()), BTreeSet::from(["eth0".to_string()]))).collect();
+            let existing: BTreeMap<String, L2AnnouncementSpec> = stored
+                .iter()
+                .map(|&(service, on, ip, eth1)| {
+                    let mut spec = spec(&format!("s{service}"), &node(on));
+                    spec.ips = vec![vip(ip).to_string()];
+                    if eth1 {
+                        spec.interfaces = vec!["eth1".into()];
+                    }
+                    (announcement_name(&spec.service), spec)
+                })
+                .collect();
+            for me in ["node-0", "node-1"] {
+                proptest::prop_assert_eq!(
+                    announcement_ops(&decisions, me, &held, janitor, &existing),
+                    reference_ops(&decisions, me, &held, janitor, &existing)
+                );
+            }
+        }
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use ferrolb_crds::l2announcement::ServiceReference;
@@ -56,6 +57,8 @@ pub struct Cluster {
     /// same thousands of announcements as the one before.
     announcements_snapshot: Mutex<Option<(u64, Announcements)>>,
     changed: Arc<Notify>,
+    /// Moves with every change of what the plan's world is made of (not the L2Announcements).
+    plan_version: Arc<AtomicU64>,
 }
 
 /// The L2Announcements of the install namespace: name → spec.
@@ -142,14 +145,21 @@ where
     }
 }
 
-/// Feeds `store` from a watch of `api`, and wakes the plan when the store says something it reads changed.
-fn watch_into<K, S>(api: Api<K>, config: watcher::Config, changed: &Arc<Notify>, store: &Arc<RwLock<S>>) -> Listed
+/// Feeds `store` from a watch of `api`, and wakes the plan when the store says something it reads changed
+/// (moving `version`, when the plan's world is made of it).
+fn watch_into<K, S>(
+    api: Api<K>,
+    config: watcher::Config,
+    changed: &Arc<Notify>,
+    version: Option<&Arc<AtomicU64>>,
+    store: &Arc<RwLock<S>>,
+) -> Listed
 where
     K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + Send + Sync + serde::de::DeserializeOwned + 'static,
     S: WatchIndex<K, Key = String, Output = bool> + Send + Sync + 'static,
 {
     let (ready_tx, ready) = tokio::sync::watch::channel(false);
-    let (store, changed) = (store.clone(), changed.clone());
+    let (store, changed, version) = (store.clone(), changed.clone(), version.cloned());
     let kind = K::kind(&()).to_string();
     tokio::spawn(async move {
         let stream = watcher(api, config).default_backoff();
@@ -174,6 +184,9 @@ where
             // A step for a change that changes nothing of what the plan reads would only cost CPU (it reads
             // every Service): at thousands of Services most events are such.
             if value_changed || list_ended {
+                if let Some(version) = &version {
+                    version.fetch_add(1, Ordering::Relaxed);
+                }
                 changed.notify_one();
             }
         }
@@ -185,31 +198,44 @@ impl Cluster {
     /// Starts every watch. `pool_selector` limits the pools (as the controller's `--pool-selector` does).
     pub fn start(client: &kube::Client, namespace: &str, classes: ClassFilter, pool_selector: Option<&str>) -> Self {
         let changed = Arc::new(Notify::new());
+        let version = Arc::new(AtomicU64::new(0));
         let pool_config = match pool_selector {
             Some(selector) => watcher::Config::default().labels(selector),
             None => watcher::Config::default(),
         };
         let services = Arc::new(RwLock::new(ServiceIndex::new(classes)));
-        let services_ready =
-            watch_into::<Service, _>(Api::all(client.clone()), watcher::Config::default(), &changed, &services);
-        let slices_ready =
-            watch_into::<EndpointSlice, _>(Api::all(client.clone()), watcher::Config::default(), &changed, &services);
+        let services_ready = watch_into::<Service, _>(
+            Api::all(client.clone()),
+            watcher::Config::default(),
+            &changed,
+            Some(&version),
+            &services,
+        );
+        let slices_ready = watch_into::<EndpointSlice, _>(
+            Api::all(client.clone()),
+            watcher::Config::default(),
+            &changed,
+            Some(&version),
+            &services,
+        );
         let announcements = Arc::new(RwLock::new(CompactMap::new(|a: &L2Announcement| Some(a.spec.clone()))));
         let announcements_ready = watch_into(
             Api::namespaced(client.clone(), namespace),
             watcher::Config::default(),
             &changed,
+            None,
             &announcements,
         );
         Self {
-            nodes: watch(Api::all(client.clone()), watcher::Config::default(), &changed),
+            nodes: watch(Api::all(client.clone()), watcher::Config::default(), &changed, &version),
             services,
             services_ready,
             slices_ready,
             announcements_ready,
             announcements_snapshot: Mutex::new(None),
-            advertisements: watch(Api::all(client.clone()), watcher::Config::default(), &changed),
-            pools: watch(Api::all(client.clone()), pool_config, &changed),
+            plan_version: version.clone(),
+            advertisements: watch(Api::all(client.clone()), watcher::Config::default(), &changed, &version),
+            pools: watch(Api::all(client.clone()), pool_config, &changed, &version),
             announcements,
             changed,
         }
@@ -223,6 +249,11 @@ impl Cluster {
         self.advertisements.wait_until_ready().await.map_err(|_| CompactStopped)?;
         self.pools.wait_until_ready().await.map_err(|_| CompactStopped)?;
         self.announcements_ready.wait().await
+    }
+
+    /// Moves with every change of the objects [`Cluster::world`] is made of.
+    pub fn plan_version(&self) -> u64 {
+        self.plan_version.load(Ordering::Relaxed)
     }
 
     /// Resolves at the next change of any watched object.
@@ -298,12 +329,12 @@ impl Cluster {
     }
 }
 
-fn watch<K>(api: Api<K>, config: watcher::Config, changed: &Arc<Notify>) -> Store<K>
+fn watch<K>(api: Api<K>, config: watcher::Config, changed: &Arc<Notify>, version: &Arc<AtomicU64>) -> Store<K>
 where
     K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + Send + Sync + serde::de::DeserializeOwned + 'static,
 {
     let (reader, writer) = reflector::store();
-    let changed = changed.clone();
+    let (changed, version) = (changed.clone(), version.clone());
     let kind = K::kind(&()).to_string();
     let stream = watcher(api, config)
         .default_backoff()
@@ -317,7 +348,10 @@ where
         futures::pin_mut!(stream);
         while let Some(event) = stream.next().await {
             match event {
-                Ok(_) => changed.notify_one(),
+                Ok(_) => {
+                    version.fetch_add(1, Ordering::Relaxed);
+                    changed.notify_one();
+                }
                 Err(e) => tracing::warn!(kind = %kind, error = %e, "watch error; retrying with backoff"),
             }
         }

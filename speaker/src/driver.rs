@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -24,6 +25,22 @@ use crate::report::{self, Notice, Report};
 
 /// API changes come in bursts (a Deployment rollout touches many EndpointSlices): plan once per burst.
 pub const API_SETTLE: Duration = Duration::from_millis(30);
+/// While API changes keep coming (thousands of Services created), planning for them takes at most one part
+/// in this many of a core: a plan reads every Service, so at 30 a second its cost grew with their number
+/// until it was most of the speaker's CPU. Gossip, links and frames never wait for this.
+pub const API_PLAN_SHARE: u32 = 10;
+/// However long the last plan took, an API change waits no longer than this for its own.
+pub const API_SPACING_MAX: Duration = Duration::from_millis(250);
+
+/// When to plan for API changes that began at `first_change`, given when the last plan ended and how long
+/// it took: after the burst settled, and after a rest that keeps planning within [`API_PLAN_SHARE`].
+pub fn api_step_due(first_change: Instant, last_step: Option<(Instant, Duration)>) -> Instant {
+    let settled = first_change + API_SETTLE;
+    match last_step {
+        Some((ended, took)) => settled.max(ended + (took * (API_PLAN_SHARE - 1)).min(API_SPACING_MAX)),
+        None => settled,
+    }
+}
 /// The plan and reports are redone this often even when nothing changed (a safety net for lost writes).
 pub const RESYNC_PERIOD: Duration = Duration::from_secs(5);
 
@@ -154,6 +171,8 @@ pub async fn run<B: Backend>(
     let me = options.node_name.clone();
     let mut reporter = Reporter::new(me.clone(), setup_metrics);
     let mut api_dirty: Option<Instant> = Some(Instant::now());
+    // When the last plan ended, and how long it took.
+    let mut last_step: Option<(Instant, Duration)> = None;
     let mut drain_deadline: Option<Instant> = None;
     let mut resync = tokio::time::interval(RESYNC_PERIOD);
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -176,7 +195,7 @@ pub async fn run<B: Backend>(
                 break;
             }
             _ = cluster.changed() => {
-                api_dirty.get_or_insert(Instant::now() + API_SETTLE);
+                api_dirty.get_or_insert_with(|| api_step_due(Instant::now(), last_step));
                 continue;
             }
             _ = tokio::time::sleep_until(api_dirty.unwrap_or(far)), if api_dirty.is_some() => {
@@ -207,7 +226,9 @@ pub async fn run<B: Backend>(
         }
         let mut shared =
             Shared { me: &me, cluster: &cluster, inventory: &inventory, reports: &reports, reporter: &mut reporter };
+        let started = Instant::now();
         backend.step(&mut shared).await?;
+        last_step = Some((Instant::now(), started.elapsed()));
         let _ = reports.send(Report::Speaker(SpeakerStatusSpec {
             node: me.clone(),
             mode: backend.mode().into(),
@@ -235,7 +256,7 @@ pub struct Reporter {
     /// The `ferrolb_speaker_announced` and `ferrolb_speaker_expected` series set after the last plan.
     announced_series: SeriesSet<AnnouncedLabels>,
     expected_series: SeriesSet<ExpectedLabels>,
-    decisions: Vec<Decision>,
+    decisions: Arc<Vec<Decision>>,
     /// Services this node announced after the last plan (for `NodeAssigned`).
     announced_services: BTreeSet<ServiceReference>,
     /// Services this node owns but cannot announce (some VIP has no interface), already reported.
@@ -251,7 +272,7 @@ impl Reporter {
             metrics,
             announced_series: SeriesSet::default(),
             expected_series: SeriesSet::default(),
-            decisions: Vec::new(),
+            decisions: Arc::default(),
             announced_services: BTreeSet::new(),
             unplaced_services: BTreeSet::new(),
             node_address_vips: BTreeSet::new(),
@@ -268,7 +289,7 @@ impl Reporter {
         &mut self,
         cluster: &Cluster,
         reports: &report::Reports,
-        decisions: Vec<Decision>,
+        decisions: Arc<Vec<Decision>>,
         held: &BTreeMap<IpAddr, BTreeSet<String>>,
         janitor: bool,
         announcements: &BTreeMap<String, ferrolb_crds::L2AnnouncementSpec>,
@@ -419,5 +440,22 @@ impl Reporter {
             self.node_address_vips.insert(key);
         }
         self.node_address_vips.retain(|k| now.contains(k));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_api_change_waits_for_its_burst_to_settle_and_for_planning_to_stay_within_its_share() {
+        let now = Instant::now();
+        let ms = Duration::from_millis;
+        assert_eq!(api_step_due(now, None), now + API_SETTLE, "the first plan");
+        assert_eq!(api_step_due(now, Some((now, ms(1)))), now + API_SETTLE, "a cheap plan: the settle decides");
+        assert_eq!(api_step_due(now, Some((now, ms(10)))), now + ms(90), "a 10 ms plan is followed by 90 ms of rest");
+        let long_ago = now.checked_sub(ms(500)).unwrap_or(now);
+        assert!(api_step_due(now, Some((long_ago, ms(10)))) <= now + API_SETTLE, "rested long enough already");
+        assert_eq!(api_step_due(now, Some((now, ms(2000)))), now + API_SPACING_MAX, "never longer than the cap");
     }
 }

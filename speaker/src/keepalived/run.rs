@@ -198,7 +198,14 @@ impl driver::Backend for KeepalivedBackend {
             .collect();
         let janitor = self.world.nodes.iter().map(|n| n.name.as_str()).min() == Some(me.as_str());
         let (cluster, reports) = (shared.cluster, shared.reports);
-        shared.reporter.report(cluster, reports, reported, &held, janitor, &cluster.announcements());
+        shared.reporter.report(
+            cluster,
+            reports,
+            std::sync::Arc::new(reported),
+            &held,
+            janitor,
+            &cluster.announcements(),
+        );
         Ok(())
     }
 

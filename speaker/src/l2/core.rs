@@ -14,6 +14,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ferrolb_crds::l2announcement::ServiceReference;
@@ -41,7 +42,13 @@ pub struct View<'a> {
     pub announcements: &'a BTreeMap<String, ferrolb_crds::L2AnnouncementSpec>,
     /// How many speakers the API lists (the gossip peers).
     pub peers: usize,
+    /// Moves whenever `world` changes; with the same version and the same live members the last plan is
+    /// reused (a claim's probe coming due replans nothing). `None`: unknown, plan every time.
+    pub world_version: Option<WorldVersion>,
 }
+
+/// What versions the world: the cluster's watches, and this node's own addresses.
+pub type WorldVersion = (u64, u64);
 
 /// The result of a step.
 #[derive(Debug, Default)]
@@ -56,7 +63,8 @@ pub struct Outcome {
     pub actions: Vec<Action>,
     pub took_over: Vec<IpAddr>,
     pub gave_up: Vec<IpAddr>,
-    pub decisions: Vec<Decision>,
+    /// Shared with the next step when it plans nothing new.
+    pub decisions: Arc<Vec<Decision>>,
     /// Services this node owns but cannot announce (no interface for some VIP).
     pub unplaced: Vec<(ServiceReference, Vec<IpAddr>)>,
     /// Service VIPs that are node addresses (never announced).
@@ -82,6 +90,8 @@ pub struct Core {
     probes: Vec<(IpAddr, String)>,
     /// When each VIP was last defended against another MAC's claim.
     defended: HashMap<IpAddr, Instant>,
+    /// The last plan, the world version and the live members it was made from.
+    last_plan: Option<(WorldVersion, Members, Arc<Vec<Decision>>)>,
 }
 
 impl Core {
@@ -99,6 +109,7 @@ impl Core {
             last_owners: BTreeMap::new(),
             probes: Vec::new(),
             defended: HashMap::new(),
+            last_plan: None,
         }
     }
 
@@ -116,7 +127,7 @@ impl Core {
         if self.hold_until.is_some() && self.hold_ends_on_contact && live.len() >= view.peers.max(2) {
             self.hold_until = None;
         }
-        let decisions = plan::decide(view.world, live);
+        let decisions = self.plan(view);
         let mut desired = plan::mine(&decisions, &me, view.inventory);
         let unplaced = plan::unplaced(&decisions, &me, &desired);
         if self.hold_until.is_some() {
@@ -172,6 +183,19 @@ impl Core {
             decisions,
             unplaced,
         }
+    }
+
+    /// The plan for `view`: the last one again if nothing it was made from changed.
+    fn plan(&mut self, view: &View<'_>) -> Arc<Vec<Decision>> {
+        if let (Some((version, members, decisions)), Some(now)) = (&self.last_plan, view.world_version)
+            && *version == now
+            && members == view.live
+        {
+            return decisions.clone();
+        }
+        let decisions = Arc::new(plan::decide(view.world, view.live));
+        self.last_plan = view.world_version.map(|version| (version, view.live.clone(), decisions.clone()));
+        decisions
     }
 
     /// A usable interface came back: hold for the whole grace.

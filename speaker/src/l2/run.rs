@@ -74,6 +74,9 @@ pub struct L2Backend {
     core: Core,
     log: ConflictLog,
     peers: BTreeSet<SocketAddr>,
+    /// This node's own addresses as the last plan saw them, and a version that moves when they change.
+    own_addresses: BTreeSet<IpAddr>,
+    own_addresses_version: u64,
 }
 
 /// What native mode waits on besides the driver's inputs.
@@ -149,6 +152,8 @@ impl L2Backend {
             conflicts,
             responder,
             peers,
+            own_addresses: BTreeSet::new(),
+            own_addresses_version: 0,
         })
     }
 }
@@ -301,7 +306,15 @@ impl driver::Backend for L2Backend {
     async fn step(&mut self, shared: &mut driver::Shared<'_>) -> anyhow::Result<()> {
         let live = self.members.borrow_and_update().clone();
         self.metrics.members.set(i64::try_from(live.len()).unwrap_or(i64::MAX));
-        let world = shared.cluster.world().with_own_addresses(&self.me, shared.inventory.own_addresses());
+        let own_addresses = shared.inventory.own_addresses();
+        if own_addresses != self.own_addresses {
+            self.own_addresses_version += 1;
+            self.own_addresses = own_addresses.clone();
+        }
+        // Read before the world: a change landing in between makes the next step plan again, never the reverse
+        // (a plan of an older world kept under a newer version).
+        let world_version = (shared.cluster.plan_version(), self.own_addresses_version);
+        let world = shared.cluster.world().with_own_addresses(&self.me, own_addresses);
         let announcements = shared.cluster.announcements();
         let draining = self.draining.borrow().clone();
         let view = View {
@@ -311,6 +324,7 @@ impl driver::Backend for L2Backend {
             inventory: shared.inventory,
             announcements: &announcements,
             peers: self.peers.len(),
+            world_version: Some(world_version),
         };
         let mut outcome = self.core.step(&view, std::time::Instant::now());
         // A claim heard just before this plan handed the VIP over was the new owner's: let go at once

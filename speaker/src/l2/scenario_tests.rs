@@ -312,6 +312,9 @@ impl Sim {
                 inventory: &inventory,
                 announcements: &self.announcements,
                 peers,
+                // The scenarios' world never changes: every plan after the first is reused until the
+                // members change, as in a speaker whose watches are quiet.
+                world_version: Some((0, 0)),
             };
             let outcome = core.step(&view, now);
             node.held = outcome.held.keys().copied().collect();
@@ -435,6 +438,42 @@ fn run(text: &str) {
         failures.len(),
         failures.iter().take(12).cloned().collect::<Vec<_>>().join("\n")
     );
+}
+
+#[test]
+fn a_plan_is_made_again_only_when_its_world_version_or_the_members_change() {
+    let names: Vec<String> = ["node-1", "node-2", "node-3"].map(String::from).to_vec();
+    let sim = Sim::new(&names, "192.0.2.200".parse().unwrap());
+    let now = Instant::now();
+    let mut core = Core::new("node-1", Timing::default(), JOIN_GRACE, now);
+    let live: Members = names.iter().map(|n| (n.clone(), BTreeSet::from(["eth0".to_string()]))).collect();
+    let (draining, inventory, announcements) = (BTreeSet::new(), inventory(true), BTreeMap::new());
+    let mut step = |world: &World, live: &Members, world_version| {
+        let view = View {
+            world,
+            live,
+            draining: &draining,
+            inventory: &inventory,
+            announcements: &announcements,
+            peers: 3,
+            world_version,
+        };
+        core.step(&view, now).decisions
+    };
+    let first = step(&sim.world, &live, Some((1, 0)));
+    assert_eq!(first.len(), 1);
+    // The version is the key: a world that changed under the same version is not looked at.
+    let mut emptied = sim.world.clone();
+    emptied.services.clear();
+    assert!(std::sync::Arc::ptr_eq(&first, &step(&emptied, &live, Some((1, 0)))));
+    assert!(step(&emptied, &live, Some((2, 0))).is_empty(), "a new version is planned");
+    assert_eq!(step(&sim.world, &live, Some((2, 1))).len(), 1, "own addresses changed: planned");
+    let mut fewer = live.clone();
+    fewer.remove("node-2");
+    let replanned = step(&sim.world, &fewer, Some((2, 1)));
+    assert_ne!(replanned.first().and_then(|d| d.owner.clone()), Some("node-2".into()), "members changed: planned");
+    let unversioned = step(&sim.world, &fewer, None);
+    assert!(!std::sync::Arc::ptr_eq(&replanned, &unversioned), "no version: planned every time");
 }
 
 #[test]

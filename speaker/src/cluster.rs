@@ -3,10 +3,10 @@
 //! main loop, which rebuilds the plan's [`World`] from the stores. Read-only: the speaker writes nothing
 //! but L2Announcements and Events.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 
 use ferrolb_crds::l2announcement::ServiceReference;
 use ferrolb_crds::{IPAddressPool, L2Advertisement, L2Announcement};
@@ -51,11 +51,8 @@ pub struct Cluster {
     slices_ready: Listed,
     advertisements: Store<L2Advertisement>,
     pools: Store<IPAddressPool>,
-    announcements: Arc<RwLock<CompactMap<L2Announcement, ferrolb_crds::L2AnnouncementSpec>>>,
+    announcements: Arc<RwLock<AnnouncementIndex>>,
     announcements_ready: Listed,
-    /// The last [`Cluster::announcements`] and the generation it was taken at: most plan steps see the
-    /// same thousands of announcements as the one before.
-    announcements_snapshot: Mutex<Option<(u64, Announcements)>>,
     changed: Arc<Notify>,
     /// Moves with every change of what the plan's world is made of (not the L2Announcements).
     plan_version: Arc<AtomicU64>,
@@ -85,63 +82,43 @@ pub(crate) fn key_of<K: kube::Resource>(object: &K) -> String {
     }
 }
 
-/// The compact values of one watch's objects, by `namespace/name`; objects `extract` maps to `None` are left out.
-/// Each event says whether it changed a value: most changes of an object (its status, say) change nothing the
-/// speaker reads.
-struct CompactMap<K, V> {
-    items: HashMap<String, V>,
-    extract: Extract<K, V>,
-    /// Moves with every change of `items`.
-    generation: u64,
+/// The L2Announcements of the install namespace by name, shared with the plan steps that read them (a step
+/// takes them all by cloning a pointer). A change edits the map in place, unless a step still holds it: that
+/// step keeps the map it was given.
+#[derive(Default)]
+struct AnnouncementIndex {
+    items: Announcements,
 }
 
-type Extract<K, V> = Box<dyn Fn(&K) -> Option<V> + Send + Sync>;
-
-impl<K, V> CompactMap<K, V> {
-    fn new(extract: impl Fn(&K) -> Option<V> + Send + Sync + 'static) -> Self {
-        Self { items: HashMap::new(), extract: Box::new(extract), generation: 0 }
-    }
-}
-
-impl<K, V> WatchIndex<K> for CompactMap<K, V>
-where
-    K: kube::Resource<DynamicType = ()>,
-    V: PartialEq,
-{
+impl WatchIndex<L2Announcement> for AnnouncementIndex {
     type Key = String;
-    /// Whether a value changed.
+    /// Whether the map changed.
     type Output = bool;
 
-    fn key(object: &K) -> String {
-        key_of(object)
+    fn key(announcement: &L2Announcement) -> String {
+        announcement.name_any()
     }
 
-    fn apply(&mut self, object: K) -> bool {
-        let key = key_of(&object);
-        let changed = match (self.extract)(&object) {
-            Some(value) if self.items.get(&key) == Some(&value) => false,
-            Some(value) => {
-                self.items.insert(key, value);
-                true
-            }
-            None => self.items.remove(&key).is_some(),
-        };
-        self.generation += u64::from(changed);
-        changed
+    fn apply(&mut self, announcement: L2Announcement) -> bool {
+        let name = announcement.name_any();
+        if self.items.get(&name) == Some(&announcement.spec) {
+            return false;
+        }
+        Arc::make_mut(&mut self.items).insert(name, announcement.spec);
+        true
     }
 
-    fn delete(&mut self, object: K) -> bool {
-        let changed = self.items.remove(&key_of(&object)).is_some();
-        self.generation += u64::from(changed);
-        changed
+    fn delete(&mut self, announcement: L2Announcement) -> bool {
+        let name = announcement.name_any();
+        self.items.contains_key(&name) && Arc::make_mut(&mut self.items).remove(&name).is_some()
     }
 
     fn retain(&mut self, listed: &std::collections::HashSet<String>) -> bool {
-        let before = self.items.len();
-        self.items.retain(|key, _| listed.contains(key));
-        let changed = self.items.len() != before;
-        self.generation += u64::from(changed);
-        changed
+        if self.items.keys().all(|name| listed.contains(name)) {
+            return false;
+        }
+        Arc::make_mut(&mut self.items).retain(|name, _| listed.contains(name));
+        true
     }
 }
 
@@ -218,7 +195,7 @@ impl Cluster {
             Some(&version),
             &services,
         );
-        let announcements = Arc::new(RwLock::new(CompactMap::new(|a: &L2Announcement| Some(a.spec.clone()))));
+        let announcements = Arc::new(RwLock::new(AnnouncementIndex::default()));
         let announcements_ready = watch_into(
             Api::namespaced(client.clone(), namespace),
             watcher::Config::default(),
@@ -232,7 +209,6 @@ impl Cluster {
             services_ready,
             slices_ready,
             announcements_ready,
-            announcements_snapshot: Mutex::new(None),
             plan_version: version.clone(),
             advertisements: watch(Api::all(client.clone()), watcher::Config::default(), &changed, &version),
             pools: watch(Api::all(client.clone()), pool_config, &changed, &version),
@@ -314,18 +290,7 @@ impl Cluster {
 
     /// The L2Announcements in the install namespace: name → spec.
     pub fn announcements(&self) -> Announcements {
-        let store = crate::locks::read(&self.announcements, "L2Announcements");
-        let mut snapshot = crate::locks::lock(&self.announcements_snapshot, "L2Announcements snapshot");
-        if let Some((generation, announcements)) = snapshot.as_ref()
-            && *generation == store.generation
-        {
-            return announcements.clone();
-        }
-        let announcements: Announcements = Arc::new(
-            store.items.iter().map(|(k, v)| (k.rsplit('/').next().unwrap_or(k).to_string(), v.clone())).collect(),
-        );
-        *snapshot = Some((store.generation, announcements.clone()));
-        announcements
+        crate::locks::read(&self.announcements, "L2Announcements").items.clone()
     }
 }
 
@@ -453,33 +418,33 @@ mod tests {
         assert!(service_info(&unset, BTreeSet::new()).is_none(), "no address yet");
     }
 
+    fn announcement(name: &str, node: &str) -> L2Announcement {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "ferrolb.io/v1alpha1", "kind": "L2Announcement",
+            "metadata": {"name": name, "namespace": "ferrolb-system"},
+            "spec": {"service": {"namespace": "shop", "name": name}, "ips": ["192.0.2.10"], "node": node, "interfaces": ["eth0"]}
+        }))
+        .unwrap()
+    }
+
     #[test]
-    fn the_compact_index_reports_a_change_only_when_what_the_speaker_reads_changed() {
-        let mut index = CompactMap::new(|s: &Service| service_info(s, BTreeSet::new()));
-        let created = service(serde_json::json!({
-            "metadata": {"name": "web", "namespace": "shop"},
-            "spec": {"type": "LoadBalancer"}
-        }));
-        assert!(!index.apply(created.clone()), "no address yet: nothing to plan");
-        let mut addressed = service(serde_json::json!({
-            "metadata": {"name": "web", "namespace": "shop"},
-            "spec": {"type": "LoadBalancer"},
-            "status": {"loadBalancer": {"ingress": [{"ip": "192.0.2.200"}]}}
-        }));
-        assert!(index.apply(addressed.clone()), "an address");
-        assert!(!index.apply(addressed.clone()), "the same again");
-        addressed.metadata.resource_version = Some("42".into());
-        addressed.status.as_mut().unwrap().conditions = Some(vec![]);
-        assert!(!index.apply(addressed.clone()), "a change the speaker does not read");
-        addressed.spec.as_mut().unwrap().external_traffic_policy = Some("Local".into());
-        assert!(index.apply(addressed.clone()), "a change it reads");
-        assert!(index.apply(created), "the address gone");
-        assert!(!index.delete(addressed.clone()), "deleting what is not there");
-        assert!(index.apply(addressed));
-        assert!(!index.retain(&std::collections::HashSet::from(["shop/web".to_string()])), "still listed");
-        assert!(index.retain(&std::collections::HashSet::new()), "no longer listed");
+    fn announcements_are_edited_in_place_unless_a_step_holds_them_and_a_change_is_reported_once() {
+        let mut index = AnnouncementIndex::default();
+        assert!(index.apply(announcement("shop.web", "node-1")));
+        assert!(!index.apply(announcement("shop.web", "node-1")), "the same again");
+        let held_by_a_step = index.items.clone();
+        assert!(index.apply(announcement("shop.web", "node-2")));
+        assert_eq!(held_by_a_step["shop.web"].node, "node-1", "a step keeps the map it was given");
+        assert_eq!(index.items["shop.web"].node, "node-2");
+        drop(held_by_a_step);
+        let before = Arc::as_ptr(&index.items);
+        assert!(index.apply(announcement("shop.api", "node-1")));
+        assert_eq!(Arc::as_ptr(&index.items), before, "nobody holds it: edited in place");
+        assert!(!index.delete(announcement("shop.gone", "node-1")), "deleting what is not there");
+        assert!(!index.retain(&std::collections::HashSet::from(["shop.web".into(), "shop.api".into()])));
+        assert!(index.retain(&std::collections::HashSet::from(["shop.api".into()])));
+        assert!(index.delete(announcement("shop.api", "node-1")));
         assert!(index.items.is_empty());
-        assert_eq!(index.generation, 5, "one generation per change, none for the events that changed nothing");
     }
 
     #[test]

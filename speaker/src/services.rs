@@ -29,8 +29,8 @@ pub struct ServiceIndex {
     services: HashMap<String, (Arc<ServiceInfo>, Option<String>)>,
     /// EndpointSlices by `namespace/name`: their Service's key and the nodes of their ready endpoints.
     slices: HashMap<String, (String, Vec<String>)>,
-    /// The slices of each Service, by the Service's key.
-    slices_of: HashMap<String, BTreeSet<String>>,
+    /// The slices of each Service, by the Service's key (a few each: a Vec is a tenth of a set's size).
+    slices_of: HashMap<String, Vec<String>>,
 }
 
 impl ServiceIndex {
@@ -76,16 +76,19 @@ impl ServiceIndex {
         };
         let mut touched = Vec::new();
         if let Some((service, _)) = old {
-            if let Some(set) = self.slices_of.get_mut(&service) {
-                set.remove(&key);
-                if set.is_empty() {
+            if let Some(slices) = self.slices_of.get_mut(&service) {
+                slices.retain(|slice| *slice != key);
+                if slices.is_empty() {
                     self.slices_of.remove(&service);
                 }
             }
             touched.push(service);
         }
         if let Some((service, _)) = value {
-            self.slices_of.entry(service.clone()).or_default().insert(key);
+            let slices = self.slices_of.entry(service.clone()).or_default();
+            if !slices.contains(&key) {
+                slices.push(key);
+            }
             touched.push(service);
         }
         touched.dedup();

@@ -79,7 +79,7 @@ impl ServiceRecord {
 
     /// The pool its status says its addresses came from.
     pub fn origin_pool(&self) -> Option<String> {
-        self.pool_condition.as_ref().filter(|c| c.status == "True" && !c.message.is_empty()).map(|c| c.message.clone())
+        ferrolb_crds::service::origin_pool_in(self.pool_condition.as_ref())
     }
 
     /// ferrolb's condition of this type, as the status shows it.
@@ -93,14 +93,7 @@ impl ServiceRecord {
 
     /// The Service, as Events name the object they are about.
     pub fn object_ref(&self) -> ObjectReference {
-        ObjectReference {
-            api_version: Some("v1".into()),
-            kind: Some("Service".into()),
-            name: Some(self.key.name.clone()),
-            namespace: Some(self.key.namespace.clone()),
-            uid: self.uid.clone(),
-            ..Default::default()
-        }
+        ferrolb_crds::service::reference(&self.key.namespace, &self.key.name, self.uid.clone())
     }
 }
 

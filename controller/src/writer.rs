@@ -168,15 +168,6 @@ async fn write_service_status(client: &kube::Client, manager: &str, status: &Sta
 }
 
 async fn publish(events: &EventSource, metrics: &Metrics, event: EventOut) {
-    let object = format!(
-        "{}/{}",
-        event.regarding.namespace.as_deref().unwrap_or_default(),
-        event.regarding.name.as_deref().unwrap_or_default()
-    );
-    match event.type_ {
-        EventType::Normal => tracing::info!(object = %object, reason = event.reason, "{}", event.note),
-        EventType::Warning => tracing::warn!(object = %object, reason = event.reason, "{}", event.note),
-    }
     let notice = Notice {
         regarding: event.regarding,
         warning: event.type_ == EventType::Warning,
@@ -184,6 +175,12 @@ async fn publish(events: &EventSource, metrics: &Metrics, event: EventOut) {
         action: "AllocateIP",
         note: event.note,
     };
+    let object = notice.object();
+    if notice.warning {
+        tracing::warn!(object = %object, reason = notice.reason, "{}", notice.note);
+    } else {
+        tracing::info!(object = %object, reason = notice.reason, "{}", notice.note);
+    }
     if let Err(e) = events.publish(notice).await {
         metrics
             .write_errors

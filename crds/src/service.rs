@@ -2,7 +2,7 @@
 
 use std::net::IpAddr;
 
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{ObjectReference, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 
 /// The Service status condition the controller owns: where the Service's addresses came from, or why it has
@@ -36,9 +36,25 @@ pub fn ingress_ips(service: &Service) -> Vec<IpAddr> {
 
 /// The pool the Service's addresses were allocated from, as its [`POOL_CONDITION`] records it.
 pub fn origin_pool(service: &Service) -> Option<String> {
-    condition(service, POOL_CONDITION)
-        .filter(|c| c.status == "True" && !c.message.is_empty())
-        .map(|c| c.message.clone())
+    origin_pool_in(condition(service, POOL_CONDITION))
+}
+
+/// The pool [`POOL_CONDITION`] names, if it is true and names one (for whoever keeps the condition apart
+/// from its Service).
+pub fn origin_pool_in(pool_condition: Option<&Condition>) -> Option<String> {
+    pool_condition.filter(|c| c.status == "True" && !c.message.is_empty()).map(|c| c.message.clone())
+}
+
+/// A Service as an Event names the object it is about.
+pub fn reference(namespace: &str, name: &str, uid: Option<String>) -> ObjectReference {
+    ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Service".into()),
+        namespace: Some(namespace.into()),
+        name: Some(name.into()),
+        uid,
+        ..Default::default()
+    }
 }
 
 /// The Service's status condition of this type, if any.

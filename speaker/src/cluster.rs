@@ -278,14 +278,7 @@ impl Cluster {
     pub fn service_reference(&self, service: &ServiceReference) -> Option<ObjectReference> {
         let uid =
             crate::locks::read(&self.services, "Services").uid(&format!("{}/{}", service.namespace, service.name))?;
-        Some(ObjectReference {
-            api_version: Some("v1".into()),
-            kind: Some("Service".into()),
-            namespace: Some(service.namespace.clone()),
-            name: Some(service.name.clone()),
-            uid,
-            ..Default::default()
-        })
+        Some(ferrolb_crds::service::reference(&service.namespace, &service.name, uid))
     }
 
     /// The L2Announcements in the install namespace: name → spec.

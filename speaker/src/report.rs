@@ -303,11 +303,7 @@ async fn execute(api: &Api<L2Announcement>, name: &str, op: &Op) -> bool {
 }
 
 async fn publish(source: &EventSource, notice: Notice) {
-    let object = format!(
-        "{}/{}",
-        notice.regarding.namespace.as_deref().unwrap_or_default(),
-        notice.regarding.name.as_deref().unwrap_or_default()
-    );
+    let object = notice.object();
     if notice.warning {
         tracing::warn!(service = %object, reason = notice.reason, "{}", notice.note);
     } else {

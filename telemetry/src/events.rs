@@ -37,6 +37,17 @@ pub struct Notice {
     pub note: String,
 }
 
+impl Notice {
+    /// `namespace/name` of the object, as logs name it.
+    pub fn object(&self) -> String {
+        format!(
+            "{}/{}",
+            self.regarding.namespace.as_deref().unwrap_or_default(),
+            self.regarding.name.as_deref().unwrap_or_default()
+        )
+    }
+}
+
 impl EventSource {
     /// Creates the Event in the namespace of the object it is about.
     pub async fn publish(&self, notice: Notice) -> Result<(), kube::Error> {

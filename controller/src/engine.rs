@@ -227,12 +227,11 @@ impl Engine {
     }
 
     fn delete_service_key(&mut self, key: &ServiceKey) -> Vec<Output> {
-        let key = key.clone();
-        self.services.remove(&key);
+        self.services.remove(key);
         if !self.synced {
             return Vec::new();
         }
-        let mut outputs = self.reconcile_service(&key);
+        let mut outputs = self.reconcile_service(key);
         outputs.extend(self.offer_freed_addresses());
         outputs
     }

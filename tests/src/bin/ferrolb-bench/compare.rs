@@ -346,7 +346,6 @@ fn services_phase(
         .chain(lab.lab().nodes().iter().map(|n| lab.speaker_pid(&n.name)))
         .collect::<Option<Vec<u32>>>()
         .context("a component is not running")?;
-    let cpu_of = |pids: &[u32]| -> Result<Vec<f64>> { pids.iter().map(|p| cpu_seconds(*p)).collect() };
     let idle_before = idle_cpu_percent(&pids)?;
     let cpu_before = cpu_of(&pids)?;
     let started = Instant::now();
@@ -462,11 +461,16 @@ fn services_phase(
 }
 
 /// The share of one core each of `pids` uses over 10 s of nobody changing anything.
+/// CPU seconds used so far by each of `pids`.
+fn cpu_of(pids: &[u32]) -> Result<Vec<f64>> {
+    pids.iter().map(|p| cpu_seconds(*p)).collect()
+}
+
 fn idle_cpu_percent(pids: &[u32]) -> Result<Vec<f64>> {
     const SPAN: Duration = Duration::from_secs(10);
-    let before: Vec<f64> = pids.iter().map(|p| cpu_seconds(*p)).collect::<Result<_>>()?;
+    let before = cpu_of(pids)?;
     std::thread::sleep(SPAN);
-    let after: Vec<f64> = pids.iter().map(|p| cpu_seconds(*p)).collect::<Result<_>>()?;
+    let after = cpu_of(pids)?;
     Ok(after.iter().zip(&before).map(|(a, b)| 100.0 * (a - b) / SPAN.as_secs_f64()).collect())
 }
 

@@ -177,8 +177,58 @@ pub struct WriterStopped;
 
 /// An unchanged SpeakerStatus is written again this often.
 const SPEAKER_STATUS_REWRITE: Duration = Duration::from_secs(300);
+/// A SpeakerStatus is written once it has stayed the same this long.
+const STATUS_SETTLE: Duration = Duration::from_secs(5);
 /// The longest wait after refused SpeakerStatus writes.
 const STATUS_RETRY_MAX: Duration = Duration::from_secs(60);
+
+/// When this speaker's SpeakerStatus is written: once what it sees has stayed the same for a settling time,
+/// and now and then anyway (it may have been deleted, e.g. with a Node re-registered under the same name).
+///
+/// Every speaker writes its own, so without the settling time one member going down and coming back (a
+/// speaker restarted, a link flapping) cost two writes per node in the middle of a failover; now it costs none
+/// if it is back within the settling time, and one per node after it otherwise. The status is for people:
+/// the failover itself never waits for it.
+#[derive(Debug)]
+pub struct StatusSchedule {
+    settle: Duration,
+    rewrite: Duration,
+    /// The spec last written, and when.
+    written: Option<(SpeakerStatusSpec, std::time::Instant)>,
+    /// The latest spec seen, and since when it has been the same.
+    seen: Option<(SpeakerStatusSpec, std::time::Instant)>,
+}
+
+impl StatusSchedule {
+    pub fn new(settle: Duration, rewrite: Duration) -> Self {
+        StatusSchedule { settle, rewrite, written: None, seen: None }
+    }
+
+    pub fn observe(&mut self, spec: SpeakerStatusSpec, now: std::time::Instant) {
+        if self.seen.as_ref().is_none_or(|(seen, _)| *seen != spec) {
+            self.seen = Some((spec, now));
+        }
+    }
+
+    /// When the latest spec seen is to be written (maybe already past), if ever.
+    pub fn due_at(&self) -> Option<std::time::Instant> {
+        let (spec, since) = self.seen.as_ref()?;
+        let settled = *since + self.settle;
+        match &self.written {
+            Some((last, at)) if last == spec => Some((*at + self.rewrite).max(settled)),
+            _ => Some(settled),
+        }
+    }
+
+    /// The spec to write now, if one is due.
+    pub fn due(&self, now: std::time::Instant) -> Option<&SpeakerStatusSpec> {
+        self.due_at().filter(|at| *at <= now).and(self.seen.as_ref()).map(|(spec, _)| spec)
+    }
+
+    pub fn wrote(&mut self, spec: SpeakerStatusSpec, now: std::time::Instant) {
+        self.written = Some((spec, now));
+    }
+}
 
 /// An op applied this recently is not applied again: the watch has not shown it to the plan yet.
 const APPLIED_RECENTLY: Duration = Duration::from_secs(3);
@@ -195,7 +245,7 @@ pub async fn run(
     let statuses: Api<SpeakerStatus> = Api::namespaced(client.clone(), &namespace);
     let api: Api<L2Announcement> = Api::namespaced(client, &namespace);
     let mut applied: HashMap<String, (Op, tokio::time::Instant)> = HashMap::new();
-    let mut written_status: Option<(SpeakerStatusSpec, tokio::time::Instant)> = None;
+    let mut status = StatusSchedule::new(STATUS_SETTLE, SPEAKER_STATUS_REWRITE);
     // The last SpeakerStatus write error, logged once (a cluster whose CRDs or RBAC predate the kind refuses
     // every write, and the writer retries on every step).
     let mut status_error: Option<String> = None;
@@ -210,6 +260,7 @@ pub async fn run(
                 None => open = false,
             },
             _ = reports.wake.notified() => {}
+            _ = sleep_until_some(status.due_at().max(status_retry.map(|(at, _)| at.into_std()))) => {}
         }
         loop {
             let next = crate::locks::lock(&reports.pending, "pending reports").pop_first();
@@ -225,22 +276,19 @@ pub async fn run(
             }
         }
         applied.retain(|_, (_, at)| at.elapsed() < APPLIED_RECENTLY);
-        let latest = crate::locks::lock(&reports.speaker, "speaker status").take();
-        // Written when it changed, and now and then anyway (it may have been deleted, e.g. with a Node that
-        // was re-registered under the same name).
-        let due = |spec: &SpeakerStatusSpec| {
-            written_status.as_ref().is_none_or(|(last, at)| last != spec || at.elapsed() > SPEAKER_STATUS_REWRITE)
-        };
+        if let Some(latest) = crate::locks::lock(&reports.speaker, "speaker status").take() {
+            status.observe(latest, std::time::Instant::now());
+        }
         let backing_off = status_retry.is_some_and(|(at, _)| tokio::time::Instant::now() < at);
-        if let Some(spec) = latest.filter(due).filter(|_| !backing_off) {
-            // Not remembered when the write fails: the next step sends it again.
+        if let Some(spec) = status.due(std::time::Instant::now()).filter(|_| !backing_off).cloned() {
+            // Not remembered when the write fails: it stays due.
             match write_speaker_status(&statuses, &node, &spec).await {
                 Ok(()) => {
                     if status_error.take().is_some() {
                         tracing::info!(node = %spec.node, "SpeakerStatus written again");
                     }
                     status_retry = None;
-                    written_status = Some((spec, tokio::time::Instant::now()));
+                    status.wrote(spec, std::time::Instant::now());
                 }
                 Err(e) => {
                     let failures = status_retry.map_or(0, |(_, n)| n.saturating_add(1));
@@ -254,6 +302,14 @@ pub async fn run(
                 }
             }
         }
+    }
+}
+
+/// Sleeps until `at`, or forever without one.
+async fn sleep_until_some(at: Option<std::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -450,6 +506,55 @@ mod tests {
                 );
             }
         }
+    }
+
+    fn status(alive: &[&str]) -> SpeakerStatusSpec {
+        SpeakerStatusSpec {
+            node: "node-1".into(),
+            mode: "native".into(),
+            alive: alive.iter().map(|s| s.to_string()).collect(),
+            interfaces: vec!["eth0".into()],
+            version: "1".into(),
+        }
+    }
+
+    #[test]
+    fn a_status_is_written_once_it_has_settled_and_a_member_back_in_time_costs_no_write() {
+        let (settle, rewrite) = (Duration::from_secs(5), Duration::from_secs(300));
+        let t0 = std::time::Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut schedule = StatusSchedule::new(settle, rewrite);
+        assert_eq!(schedule.due(at(0)), None, "nothing seen yet");
+        schedule.observe(status(&["node-1"]), at(0));
+        // Still joining: the first view changes before it settles, and only the settled one is written.
+        schedule.observe(status(&["node-1", "node-2", "node-3"]), at(800));
+        assert_eq!(schedule.due(at(5_000)), None);
+        assert_eq!(schedule.due_at(), Some(at(5_800)));
+        let all = status(&["node-1", "node-2", "node-3"]);
+        assert_eq!(schedule.due(at(5_800)), Some(&all));
+        schedule.wrote(all.clone(), at(5_800));
+        assert_eq!(schedule.due(at(6_000)), None);
+        // A member gone and back within the settling time: nothing to write, and the next write is the
+        // periodic one.
+        schedule.observe(status(&["node-1", "node-3"]), at(10_000));
+        schedule.observe(all.clone(), at(11_000));
+        assert_eq!(schedule.due(at(20_000)), None);
+        assert_eq!(schedule.due_at(), Some(at(305_800)));
+        // Gone for longer: one write, once it has settled.
+        let two = status(&["node-1", "node-3"]);
+        schedule.observe(two.clone(), at(400_000));
+        schedule.observe(two.clone(), at(401_000));
+        assert_eq!(schedule.due(at(404_999)), None);
+        assert_eq!(schedule.due(at(405_000)), Some(&two));
+    }
+
+    #[test]
+    fn an_unwritten_status_stays_due() {
+        let mut schedule = StatusSchedule::new(Duration::from_secs(5), Duration::from_secs(300));
+        let t0 = std::time::Instant::now();
+        schedule.observe(status(&["node-1"]), t0);
+        let later = t0 + Duration::from_secs(60);
+        assert_eq!(schedule.due(later), Some(&status(&["node-1"])), "a refused write is tried again");
     }
 
     #[test]

@@ -7,6 +7,9 @@
 
 pub mod address;
 pub mod annotations;
+pub mod bfd_profile;
+pub mod bgp_advertisement;
+pub mod bgp_peer;
 pub mod l2advertisement;
 pub mod l2announcement;
 pub mod pool;
@@ -15,6 +18,9 @@ pub mod selector;
 pub mod service;
 pub mod speaker_status;
 
+pub use bfd_profile::{BFDProfile, BFDProfileSpec};
+pub use bgp_advertisement::{BGPAdvertisement, BGPAdvertisementSpec};
+pub use bgp_peer::{BGPPeer, BGPPeerSpec};
 pub use l2advertisement::{L2Advertisement, L2AdvertisementSpec};
 pub use l2announcement::{L2Announcement, L2AnnouncementSpec};
 pub use pool::{IPAddressPool, IPAddressPoolSpec, IPAddressPoolStatus};
@@ -33,7 +39,15 @@ pub const DEFAULT_LOAD_BALANCER_CLASS: &str = "ferrolb.io/lb";
 /// Every CRD of the API, in the order they are written to `charts/ferrolb/crds/`.
 pub fn all_crds() -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> {
     use kube::CustomResourceExt;
-    vec![IPAddressPool::crd(), L2Advertisement::crd(), L2Announcement::crd(), SpeakerStatus::crd()]
+    vec![
+        IPAddressPool::crd(),
+        L2Advertisement::crd(),
+        L2Announcement::crd(),
+        SpeakerStatus::crd(),
+        BGPPeer::crd(),
+        BFDProfile::crd(),
+        BGPAdvertisement::crd(),
+    ]
 }
 
 /// The file name a CRD is written to, and its YAML.

@@ -160,7 +160,9 @@ async fn migrated_is_accepted(fixture: &str, objects: usize) {
 async fn short_names_and_the_ferrolb_category_work_with_kubectl() {
     let _ = pools().await; // the CRDs
     let plane = ControlPlane::shared();
-    for what in ["flbpool", "flbl2adv", "flbl2ann", "ferrolb", "ipaddresspools.ferrolb.io"] {
+    for what in
+        ["flbpool", "flbl2adv", "flbl2ann", "flbpeer", "flbbfd", "flbbgpadv", "ferrolb", "ipaddresspools.ferrolb.io"]
+    {
         let output = std::process::Command::new(ferrolb_e2e::toolchain::K8sBinary::Kubectl.path())
             .arg("--kubeconfig")
             .arg(plane.kubeconfig_path())
@@ -195,4 +197,78 @@ async fn ferrolb_crds_server_side_applied_upgrades_an_older_crd() {
     assert_eq!(String::from_utf8_lossy(&output.stdout).matches("serverside-applied").count(), every_crd);
     let now = crds.get(name).await.unwrap();
     assert_eq!(now.spec.versions[0].additional_printer_columns.as_ref().unwrap().len(), shortened + 1);
+}
+
+/// Creates `object` (JSON) of the cluster-scoped `plural` and returns the refusal message, or `None` when
+/// the API server accepted it.
+async fn created(plural: &str, kind: &str, spec: serde_json::Value) -> Option<String> {
+    let client = ControlPlane::shared().admin_client().await.unwrap();
+    install_ferrolb_crds(&client).await.unwrap();
+    let resource = kube::core::ApiResource {
+        group: "ferrolb.io".into(),
+        version: "v1alpha1".into(),
+        api_version: "ferrolb.io/v1alpha1".into(),
+        kind: kind.into(),
+        plural: plural.into(),
+    };
+    let api: Api<kube::core::DynamicObject> = Api::all_with(client, &resource);
+    let mut object = kube::core::DynamicObject::new(&names::unique("bgp"), &resource);
+    object.data = serde_json::json!({ "spec": spec });
+    match api.create(&PostParams::default(), &object).await {
+        Ok(_) => None,
+        Err(kube::Error::Api(status)) => {
+            assert_eq!(status.code, 422, "expected 422 Invalid for {spec}: {status:?}");
+            Some(status.message)
+        }
+        Err(e) => panic!("unexpected error for {spec}: {e}"),
+    }
+}
+
+#[tokio::test]
+async fn bgp_peers_profiles_and_advertisements_are_checked_by_the_api_server() {
+    let peer = |extra: serde_json::Value| {
+        let mut spec = serde_json::json!({ "myASN": 64512, "peerASN": 64500, "peerAddress": "192.0.2.1" });
+        spec.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        spec
+    };
+    let full = peer(serde_json::json!({
+        "peerPort": 1179, "sourceAddress": "192.0.2.10", "holdTime": "9s", "keepaliveTime": "3s",
+        "connectTime": "5s", "ebgpMultiHop": true, "bfdProfile": "fast", "enableGracefulRestart": true,
+        "passwordSecret": { "name": "bgp-password" },
+        "nodeSelectors": [{ "matchLabels": { "rack": "a" } }],
+    }));
+    assert_eq!(created("bgppeers", "BGPPeer", full).await, None);
+    let refused = [
+        (peer(serde_json::json!({ "peerAddress": "router.example" })), "peerAddress must be an IP address"),
+        (peer(serde_json::json!({ "holdTime": "2s" })), "holdTime must be 0s or at least 3s"),
+        (peer(serde_json::json!({ "holdTime": "ninety" })), "spec.holdTime"),
+        (peer(serde_json::json!({ "holdTime": "9s", "keepaliveTime": "9s" })), "keepaliveTime must be shorter"),
+        (peer(serde_json::json!({ "sourceAddress": "2001:db8::1" })), "same family"),
+        (peer(serde_json::json!({ "myASN": 0 })), "spec.myASN"),
+        (peer(serde_json::json!({ "connectTime": "0s" })), "connectTime must be between"),
+    ];
+    for (spec, expected) in refused {
+        let message = created("bgppeers", "BGPPeer", spec.clone()).await.unwrap_or_else(|| panic!("accepted {spec}"));
+        assert!(message.contains(expected), "{spec}: {message}");
+    }
+
+    let profile = serde_json::json!({ "receiveInterval": 100, "transmitInterval": 100, "detectMultiplier": 3 });
+    assert_eq!(created("bfdprofiles", "BFDProfile", profile).await, None);
+    let message = created("bfdprofiles", "BFDProfile", serde_json::json!({ "receiveInterval": 5 })).await.unwrap();
+    assert!(message.contains("spec.receiveInterval"), "{message}");
+
+    let advertisement = serde_json::json!({
+        "ipAddressPools": ["bgp"], "peers": ["router"], "aggregationLength": 32, "aggregationLengthV6": 128,
+        "localPref": 100, "communities": ["64500:100", "no-export"], "largeCommunities": ["64500:1:2"],
+    });
+    assert_eq!(created("bgpadvertisements", "BGPAdvertisement", advertisement).await, None);
+    for (spec, expected) in [
+        (serde_json::json!({ "communities": ["65536:1"] }), "a community is ASN:VALUE"),
+        (serde_json::json!({ "communities": ["friends"] }), "a community is ASN:VALUE"),
+        (serde_json::json!({ "largeCommunities": ["1:2"] }), "a large community is"),
+        (serde_json::json!({ "aggregationLength": 33 }), "spec.aggregationLength"),
+    ] {
+        let message = created("bgpadvertisements", "BGPAdvertisement", spec.clone()).await.unwrap();
+        assert!(message.contains(expected), "{spec}: {message}");
+    }
 }

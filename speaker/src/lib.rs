@@ -20,6 +20,7 @@
 //! really holds through the [`driver::Reporter`]) and its drain and stop; a `run` that builds it from a
 //! [`driver::Setup`] and hands it to [`driver::run`]; and a variant of `main.rs`'s `Mode`.
 
+pub mod bgp;
 pub mod cluster;
 pub mod driver;
 pub mod election;

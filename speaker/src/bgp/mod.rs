@@ -1,0 +1,8 @@
+//! BGP mode: the VIPs are announced to routers by FRR (zebra, bgpd, bfdd) running beside the speaker, and
+//! the routers spread the traffic over the announcing nodes by ECMP. Every eligible node announces: there is
+//! no election here.
+//!
+//! - `frr_config` (pure): FRR's configuration as a tree of lines, read from its running configuration, and
+//!   the vty commands between two of them.
+
+pub mod frr_config;

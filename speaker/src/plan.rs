@@ -106,7 +106,9 @@ pub struct Decision {
     pub ranking: Vec<String>,
 }
 
-struct ParsedPool<'a> {
+/// A pool with its entries parsed (once per plan, not once per VIP; an entry that does not parse contains
+/// nothing).
+pub(crate) struct ParsedPool<'a> {
     info: &'a PoolInfo,
     ranges: Vec<(IpAddr, IpAddr)>,
 }
@@ -114,6 +116,38 @@ struct ParsedPool<'a> {
 impl ParsedPool<'_> {
     fn contains(&self, ip: IpAddr) -> bool {
         ferrolb_crds::address::ranges_contain(&self.ranges, ip)
+    }
+}
+
+/// The pools, parsed, by name.
+pub(crate) fn parse_pools(pools: &[PoolInfo]) -> Vec<ParsedPool<'_>> {
+    let mut parsed: Vec<ParsedPool> = pools
+        .iter()
+        .map(|info| ParsedPool {
+            info,
+            ranges: ferrolb_crds::address::valid_ranges(info.addresses.iter().map(String::as_str)),
+        })
+        .collect();
+    parsed.sort_by(|a, b| a.info.name.cmp(&b.info.name));
+    parsed
+}
+
+static NO_LABELS: std::sync::LazyLock<BTreeMap<String, String>> = std::sync::LazyLock::new(BTreeMap::new);
+
+/// The pool a VIP of `service` counts as from, by name and labels: its pool of origin when the Service records
+/// one (a deleted pool of origin by its name alone: its labels went with it), else the pool containing it.
+pub(crate) fn pool_of<'a>(
+    service: &'a ServiceInfo,
+    vip: IpAddr,
+    pools: &'a [ParsedPool<'a>],
+) -> Option<(&'a str, &'a BTreeMap<String, String>)> {
+    match &service.origin_pool {
+        Some(origin) => match pools.iter().find(|p| p.info.name == *origin) {
+            Some(p) => Some((origin.as_str(), &p.info.labels)),
+            None => Some((origin.as_str(), &NO_LABELS)),
+        },
+        // Pools never overlap within one installation (the controller refuses that); by name if they do.
+        None => pools.iter().find(|p| p.contains(vip)).map(|p| (p.info.name.as_str(), &p.info.labels)),
     }
 }
 
@@ -131,16 +165,7 @@ pub fn decide(world: &World, members: &Members) -> Vec<Decision> {
             interfaces: members.get(&n.name).cloned().unwrap_or_default(),
         })
         .collect();
-    // Entries are parsed once per plan, not once per VIP; one that does not parse contains nothing.
-    let mut pools: Vec<ParsedPool> = world
-        .pools
-        .iter()
-        .map(|info| ParsedPool {
-            info,
-            ranges: ferrolb_crds::address::valid_ranges(info.addresses.iter().map(String::as_str)),
-        })
-        .collect();
-    pools.sort_by(|a, b| a.info.name.cmp(&b.info.name));
+    let pools = parse_pools(&world.pools);
     // The election's view of each advertisement, made once per plan rather than once per Service.
     let views: Vec<AdvertisementView> = world
         .advertisements
@@ -179,20 +204,8 @@ fn decide_one(
         (0..advertisements.specs.len()).filter(|&i| advertisements.specs[i].selects_service(&service.labels)).collect();
     let mut relevant: Vec<usize> = Vec::new();
     let mut vips = Vec::new();
-    let no_labels = BTreeMap::new();
     for vip in service.vips.iter().filter(|v| !node_addresses.contains_key(v)) {
-        let (name, labels) = match &service.origin_pool {
-            // A deleted pool of origin is matched by its name only: its labels went with it.
-            Some(origin) => match pools.iter().find(|p| p.info.name == *origin) {
-                Some(p) => (origin.as_str(), &p.info.labels),
-                None => (origin.as_str(), &no_labels),
-            },
-            // Pools never overlap within one installation (the controller refuses that); by name if they do.
-            None => match pools.iter().find(|p| p.contains(*vip)) {
-                Some(p) => (p.info.name.as_str(), &p.info.labels),
-                None => continue,
-            },
-        };
+        let Some((name, labels)) = pool_of(service, *vip, pools) else { continue };
         let selecting: Vec<usize> =
             applying.iter().copied().filter(|&i| advertisements.specs[i].selects_pool(name, labels)).collect();
         if selecting.is_empty() {

@@ -9,24 +9,26 @@
 use std::collections::HashMap;
 use std::fmt;
 
-/// One line of configuration and the lines of its block (empty for a plain command).
+/// One line of configuration: a plain command, or the header of a block (which may be empty: a BFD
+/// profile at FRR's defaults prints as its header and `exit`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Line {
     pub text: String,
+    pub block: bool,
     pub children: Vec<Line>,
 }
 
 impl Line {
     pub fn command(text: impl Into<String>) -> Self {
-        Line { text: text.into(), children: Vec::new() }
+        Line { text: text.into(), block: false, children: Vec::new() }
     }
 
     pub fn block(text: impl Into<String>, children: Vec<Line>) -> Self {
-        Line { text: text.into(), children }
+        Line { text: text.into(), block: true, children }
     }
 
     fn is_block(&self) -> bool {
-        !self.children.is_empty()
+        self.block || !self.children.is_empty()
     }
 
     /// The command that leaves this block's node (FRR names it after the block).
@@ -80,9 +82,16 @@ pub fn parse(text: &str, keep: impl Fn(&str) -> bool) -> Config {
             || text == "Current configuration:"
         {
             if text.starts_with("exit") {
-                // Closes the innermost block at this indentation or deeper.
+                // Closes the innermost block at this indentation or deeper; the line it closes is a block
+                // even with nothing in it.
+                let mut closed = None;
                 while open.last().is_some_and(|d| *d >= depth) {
-                    open.pop();
+                    closed = open.pop();
+                }
+                if closed == Some(depth)
+                    && let Some(header) = children_at(&mut lines, open.len()).last_mut()
+                {
+                    header.block = true;
                 }
             }
             continue;
@@ -95,7 +104,16 @@ pub fn parse(text: &str, keep: impl Fn(&str) -> bool) -> Config {
         open.push(depth);
     }
     lines.retain(|line| keep(&line.text));
+    mark_blocks(&mut lines);
     Config { lines }
+}
+
+/// A line with lines under it is a block, whether or not its `exit` was printed.
+fn mark_blocks(lines: &mut [Line]) {
+    for line in lines {
+        line.block |= !line.children.is_empty();
+        mark_blocks(&mut line.children);
+    }
 }
 
 /// A prefix-list entry without the sequence number FRR gave it (the renderer writes none: an entry added
@@ -103,13 +121,12 @@ pub fn parse(text: &str, keep: impl Fn(&str) -> bool) -> Config {
 fn without_sequence(text: &str) -> String {
     let is_prefix_list = text.starts_with("ip prefix-list ") || text.starts_with("ipv6 prefix-list ");
     let mut words: Vec<&str> = text.split(' ').collect();
-    if is_prefix_list {
-        if let Some(at) = words.iter().position(|w| *w == "seq") {
-            if words.get(at + 1).is_some_and(|n| n.parse::<u32>().is_ok()) {
-                words.drain(at..at + 2);
-                return words.join(" ");
-            }
-        }
+    if is_prefix_list
+        && let Some(at) = words.iter().position(|w| *w == "seq")
+        && words.get(at + 1).is_some_and(|n| n.parse::<u32>().is_ok())
+    {
+        words.drain(at..at + 2);
+        return words.join(" ");
     }
     text.to_string()
 }
@@ -160,6 +177,8 @@ fn removals(running: &[Line], wanted: &[Line]) -> Vec<String> {
     for line in running.iter().rev() {
         match wanted.get(line.text.as_str()) {
             None => out.push(format!("no {}", line.text)),
+            // A block that became a plain line or the other way round is not the same line.
+            Some(kept) if kept.is_block() != line.is_block() => out.push(format!("no {}", line.text)),
             Some(kept) => inside(line, removals(&line.children, &kept.children), &mut out),
         }
     }
@@ -170,8 +189,12 @@ fn additions(running: &[Line], wanted: &[Line]) -> Vec<String> {
     let mut out = Vec::new();
     let running = index(running);
     for line in wanted {
-        match running.get(line.text.as_str()) {
-            None if line.is_block() => inside(line, additions(&[], &line.children), &mut out),
+        match running.get(line.text.as_str()).filter(|current| current.is_block() == line.is_block()) {
+            None if line.is_block() => {
+                out.push(line.text.clone());
+                out.extend(additions(&[], &line.children));
+                out.push(line.exit().to_string());
+            }
             None => out.push(line.text.clone()),
             Some(current) => inside(line, additions(&current.children, &line.children), &mut out),
         }

@@ -188,6 +188,21 @@ fn prefix_list_entries_are_read_without_the_sequence_frr_gave_them() {
     );
 }
 
+#[test]
+fn an_empty_block_is_still_a_block() {
+    let text = "bfd\n profile defaults\n exit\n !\n profile fast\n  receive-interval 100\n exit\nexit\n";
+    let config = parse(text, |_| true);
+    assert_eq!(
+        config.lines,
+        [b("bfd", vec![b("profile defaults", vec![]), b("profile fast", vec![c("receive-interval 100")])])]
+    );
+    assert_eq!(parse(&config.to_string(), |_| true), config);
+    assert_eq!(
+        commands(&Config::default(), &config),
+        ["bfd", "profile defaults", "exit", "profile fast", "receive-interval 100", "exit", "exit"]
+    );
+}
+
 /// What FRR does with the commands, for lines (not its semantics of any one command): `no LINE` removes the
 /// line (and its block), a header enters its block (made if missing), `exit` leaves.
 fn replay(start: &Config, commands: &[String]) -> Config {
@@ -213,9 +228,11 @@ fn replay(start: &Config, commands: &[String]) -> Config {
             assert!(existing.is_block() || is_header(command), "{command:?} added twice");
             path.push(command.clone());
         } else {
-            here.push(Line::command(command.clone()));
             if is_header(command) {
+                here.push(Line::block(command.clone(), Vec::new()));
                 path.push(command.clone());
+            } else {
+                here.push(Line::command(command.clone()));
             }
         }
     }

@@ -3,6 +3,10 @@
 //! no election here.
 //!
 //! - `frr_config` (pure): FRR's configuration as a tree of lines, read from its running configuration, and
-//!   the vty commands between two of them.
+//!   the vty commands between two of them;
+//! - `announce` (pure): which routes this node sends to which peer, with which attributes;
+//! - `render` (pure): the routes, sessions and BFD profiles as bgpd's and bfdd's configuration.
 
+pub mod announce;
 pub mod frr_config;
+pub mod render;

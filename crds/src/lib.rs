@@ -24,7 +24,7 @@ pub use bgp_peer::{BGPPeer, BGPPeerSpec};
 pub use l2advertisement::{L2Advertisement, L2AdvertisementSpec};
 pub use l2announcement::{L2Announcement, L2AnnouncementSpec};
 pub use pool::{IPAddressPool, IPAddressPoolSpec, IPAddressPoolStatus};
-pub use speaker_status::{SpeakerStatus, SpeakerStatusSpec};
+pub use speaker_status::{BgpPeerStatus, SpeakerStatus, SpeakerStatusSpec};
 
 /// The API group of every ferrolb resource.
 pub const GROUP: &str = "ferrolb.io";

@@ -9,10 +9,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use ferrolb_crds::l2announcement::ServiceReference;
+use ferrolb_crds::{BFDProfile, BFDProfileSpec, BGPAdvertisement, BGPAdvertisementSpec, BGPPeer, BGPPeerSpec};
 use ferrolb_crds::{IPAddressPool, L2Advertisement, L2Announcement};
 use ferrolb_watch::{Feed, WatchIndex};
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Node, ObjectReference, Service};
+use k8s_openapi::api::core::v1::{Node, ObjectReference, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
 use kube::api::Api;
@@ -56,7 +57,31 @@ pub struct Cluster {
     changed: Arc<Notify>,
     /// Moves with every change of what the plan's world is made of (not the L2Announcements).
     plan_version: Arc<AtomicU64>,
+    /// BGP mode's objects (watched only in that mode).
+    bgp: Option<BgpStores>,
 }
+
+struct BgpStores {
+    peers: Store<BGPPeer>,
+    profiles: Store<BFDProfile>,
+    advertisements: Store<BGPAdvertisement>,
+    /// The install namespace's `kubernetes.io/basic-auth` Secrets: the BGPPeers' passwords.
+    secrets: Store<Secret>,
+}
+
+/// BGP mode's objects, as its renderer reads them.
+#[derive(Debug, Clone, Default)]
+pub struct BgpObjects {
+    /// By name.
+    pub peers: Vec<(String, BGPPeerSpec)>,
+    pub profiles: BTreeMap<String, BFDProfileSpec>,
+    pub advertisements: Vec<BGPAdvertisementSpec>,
+    /// Secret name → its `password`, when it has one that is UTF-8.
+    pub passwords: BTreeMap<String, String>,
+}
+
+/// The Secret type a BGPPeer's password is kept in (and the only Secrets the speaker lists).
+pub const PASSWORD_SECRET_TYPE: &str = "kubernetes.io/basic-auth";
 
 /// The L2Announcements of the install namespace: name → spec.
 pub type Announcements = Arc<BTreeMap<String, ferrolb_crds::L2AnnouncementSpec>>;
@@ -173,7 +198,13 @@ where
 
 impl Cluster {
     /// Starts every watch. `pool_selector` limits the pools (as the controller's `--pool-selector` does).
-    pub fn start(client: &kube::Client, namespace: &str, classes: ClassFilter, pool_selector: Option<&str>) -> Self {
+    pub fn start(
+        client: &kube::Client,
+        namespace: &str,
+        classes: ClassFilter,
+        pool_selector: Option<&str>,
+        bgp: bool,
+    ) -> Self {
         let changed = Arc::new(Notify::new());
         let version = Arc::new(AtomicU64::new(0));
         let pool_config = match pool_selector {
@@ -213,8 +244,41 @@ impl Cluster {
             advertisements: watch(Api::all(client.clone()), watcher::Config::default(), &changed, &version),
             pools: watch(Api::all(client.clone()), pool_config, &changed, &version),
             announcements,
+            bgp: bgp.then(|| BgpStores {
+                peers: watch(Api::all(client.clone()), watcher::Config::default(), &changed, &version),
+                profiles: watch(Api::all(client.clone()), watcher::Config::default(), &changed, &version),
+                advertisements: watch(Api::all(client.clone()), watcher::Config::default(), &changed, &version),
+                secrets: watch(
+                    Api::namespaced(client.clone(), namespace),
+                    watcher::Config::default().fields(&format!("type={PASSWORD_SECRET_TYPE}")),
+                    &changed,
+                    &version,
+                ),
+            }),
             changed,
         }
+    }
+
+    /// BGP mode's objects (`None` unless the cluster was started for it).
+    pub fn bgp(&self) -> Option<BgpObjects> {
+        let stores = self.bgp.as_ref()?;
+        let mut peers: Vec<(String, BGPPeerSpec)> =
+            stores.peers.state().iter().map(|p| (p.name_any(), p.spec.clone())).collect();
+        peers.sort_by(|a, b| a.0.cmp(&b.0));
+        Some(BgpObjects {
+            peers,
+            profiles: stores.profiles.state().iter().map(|p| (p.name_any(), p.spec.clone())).collect(),
+            advertisements: stores.advertisements.state().iter().map(|a| a.spec.clone()).collect(),
+            passwords: stores
+                .secrets
+                .state()
+                .iter()
+                .filter_map(|secret| {
+                    let password = secret.data.as_ref()?.get("password")?;
+                    Some((secret.name_any(), String::from_utf8(password.0.clone()).ok()?))
+                })
+                .collect(),
+        })
     }
 
     /// Resolves once every watch has listed.
@@ -224,6 +288,12 @@ impl Cluster {
         self.slices_ready.wait().await?;
         self.advertisements.wait_until_ready().await.map_err(|_| CompactStopped)?;
         self.pools.wait_until_ready().await.map_err(|_| CompactStopped)?;
+        if let Some(bgp) = &self.bgp {
+            bgp.peers.wait_until_ready().await.map_err(|_| CompactStopped)?;
+            bgp.profiles.wait_until_ready().await.map_err(|_| CompactStopped)?;
+            bgp.advertisements.wait_until_ready().await.map_err(|_| CompactStopped)?;
+            bgp.secrets.wait_until_ready().await.map_err(|_| CompactStopped)?;
+        }
         self.announcements_ready.wait().await
     }
 

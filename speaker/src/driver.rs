@@ -54,6 +54,8 @@ pub struct Options {
     pub pool_selector: Option<String>,
     /// The only interfaces the speaker may use (empty: any usable one).
     pub allowed_interfaces: Vec<String>,
+    /// Watch BGP mode's objects too.
+    pub bgp: bool,
 }
 
 /// Starts every watch, waits until each has listed, and finds this node's Node.
@@ -61,7 +63,13 @@ pub async fn watch_cluster(
     client: &kube::Client,
     options: &Options,
 ) -> anyhow::Result<(Cluster, std::sync::Arc<k8s_openapi::api::core::v1::Node>)> {
-    let cluster = Cluster::start(client, &options.namespace, options.classes.clone(), options.pool_selector.as_deref());
+    let cluster = Cluster::start(
+        client,
+        &options.namespace,
+        options.classes.clone(),
+        options.pool_selector.as_deref(),
+        options.bgp,
+    );
     tracing::info!("listing Nodes, Services, EndpointSlices, L2Advertisements, IPAddressPools, L2Announcements");
     cluster.ready().await.context("a watch stopped before listing")?;
     let me = &options.node_name;
@@ -115,6 +123,10 @@ pub trait Backend {
     fn mode(&self) -> &'static str;
     /// The speakers this one hears as alive, itself included (empty when the mode has no membership of its own).
     fn alive(&self) -> Vec<String> {
+        Vec::new()
+    }
+    /// This node's BGP sessions (empty when the mode has none).
+    fn bgp_peers(&self) -> Vec<ferrolb_crds::BgpPeerStatus> {
         Vec::new()
     }
 }
@@ -235,6 +247,7 @@ pub async fn run<B: Backend>(
             alive: backend.alive(),
             interfaces: inventory.usable(),
             version: env!("CARGO_PKG_VERSION").into(),
+            bgp_peers: backend.bgp_peers(),
         }));
         if drain_deadline.is_some() && backend.drained() {
             break;

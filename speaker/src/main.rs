@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
+use ferrolb_speaker::bgp::run::{BgpBackend, BgpOptions};
 use ferrolb_speaker::cluster::ClassFilter;
 use ferrolb_speaker::driver::{self, Options};
 use ferrolb_speaker::keepalived::render;
@@ -24,6 +25,8 @@ enum Mode {
     Native,
     /// The speaker renders keepalived's VRRP configuration and supervises keepalived (needs CAP_NET_ADMIN).
     Keepalived,
+    /// The speaker drives the FRR beside it: every eligible node announces the VIPs to the BGPPeers.
+    Bgp,
 }
 
 #[derive(Debug, Parser)]
@@ -46,6 +49,9 @@ struct Args {
     /// keepalived mode: multicast VRRP instead of unicast to the candidates' node addresses.
     #[arg(long, env = "FERROLB_VRRP_MULTICAST")]
     vrrp_multicast: bool,
+    /// bgp mode: the directory of FRR's vty sockets (`bgpd.vty`, `bfdd.vty`), shared with the FRR container.
+    #[arg(long, env = "FERROLB_FRR_DIR", default_value = "/run/ferrolb/frr")]
+    frr_dir: PathBuf,
     /// This node's name (the Pod's spec.nodeName).
     #[arg(long, env = "NODE_NAME")]
     node_name: String,
@@ -148,6 +154,7 @@ async fn start(args: Args) -> anyhow::Result<()> {
         },
         pool_selector: args.pool_selector.clone(),
         allowed_interfaces: args.interfaces.iter().map(|i| i.trim().to_string()).filter(|i| !i.is_empty()).collect(),
+        bgp: args.mode == Mode::Bgp,
     };
     match args.mode {
         Mode::Native => {
@@ -171,6 +178,11 @@ async fn start(args: Args) -> anyhow::Result<()> {
             };
             let setup = driver::Setup::start(&client, options, events, metrics).await?;
             let backend = KeepalivedBackend::start(&setup, keepalived)?;
+            driver::run(setup, backend, health, shutdown_signal()).await
+        }
+        Mode::Bgp => {
+            let setup = driver::Setup::start(&client, options, events, metrics).await?;
+            let backend = BgpBackend::start(&setup, BgpOptions { frr_dir: args.frr_dir });
             driver::run(setup, backend, health, shutdown_signal()).await
         }
     }

@@ -515,6 +515,7 @@ mod tests {
             alive: alive.iter().map(|s| s.to_string()).collect(),
             interfaces: vec!["eth0".into()],
             version: "1".into(),
+            bgp_peers: Vec::new(),
         }
     }
 

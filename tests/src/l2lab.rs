@@ -46,6 +46,7 @@ impl L2Lab {
             nodes: 3,
             controller_metrics_address: "127.0.0.1:0".into(),
             keepalived,
+            bgp: false,
             speaker_args: speaker_args.iter().map(|a| a.to_string()).collect(),
             kubelet: None,
         };

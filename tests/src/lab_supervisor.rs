@@ -22,6 +22,9 @@ pub const DEMO_SERVICE: &str = "webapp1-loadbalancer-svc";
 pub const DEMO_NAMESPACE: &str = "default";
 pub const DEMO_POOL: &str = "demo-pool";
 pub const DEMO_POOL_ADDRESSES: [&str; 2] = ["192.0.2.200-192.0.2.250", "2001:db8::200-2001:db8::250"];
+/// BGP mode's pool (`tests/lab/bgp.yaml`), off the node LAN.
+pub const BGP_POOL: &str = "bgp-pool";
+pub const BGP_POOL_ADDRESSES: [&str; 2] = ["203.0.113.200-203.0.113.250", "2001:db8:b::200-2001:db8:b::250"];
 pub const CONTROLLER_BINARY: &str = "ferrolb-controller";
 /// Where the lab's components keep their Lease and announcements, as the chart's install namespace would.
 pub const INSTALL_NAMESPACE: &str = "ferrolb-system";
@@ -57,6 +60,9 @@ pub struct LabConfig {
     pub controller_metrics_address: String,
     /// Speakers in keepalived mode (each with its own keepalived under the state dir) instead of native.
     pub keepalived: bool,
+    /// BGP mode: a router (BIRD) with the client behind it, an FRR per node, the speakers in bgp mode and
+    /// the BGP pool (`tests/lab/bgp.yaml`) instead of the L2 demo pool.
+    pub bgp: bool,
     /// Extra arguments for every speaker (timers, ...).
     pub speaker_args: Vec<String>,
     /// Real nodes (containerd, kubelet, kube-proxy) running these images, ferrolb installed by its chart;
@@ -93,6 +99,9 @@ pub struct LabState {
     pub nodes: Vec<NodeState>,
     pub pool: PoolState,
     pub service: ServiceRef,
+    /// BGP mode: the upstream router the client is behind.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub router: Option<RouterState>,
     /// Parts of the lab that do not exist yet, and what that means for the demo.
     pub missing: Vec<String>,
 }
@@ -130,9 +139,21 @@ pub struct PoolState {
 }
 
 #[derive(Debug, Serialize)]
+pub struct RouterState {
+    pub netns: String,
+    pub asn: u32,
+    pub bird_socket: PathBuf,
+}
+
+#[derive(Debug, Serialize)]
 pub struct ServiceRef {
     pub namespace: String,
     pub name: String,
+}
+
+/// Where the FRR of `node` keeps its configuration and vty sockets.
+fn frr_dir(config: &LabConfig, node: &str) -> PathBuf {
+    config.state_dir.join(format!("frr-{node}"))
 }
 
 /// The component names the lab finds its processes by.
@@ -204,8 +225,9 @@ pub struct RunningLab {
     has_controller: bool,
     missing: Vec<String>,
     pool_applied: bool,
-    // Drop order: components (above) first, then the real nodes, the LAN, the control plane.
+    // Drop order: components (above) first, then the real nodes, the router, the LAN, the control plane.
     kubelet_nodes: Option<KubeletNodes>,
+    router: Option<crate::bgp_net::Router>,
     lab: Lab,
     plane: ControlPlane,
 }
@@ -257,6 +279,7 @@ impl RunningLab {
             missing: Vec::new(),
             pool_applied: false,
             kubelet_nodes: Some(kubelet_nodes),
+            router: None,
             lab,
             plane,
         };
@@ -331,6 +354,12 @@ impl RunningLab {
 
         tracing::info!(nodes = config.nodes, "building the node LAN");
         let lab = Lab::start(LabSpec::for_lab(&config.prefix, config.nodes, plane.port(), false))?;
+        let router = if config.bgp {
+            tracing::info!("starting the router (BIRD) and moving the client behind it");
+            Some(crate::bgp_net::Router::start(&lab, &config.prefix, &config.state_dir.join("router"))?)
+        } else {
+            None
+        };
 
         let runtime =
             tokio::runtime::Builder::new_current_thread().enable_all().build().context(|| "tokio runtime".into())?;
@@ -348,7 +377,8 @@ impl RunningLab {
         };
         let pool_applied = if installed > 0 {
             // The demo pool goes in as a user's YAML would: with kubectl.
-            let demo = config.repo.join("tests").join("lab").join("demo-pool.yaml");
+            let file = if config.bgp { "bgp.yaml" } else { "demo-pool.yaml" };
+            let demo = config.repo.join("tests").join("lab").join(file);
             kubectl(&config, &["apply", "--server-side", "-f", &demo.to_string_lossy()])?;
             true
         } else {
@@ -367,6 +397,7 @@ impl RunningLab {
             missing,
             pool_applied,
             kubelet_nodes: None,
+            router,
             lab,
             plane,
         })
@@ -450,6 +481,17 @@ impl RunningLab {
         }
         let speaker_bin = config.bin_dir.join(SPEAKER_BINARY);
         if speaker_bin.is_file() {
+            for node in lab.nodes().iter().filter(|_| config.bgp) {
+                let dir = crate::bgp_net::prepare_frr_dir(&frr_dir(config, &node.name))?;
+                for daemon in crate::bgp_net::FRR_DAEMONS {
+                    let (dir, netns, name) = (dir.clone(), node.netns.clone(), node.name.clone());
+                    let log = config.state_dir.join(format!("{daemon}-{name}.log"));
+                    components.push(Supervised::new(format!("{daemon} on {name}"), move || {
+                        let command = crate::bgp_net::frr_daemon_command(daemon, &dir)?;
+                        ManagedProcess::spawn_in_netns(&format!("{daemon}-{name}"), &netns, command, &log)
+                    }));
+                }
+            }
             for node in lab.nodes() {
                 let (bin, kubeconfig, netns, name, key) = (
                     speaker_bin.clone(),
@@ -459,7 +501,15 @@ impl RunningLab {
                     key.clone(),
                 );
                 let mut args = config.speaker_args.clone();
-                if config.keepalived {
+                if config.bgp {
+                    let dir = frr_dir(config, &name);
+                    args.extend([
+                        "--mode".into(),
+                        "bgp".into(),
+                        "--frr-dir".into(),
+                        dir.to_string_lossy().into_owned(),
+                    ]);
+                } else if config.keepalived {
                     let dir = config.state_dir.join(format!("keepalived-{name}"));
                     args.extend([
                         "--mode".into(),
@@ -547,6 +597,22 @@ impl RunningLab {
 
     pub fn plane(&self) -> &ControlPlane {
         &self.plane
+    }
+
+    /// BGP mode's router.
+    pub fn router(&self) -> Option<&crate::bgp_net::Router> {
+        self.router.as_ref()
+    }
+
+    /// The component named `name` (`bgpd on node-1`, ...), to signal it.
+    pub fn signal_component(&self, name: &str, signal: nix::sys::signal::Signal) -> Result<()> {
+        let process = self
+            .components
+            .iter()
+            .find(|c| c.name == name)
+            .and_then(|c| c.process.as_ref())
+            .ok_or_else(|| Error::Lab(format!("no {name} runs")))?;
+        process.signal(signal)
     }
 
     fn speaker(&self, node: &str) -> Option<&Supervised> {
@@ -648,10 +714,17 @@ impl RunningLab {
             kubectl: K8sBinary::Kubectl.path(),
             supervisor: Pid { pid: std::process::id() },
             apiserver: ApiServerState { url: self.plane.server_url(), pid: self.plane.apiserver_pid() },
-            client: ClientState {
-                netns: self.lab.client().netns.clone(),
-                ipv4: self.lab.client().ipv4.clone(),
-                ipv6: self.lab.client().ipv6.clone(),
+            client: match &self.router {
+                Some(_) => ClientState {
+                    netns: self.lab.client().netns.clone(),
+                    ipv4: crate::bgp_net::BGP_CLIENT_IPV4.into(),
+                    ipv6: crate::bgp_net::BGP_CLIENT_IPV6.into(),
+                },
+                None => ClientState {
+                    netns: self.lab.client().netns.clone(),
+                    ipv4: self.lab.client().ipv4.clone(),
+                    ipv6: self.lab.client().ipv6.clone(),
+                },
             },
             controller,
             nodes: self
@@ -660,12 +733,24 @@ impl RunningLab {
                 .iter()
                 .map(|n| NodeState { host: n.clone(), speaker: speaker_pid(&n.name) })
                 .collect(),
-            pool: PoolState {
-                name: DEMO_POOL.into(),
-                addresses: DEMO_POOL_ADDRESSES.iter().map(|a| a.to_string()).collect(),
-                applied: self.pool_applied,
+            pool: match &self.router {
+                Some(_) => PoolState {
+                    name: BGP_POOL.into(),
+                    addresses: BGP_POOL_ADDRESSES.iter().map(|a| a.to_string()).collect(),
+                    applied: self.pool_applied,
+                },
+                None => PoolState {
+                    name: DEMO_POOL.into(),
+                    addresses: DEMO_POOL_ADDRESSES.iter().map(|a| a.to_string()).collect(),
+                    applied: self.pool_applied,
+                },
             },
             service: ServiceRef { namespace: DEMO_NAMESPACE.into(), name: DEMO_SERVICE.into() },
+            router: self.router.as_ref().map(|r| RouterState {
+                netns: r.netns.clone(),
+                asn: crate::bgp_net::ROUTER_ASN,
+                bird_socket: r.bird_socket.clone(),
+            }),
             missing: self.missing.clone(),
         }
     }

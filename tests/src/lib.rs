@@ -5,6 +5,7 @@
 //! Everything it creates carries a name it can find again (`flb-<owner pid>-...` or the lab's prefix), is removed
 //! on drop, and is swept on the next start when a run was killed before it could clean up.
 
+pub mod bgp_net;
 pub mod control_plane;
 pub mod error;
 pub mod fuzz;

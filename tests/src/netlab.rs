@@ -196,7 +196,7 @@ impl Lab {
     }
 
     /// Creates the host's namespace and plugs its eth0 into the bridge through port `port`.
-    fn plug(&self, host: &LabHost, port: &str) -> Result<()> {
+    pub(crate) fn plug(&self, host: &LabHost, port: &str) -> Result<()> {
         let ns = host.netns.as_str();
         netns::ip(&["netns", "add", ns])?;
         netns::ip(&[

@@ -174,6 +174,7 @@ fn install_chart(chart: &str, before: impl FnOnce(&Installed)) -> Installed {
         nodes: 3,
         controller_metrics_address: "127.0.0.1:0".into(),
         keepalived: false,
+        bgp: false,
         speaker_args: Vec::new(),
         kubelet: None,
     };

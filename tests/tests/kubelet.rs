@@ -53,6 +53,7 @@ impl KubeletLab {
             nodes,
             controller_metrics_address: "127.0.0.1:0".into(),
             keepalived,
+            bgp: false,
             speaker_args: Vec::new(),
             kubelet: Some(images.clone()),
         };

@@ -17,6 +17,9 @@ const DEBIAN_TOOLS: &[(&str, &str)] = &[
     ("tcpdump", "tcpdump"),
     ("nft", "nftables"),
     ("keepalived", "keepalived"),
+    // BGP mode: the routing engine beside each node's speaker, and the lab's upstream router.
+    ("/usr/lib/frr/bgpd", "frr"),
+    ("bird", "bird2"),
     // The real-node lab: the OCI runtime under containerd, the CNI plugins (kube-proxy's nftables mode uses
     // nft too), and the tool that builds OCI images without Docker.
     ("runc", "runc"),

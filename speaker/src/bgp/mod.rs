@@ -5,8 +5,13 @@
 //! - `frr_config` (pure): FRR's configuration as a tree of lines, read from its running configuration, and
 //!   the vty commands between two of them;
 //! - `announce` (pure): which routes this node sends to which peer, with which attributes;
-//! - `render` (pure): the routes, sessions and BFD profiles as bgpd's and bfdd's configuration.
+//! - `render` (pure): the routes, sessions and BFD profiles as bgpd's and bfdd's configuration;
+//! - `vty` (a daemon's vty socket) and `frr` (converging the running FRR, reading its sessions): I/O;
+//! - `run`: the backend.
 
 pub mod announce;
+pub mod frr;
 pub mod frr_config;
 pub mod render;
+pub mod run;
+pub mod vty;

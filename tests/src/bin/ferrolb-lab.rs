@@ -17,6 +17,9 @@ struct Cli {
     /// Speakers in keepalived mode.
     #[arg(long)]
     keepalived: bool,
+    /// BGP mode: a router (BIRD) the client is behind, an FRR per node, the speakers in bgp mode.
+    #[arg(long, conflicts_with = "keepalived")]
+    bgp: bool,
     /// The controller's /metrics address on the host (port 0: any free port).
     #[arg(long, default_value = lab_supervisor::CONTROLLER_METRICS_ADDRESS)]
     controller_metrics_address: String,
@@ -85,6 +88,7 @@ fn main() -> Result<()> {
                 nodes,
                 controller_metrics_address: cli.controller_metrics_address,
                 keepalived: cli.keepalived,
+                bgp: cli.bgp,
                 speaker_args: Vec::new(),
                 kubelet,
             };
@@ -107,6 +111,7 @@ fn main() -> Result<()> {
                 nodes: 0,
                 controller_metrics_address: cli.controller_metrics_address,
                 keepalived: cli.keepalived,
+                bgp: cli.bgp,
                 speaker_args: Vec::new(),
                 kubelet: None,
             };

@@ -204,6 +204,7 @@ fn start(system: System, options: &Options, state: &std::path::Path) -> Result<R
         nodes: 3,
         controller_metrics_address: "127.0.0.1:0".into(),
         keepalived: false,
+        bgp: false,
         speaker_args: Vec::new(),
         kubelet: None,
     };

@@ -56,6 +56,7 @@ pub fn run(bin_dir: PathBuf, repo: PathBuf, trials: usize, vips: usize, keepaliv
         nodes: 3,
         controller_metrics_address: "127.0.0.1:0".into(),
         keepalived,
+        bgp: false,
         speaker_args: Vec::new(),
         kubelet: None,
     };

@@ -11,7 +11,7 @@ use std::net::IpAddr;
 
 use ferrolb_crds::pool::{FamilyUsage as UsageStatus, IPAddressPoolStatus};
 use ferrolb_crds::service::{POOL_CONDITION, POOL_CONDITION_REASON};
-use ferrolb_crds::{IPAddressPool, L2Advertisement, L2AdvertisementSpec};
+use ferrolb_crds::{BGPAdvertisement, BGPAdvertisementSpec, IPAddressPool, L2Advertisement, L2AdvertisementSpec};
 use k8s_openapi::api::core::v1::{Namespace, ObjectReference, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use std::sync::Arc;
@@ -93,7 +93,8 @@ pub struct Engine {
     services: BTreeMap<ServiceKey, Arc<ServiceRecord>>,
     namespaces: BTreeMap<String, BTreeMap<String, String>>,
     pools: BTreeMap<String, PoolRecord>,
-    advertisements: BTreeMap<String, L2AdvertisementSpec>,
+    /// By `KIND name` (`L2Advertisement demo`, `BGPAdvertisement bgp`): messages name them so.
+    advertisements: BTreeMap<String, Advertisement>,
     /// Each Node's addresses and each ServiceCIDR's CIDRs: the cluster's own, never handed out.
     node_addresses: BTreeMap<String, Vec<IpAddr>>,
     service_cidrs: BTreeMap<String, Vec<String>>,
@@ -497,25 +498,50 @@ impl Engine {
     }
 
     pub fn apply_advertisement(&mut self, advertisement: &L2Advertisement) -> Vec<Output> {
-        let name = advertisement.name_any();
-        if self.advertisements.get(&name) == Some(&advertisement.spec) {
+        self.apply_any_advertisement(
+            advertisement_key(L2_ADVERTISEMENT, &advertisement.name_any()),
+            Advertisement::L2(advertisement.spec.clone()),
+        )
+    }
+
+    pub fn apply_bgp_advertisement(&mut self, advertisement: &BGPAdvertisement) -> Vec<Output> {
+        self.apply_any_advertisement(
+            advertisement_key(BGP_ADVERTISEMENT, &advertisement.name_any()),
+            Advertisement::Bgp(advertisement.spec.clone()),
+        )
+    }
+
+    fn apply_any_advertisement(&mut self, key: String, advertisement: Advertisement) -> Vec<Output> {
+        if self.advertisements.get(&key) == Some(&advertisement) {
             return Vec::new();
         }
-        self.advertisements.insert(name, advertisement.spec.clone());
+        self.advertisements.insert(key, advertisement);
         if self.synced { self.reconcile_all() } else { Vec::new() }
     }
 
-    pub fn delete_advertisement(&mut self, name: &str) -> Vec<Output> {
-        if self.advertisements.remove(name).is_none() || !self.synced {
+    /// `kind` is [`L2_ADVERTISEMENT`] or [`BGP_ADVERTISEMENT`].
+    pub fn delete_advertisement(&mut self, kind: &str, name: &str) -> Vec<Output> {
+        if self.advertisements.remove(&advertisement_key(kind, name)).is_none() || !self.synced {
             return Vec::new();
         }
         self.reconcile_all()
     }
 
-    /// After a re-list: advertisements deleted while the watch was down.
-    pub fn forget_advertisements_not_in(&mut self, seen: &std::collections::HashSet<String>) -> Vec<Output> {
-        let gone: Vec<String> = self.advertisements.keys().filter(|k| !seen.contains(*k)).cloned().collect();
-        gone.iter().flat_map(|name| self.delete_advertisement(name)).collect()
+    /// After a re-list: advertisements of `kind` deleted while the watch was down.
+    pub fn forget_advertisements_not_in(
+        &mut self,
+        kind: &str,
+        seen: &std::collections::HashSet<String>,
+    ) -> Vec<Output> {
+        let prefix = format!("{kind} ");
+        let gone: Vec<String> = self
+            .advertisements
+            .keys()
+            .filter_map(|k| k.strip_prefix(&prefix))
+            .filter(|name| !seen.contains(*name))
+            .map(str::to_string)
+            .collect();
+        gone.iter().flat_map(|name| self.delete_advertisement(kind, name)).collect()
     }
 
     /// Brings `pool`'s overlaps (and its partners') up to date after it changed, marking every pool whose
@@ -568,8 +594,8 @@ impl Engine {
         }))
     }
 
-    /// The L2Advertisements that announce `pool`'s addresses for `service` (a deleted pool is matched by
-    /// its name only), as the speakers decide it.
+    /// The advertisements (`KIND name`) that announce `pool`'s addresses for `service` (a deleted pool is
+    /// matched by its name only), as the speakers decide it.
     fn announcers(&self, pool: &str, service_labels: &BTreeMap<String, String>) -> Vec<&str> {
         let no_labels = BTreeMap::new();
         let labels = self.pools.get(pool).map_or(&no_labels, |p| p.object.labels());
@@ -656,7 +682,7 @@ impl Engine {
         self.unsettled.iter().filter(|key| self.allocator.assignment(key).is_none()).count()
     }
 
-    /// Every address a Service holds: (Service, address, its pool, whether an L2Advertisement announces it).
+    /// Every address a Service holds: (Service, address, its pool, whether an L2Advertisement or BGPAdvertisement announces it).
     pub fn held_addresses(&self) -> impl Iterator<Item = (&ServiceKey, IpAddr, &str, bool)> + '_ {
         self.allocator.assignments().flat_map(move |(key, assignment)| {
             let pool = assignment.pool.as_deref().unwrap_or_default();
@@ -766,7 +792,7 @@ impl Engine {
         let labels = &service.labels;
         let Some(pool) = &assignment.pool else {
             let message = format!(
-                "keeps {ips}, which no IPAddressPool contains and no pool is recorded for, so no L2Advertisement announces it: the address is unreachable; it moves only if the Service asks for another address"
+                "keeps {ips}, which no IPAddressPool contains and no pool is recorded for, so no L2Advertisement or BGPAdvertisement announces it: the address is unreachable; it moves only if the Service asks for another address"
             );
             return ("False", reason::OUTSIDE_POOL_UNANNOUNCED.into(), message, Some(reason::OUTSIDE_POOL));
         };
@@ -784,13 +810,13 @@ impl Engine {
             };
             if announcers.is_empty() {
                 let message = format!(
-                    "keeps {} ({origin}), and no L2Advertisement announces pool {pool:?} for this Service: the address is unreachable; it moves only if the Service asks for another address",
+                    "keeps {} ({origin}), and no L2Advertisement or BGPAdvertisement announces pool {pool:?} for this Service: the address is unreachable; it moves only if the Service asks for another address",
                     join(&outside)
                 );
                 return ("False", reason::OUTSIDE_POOL_UNANNOUNCED.into(), message, Some(reason::OUTSIDE_POOL));
             }
             let message = format!(
-                "keeps {} ({origin}); still announced through L2Advertisement {}; it moves only if the Service asks for another address",
+                "keeps {} ({origin}); still announced through {}; it moves only if the Service asks for another address",
                 join(&outside),
                 announcers.join(", ")
             );
@@ -803,10 +829,12 @@ impl Engine {
             let pool_labels = self.pools.get(pool).map_or(&no_labels, |p| p.object.labels());
             if self.advertisements.values().any(|adv| adv.selects_pool(pool, pool_labels)) {
                 message.push_str(&format!(
-                    "; the L2Advertisements selecting pool {pool:?} do not select this Service (serviceSelectors), so no node announces it"
+                    "; the advertisements selecting pool {pool:?} do not select this Service (serviceSelectors), so no node announces it"
                 ));
             } else {
-                message.push_str(&format!("; no L2Advertisement selects pool {pool:?}, so no node announces it"));
+                message.push_str(&format!(
+                    "; no L2Advertisement or BGPAdvertisement selects pool {pool:?}, so no node announces it"
+                ));
             }
         }
         ("True", reason.into(), message, None)
@@ -1068,6 +1096,36 @@ pub use ferrolb_crds::service::ingress_ips;
 
 fn join(ips: &[IpAddr]) -> String {
     ips.iter().map(IpAddr::to_string).collect::<Vec<_>>().join(", ")
+}
+
+pub const L2_ADVERTISEMENT: &str = "L2Advertisement";
+pub const BGP_ADVERTISEMENT: &str = "BGPAdvertisement";
+
+fn advertisement_key(kind: &str, name: &str) -> String {
+    format!("{kind} {name}")
+}
+
+/// What the controller reads of an advertisement of either mode: which pools and Services it announces.
+#[derive(Debug, Clone, PartialEq)]
+enum Advertisement {
+    L2(L2AdvertisementSpec),
+    Bgp(BGPAdvertisementSpec),
+}
+
+impl Advertisement {
+    fn selects_pool(&self, name: &str, labels: &BTreeMap<String, String>) -> bool {
+        match self {
+            Advertisement::L2(spec) => spec.selects_pool(name, labels),
+            Advertisement::Bgp(spec) => spec.selects_pool(name, labels),
+        }
+    }
+
+    fn selects_service(&self, labels: &BTreeMap<String, String>) -> bool {
+        match self {
+            Advertisement::L2(spec) => spec.selects_service(labels),
+            Advertisement::Bgp(spec) => spec.selects_service(labels),
+        }
+    }
 }
 
 #[cfg(test)]

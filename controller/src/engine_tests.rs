@@ -281,7 +281,9 @@ fn an_address_no_advertisement_announces_is_allocated_and_the_service_says_so() 
     let condition = statuses(&out)[0].condition.clone().unwrap();
     assert_eq!(condition.status, "True");
     assert!(
-        condition.message.ends_with("no L2Advertisement selects pool \"quiet\", so no node announces it"),
+        condition
+            .message
+            .ends_with("no L2Advertisement or BGPAdvertisement selects pool \"quiet\", so no node announces it"),
         "{}",
         condition.message
     );
@@ -292,8 +294,23 @@ fn an_address_no_advertisement_announces_is_allocated_and_the_service_says_so() 
         "named",
         L2AdvertisementSpec { ip_address_pools: vec!["quiet".into()], ..Default::default() },
     );
+    let mut by_bgp = engine();
+    by_bgp.apply_pool(pool("quiet", &["192.0.2.0-192.0.2.15"]));
+    by_bgp.initial_sync();
+    let first = by_bgp.apply_service(service("web", 1));
+    by_bgp.apply_service(written(service("web", 1), statuses(&first)[0]));
     let out = e.apply_advertisement(&named);
     assert_eq!(statuses(&out)[0].condition.as_ref().unwrap().message, "192.0.2.0 from pool \"quiet\"");
+    // So does a BGPAdvertisement (BGP mode announces the pool), and deleting it brings the notice back.
+    let bgp = ferrolb_crds::BGPAdvertisement::new(
+        "bgp",
+        ferrolb_crds::BGPAdvertisementSpec { ip_address_pools: vec!["quiet".into()], ..Default::default() },
+    );
+    let out = by_bgp.apply_bgp_advertisement(&bgp);
+    assert_eq!(statuses(&out)[0].condition.as_ref().unwrap().message, "192.0.2.0 from pool \"quiet\"");
+    by_bgp.apply_service(written(service("web", 1), statuses(&out)[0]));
+    let out = by_bgp.delete_advertisement(crate::engine::BGP_ADVERTISEMENT, "bgp");
+    assert!(statuses(&out)[0].condition.as_ref().unwrap().message.ends_with("so no node announces it"));
     // One selecting other pools by label does not count.
     let mut e2 = engine();
     e2.apply_pool(pool("quiet", &["192.0.2.0-192.0.2.15"]));
@@ -309,7 +326,14 @@ fn an_address_no_advertisement_announces_is_allocated_and_the_service_says_so() 
     ));
     e2.initial_sync();
     let out = e2.apply_service(service("web", 1));
-    assert!(statuses(&out)[0].condition.as_ref().unwrap().message.contains("no L2Advertisement selects"));
+    assert!(
+        statuses(&out)[0]
+            .condition
+            .as_ref()
+            .unwrap()
+            .message
+            .contains("no L2Advertisement or BGPAdvertisement selects")
+    );
 }
 
 #[test]
@@ -587,7 +611,7 @@ fn a_kept_address_nothing_can_announce_is_said_to_be_unreachable() {
     assert_eq!((condition.status.as_str(), condition.reason.as_str()), ("True", reason::OUTSIDE_POOL));
     assert!(condition.message.contains("pool \"p\", which it came from, was deleted"), "{}", condition.message);
     // With only an advertisement for another pool, nothing announces it any more.
-    let mut out = e.delete_advertisement("all");
+    let mut out = e.delete_advertisement(crate::engine::L2_ADVERTISEMENT, "all");
     let other =
         L2Advertisement::new("other", L2AdvertisementSpec { ip_address_pools: vec!["q".into()], ..Default::default() });
     out.extend(e.apply_advertisement(&other));

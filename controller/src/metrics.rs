@@ -92,7 +92,7 @@ impl Metrics {
         );
         registry.register(
             "ferrolb_service_address",
-            "1 per address a Service holds, with its pool and whether an L2Advertisement announces it",
+            "1 per address a Service holds, with its pool and whether an L2Advertisement or BGPAdvertisement announces it",
             self.service_addresses.clone(),
         );
     }

@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use ferrolb_crds::{IPAddressPool, L2Advertisement, reason};
+use ferrolb_crds::{BGPAdvertisement, IPAddressPool, L2Advertisement, reason};
 use ferrolb_telemetry::events::EventSource;
 use ferrolb_watch::{Feed, WatchIndex};
 use futures::{StreamExt, TryStreamExt};
@@ -42,6 +42,7 @@ enum Watched {
     Pool(Event<IPAddressPool>),
     Namespace(Event<Namespace>),
     Advertisement(Event<L2Advertisement>),
+    BgpAdvertisement(Event<BGPAdvertisement>),
     /// Only a Node's name and addresses are kept (Node objects are large and come by the thousand).
     Node(Event<NodeAddresses>),
     ServiceCidr(Event<ServiceCIDR>),
@@ -84,6 +85,13 @@ pub async fn run(
         .map_ok(|event| Watched::Node(compact_node_event(event)));
     let mut streams = vec![services.boxed(), pools.boxed(), namespaces.boxed(), advertisements.boxed(), nodes.boxed()];
     let mut feeds = Feeds::default();
+    let bgp_served = bgp_advertisements_served(&client).await;
+    if bgp_served {
+        let bgp = watcher(Api::<BGPAdvertisement>::all(client.clone()), watcher::Config::default())
+            .default_backoff()
+            .map_ok(Watched::BgpAdvertisement);
+        streams.push(bgp.boxed());
+    }
     let cidrs_served = service_cidrs_served(&client).await;
     if cidrs_served {
         let cidrs = watcher(Api::<ServiceCIDR>::all(client.clone()), watcher::Config::default())
@@ -113,6 +121,7 @@ pub async fn run(
                 Some(Ok(Watched::Pool(event))) => feeds.pools.feed(&mut engine, event),
                 Some(Ok(Watched::Namespace(event))) => feeds.namespaces.feed(&mut engine, event),
                 Some(Ok(Watched::Advertisement(event))) => feeds.advertisements.feed(&mut engine, event),
+                Some(Ok(Watched::BgpAdvertisement(event))) => feeds.bgp_advertisements.feed(&mut engine, event),
                 Some(Ok(Watched::Node(event))) => feeds.nodes.feed(&mut engine, event),
                 Some(Ok(Watched::ServiceCidr(event))) => feeds.cidrs.feed(&mut engine, event),
             },
@@ -131,7 +140,7 @@ pub async fn run(
             }
         };
         let mut outputs = outputs;
-        if !engine.is_synced() && feeds.listed(cidrs_served) {
+        if !engine.is_synced() && feeds.listed(cidrs_served, bgp_served) {
             tracing::info!("every watch has listed; restoring addresses from Service status, then allocating");
             outputs.extend(engine.initial_sync());
             health.ready.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -151,6 +160,19 @@ pub async fn run(
 /// Whether the API server serves ServiceCIDRs (Kubernetes 1.33+) and we may read them. Without them the
 /// `kubernetes` Service's ClusterIPs are still never handed out, but the rest of the Service CIDR is not
 /// known.
+/// Whether BGPAdvertisements can be listed: CRDs older than BGP mode (helm upgrade leaves `crds/` alone)
+/// or RBAC without it must not keep the controller from syncing.
+async fn bgp_advertisements_served(client: &kube::Client) -> bool {
+    let api = Api::<BGPAdvertisement>::all(client.clone());
+    match api.list(&kube::api::ListParams::default().limit(1)).await {
+        Ok(_) => true,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list BGPAdvertisements (are this release's CRDs applied?); Services are told only of L2Advertisements");
+            false
+        }
+    }
+}
+
 async fn service_cidrs_served(client: &kube::Client) -> bool {
     let api = Api::<ServiceCIDR>::all(client.clone());
     match api.list(&kube::api::ListParams::default().limit(1)).await {
@@ -169,17 +191,19 @@ struct Feeds {
     pools: Feed<String>,
     namespaces: Feed<String>,
     advertisements: Feed<String>,
+    bgp_advertisements: Feed<String>,
     nodes: Feed<String>,
     cidrs: Feed<String>,
 }
 
 impl Feeds {
-    /// Every watch has listed (the ServiceCIDRs' only where the API serves them).
-    fn listed(&self, cidrs_served: bool) -> bool {
+    /// Every watch has listed (the ServiceCIDRs' and BGPAdvertisements' only where the API serves them).
+    fn listed(&self, cidrs_served: bool, bgp_served: bool) -> bool {
         self.services.listed()
             && self.pools.listed()
             && self.namespaces.listed()
             && self.advertisements.listed()
+            && (self.bgp_advertisements.listed() || !bgp_served)
             && self.nodes.listed()
             && (self.cidrs.listed() || !cidrs_served)
     }
@@ -264,11 +288,32 @@ impl WatchIndex<L2Advertisement> for Engine {
     }
 
     fn delete(&mut self, advertisement: L2Advertisement) -> Vec<Output> {
-        self.delete_advertisement(&advertisement.name_any())
+        self.delete_advertisement(crate::engine::L2_ADVERTISEMENT, &advertisement.name_any())
     }
 
     fn retain(&mut self, listed: &HashSet<String>) -> Vec<Output> {
-        self.forget_advertisements_not_in(listed)
+        self.forget_advertisements_not_in(crate::engine::L2_ADVERTISEMENT, listed)
+    }
+}
+
+impl WatchIndex<BGPAdvertisement> for Engine {
+    type Key = String;
+    type Output = Vec<Output>;
+
+    fn key(advertisement: &BGPAdvertisement) -> String {
+        advertisement.name_any()
+    }
+
+    fn apply(&mut self, advertisement: BGPAdvertisement) -> Vec<Output> {
+        self.apply_bgp_advertisement(&advertisement)
+    }
+
+    fn delete(&mut self, advertisement: BGPAdvertisement) -> Vec<Output> {
+        self.delete_advertisement(crate::engine::BGP_ADVERTISEMENT, &advertisement.name_any())
+    }
+
+    fn retain(&mut self, listed: &HashSet<String>) -> Vec<Output> {
+        self.forget_advertisements_not_in(crate::engine::BGP_ADVERTISEMENT, listed)
     }
 }
 

@@ -312,6 +312,8 @@ fn ferrolb_runs_on_the_charts_rbac_which_allows_nothing_more_and_upgrade_and_uni
     assert!(installed.can_i(speaker, &["patch", "speakerstatuses.ferrolb.io", ns[0], ns[1]]));
     assert!(installed.can_i(speaker, &["list", "endpointslices.discovery.k8s.io", "-A"]));
     assert!(installed.can_i(controller, &["patch", "services", "--subresource=status", "-A"]));
+    assert!(installed.can_i(controller, &["watch", "bgpadvertisements.ferrolb.io"]));
+    assert!(installed.can_i(speaker, &["watch", "bgppeers.ferrolb.io"]));
     for (account, args) in [
         (speaker, vec!["patch", "services", "--subresource=status", "-A"]),
         (speaker, vec!["update", "services", "-A"]),
@@ -321,6 +323,7 @@ fn ferrolb_runs_on_the_charts_rbac_which_allows_nothing_more_and_upgrade_and_uni
         (speaker, vec!["delete", "speakerstatuses.ferrolb.io", "-n", INSTALL_NAMESPACE]),
         (speaker, vec!["patch", "ipaddresspools.ferrolb.io"]),
         (speaker, vec!["get", "secrets", "-n", INSTALL_NAMESPACE]),
+        (speaker, vec!["list", "secrets", "-n", INSTALL_NAMESPACE]),
         (speaker, vec!["create", "pods", "-n", INSTALL_NAMESPACE]),
         (speaker, vec!["*", "*"]),
         (controller, vec!["update", "services", "-A"]),
@@ -357,6 +360,7 @@ fn ferrolb_runs_on_the_charts_rbac_which_allows_nothing_more_and_upgrade_and_uni
         "l2advertisements.ferrolb.io",
         "l2announcements.ferrolb.io",
         "speakerstatuses.ferrolb.io",
+        "bgppeers.ferrolb.io",
     ] {
         assert!(installed.runtime.block_on(crds.get_opt(crd)).unwrap().is_some(), "{crd} kept (Helm's convention)");
     }

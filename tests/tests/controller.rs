@@ -214,7 +214,7 @@ async fn services_get_addresses_with_ip_mode_vip_a_condition_an_event_and_pool_u
     s.service("single", "SingleStack", &[]).await;
     // Until an L2Advertisement selects the pool, the Service says nobody announces its address.
     let unannounced = s.condition("single", reason::ALLOCATED).await;
-    let notice = format!("no L2Advertisement selects pool \"{pool}\", so no node announces it");
+    let notice = format!("no L2Advertisement or BGPAdvertisement selects pool \"{pool}\", so no node announces it");
     assert!(unannounced.message.ends_with(&notice), "{}", unannounced.message);
     let spec = L2AdvertisementSpec { ip_address_pools: vec![pool.clone()], ..Default::default() };
     let advertisement = L2Advertisement::new(&pool, spec);

@@ -361,12 +361,12 @@ async fn execute(api: &Api<L2Announcement>, name: &str, op: &Op) -> bool {
 async fn publish(source: &EventSource, notice: Notice) {
     let object = notice.object();
     if notice.warning {
-        tracing::warn!(service = %object, reason = notice.reason, "{}", notice.note);
+        tracing::warn!(object = %object, reason = notice.reason, "{}", notice.note);
     } else {
-        tracing::info!(service = %object, reason = notice.reason, "{}", notice.note);
+        tracing::info!(object = %object, reason = notice.reason, "{}", notice.note);
     }
     if let Err(e) = source.publish(notice).await {
-        tracing::warn!(service = %object, error = %e, "could not publish Event");
+        tracing::warn!(object = %object, error = %e, "could not publish Event");
     }
 }
 

@@ -38,13 +38,13 @@ pub struct Notice {
 }
 
 impl Notice {
-    /// `namespace/name` of the object, as logs name it.
+    /// `namespace/name` of the object (`name` when it is cluster-scoped), as logs name it.
     pub fn object(&self) -> String {
-        format!(
-            "{}/{}",
-            self.regarding.namespace.as_deref().unwrap_or_default(),
-            self.regarding.name.as_deref().unwrap_or_default()
-        )
+        let name = self.regarding.name.as_deref().unwrap_or_default();
+        match self.regarding.namespace.as_deref() {
+            Some(namespace) => format!("{namespace}/{name}"),
+            None => name.to_string(),
+        }
     }
 }
 

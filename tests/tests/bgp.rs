@@ -17,7 +17,7 @@ const VIP4: &str = "203.0.113.200";
 const VIP6: &str = "2001:db8:b::200";
 const NODES_V4: [&str; 3] = ["192.0.2.11", "192.0.2.12", "192.0.2.13"];
 /// Generous: these are correctness tests (`cargo xtask bench failover --mode bgp` measures).
-const SETTLE: Duration = Duration::from_secs(40);
+const SETTLE: Duration = Duration::from_secs(60);
 
 struct BgpLab {
     running: RunningLab,
@@ -70,6 +70,9 @@ impl BgpLab {
         );
         for node in ["node-1", "node-2", "node-3"] {
             text.push_str(&format!("--- speaker on {node}:\n{}\n", self.running.speaker_log(node, 20)));
+        }
+        for status in self.statuses() {
+            text.push_str(&format!("--- SpeakerStatus {}: {:?}\n", status.spec.node, status.spec.bgp_peers));
         }
         text
     }
@@ -172,4 +175,164 @@ fn a_local_service_is_announced_only_by_the_nodes_with_a_ready_endpoint() {
             .unwrap();
     }
     lab.wait_for("the routes to be withdrawn", || lab.next_hops(VIP4).is_empty() && lab.next_hops(VIP6).is_empty());
+}
+
+impl BgpLab {
+    /// Every node's sessions are Established with BFD up.
+    fn wait_for_sessions(&self) {
+        self.wait_for("every node to report both sessions Established with BFD up", || {
+            let statuses = self.statuses();
+            statuses.len() == 3
+                && statuses.iter().all(|s| {
+                    s.spec.bgp_peers.len() == 2
+                        && s.spec.bgp_peers.iter().all(|p| p.session == "Established" && p.bfd.as_deref() == Some("up"))
+                })
+        });
+    }
+
+    fn peer_status(&self, node: &str, peer: &str) -> Option<ferrolb_crds::BgpPeerStatus> {
+        self.statuses().into_iter().find(|s| s.spec.node == node)?.spec.bgp_peers.into_iter().find(|p| p.name == peer)
+    }
+
+    /// Runs `during` while the client opens a new connection to `vip` every 20 ms; the failed ones, and how
+    /// many were made.
+    fn failed_requests_during(&self, vip: &str, during: impl FnOnce()) -> (usize, usize) {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (ns, url, flag) = (self.running.lab().client().netns.clone(), format!("http://{vip}/"), stop.clone());
+        let prober = std::thread::spawn(move || {
+            let (mut failed, mut made) = (0, 0);
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                let output = ferrolb_e2e::netns::exec(&ns, "curl", &["-s", "--max-time", "1", &url]).unwrap();
+                made += 1;
+                if !output.status.success() {
+                    failed += 1;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            (failed, made)
+        });
+        during();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        prober.join().unwrap()
+    }
+
+    fn cordon(&self, node: &str, cordoned: bool) {
+        let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(self.client.clone());
+        let patch = serde_json::json!({ "spec": { "unschedulable": cordoned } });
+        self.runtime.block_on(nodes.patch(node, &PatchParams::default(), &Patch::Merge(&patch))).unwrap();
+    }
+}
+
+#[test]
+fn a_cut_link_loses_its_next_hop_by_bfd_and_the_client_keeps_working() {
+    let lab = BgpLab::up();
+    lab.wait_for("an ECMP route through every node", || lab.next_hops(VIP4).len() == 3);
+    lab.wait_for_sessions();
+    // The carrier is cut from the switch's side: node-1 stays up, but nothing reaches it any more.
+    let switch = lab.running.lab().switch_netns().to_string();
+    ferrolb_e2e::netns::ip(&["-n", &switch, "link", "set", "n1", "down"]).unwrap();
+    let cut = Instant::now();
+    lab.wait_for("node-1's next hop to go", || lab.next_hops(VIP4) == ["192.0.2.12", "192.0.2.13"]);
+    // BFD (100 ms × 3), not the BGP hold time (9 s): well under the hold time even on a loaded machine.
+    let detected = cut.elapsed();
+    assert!(detected < Duration::from_secs(5), "next hop removed after {detected:?}, not by BFD\n{}", lab.logs());
+    let (failed, made) = lab.failed_requests_during(VIP4, || std::thread::sleep(Duration::from_secs(2)));
+    assert_eq!(failed, 0, "{failed} of {made} requests failed after the next hop went");
+    lab.wait_for("node-1's BFD session to be reported down", || {
+        lab.peer_status("node-1", "router-v4").is_some_and(|p| p.bfd.as_deref() != Some("up"))
+            || lab.peer_status("node-2", "router-v4").is_some_and(|p| p.session == "Established")
+    });
+
+    ferrolb_e2e::netns::ip(&["-n", &switch, "link", "set", "n1", "up"]).unwrap();
+    lab.wait_for("node-1's next hop to come back", || lab.next_hops(VIP4).len() == 3);
+}
+
+#[test]
+fn a_restarted_speaker_withdraws_nothing_and_a_cordoned_node_drains_without_a_failed_request() {
+    let lab = BgpLab::up();
+    let all: Vec<String> = NODES_V4.iter().map(|s| s.to_string()).collect();
+    lab.wait_for("an ECMP route through every node", || lab.next_hops(VIP4) == all);
+
+    // A plain restart (SIGTERM of a node that stays): FRR keeps announcing throughout.
+    let before = lab.running.speaker_pid("node-3").unwrap();
+    let withdrawals = || lab.running.speaker_log("node-3", 200).matches("routes=0").count();
+    let withdrawn_before = withdrawals();
+    lab.running.signal_speaker("node-3", nix::sys::signal::Signal::SIGTERM).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(6);
+    while Instant::now() < deadline {
+        assert_eq!(lab.next_hops(VIP4), all, "a speaker restart withdrew routes\n{}", lab.logs());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut running = lab.running;
+    assert!(running.wait_speaker_exit("node-3", Duration::from_secs(5)).is_some(), "the speaker stopped");
+    running.start_stopped();
+    let lab = BgpLab { running, ..lab };
+    lab.wait_for("node-3's speaker to be back", || lab.running.speaker_pid("node-3").is_some_and(|p| p != before));
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(lab.next_hops(VIP4), all, "the restarted speaker converged without withdrawing");
+    let withdrawals = || lab.running.speaker_log("node-3", 200).matches("routes=0").count();
+    assert_eq!(withdrawals(), withdrawn_before, "the restarted speaker withdrew for a moment\n{}", lab.logs());
+
+    // A node going away: cordoned, then its speaker stopped. Not one new connection fails.
+    let (failed, made) = lab.failed_requests_during(VIP4, || {
+        lab.cordon("node-1", true);
+        lab.wait_for("node-1's routes to be withdrawn", || lab.next_hops(VIP4) == ["192.0.2.12", "192.0.2.13"]);
+        lab.running.signal_speaker("node-1", nix::sys::signal::Signal::SIGTERM).unwrap();
+        std::thread::sleep(Duration::from_secs(2));
+    });
+    assert!(made > 20, "only {made} requests");
+    assert_eq!(failed, 0, "{failed} of {made} requests failed while node-1 drained\n{}", lab.logs());
+    assert_eq!(lab.next_hops(VIP4), ["192.0.2.12", "192.0.2.13"]);
+}
+
+#[test]
+fn advertisements_choose_nodes_peers_and_communities_as_bird_sees_them() {
+    let lab = BgpLab::up();
+    lab.wait_for("an ECMP route through every node", || lab.next_hops(VIP4).len() == 3);
+    let advertisements: Api<ferrolb_crds::BGPAdvertisement> = Api::all(lab.client.clone());
+    let patch = serde_json::json!({ "spec": {
+        "nodeSelectors": [{ "matchLabels": { "kubernetes.io/hostname": "node-2" } }],
+        "peers": ["router-v4"],
+        "communities": ["64500:100", "no-export"],
+        "largeCommunities": ["64500:1:2"],
+    }});
+    lab.runtime.block_on(advertisements.patch("bgp", &PatchParams::default(), &Patch::Merge(&patch))).unwrap();
+    lab.wait_for("node-2 alone to announce, to the IPv4 peer alone", || {
+        lab.next_hops(VIP4) == ["192.0.2.12"] && lab.next_hops(VIP6).is_empty()
+    });
+    let router = lab.running.router().unwrap();
+    lab.wait_for("the communities in BIRD's route", || {
+        let route = router.birdc(&format!("show route all {VIP4}/32")).unwrap();
+        route.contains("(64500,100)") && route.contains("(65535,65281)") && route.contains("(64500, 1, 2)")
+    });
+}
+
+#[test]
+fn a_password_the_router_does_not_share_and_a_missing_secret_are_reported_on_the_status() {
+    let lab = BgpLab::up();
+    lab.wait_for_sessions();
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(lab.client.clone(), INSTALL_NAMESPACE);
+    let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(serde_json::json!({
+        "metadata": { "name": "router-password" },
+        "type": "kubernetes.io/basic-auth",
+        "stringData": { "password": "s3cret" },
+    }))
+    .unwrap();
+    lab.runtime.block_on(secrets.create(&Default::default(), &secret)).unwrap();
+    let peers: Api<ferrolb_crds::BGPPeer> = Api::all(lab.client.clone());
+    let with = |secret: &str| serde_json::json!({ "spec": { "passwordSecret": { "name": secret } } });
+    lab.runtime
+        .block_on(peers.patch("router-v4", &PatchParams::default(), &Patch::Merge(&with("router-password"))))
+        .unwrap();
+    lab.runtime.block_on(peers.patch("router-v6", &PatchParams::default(), &Patch::Merge(&with("missing")))).unwrap();
+    lab.wait_for("the mismatched password on the IPv4 session to be reported", || {
+        lab.peer_status("node-1", "router-v4")
+            .is_some_and(|p| p.session != "Established" && p.message.is_some_and(|m| m.contains("TCP MD5 password")))
+    });
+    lab.wait_for("the missing Secret to be reported", || {
+        lab.peer_status("node-1", "router-v6")
+            .is_some_and(|p| p.session == "Refused" && p.message.is_some_and(|m| m.contains("\"missing\"")))
+    });
+    // The IPv4 routes are gone with the session (BIRD never hears this node with the wrong key).
+    lab.wait_for("the IPv4 route to go", || lab.next_hops(VIP4).is_empty());
 }

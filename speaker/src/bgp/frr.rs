@@ -90,6 +90,26 @@ impl Frr {
         Ok(profiles + self.bgpd.converge(&rendered.bgpd).await?)
     }
 
+    /// Registers the BFD sessions of `neighbors` (address, profile) again, under bgpd's `router` block
+    /// header: bgpd hands a registration to bfdd through zebra, and one made while bfdd was not connected
+    /// yet is lost, leaving the session without BFD (and a dead node's routes to the hold time).
+    pub async fn register_bfd_again(&mut self, router: &str, neighbors: &[(IpAddr, String)]) -> Result<(), VtyError> {
+        let mut commands = vec![router.to_string()];
+        for (address, profile) in neighbors {
+            commands.push(format!("no neighbor {address} bfd"));
+            commands.push(format!("neighbor {address} bfd"));
+            commands.push(format!("neighbor {address} bfd profile {profile}"));
+        }
+        commands.push("exit".into());
+        let result = async { self.bgpd.vty().await?.configure(&commands).await }.await;
+        // What runs is what was rendered again (or unknown after an error).
+        if result.is_err() {
+            self.bgpd.vty = None;
+            self.bgpd.running = None;
+        }
+        result
+    }
+
     /// Forgets what FRR is believed to run: the next converge reads it back.
     pub fn forget(&mut self) {
         self.bgpd.running = None;

@@ -157,6 +157,10 @@ pub fn commands(running: &Config, wanted: &Config) -> Vec<String> {
     out
 }
 
+fn is_address_family(line: &Line) -> bool {
+    line.text.starts_with("address-family ")
+}
+
 /// A level's lines by text (a daemon's prefix-lists run to one line per announced VIP).
 fn index(lines: &[Line]) -> HashMap<&str, &Line> {
     lines.iter().map(|l| (l.text.as_str(), l)).collect()
@@ -176,6 +180,8 @@ fn removals(running: &[Line], wanted: &[Line]) -> Vec<String> {
     let wanted = index(wanted);
     for line in running.iter().rev() {
         match wanted.get(line.text.as_str()) {
+            // FRR has no `no address-family ...`: a family goes when its last line does.
+            None if is_address_family(line) => inside(line, removals(&line.children, &[]), &mut out),
             None => out.push(format!("no {}", line.text)),
             // A block that became a plain line or the other way round is not the same line.
             Some(kept) if kept.is_block() != line.is_block() => out.push(format!("no {}", line.text)),

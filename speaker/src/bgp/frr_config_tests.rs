@@ -177,6 +177,25 @@ fn a_neighbour_goes_after_its_address_family_lines_and_options() {
 }
 
 #[test]
+fn a_family_that_goes_is_emptied_line_by_line() {
+    let mut wanted = running();
+    let bgp = &mut wanted.lines[0].children;
+    bgp.retain(|l| !l.text.starts_with("address-family "));
+    assert_eq!(
+        commands(&running(), &wanted),
+        [
+            "router bgp 64512",
+            "address-family ipv4 unicast",
+            "no neighbor 192.0.2.1 route-map flb-out permit out",
+            "no neighbor 192.0.2.1 activate",
+            "no network 203.0.113.1/32",
+            "exit-address-family",
+            "exit",
+        ]
+    );
+}
+
+#[test]
 fn prefix_list_entries_are_read_without_the_sequence_frr_gave_them() {
     let config = parse(
         "ip prefix-list flb-a seq 15 permit 203.0.113.9/32\nipv6 prefix-list flb-b seq 5 permit 2001:db8::1/128\n",
@@ -219,6 +238,13 @@ fn replay(start: &Config, commands: &[String]) -> Config {
         };
         if command == "exit" || command == "exit-address-family" {
             path.pop();
+            // FRR prints no family that has nothing left in it.
+            let mut lines = &mut config.lines;
+            for header in &path {
+                let at = lines.iter().position(|l| &l.text == header).unwrap();
+                lines = &mut lines[at].children;
+            }
+            lines.retain(|l| !(l.text.starts_with("address-family ") && l.children.is_empty()));
         } else if let Some(gone) = command.strip_prefix("no ") {
             let before = here.len();
             here.retain(|l| l.text != gone);

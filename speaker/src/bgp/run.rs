@@ -44,10 +44,17 @@ pub struct BgpBackend {
     /// What FRR said of its sessions at the last poll.
     states: BTreeMap<IpAddr, SessionState>,
     bfd: BTreeMap<IpAddr, String>,
-    profiled: BTreeSet<String>,
+    /// Sessions with a BFD profile: name → profile.
+    profiled: BTreeMap<String, String>,
+    /// Polls in a row that found no BFD session in bfdd for a profiled BGP session, by address.
+    bfd_missing: BTreeMap<IpAddr, u32>,
+    /// Sessions with a TCP MD5 password (a session that never comes up then most likely has the wrong one).
+    with_password: BTreeSet<String>,
     next_poll: Instant,
     /// The last error talking to FRR, logged once until it changes or clears.
     frr_error: Option<String>,
+    /// The same for reading its sessions.
+    poll_error: Option<String>,
     /// This node is cordoned (as of the last step): a SIGTERM now means it is going away.
     cordoned: bool,
     /// Draining: announce nothing; once the withdrawal is applied, stop when the routers had time to hear it.
@@ -71,9 +78,12 @@ impl BgpBackend {
             refused: BTreeMap::new(),
             states: BTreeMap::new(),
             bfd: BTreeMap::new(),
-            profiled: BTreeSet::new(),
+            profiled: BTreeMap::new(),
+            bfd_missing: BTreeMap::new(),
+            with_password: BTreeSet::new(),
             next_poll: Instant::now(),
             frr_error: None,
+            poll_error: None,
             cordoned: false,
             draining: false,
             drain_until: None,
@@ -88,7 +98,8 @@ impl BgpBackend {
         let here = world.nodes.iter().find(|n| n.name == self.me);
         let labels = here.map(|n| n.labels.clone()).unwrap_or_default();
         self.cordoned = here.is_some_and(|n| n.unschedulable);
-        let sessions = sessions_here(&objects, &labels, &mut self.refused);
+        let mut refused = BTreeMap::new();
+        let sessions = sessions_here(&objects, &labels, &mut refused);
         let names: BTreeSet<String> = sessions.iter().map(|s| s.name.clone()).collect();
         self.routes = if self.draining {
             Routes::default()
@@ -109,26 +120,32 @@ impl BgpBackend {
             profiles: &objects.profiles,
             routes: &self.routes,
         });
-        for refusal in &rendered.refused {
-            if self.refused.get(&refusal.peer) != Some(&refusal.reason) {
-                tracing::warn!(peer = %refusal.peer, reason = %refusal.reason, "BGP session not configured on this node");
+        refused.extend(rendered.refused.iter().map(|r| (r.peer.clone(), r.reason.clone())));
+        // Told once per cause: in the log, and as an Event on the BGPPeer.
+        for (peer, reason) in &refused {
+            if self.refused.get(peer) != Some(reason) {
+                tracing::warn!(%peer, %reason, "BGP session not configured on this node");
                 let _ = reports.send(Report::Notice(Notice {
-                    regarding: peer_reference(&refusal.peer),
+                    regarding: peer_reference(peer),
                     warning: true,
                     reason: "SessionRefused",
                     action: "Configure",
-                    note: format!("{} cannot peer: {}", self.me, refusal.reason),
+                    note: format!("{} cannot peer: {reason}", self.me),
                 }));
-                self.refused.insert(refusal.peer.clone(), refusal.reason.clone());
             }
         }
-        self.refused.retain(|peer, _| rendered.refused.iter().any(|r| &r.peer == peer));
+        self.refused = refused;
         self.sessions = sessions
             .iter()
             .filter(|s| rendered.sessions.contains(&s.name))
             .filter_map(|s| Some((s.name.clone(), s.spec.peer_address.parse().ok()?)))
             .collect();
-        self.profiled = sessions.iter().filter(|s| s.spec.bfd_profile.is_some()).map(|s| s.name.clone()).collect();
+        self.profiled = sessions
+            .iter()
+            .filter(|s| rendered.sessions.contains(&s.name))
+            .filter_map(|s| Some((s.name.clone(), s.spec.bfd_profile.clone()?)))
+            .collect();
+        self.with_password = sessions.iter().filter(|s| s.password.is_some()).map(|s| s.name.clone()).collect();
         Some(rendered)
     }
 
@@ -159,16 +176,24 @@ impl BgpBackend {
     }
 
     async fn poll(&mut self) {
-        match self.frr.sessions().await {
-            Ok(states) => self.states = states,
-            Err(e) => {
-                tracing::debug!(error = %e, "reading BGP sessions");
-                self.states.clear();
+        let sessions = self.frr.sessions().await;
+        let bfd = self.frr.bfd_sessions().await;
+        let error = match (&sessions, &bfd) {
+            (Err(e), _) | (_, Err(e)) => Some(e.to_string()),
+            _ => None,
+        };
+        let read = error.is_none();
+        if error != self.poll_error {
+            match &error {
+                Some(error) => tracing::warn!(%error, "cannot read FRR's sessions; retrying every {POLL_INTERVAL:?}"),
+                None => tracing::info!("FRR's sessions read again"),
             }
+            self.poll_error = error;
         }
-        match self.frr.bfd_sessions().await {
-            Ok(bfd) => self.bfd = bfd,
-            Err(_) => self.bfd.clear(),
+        self.states = sessions.unwrap_or_default();
+        self.bfd = bfd.unwrap_or_default();
+        if read {
+            self.register_lost_bfd_sessions().await;
         }
         // FRR may have restarted empty: read back what it runs at the next step.
         if self.states.is_empty() && !self.sessions.is_empty() {
@@ -178,8 +203,37 @@ impl BgpBackend {
     }
 }
 
+impl BgpBackend {
+    /// BFD sessions bfdd does not know of two polls in a row are registered again (see
+    /// [`Frr::register_bfd_again`]).
+    async fn register_lost_bfd_sessions(&mut self) {
+        let mut lost = Vec::new();
+        for (name, profile) in &self.profiled {
+            let Some(address) = self.sessions.get(name) else { continue };
+            if self.bfd.contains_key(address) {
+                self.bfd_missing.remove(address);
+                continue;
+            }
+            let polls = self.bfd_missing.entry(*address).or_default();
+            *polls += 1;
+            if *polls >= 2 {
+                lost.push((*address, profile.clone()));
+                *polls = 0;
+            }
+        }
+        let router =
+            self.applied.as_ref().and_then(|r| r.bgpd.lines.iter().find(|l| l.text.starts_with("router bgp ")));
+        let (Some(router), false) = (router.map(|l| l.text.clone()), lost.is_empty()) else { return };
+        let addresses: Vec<String> = lost.iter().map(|(a, _)| a.to_string()).collect();
+        tracing::warn!(peers = ?addresses, "bfdd runs no BFD session for these BGP sessions; registering them again");
+        if let Err(e) = self.frr.register_bfd_again(&router, &lost).await {
+            tracing::warn!(error = %e, "registering the BFD sessions again failed");
+        }
+    }
+}
+
 /// The BGPPeers that select this node, with their passwords; peers whose password cannot be read are
-/// refused (`refused` gets why).
+/// left out (`refused` gets why).
 fn sessions_here(
     objects: &BgpObjects,
     labels: &BTreeMap<String, String>,
@@ -201,9 +255,6 @@ fn sessions_here(
                         secret.name,
                         crate::cluster::PASSWORD_SECRET_TYPE
                     );
-                    if refused.get(name) != Some(&reason) {
-                        tracing::warn!(peer = %name, %reason, "BGP session not configured");
-                    }
                     refused.insert(name.clone(), reason);
                     continue;
                 }
@@ -214,13 +265,31 @@ fn sessions_here(
     sessions
 }
 
+/// What the SpeakerStatus says of a session that is not established: FRR's last error, and with a password
+/// the likeliest cause (a router without the same TCP MD5 key drops every segment: FRR sees no error at all).
+fn session_message(state: Option<&SessionState>, with_password: bool) -> Option<String> {
+    let state = state?;
+    if state.state == "Established" {
+        return None;
+    }
+    let hint = with_password.then_some(
+        "a TCP MD5 password is set: the router must use the same one for this node, or it drops every segment",
+    );
+    match (state.last_error.as_deref(), hint) {
+        (Some(error), Some(hint)) => Some(format!("{error}; {hint}")),
+        (Some(error), None) => Some(error.to_string()),
+        (None, Some(hint)) => Some(hint.to_string()),
+        (None, None) => None,
+    }
+}
+
 fn peer_reference(name: &str) -> ObjectReference {
     ObjectReference {
         api_version: Some(ferrolb_crds::API_VERSION.into()),
         kind: Some("BGPPeer".into()),
         name: Some(name.into()),
-        // Cluster-scoped: the Event goes to the default namespace.
-        namespace: Some("default".into()),
+        // Cluster-scoped: no namespace (the Event itself goes to the default namespace).
+        namespace: None,
         ..Default::default()
     }
 }
@@ -291,9 +360,9 @@ impl driver::Backend for BgpBackend {
                     session: state.map_or_else(|| "Unknown".into(), |s| s.state.clone()),
                     bfd: self
                         .profiled
-                        .contains(name)
+                        .contains_key(name)
                         .then(|| self.bfd.get(address).cloned().unwrap_or_else(|| "unknown".into())),
-                    message: state.and_then(|s| s.last_error.clone()),
+                    message: session_message(state, self.with_password.contains(name)),
                     routes: u32::try_from(self.routes.by_peer.get(name).map_or(0, |r| r.len())).unwrap_or(u32::MAX),
                 }
             })

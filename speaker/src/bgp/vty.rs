@@ -95,20 +95,25 @@ impl Vty {
         }
     }
 
-    /// Runs `commands` in configure mode, stopping at the first one refused (the daemon keeps those before
-    /// it: the caller reads the running configuration again and computes the rest).
+    /// Runs `commands` in configure mode. One refused does not stop the others (a line FRR will not take
+    /// must not hold back every other change, a new VIP say); the first refusal is returned, and the
+    /// caller reads the running configuration again before its next attempt.
     pub async fn configure(&mut self, commands: &[String]) -> Result<(), VtyError> {
         self.run("configure terminal").await?;
-        let mut result = Ok(());
+        let mut first_refusal = None;
         for command in commands {
-            if let Err(e) = self.run(command).await {
-                result = Err(e);
-                break;
+            match self.run(command).await {
+                Ok(_) => {}
+                Err(refused @ VtyError::Refused { .. }) => {
+                    first_refusal.get_or_insert(refused);
+                }
+                // The connection is gone: nothing more can be sent.
+                Err(e) => return Err(e),
             }
         }
-        // Back to the top whatever happened (a later configure starts from there).
-        let _ = self.run("end").await;
-        result
+        // Back to the top (a later configure starts from there).
+        self.run("end").await?;
+        first_refusal.map_or(Ok(()), Err)
     }
 
     /// The daemon's running configuration, as `show running-config` prints it.

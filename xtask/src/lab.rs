@@ -25,8 +25,9 @@ pub struct LabArgs {
     action: String,
     #[arg(long, default_value_t = 3)]
     nodes: usize,
-    /// native: the speakers answer ARP/NDP; keepalived: they drive keepalived (VRRP).
-    #[arg(long, value_parser = ["native", "keepalived"], default_value = "native")]
+    /// native: the speakers answer ARP/NDP; keepalived: they drive keepalived (VRRP); bgp: they drive an FRR
+    /// per node, announcing to a router (BIRD) the client sits behind (processes only, for now).
+    #[arg(long, value_parser = ["native", "keepalived", "bgp"], default_value = "native")]
     mode: String,
     /// Run ferrolb's binaries as processes beside fake Nodes (the light lab: no kubelet, no images) instead of
     /// real kubelets running the chart.
@@ -49,9 +50,14 @@ pub fn run(args: LabArgs) -> Result<()> {
     if args.action == "down" {
         return down();
     }
+    if args.mode == "bgp" && !args.processes {
+        // The chart has no FRR container yet: BGP mode's lab runs the binaries as processes.
+        eprintln!("==> --mode bgp runs ferrolb as processes beside fake Nodes (--processes)");
+    }
+    let processes = args.processes || args.mode == "bgp";
     deps::install_all()?;
     run::step("cargo build --workspace --bins", run::cargo(&["build", "--workspace", "--bins"]))?;
-    if !args.processes {
+    if !processes {
         // The pods run ferrolb's images: built from this tree, imported into every node.
         image::run(None)?;
     }
@@ -59,7 +65,7 @@ pub fn run(args: LabArgs) -> Result<()> {
         eprintln!("==> a lab is already running here: taking it down first");
         down()?;
     }
-    let state = start_supervisor(args.nodes, args.mode == "keepalived", args.processes)?;
+    let state = start_supervisor(args.nodes, &args.mode, processes)?;
     show_demo(&state)
 }
 
@@ -74,7 +80,7 @@ fn down() -> Result<()> {
     Ok(())
 }
 
-fn start_supervisor(nodes: usize, keepalived: bool, processes: bool) -> Result<Value> {
+fn start_supervisor(nodes: usize, mode: &str, processes: bool) -> Result<Value> {
     let dir = state_dir();
     std::fs::create_dir_all(&dir)?;
     let _ = std::fs::remove_file(dir.join("lab.json"));
@@ -85,7 +91,8 @@ fn start_supervisor(nodes: usize, keepalived: bool, processes: bool) -> Result<V
     let mut supervisor = Command::new(lab_binary())
         .arg("--state-dir")
         .arg(&dir)
-        .args(keepalived.then_some("--keepalived"))
+        .args((mode == "keepalived").then_some("--keepalived"))
+        .args((mode == "bgp").then_some("--bgp"))
         .args(processes.then_some("--processes"))
         .arg("up")
         .arg("--bin-dir")
@@ -121,6 +128,8 @@ fn show_demo(state: &Value) -> Result<()> {
     let namespace = state["service"]["namespace"].as_str().unwrap_or("default");
     let service = state["service"]["name"].as_str().unwrap_or_default();
     let client_ns = state["client"]["netns"].as_str().unwrap_or_default();
+    // BGP mode: the router the client is behind.
+    let router = state["router"]["netns"].as_str();
     let kubectl_cmd = |args: &[&str]| -> Result<String> {
         let output = Command::new(kubectl).arg("--kubeconfig").arg(kubeconfig).args(args).output()?;
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
@@ -181,12 +190,29 @@ fn show_demo(state: &Value) -> Result<()> {
         let answer = curl_until_answer(client_ns, &url);
         match answer {
             Some(answer) if state["kubelet"] == true => println!("{answer}    <- answered by a demo pod"),
+            Some(node) if router.is_some() => println!("{node}    <- answered by a node the router chose for {ip}"),
             Some(node) => println!("{node}    <- answered by the node that holds {ip}"),
             None => println!("(no answer within {} s: nothing announces {ip} yet)", EXTERNAL_IP_TIMEOUT.as_secs()),
         }
     }
 
-    if has_speakers && !external_ips.is_empty() {
+    if let Some(router) = router {
+        for ip in &external_ips {
+            let family = if ip.contains(':') { "-6" } else { "-4" };
+            println!("\n$ ip -n {router} {family} route show {ip}    # one next hop per announcing node");
+            let output = Command::new("ip").args(["-n", router, family, "route", "show", ip]).output()?;
+            print!("{}", String::from_utf8_lossy(&output.stdout));
+        }
+        println!("\n$ kubectl get speakerstatuses -n ferrolb-system -o wide    # sessions per node");
+        // Each speaker writes its status once what it sees has settled (a few seconds after start-up).
+        let started = Instant::now();
+        let mut statuses = String::new();
+        while started.elapsed() < EXTERNAL_IP_TIMEOUT && !statuses.contains("Established") {
+            std::thread::sleep(Duration::from_millis(500));
+            statuses = kubectl_cmd(&["get", "speakerstatuses", "-n", "ferrolb-system", "-o", "wide"])?;
+        }
+        print!("{statuses}");
+    } else if has_speakers && !external_ips.is_empty() {
         println!("\n$ kubectl get l2announcements -n ferrolb-system");
         print!("{}", kubectl_cmd(&["get", "l2announcements", "-n", "ferrolb-system"])?);
     }

@@ -6,12 +6,14 @@
 //! - `metallb.io` `L2Advertisement` → `L2Advertisement` (pools, pool selectors, service selectors, node
 //!   selectors, interfaces);
 //! - the legacy `metallb.io/v1beta1` `AddressPool`, and the pre-0.13 `config` ConfigMap's `address-pools`, →
-//!   a pool, plus an L2Advertisement for it when its protocol is layer2.
+//!   a pool, plus an L2Advertisement for it when its protocol is layer2;
+//! - `BGPPeer`, `BFDProfile`, `BGPAdvertisement` (and the `Community` aliases they use): see
+//!   [`crate::migrate_bgp`].
 //!
 //! MetalLB's objects are namespaced, ferrolb's cluster-scoped: a name used in several namespaces becomes
 //! `<namespace>-<name>` (references from advertisements follow), never a collision.
 //!
-//! What cannot be carried over — BGP objects, a field ferrolb has no equivalent for — is listed in
+//! What cannot be carried over — a field ferrolb has no equivalent for, a password written in a BGPPeer — is listed in
 //! [`Migration::unconverted`], naming the object and the field; the CLI refuses to print a partial result
 //! unless told `--allow-partial`. Documents that are not MetalLB's are left out with a warning. Every address is
 //! checked with the same parser the controller uses, so an entry ferrolb would refuse is an error here, naming
@@ -40,6 +42,9 @@ pub enum MigrateError {
 pub struct Migration {
     pub pools: Vec<IPAddressPool>,
     pub advertisements: Vec<L2Advertisement>,
+    pub bgp_peers: Vec<ferrolb_crds::BGPPeer>,
+    pub bfd_profiles: Vec<ferrolb_crds::BFDProfile>,
+    pub bgp_advertisements: Vec<ferrolb_crds::BGPAdvertisement>,
     /// MetalLB configuration that has no ferrolb equivalent: applying the rest would change what is
     /// allocated or announced, so this is an error unless the user accepts a partial migration.
     pub unconverted: Vec<String>,
@@ -58,6 +63,18 @@ impl Migration {
         for advertisement in &self.advertisements {
             out.push_str("---\n");
             out.push_str(&serde_yaml_ng::to_string(&typed("L2Advertisement", advertisement)?)?);
+        }
+        for profile in &self.bfd_profiles {
+            out.push_str("---\n");
+            out.push_str(&serde_yaml_ng::to_string(&typed("BFDProfile", profile)?)?);
+        }
+        for peer in &self.bgp_peers {
+            out.push_str("---\n");
+            out.push_str(&serde_yaml_ng::to_string(&typed("BGPPeer", peer)?)?);
+        }
+        for advertisement in &self.bgp_advertisements {
+            out.push_str("---\n");
+            out.push_str(&serde_yaml_ng::to_string(&typed("BGPAdvertisement", advertisement)?)?);
         }
         Ok(out)
     }
@@ -202,6 +219,7 @@ fn expand_lists(value: Value) -> Vec<Value> {
 struct Converted {
     pools: Vec<(String, IPAddressPool)>,
     advertisements: Vec<(String, L2Advertisement)>,
+    bgp: crate::migrate_bgp::ConvertedBgp,
 }
 
 impl Converted {
@@ -244,6 +262,59 @@ impl Converted {
             }
             advertisement.metadata.name = Some(new);
             migration.advertisements.push(advertisement);
+        }
+        let bgp = self.bgp;
+        let profile_names = cluster_names(bgp.profiles.iter().map(|(ns, p)| (ns.as_str(), name_of(&p.metadata))));
+        let peer_names = cluster_names(bgp.peers.iter().map(|(ns, p)| (ns.as_str(), name_of(&p.metadata))));
+        let bgp_names = cluster_names(bgp.advertisements.iter().map(|(ns, a, _)| (ns.as_str(), name_of(&a.metadata))));
+        let renamed = |names: &BTreeMap<(String, String), String>, namespace: &str, name: &str| {
+            names.get(&(namespace.to_string(), name.to_string())).cloned().unwrap_or_else(|| name.to_string())
+        };
+        let mut note_rename = |kind: &str, namespace: &str, old: &str, new: &str| {
+            if new != old {
+                migration
+                    .warnings
+                    .push(format!("{kind} {namespace}/{old} is named {new:?}: the name is used in several namespaces"));
+            }
+        };
+        for (namespace, mut profile) in bgp.profiles {
+            let old = name_of(&profile.metadata).to_string();
+            let new = renamed(&profile_names, &namespace, &old);
+            note_rename("BFDProfile", &namespace, &old, &new);
+            profile.metadata.name = Some(new);
+            migration.bfd_profiles.push(profile);
+        }
+        for (namespace, mut peer) in bgp.peers {
+            let old = name_of(&peer.metadata).to_string();
+            let new = renamed(&peer_names, &namespace, &old);
+            note_rename("BGPPeer", &namespace, &old, &new);
+            if let Some(profile) = peer.spec.bfd_profile.as_mut() {
+                *profile = renamed(&profile_names, &namespace, profile);
+            }
+            peer.metadata.name = Some(new);
+            migration.bgp_peers.push(peer);
+        }
+        for (namespace, mut advertisement, communities) in bgp.advertisements {
+            let old = name_of(&advertisement.metadata).to_string();
+            let new = renamed(&bgp_names, &namespace, &old);
+            note_rename("BGPAdvertisement", &namespace, &old, &new);
+            let shown = format!("{namespace}/{old}");
+            crate::migrate_bgp::resolve_communities(
+                &namespace,
+                &shown,
+                &communities,
+                &bgp.aliases,
+                &mut advertisement.spec,
+                &mut migration.unconverted,
+            );
+            for reference in &mut advertisement.spec.ip_address_pools {
+                *reference = renamed(&pool_names, &namespace, reference);
+            }
+            for reference in &mut advertisement.spec.peers {
+                *reference = renamed(&peer_names, &namespace, reference);
+            }
+            advertisement.metadata.name = Some(new);
+            migration.bgp_advertisements.push(advertisement);
         }
     }
 }
@@ -325,9 +396,25 @@ fn convert(value: &Value, converted: &mut Converted, migration: &mut Migration) 
                 },
             ));
         }
-        ("metallb.io", _) => migration.unconverted.push(format!(
-            "{kind} {shown}: ferrolb has no equivalent yet (it announces on layer 2, ARP/NDP, only); the addresses it announced would no longer be"
-        )),
+        ("metallb.io", "BGPPeer" | "BFDProfile" | "BGPAdvertisement" | "Community") => {
+            let source = crate::migrate_bgp::Source {
+                kind,
+                shown: &shown,
+                namespace: &meta.namespace,
+                metadata: object_meta(&meta),
+                spec: &spec,
+            };
+            crate::migrate_bgp::convert(&source, &mut converted.bgp, &mut migration.unconverted).map_err(
+                |problem| MigrateError::Invalid {
+                    kind: kind.into(),
+                    name: shown.clone(),
+                    problem: format!("unexpected spec: {problem}"),
+                },
+            )?;
+        }
+        ("metallb.io", _) => migration
+            .unconverted
+            .push(format!("{kind} {shown}: ferrolb has no equivalent; what it configured would no longer apply")),
         ("v1", "ConfigMap") if value.pointer("/data/config").is_some() => {
             let text = value.pointer("/data/config").and_then(Value::as_str).unwrap_or_default();
             let config: LegacyConfig = serde_yaml_ng::from_str(text).map_err(|e| MigrateError::Invalid {
@@ -381,7 +468,7 @@ fn layer2_for_legacy(pool: &Meta, protocol: Option<&str>, converted: &mut Conver
             },
         )),
         Some(other) => migration.unconverted.push(format!(
-            "address pool {}: it is announced with {other}, which ferrolb has no equivalent for yet; the pool is converted but nothing announces it",
+            "address pool {}: it is announced with {other}; the pool is converted but nothing announces it until you write a BGPAdvertisement (and BGPPeers) for it",
             pool.shown()
         )),
     }

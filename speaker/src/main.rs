@@ -182,7 +182,7 @@ async fn start(args: Args) -> anyhow::Result<()> {
         }
         Mode::Bgp => {
             let setup = driver::Setup::start(&client, options, events, metrics).await?;
-            let backend = BgpBackend::start(&setup, BgpOptions { frr_dir: args.frr_dir });
+            let backend = BgpBackend::start(&setup, BgpOptions { frr_dir: args.frr_dir, client: client.clone() });
             driver::run(setup, backend, health, shutdown_signal()).await
         }
     }

@@ -632,6 +632,16 @@ impl RunningLab {
         process.signal(signal)
     }
 
+    /// Waits up to `timeout` for the component `name` to exit, and reaps it (restarted by the next
+    /// [`RunningLab::start_stopped`] or supervision tick).
+    pub fn wait_component_exit(&mut self, name: &str, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let component = self.components.iter_mut().find(|c| c.name == name)?;
+        let status = component.process.as_mut()?.wait_timeout(timeout)?;
+        component.process = None;
+        component.exited_at = Some(std::time::Instant::now());
+        Some(status)
+    }
+
     /// Waits up to `timeout` for the speaker of `node` to exit, and reaps it.
     pub fn wait_speaker_exit(&mut self, node: &str, timeout: Duration) -> Option<std::process::ExitStatus> {
         let component = self.components.iter_mut().find(|c| c.name == speaker_component(node))?;

@@ -336,3 +336,21 @@ fn a_password_the_router_does_not_share_and_a_missing_secret_are_reported_on_the
     // The IPv4 routes are gone with the session (BIRD never hears this node with the wrong key).
     lab.wait_for("the IPv4 route to go", || lab.next_hops(VIP4).is_empty());
 }
+
+#[test]
+fn a_restarted_frr_is_filled_again_by_the_speaker_and_bfd_comes_back() {
+    let mut lab = BgpLab::up();
+    let all: Vec<String> = NODES_V4.iter().map(|s| s.to_string()).collect();
+    lab.wait_for("an ECMP route through every node", || lab.next_hops(VIP4) == all);
+    lab.wait_for_sessions();
+    // bgpd and bfdd killed: the router drops node-1 (its sessions close) until they are back, empty.
+    for daemon in ["bgpd on node-1", "bfdd on node-1"] {
+        lab.running.signal_component(daemon, nix::sys::signal::Signal::SIGKILL).unwrap();
+        assert!(lab.running.wait_component_exit(daemon, Duration::from_secs(5)).is_some(), "{daemon} stopped");
+    }
+    lab.wait_for("node-1's next hop to go", || lab.next_hops(VIP4) == ["192.0.2.12", "192.0.2.13"]);
+    lab.running.start_stopped();
+    // The speaker finds them empty, configures them again, and the BFD sessions come back with them.
+    lab.wait_for("node-1's next hop to come back", || lab.next_hops(VIP4) == all);
+    lab.wait_for_sessions();
+}

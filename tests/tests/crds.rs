@@ -128,7 +128,7 @@ async fn l2_advertisements_are_served() {
 /// prints, is accepted by the API server as it is.
 #[tokio::test]
 async fn migrated_metallb_configuration_is_accepted_by_the_api_server() {
-    for (fixture, objects) in [("metallb-documented.yaml", 5), ("kubectl-get-list.yaml", 4)] {
+    for (fixture, objects) in [("metallb-documented.yaml", 10), ("kubectl-get-list.yaml", 4)] {
         migrated_is_accepted(fixture, objects).await;
     }
 }

@@ -38,8 +38,8 @@ enum Command {
     Bench {
         #[arg(value_parser = ["controller", "failover", "compare"])]
         what: String,
-        /// For `failover`: native or keepalived speakers.
-        #[arg(long, value_parser = ["native", "keepalived"], default_value = "native")]
+        /// For `failover`: native, keepalived or bgp speakers.
+        #[arg(long, value_parser = ["native", "keepalived", "bgp"], default_value = "native")]
         mode: String,
         /// For `compare`: failover trials per fault and per system.
         #[arg(long, default_value_t = 10)]
@@ -172,6 +172,13 @@ fn bench(what: &str, mode: &str, trials: usize, services: usize) -> Result<()> {
             bench.arg("failover").arg("--bin-dir").arg(&release).arg("--repo").arg(run::workspace_root());
             if mode == "keepalived" {
                 bench.arg("--keepalived");
+            }
+            if mode == "bgp" {
+                bench.arg("--bgp");
+                return run::step(
+                    "failover (bgp): link cut, FRR killed, graceful stop (20 trials each); Service -> route over 200 Services",
+                    bench,
+                );
             }
             run::step("failover: SIGKILL, link cut, SIGTERM (20 trials each); speaker memory with 10 000 VIPs", bench)
         }

@@ -26,10 +26,12 @@ const POLL_INTERVAL: Duration = Duration::from_secs(2);
 /// the withdrawal at once; BIRD took 85–97 ms to act on one in the lab).
 const WITHDRAW_GRACE: Duration = Duration::from_secs(2);
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct BgpOptions {
     /// Where FRR's daemons keep their vty sockets (`bgpd.vty`, `bfdd.vty`).
     pub frr_dir: PathBuf,
+    /// To read this node's Node at SIGTERM (the watch may not have shown a cordon made a moment before).
+    pub client: kube::Client,
 }
 
 pub struct BgpBackend {
@@ -55,11 +57,16 @@ pub struct BgpBackend {
     frr_error: Option<String>,
     /// The same for reading its sessions.
     poll_error: Option<String>,
-    /// This node is cordoned (as of the last step): a SIGTERM now means it is going away.
+    /// This node is cordoned (as of the last step).
     cordoned: bool,
-    /// Draining: announce nothing; once the withdrawal is applied, stop when the routers had time to hear it.
+    client: kube::Client,
+    /// SIGTERM came: whether the node is going away is decided at the next step.
+    stop_requested: bool,
+    /// Going away: announce nothing; once the withdrawal is applied, stop when the routers had time to hear it.
     draining: bool,
     drain_until: Option<Instant>,
+    /// Not going away (a restart or an upgrade): stop at once, FRR keeps announcing.
+    stop_now: bool,
 }
 
 pub enum BgpEvent {
@@ -68,6 +75,7 @@ pub enum BgpEvent {
 
 impl BgpBackend {
     pub fn start(setup: &driver::Setup, options: BgpOptions) -> Self {
+        let client = options.client.clone();
         tracing::info!(frr_dir = %options.frr_dir.display(), "BGP mode");
         BgpBackend {
             me: setup.options.node_name.clone(),
@@ -85,8 +93,11 @@ impl BgpBackend {
             frr_error: None,
             poll_error: None,
             cordoned: false,
+            client,
+            stop_requested: false,
             draining: false,
             drain_until: None,
+            stop_now: false,
         }
     }
 
@@ -204,6 +215,30 @@ impl BgpBackend {
 }
 
 impl BgpBackend {
+    /// Whether this node is going away: its Node is cordoned, being deleted or gone. A DaemonSet upgrade
+    /// deletes the Pod but not the Node: that is a restart, and withdraws nothing. Read from the API (the
+    /// watch may lag a cordon made just before the SIGTERM, as a drain does); the watched view if the API
+    /// does not answer.
+    async fn going_away(&self) -> bool {
+        let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(self.client.clone());
+        let read = tokio::time::timeout(Duration::from_secs(2), nodes.get_opt(&self.me)).await;
+        match read {
+            Ok(Ok(Some(node))) => {
+                node.metadata.deletion_timestamp.is_some()
+                    || node.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false)
+            }
+            Ok(Ok(None)) => true,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot read this node's Node; deciding from the watched one");
+                self.cordoned
+            }
+            Err(_) => {
+                tracing::warn!("the API did not answer within 2 s; deciding from the watched Node");
+                self.cordoned
+            }
+        }
+    }
+
     /// BFD sessions bfdd does not know of two polls in a row are registered again (see
     /// [`Frr::register_bfd_again`]).
     async fn register_lost_bfd_sessions(&mut self) {
@@ -315,6 +350,16 @@ impl driver::Backend for BgpBackend {
     }
 
     async fn step(&mut self, shared: &mut driver::Shared<'_>) -> anyhow::Result<()> {
+        if self.stop_requested && !self.draining && !self.stop_now {
+            if self.going_away().await {
+                tracing::info!("this node is going away (cordoned or deleted): withdrawing its routes before stopping");
+                self.draining = true;
+            } else {
+                tracing::info!("stopping: this node stays, so FRR keeps announcing its routes");
+                self.stop_now = true;
+                return Ok(());
+            }
+        }
         if let Some(rendered) = self.desired(shared.cluster, shared.reports) {
             self.converge(rendered).await;
         }
@@ -325,19 +370,16 @@ impl driver::Backend for BgpBackend {
         Ok(())
     }
 
-    /// A node that goes away (cordoned) withdraws first; a restart withdraws nothing (FRR keeps running).
+    /// A node that goes away withdraws first; a restart or upgrade withdraws nothing (FRR keeps running).
+    /// Which it is, is decided at the next step (it reads the Node).
     fn begin_drain(&mut self) -> Option<Duration> {
-        if !self.cordoned {
-            return None;
-        }
-        tracing::info!("this node is cordoned: withdrawing its routes before stopping");
-        self.draining = true;
+        self.stop_requested = true;
         self.next_poll = Instant::now();
-        Some(WITHDRAW_GRACE + Duration::from_secs(3))
+        Some(WITHDRAW_GRACE + Duration::from_secs(5))
     }
 
     fn drained(&self) -> bool {
-        self.drain_until.is_some_and(|until| Instant::now() >= until)
+        self.stop_now || self.drain_until.is_some_and(|until| Instant::now() >= until)
     }
 
     async fn stop(self, _shared: &mut driver::Shared<'_>) {

@@ -204,7 +204,7 @@ pub(crate) fn probe_until_moved(vip: &str, owner: &str, stop: &AtomicBool) -> Op
     None
 }
 
-fn request(address: SocketAddr) -> Option<String> {
+pub(crate) fn request(address: SocketAddr) -> Option<String> {
     let mut stream = TcpStream::connect_timeout(&address, Duration::from_millis(50)).ok()?;
     stream.set_read_timeout(Some(Duration::from_millis(200))).ok()?;
     stream.write_all(b"GET / HTTP/1.1\r\nhost: vip\r\nconnection: close\r\n\r\n").ok()?;

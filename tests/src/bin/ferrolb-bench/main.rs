@@ -67,6 +67,12 @@ enum Bench {
         /// Speakers in keepalived mode.
         #[arg(long)]
         keepalived: bool,
+        /// BGP mode (FRR per node, BIRD as the router): link cut, FRR killed, graceful stop, and Service ->
+        /// route latency over `--services` Services.
+        #[arg(long, conflicts_with = "keepalived")]
+        bgp: bool,
+        #[arg(long, default_value_t = 200)]
+        services: usize,
     },
     /// ferrolb and MetalLB in turn in the same kind of lab: failover, Service latency, memory, CPU.
     Compare {
@@ -96,6 +102,7 @@ enum Bench {
     },
 }
 
+mod bgp;
 mod compare;
 mod failover;
 mod pools;
@@ -109,7 +116,8 @@ fn main() -> Result<()> {
             runtime.block_on(controller_bench(&plane, dir.path(), &controller, latency_services, bulk_services))
         }
         Bench::Pools { controller, counts } => pools::run(&controller, &counts),
-        Bench::Failover { bin_dir, repo, trials, vips, keepalived } => {
+        Bench::Failover { bin_dir, repo, trials, bgp: true, services, .. } => bgp::run(bin_dir, repo, trials, services),
+        Bench::Failover { bin_dir, repo, trials, vips, keepalived, .. } => {
             failover::run(bin_dir, repo, trials, vips, keepalived)
         }
         Bench::Compare { bin_dir, repo, metallb_dir, metallb_version, trials, services, out, only } => {

@@ -39,6 +39,8 @@ pub struct BgpBackend {
     frr: Frr,
     /// What FRR was last made to run (`None`: not yet, or it failed).
     applied: Option<Rendered>,
+    /// The cluster's plan version (and whether draining) `applied` was rendered from.
+    rendered_at: Option<(u64, bool)>,
     routes: Routes,
     /// Sessions this node should have: BGPPeer name → address (and the refused ones, with why).
     sessions: BTreeMap<String, IpAddr>,
@@ -81,6 +83,7 @@ impl BgpBackend {
             me: setup.options.node_name.clone(),
             frr: Frr::new(&options.frr_dir),
             applied: None,
+            rendered_at: None,
             routes: Routes::default(),
             sessions: BTreeMap::new(),
             refused: BTreeMap::new(),
@@ -360,8 +363,13 @@ impl driver::Backend for BgpBackend {
                 return Ok(());
             }
         }
-        if let Some(rendered) = self.desired(shared.cluster, shared.reports) {
+        // Steps come every poll: the routes are computed again only when an object they are made of
+        // changed, or the last convergence failed, or a drain began.
+        let version = shared.cluster.plan_version();
+        let current = self.applied.is_some() && self.rendered_at == Some((version, self.draining));
+        if !current && let Some(rendered) = self.desired(shared.cluster, shared.reports) {
             self.converge(rendered).await;
+            self.rendered_at = Some((version, self.draining));
         }
         if self.draining && self.drain_until.is_none() && self.applied.is_some() {
             tracing::info!("routes withdrawn; giving the routers {WITHDRAW_GRACE:?} to act on it");

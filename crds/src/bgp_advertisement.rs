@@ -121,16 +121,12 @@ impl BGPAdvertisementSpec {
     /// Whether this advertisement announces the addresses of the pool `name` (labelled `labels`). Naming no
     /// pool and no pool selector means every pool. A malformed selector selects nothing.
     pub fn selects_pool(&self, name: &str, labels: &std::collections::BTreeMap<String, String>) -> bool {
-        (self.ip_address_pools.is_empty() && self.ip_address_pool_selectors.is_empty())
-            || self.ip_address_pools.iter().any(|p| p == name)
-            || (!self.ip_address_pool_selectors.is_empty()
-                && crate::selector::matches_any(&self.ip_address_pool_selectors, labels).unwrap_or(false))
+        crate::selector::selects_pool(&self.ip_address_pools, &self.ip_address_pool_selectors, name, labels)
     }
 
     /// Whether this advertisement applies to a Service labelled `labels` (no selector: every Service).
     pub fn selects_service(&self, labels: &std::collections::BTreeMap<String, String>) -> bool {
-        self.service_selectors.is_empty()
-            || crate::selector::matches_any(&self.service_selectors, labels).unwrap_or(false)
+        crate::selector::selects_service(&self.service_selectors, labels)
     }
 
     /// Whether the peer `name` is told (no peers listed: every peer).

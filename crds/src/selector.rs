@@ -55,6 +55,24 @@ pub fn matches_any(selectors: &[LabelSelector], labels: &BTreeMap<String, String
     Ok(false)
 }
 
+/// An advertisement's pool selection (L2 or BGP): the pools it names, or those its selectors match; naming
+/// none and selecting none means every pool. A malformed selector selects nothing.
+pub fn selects_pool(
+    names: &[String],
+    selectors: &[LabelSelector],
+    name: &str,
+    labels: &BTreeMap<String, String>,
+) -> bool {
+    (names.is_empty() && selectors.is_empty())
+        || names.iter().any(|p| p == name)
+        || (!selectors.is_empty() && matches_any(selectors, labels).unwrap_or(false))
+}
+
+/// An advertisement's Service selection: no selector, every Service.
+pub fn selects_service(selectors: &[LabelSelector], labels: &BTreeMap<String, String>) -> bool {
+    selectors.is_empty() || matches_any(selectors, labels).unwrap_or(false)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -34,3 +34,5 @@ pub mod metrics;
 pub mod plan;
 pub mod report;
 pub mod services;
+#[cfg(test)]
+mod test_world;

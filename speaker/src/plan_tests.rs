@@ -2,35 +2,12 @@
 
 use super::*;
 use crate::inventory::Link;
+use crate::test_world::{labels, node, service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use proptest::prelude::*;
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
-}
-
-fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
-}
-
-fn node(name: &str) -> NodeInfo {
-    NodeInfo {
-        name: name.into(),
-        labels: labels(&[("kubernetes.io/hostname", name)]),
-        network_unavailable: false,
-        unschedulable: false,
-    }
-}
-
-fn service(name: &str, vips: &[&str], endpoints: &[&str]) -> ServiceInfo {
-    ServiceInfo {
-        service: ServiceReference { namespace: "default".into(), name: name.into() },
-        labels: labels(&[("app", name)]),
-        vips: vips.iter().map(|v| ip(v)).collect(),
-        origin_pool: None,
-        traffic_policy_local: false,
-        ready_endpoint_nodes: endpoints.iter().map(|e| e.to_string()).collect(),
-    }
 }
 
 fn pool(name: &str, addresses: &[&str]) -> PoolInfo {

@@ -12,7 +12,7 @@ use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 
 use crate::lab_supervisor::{DEMO_NAMESPACE, DEMO_SERVICE, INSTALL_NAMESPACE, LabConfig, RunningLab};
-use crate::{names, netns};
+use crate::netns;
 
 pub const VIP4: &str = "192.0.2.200";
 pub const VIP6: &str = "2001:db8::200";
@@ -39,16 +39,9 @@ impl L2Lab {
         let speaker = crate::process::workspace_binary("ferrolb-speaker").unwrap();
         let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
         let config = LabConfig {
-            state_dir: state.path().to_path_buf(),
-            bin_dir: speaker.parent().unwrap().to_path_buf(),
-            repo,
-            prefix: names::unique_lab_prefix(),
-            nodes: 3,
-            controller_metrics_address: "127.0.0.1:0".into(),
             keepalived,
-            bgp: false,
             speaker_args: speaker_args.iter().map(|a| a.to_string()).collect(),
-            kubelet: None,
+            ..LabConfig::processes(state.path().to_path_buf(), speaker.parent().unwrap().to_path_buf(), repo)
         };
         let running = RunningLab::start(config).unwrap();
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();

@@ -71,6 +71,23 @@ pub struct LabConfig {
 }
 
 impl LabConfig {
+    /// What the tests and benches start: 3 nodes of processes (no kubelet), native mode, the controller's
+    /// metrics on any free port, a unique prefix.
+    pub fn processes(state_dir: PathBuf, bin_dir: PathBuf, repo: PathBuf) -> Self {
+        LabConfig {
+            state_dir,
+            bin_dir,
+            repo,
+            prefix: crate::names::unique_lab_prefix(),
+            nodes: 3,
+            controller_metrics_address: "127.0.0.1:0".into(),
+            keepalived: false,
+            bgp: false,
+            speaker_args: Vec::new(),
+            kubelet: None,
+        }
+    }
+
     pub fn lab_json(&self) -> PathBuf {
         self.state_dir.join("lab.json")
     }

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use ferrolb_crds::SpeakerStatus;
 use ferrolb_e2e::lab_supervisor::{DEMO_NAMESPACE, DEMO_SERVICE, INSTALL_NAMESPACE, LabConfig, RunningLab};
-use ferrolb_e2e::names;
 use k8s_openapi::api::core::v1::Service;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 
@@ -32,16 +31,8 @@ impl BgpLab {
         let speaker = ferrolb_e2e::process::workspace_binary("ferrolb-speaker").unwrap();
         let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
         let config = LabConfig {
-            state_dir: state.path().to_path_buf(),
-            bin_dir: speaker.parent().unwrap().to_path_buf(),
-            repo,
-            prefix: names::unique_lab_prefix(),
-            nodes: 3,
-            controller_metrics_address: "127.0.0.1:0".into(),
-            keepalived: false,
             bgp: true,
-            speaker_args: Vec::new(),
-            kubelet: None,
+            ..LabConfig::processes(state.path().to_path_buf(), speaker.parent().unwrap().to_path_buf(), repo)
         };
         let running = RunningLab::start(config).unwrap();
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
@@ -93,6 +84,30 @@ impl BgpLab {
         self.runtime.block_on(api.list(&Default::default())).unwrap().items
     }
 
+    /// The demo Service's endpoints (one per node and family, as the lab makes them), ready on `ready` only.
+    fn set_ready_endpoints(&self, ready: &[&str]) {
+        for (family, prefix) in [("IPv4", "203.0.113."), ("IPv6", "2001:db8:1::")] {
+            let backends: Vec<ferrolb_e2e::objects::Backend> = ["node-1", "node-2", "node-3"]
+                .iter()
+                .enumerate()
+                .map(|(i, node)| ferrolb_e2e::objects::Backend {
+                    node: node.to_string(),
+                    address: format!("{prefix}{}", 10 + i),
+                    ready: ready.contains(node),
+                })
+                .collect();
+            let slice = ferrolb_e2e::objects::apply_endpoint_slice(
+                &self.client,
+                DEMO_NAMESPACE,
+                DEMO_SERVICE,
+                family,
+                80,
+                &backends,
+            );
+            self.runtime.block_on(slice).unwrap();
+        }
+    }
+
     fn services(&self) -> Api<Service> {
         Api::namespaced(self.client.clone(), DEMO_NAMESPACE)
     }
@@ -136,44 +151,13 @@ fn a_local_service_is_announced_only_by_the_nodes_with_a_ready_endpoint() {
     let patch = serde_json::json!({ "spec": { "externalTrafficPolicy": "Local" } });
     lab.runtime.block_on(lab.services().patch(DEMO_SERVICE, &PatchParams::default(), &Patch::Merge(&patch))).unwrap();
     // The lab's endpoints: one ready per node and family. Make node-2's the only ready ones.
-    for (family, prefix) in [("IPv4", "203.0.113."), ("IPv6", "2001:db8:1::")] {
-        let backends: Vec<ferrolb_e2e::objects::Backend> = ["node-1", "node-2", "node-3"]
-            .iter()
-            .enumerate()
-            .map(|(i, node)| ferrolb_e2e::objects::Backend {
-                node: node.to_string(),
-                address: format!("{prefix}{}", 10 + i),
-                ready: *node == "node-2",
-            })
-            .collect();
-        lab.runtime
-            .block_on(ferrolb_e2e::objects::apply_endpoint_slice(
-                &lab.client,
-                DEMO_NAMESPACE,
-                DEMO_SERVICE,
-                family,
-                80,
-                &backends,
-            ))
-            .unwrap();
-    }
+    lab.set_ready_endpoints(&["node-2"]);
     lab.wait_for("the route to go through node-2 alone", || lab.next_hops(VIP4) == ["192.0.2.12"]);
     assert_eq!(lab.curl(VIP4).as_deref(), Some("node-2"));
     assert_eq!(lab.next_hops(VIP6), ["2001:db8::12"]);
 
     // No ready endpoint anywhere: nobody announces it.
-    for family in ["IPv4", "IPv6"] {
-        lab.runtime
-            .block_on(ferrolb_e2e::objects::apply_endpoint_slice(
-                &lab.client,
-                DEMO_NAMESPACE,
-                DEMO_SERVICE,
-                family,
-                80,
-                &[],
-            ))
-            .unwrap();
-    }
+    lab.set_ready_endpoints(&[]);
     lab.wait_for("the routes to be withdrawn", || lab.next_hops(VIP4).is_empty() && lab.next_hops(VIP6).is_empty());
 }
 

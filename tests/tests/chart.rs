@@ -15,7 +15,6 @@ use ferrolb_crds::{IPAddressPool, L2Announcement, SpeakerStatus};
 use ferrolb_e2e::lab_supervisor::{
     DEMO_NAMESPACE, DEMO_POOL, DEMO_SERVICE, INSTALL_NAMESPACE, Identities, LabConfig, RunningLab,
 };
-use ferrolb_e2e::names;
 use ferrolb_e2e::toolchain::K8sBinary;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::events::v1::Event;
@@ -166,18 +165,7 @@ fn install() -> Installed {
 fn install_chart(chart: &str, before: impl FnOnce(&Installed)) -> Installed {
     let state = tempfile::tempdir().unwrap();
     let speaker = ferrolb_e2e::process::workspace_binary("ferrolb-speaker").unwrap();
-    let config = LabConfig {
-        state_dir: state.path().to_path_buf(),
-        bin_dir: speaker.parent().unwrap().to_path_buf(),
-        repo: repo(),
-        prefix: names::unique_lab_prefix(),
-        nodes: 3,
-        controller_metrics_address: "127.0.0.1:0".into(),
-        keepalived: false,
-        bgp: false,
-        speaker_args: Vec::new(),
-        kubelet: None,
-    };
+    let config = LabConfig::processes(state.path().to_path_buf(), speaker.parent().unwrap().to_path_buf(), repo());
     let running = RunningLab::prepare(config).unwrap();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let client = runtime.block_on(running.plane().admin_client()).unwrap();

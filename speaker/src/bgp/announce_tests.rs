@@ -1,32 +1,9 @@
 #![allow(clippy::unwrap_used)]
 use super::*;
 use crate::plan::{NodeAddress, PoolInfo, ServiceInfo};
+use crate::test_world::{labels, node, service};
 use ferrolb_crds::bgp_advertisement::{Community, LargeCommunity};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-
-fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
-}
-
-fn node(name: &str) -> NodeInfo {
-    NodeInfo {
-        name: name.into(),
-        labels: labels(&[("kubernetes.io/hostname", name)]),
-        network_unavailable: false,
-        unschedulable: false,
-    }
-}
-
-fn service(name: &str, vips: &[&str], endpoints: &[&str]) -> ServiceInfo {
-    ServiceInfo {
-        service: ServiceReference { namespace: "default".into(), name: name.into() },
-        labels: labels(&[("app", name)]),
-        vips: vips.iter().map(|v| v.parse().unwrap()).collect(),
-        origin_pool: None,
-        traffic_policy_local: false,
-        ready_endpoint_nodes: endpoints.iter().map(|e| e.to_string()).collect(),
-    }
-}
 
 fn world(services: Vec<ServiceInfo>) -> World {
     World {

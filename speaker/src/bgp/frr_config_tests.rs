@@ -228,23 +228,11 @@ fn replay(start: &Config, commands: &[String]) -> Config {
     let mut config = start.clone();
     let mut path: Vec<String> = Vec::new();
     for command in commands {
-        let here = {
-            let mut lines = &mut config.lines;
-            for header in &path {
-                let at = lines.iter().position(|l| &l.text == header).unwrap();
-                lines = &mut lines[at].children;
-            }
-            lines
-        };
+        let here = lines_at(&mut config, &path);
         if command == "exit" || command == "exit-address-family" {
             path.pop();
             // FRR prints no family that has nothing left in it.
-            let mut lines = &mut config.lines;
-            for header in &path {
-                let at = lines.iter().position(|l| &l.text == header).unwrap();
-                lines = &mut lines[at].children;
-            }
-            lines.retain(|l| !(l.text.starts_with("address-family ") && l.children.is_empty()));
+            lines_at(&mut config, &path).retain(|l| !(l.text.starts_with("address-family ") && l.children.is_empty()));
         } else if let Some(gone) = command.strip_prefix("no ") {
             let before = here.len();
             here.retain(|l| l.text != gone);
@@ -264,6 +252,16 @@ fn replay(start: &Config, commands: &[String]) -> Config {
     }
     assert!(path.is_empty(), "left inside {path:?}");
     config
+}
+
+/// The lines of the block `path` leads to.
+fn lines_at<'a>(config: &'a mut Config, path: &[String]) -> &'a mut Vec<Line> {
+    let mut lines = &mut config.lines;
+    for header in path {
+        let at = lines.iter().position(|l| &l.text == header).unwrap();
+        lines = &mut lines[at].children;
+    }
+    lines
 }
 
 fn is_header(text: &str) -> bool {

@@ -45,18 +45,7 @@ impl Fault {
 
 pub fn run(bin_dir: PathBuf, repo: PathBuf, trials: usize, services: usize) -> Result<()> {
     let state = tempfile::tempdir()?;
-    let config = LabConfig {
-        state_dir: state.path().to_path_buf(),
-        bin_dir,
-        repo,
-        prefix: ferrolb_e2e::names::unique_lab_prefix(),
-        nodes: 3,
-        controller_metrics_address: "127.0.0.1:0".into(),
-        keepalived: false,
-        bgp: true,
-        speaker_args: Vec::new(),
-        kubelet: None,
-    };
+    let config = LabConfig { bgp: true, ..LabConfig::processes(state.path().to_path_buf(), bin_dir, repo) };
     let mut lab = RunningLab::start(config).context("starting the BGP lab")?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let client = runtime.block_on(lab.plane().admin_client())?;

@@ -196,18 +196,7 @@ pub fn run(options: Options) -> Result<()> {
 }
 
 fn start(system: System, options: &Options, state: &std::path::Path) -> Result<RunningLab> {
-    let config = LabConfig {
-        state_dir: state.to_path_buf(),
-        bin_dir: options.bin_dir.clone(),
-        repo: options.repo.clone(),
-        prefix: ferrolb_e2e::names::unique_lab_prefix(),
-        nodes: 3,
-        controller_metrics_address: "127.0.0.1:0".into(),
-        keepalived: false,
-        bgp: false,
-        speaker_args: Vec::new(),
-        kubelet: None,
-    };
+    let config = LabConfig::processes(state.to_path_buf(), options.bin_dir.clone(), options.repo.clone());
     let lab = match system {
         System::Ferrolb => RunningLab::start(config),
         System::Metallb => RunningLab::start_metallb(config, &options.metallb),

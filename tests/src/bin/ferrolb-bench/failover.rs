@@ -48,18 +48,7 @@ impl Fault {
 
 pub fn run(bin_dir: PathBuf, repo: PathBuf, trials: usize, vips: usize, keepalived: bool) -> Result<()> {
     let state = tempfile::tempdir()?;
-    let config = LabConfig {
-        state_dir: state.path().to_path_buf(),
-        bin_dir,
-        repo,
-        prefix: ferrolb_e2e::names::unique_lab_prefix(),
-        nodes: 3,
-        controller_metrics_address: "127.0.0.1:0".into(),
-        keepalived,
-        bgp: false,
-        speaker_args: Vec::new(),
-        kubelet: None,
-    };
+    let config = LabConfig { keepalived, ..LabConfig::processes(state.path().to_path_buf(), bin_dir, repo) };
     let mut lab = RunningLab::start(config).context("starting the lab")?;
     let client_ns = lab.lab().client().netns.clone();
     wait_until(Duration::from_secs(60), || curl(&client_ns, VIP).is_some()).context("the demo VIP never answered")?;

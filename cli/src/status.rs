@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
 use ferrolb_crds::service::{ALLOCATED_CONDITION, condition, ingress_ips, origin_pool};
-use ferrolb_crds::{IPAddressPool, L2Advertisement, L2Announcement, SpeakerStatus, reason};
+use ferrolb_crds::{BGPAdvertisement, IPAddressPool, L2Advertisement, L2Announcement, SpeakerStatus, reason};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::events::v1::Event;
@@ -17,6 +17,7 @@ use serde::Serialize;
 pub struct Snapshot {
     pub pools: Vec<IPAddressPool>,
     pub advertisements: Vec<L2Advertisement>,
+    pub bgp_advertisements: Vec<BGPAdvertisement>,
     pub announcements: Vec<L2Announcement>,
     pub speakers: Vec<SpeakerStatus>,
     pub speaker_pods: Vec<Pod>,
@@ -40,6 +41,10 @@ pub struct ServiceReport {
     pub pool: Option<String>,
     pub condition: Option<ConditionSummary>,
     pub announced_by: Vec<Announcer>,
+    /// BGP mode: a BGPAdvertisement announces the Service from every eligible node; the Established
+    /// sessions they announce on (`node -> peer`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub bgp_sessions: Vec<String>,
     /// Set when the Service has no address, or nobody announces it: what is wrong and what to change.
     pub problem: Option<Problem>,
     pub events: Vec<EventSummary>,
@@ -102,15 +107,40 @@ pub fn service_report(service: &Service, snapshot: &Snapshot) -> ServiceReport {
     let mut events: Vec<&Event> = snapshot.events.iter().collect();
     events.sort_by_key(|e| event_time(e));
     let events: Vec<EventSummary> = events.iter().rev().take(8).map(|e| summarize(e)).collect();
+    let by_bgp = selected(service, pool.as_deref(), snapshot).1;
+    let bgp_sessions: Vec<String> = if by_bgp {
+        snapshot
+            .speakers
+            .iter()
+            .flat_map(|s| s.spec.bgp_peers.iter().map(move |p| (s, p)))
+            .filter(|(_, p)| p.session == "Established")
+            .map(|(s, p)| format!("{} -> {} ({})", s.spec.node, p.name, p.address))
+            .collect()
+    } else {
+        Vec::new()
+    };
     let problem = if ips.is_empty() {
         Some(why_no_address(service, allocated.as_ref(), snapshot))
-    } else if announced_by.is_empty() {
+    } else if announced_by.is_empty() && bgp_sessions.is_empty() {
         Some(why_not_announced(service, pool.as_deref(), snapshot))
+    } else if by_bgp && !has_ready_endpoint(snapshot) {
+        Some(no_ready_endpoint())
     } else {
         None
     };
     let unreadable = snapshot.unreadable.clone();
-    ServiceReport { namespace, name, ips, pool, condition: allocated, announced_by, problem, events, unreadable }
+    ServiceReport {
+        namespace,
+        name,
+        ips,
+        pool,
+        condition: allocated,
+        announced_by,
+        bgp_sessions,
+        problem,
+        events,
+        unreadable,
+    }
 }
 
 fn why_no_address(service: &Service, allocated: Option<&ConditionSummary>, snapshot: &Snapshot) -> Problem {
@@ -192,39 +222,63 @@ fn fix_for(refusal: &str) -> &'static str {
     }
 }
 
-fn why_not_announced(service: &Service, pool: Option<&str>, snapshot: &Snapshot) -> Problem {
+/// Whether an L2Advertisement, and whether a BGPAdvertisement, announces the Service's pool for it (the same
+/// test the controller and the speakers make).
+fn selected(service: &Service, pool: Option<&str>, snapshot: &Snapshot) -> (bool, bool) {
     let labels = service.metadata.labels.clone().unwrap_or_default();
     let pool_labels = pool
         .and_then(|p| snapshot.pools.iter().find(|candidate| candidate.metadata.name.as_deref() == Some(p)))
         .and_then(|p| p.metadata.labels.clone())
         .unwrap_or_default();
-    // The same test the controller and the speakers make.
-    let advertised = snapshot.advertisements.iter().any(|advertisement| {
-        advertisement.spec.selects_pool(pool.unwrap_or_default(), &pool_labels)
-            && advertisement.spec.selects_service(&labels)
-    });
-    if !advertised {
-        return Problem {
-            reason: "NotAdvertised".into(),
-            detail: format!(
-                "no L2Advertisement selects pool {} for this Service: the address is held, nothing answers for it",
-                pool.unwrap_or("(unknown)")
-            ),
-            fix:
-                "create an L2Advertisement naming the pool (spec.ipAddressPools), or widen an existing one's selectors"
-                    .into(),
-        };
-    }
-    let ready_endpoint = snapshot
+    let pool = pool.unwrap_or_default();
+    let l2 = snapshot
+        .advertisements
+        .iter()
+        .any(|a| a.spec.selects_pool(pool, &pool_labels) && a.spec.selects_service(&labels));
+    let bgp = snapshot
+        .bgp_advertisements
+        .iter()
+        .any(|a| a.spec.selects_pool(pool, &pool_labels) && a.spec.selects_service(&labels));
+    (l2, bgp)
+}
+
+fn has_ready_endpoint(snapshot: &Snapshot) -> bool {
+    snapshot
         .endpoint_slices
         .iter()
         .flat_map(|s| s.endpoints.iter().flatten())
-        .any(|endpoint| endpoint.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true));
-    if !ready_endpoint {
+        .any(|endpoint| endpoint.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true))
+}
+
+fn no_ready_endpoint() -> Problem {
+    Problem {
+        reason: "NoReadyEndpoint".into(),
+        detail: "the Service has no ready endpoint: speakers announce only Services something answers for".into(),
+        fix: "check the Service's selector and its pods' readiness (kubectl get endpointslices -l kubernetes.io/service-name=NAME)".into(),
+    }
+}
+
+fn why_not_announced(service: &Service, pool: Option<&str>, snapshot: &Snapshot) -> Problem {
+    let (l2, bgp) = selected(service, pool, snapshot);
+    if !l2 && !bgp {
         return Problem {
-            reason: "NoReadyEndpoint".into(),
-            detail: "the Service has no ready endpoint: speakers announce only Services something answers for".into(),
-            fix: "check the Service's selector and its pods' readiness (kubectl get endpointslices -l kubernetes.io/service-name=NAME)".into(),
+            reason: "NotAdvertised".into(),
+            detail: format!(
+                "no L2Advertisement or BGPAdvertisement selects pool {} for this Service: the address is held, nothing answers for it",
+                pool.unwrap_or("(unknown)")
+            ),
+            fix: "create an L2Advertisement (or, in BGP mode, a BGPAdvertisement) naming the pool (spec.ipAddressPools), or widen an existing one's selectors"
+                .into(),
+        };
+    }
+    if !has_ready_endpoint(snapshot) {
+        return no_ready_endpoint();
+    }
+    if bgp && !l2 {
+        return Problem {
+            reason: "NoBgpSession".into(),
+            detail: "a BGPAdvertisement announces the Service, but no node has an Established BGP session".into(),
+            fix: "see the sessions and their messages: kubectl get speakerstatuses -n ferrolb-system -o yaml (spec.bgpPeers)".into(),
         };
     }
     let speaker_warning = snapshot
@@ -390,8 +444,11 @@ impl ServiceReport {
                 let _ = writeln!(out, "  Condition:  none");
             }
         }
-        if self.announced_by.is_empty() {
+        if self.announced_by.is_empty() && self.bgp_sessions.is_empty() {
             let _ = writeln!(out, "  Announced:  by no node");
+        }
+        for session in &self.bgp_sessions {
+            let _ = writeln!(out, "  Announced:  by BGP, every eligible node: {session}");
         }
         for announcer in &self.announced_by {
             let _ = writeln!(
@@ -542,6 +599,34 @@ mod tests {
         assert_eq!(other.problem.unwrap().reason, "OtherClass");
         let unset = Snapshot { ignore_unset_class: true, ..snapshot() };
         assert_eq!(service_report(&service(json!({}), None), &unset).problem.unwrap().reason, "OtherClass");
+    }
+
+    #[test]
+    fn a_bgp_service_is_announced_by_the_established_sessions_or_says_why_not() {
+        let held = service(allocated(), None);
+        let mut snapshot = snapshot();
+        snapshot.bgp_advertisements = vec![
+            serde_json::from_value(json!({"metadata": {"name": "bgp"}, "spec": {"ipAddressPools": ["blue"]}})).unwrap(),
+        ];
+        snapshot.endpoint_slices = vec![ready_slice(true)];
+        let speaker = |session: &str| -> SpeakerStatus {
+            serde_json::from_value(json!({
+                "metadata": {"name": "node-1"},
+                "spec": {"node": "node-1", "mode": "bgp", "bgpPeers": [
+                    {"name": "router", "address": "192.0.2.1", "session": session, "routes": 1}
+                ]}
+            }))
+            .unwrap()
+        };
+        snapshot.speakers = vec![speaker("Active")];
+        assert_eq!(service_report(&held, &snapshot).problem.unwrap().reason, "NoBgpSession");
+        snapshot.speakers = vec![speaker("Established")];
+        let report = service_report(&held, &snapshot);
+        assert_eq!(report.problem, None);
+        assert_eq!(report.bgp_sessions, ["node-1 -> router (192.0.2.1)"]);
+        assert!(report.to_text().contains("Announced:  by BGP, every eligible node: node-1 -> router"));
+        snapshot.endpoint_slices = vec![ready_slice(false)];
+        assert_eq!(service_report(&held, &snapshot).problem.unwrap().reason, "NoReadyEndpoint");
     }
 
     #[test]

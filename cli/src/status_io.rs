@@ -49,6 +49,12 @@ pub async fn report(
         advertisements: lister
             .list(Api::<L2Advertisement>::all(client.clone()), &everything, "L2Advertisements")
             .await?,
+        bgp_advertisements: lister
+            .list(Api::<ferrolb_crds::BGPAdvertisement>::all(client.clone()), &everything, "BGPAdvertisements")
+            .await?,
+        speakers: lister
+            .list(Api::<SpeakerStatus>::namespaced(client.clone(), install), &everything, "SpeakerStatuses")
+            .await?,
         announcements: lister
             .list(Api::<L2Announcement>::namespaced(client.clone(), install), &everything, "L2Announcements")
             .await?,
@@ -77,9 +83,6 @@ pub async fn report(
             if json { serde_json::to_string_pretty(&report)? + "\n" } else { report.to_text() }
         }
         None => {
-            snapshot.speakers = lister
-                .list(Api::<SpeakerStatus>::namespaced(client.clone(), install), &everything, "SpeakerStatuses")
-                .await?;
             let speakers = ListParams::default().labels("app.kubernetes.io/component=speaker");
             snapshot.speaker_pods =
                 lister.list(Api::<Pod>::namespaced(client.clone(), install), &speakers, "speaker pods").await?;

@@ -35,28 +35,35 @@ impl Daemon {
         self.vty.as_mut().ok_or(VtyError::Closed { path: self.socket.clone() })
     }
 
-    /// Sends what turns the running configuration into `wanted`; the number of commands sent.
-    async fn converge(&mut self, wanted: &Config) -> Result<usize, VtyError> {
-        let result = self.try_converge(wanted).await;
+    /// Runs `command`. Any failure drops the connection: the next use connects again and, having done so,
+    /// reads the running configuration back (FRR may have restarted).
+    async fn run(&mut self, command: &str) -> Result<String, VtyError> {
+        let result = async { self.vty().await?.run(command).await }.await;
         if result.is_err() {
-            // Unknown now: read back before the next attempt (and reconnect, in case FRR restarted).
             self.vty = None;
-            self.running = None;
         }
         result
     }
 
-    async fn try_converge(&mut self, wanted: &Config) -> Result<usize, VtyError> {
-        let owns = self.owns;
-        let known = self.running.take();
-        let vty = self.vty().await?;
-        let running = match known {
+    /// Runs `commands` in configure mode; a failure drops the connection, as [`Daemon::run`].
+    async fn configure(&mut self, commands: &[String]) -> Result<(), VtyError> {
+        let result = async { self.vty().await?.configure(commands).await }.await;
+        if result.is_err() {
+            self.vty = None;
+        }
+        result
+    }
+
+    /// Sends what turns the running configuration into `wanted`; the number of commands sent. After a
+    /// failure what runs is unknown, and is read back before the next attempt.
+    async fn converge(&mut self, wanted: &Config) -> Result<usize, VtyError> {
+        let running = match self.running.take() {
             Some(running) => running,
-            None => frr_config::parse(&vty.running_config().await?, owns),
+            None => frr_config::parse(&self.run("show running-config").await?, self.owns),
         };
         let commands = frr_config::commands(&running, wanted);
         if !commands.is_empty() {
-            vty.configure(&commands).await?;
+            self.configure(&commands).await?;
         }
         self.running = Some(wanted.clone());
         Ok(commands.len())
@@ -101,13 +108,7 @@ impl Frr {
             commands.push(format!("neighbor {address} bfd profile {profile}"));
         }
         commands.push("exit".into());
-        let result = async { self.bgpd.vty().await?.configure(&commands).await }.await;
-        // What runs is what was rendered again (or unknown after an error).
-        if result.is_err() {
-            self.bgpd.vty = None;
-            self.bgpd.running = None;
-        }
-        result
+        self.bgpd.configure(&commands).await
     }
 
     /// Forgets what FRR is believed to run: the next converge reads it back.
@@ -118,26 +119,12 @@ impl Frr {
 
     /// bgpd's sessions by peer address (`show bgp neighbors json`).
     pub async fn sessions(&mut self) -> Result<BTreeMap<IpAddr, SessionState>, VtyError> {
-        let result = async { self.bgpd.vty().await?.run("show bgp neighbors json").await }.await;
-        match result {
-            Ok(json) => Ok(parse_sessions(&json)),
-            Err(e) => {
-                self.bgpd.vty = None;
-                Err(e)
-            }
-        }
+        Ok(parse_sessions(&self.bgpd.run("show bgp neighbors json").await?))
     }
 
     /// bfdd's sessions by peer address: whether each is up (`show bfd peers json`).
     pub async fn bfd_sessions(&mut self) -> Result<BTreeMap<IpAddr, String>, VtyError> {
-        let result = async { self.bfdd.vty().await?.run("show bfd peers json").await }.await;
-        match result {
-            Ok(json) => Ok(parse_bfd(&json)),
-            Err(e) => {
-                self.bfdd.vty = None;
-                Err(e)
-            }
-        }
+        Ok(parse_bfd(&self.bfdd.run("show bfd peers json").await?))
     }
 }
 

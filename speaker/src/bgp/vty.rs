@@ -115,11 +115,6 @@ impl Vty {
         self.run("end").await?;
         first_refusal.map_or(Ok(()), Err)
     }
-
-    /// The daemon's running configuration, as `show running-config` prints it.
-    pub async fn running_config(&mut self) -> Result<String, VtyError> {
-        self.run("show running-config").await
-    }
 }
 
 #[cfg(test)]

@@ -42,18 +42,15 @@ pub struct BgpBackend {
     /// The cluster's plan version (and whether draining) `applied` was rendered from.
     rendered_at: Option<(u64, bool)>,
     routes: Routes,
-    /// Sessions this node should have: BGPPeer name → address (and the refused ones, with why).
-    sessions: BTreeMap<String, IpAddr>,
+    /// The sessions configured on this node, by BGPPeer name.
+    configured: Vec<Configured>,
+    /// The BGPPeers that select this node but could not be configured: name → why.
     refused: BTreeMap<String, String>,
     /// What FRR said of its sessions at the last poll.
     states: BTreeMap<IpAddr, SessionState>,
     bfd: BTreeMap<IpAddr, String>,
-    /// Sessions with a BFD profile: name → profile.
-    profiled: BTreeMap<String, String>,
-    /// Polls in a row that found no BFD session in bfdd for a profiled BGP session, by address.
+    /// Polls in a row that found no BFD session in bfdd for a session with a BFD profile, by address.
     bfd_missing: BTreeMap<IpAddr, u32>,
-    /// Sessions with a TCP MD5 password (a session that never comes up then most likely has the wrong one).
-    with_password: BTreeSet<String>,
     next_poll: Instant,
     /// The last error talking to FRR, logged once until it changes or clears.
     frr_error: Option<String>,
@@ -75,6 +72,15 @@ pub enum BgpEvent {
     Poll,
 }
 
+/// A session configured on this node, as the status and the BFD check read it.
+struct Configured {
+    name: String,
+    address: IpAddr,
+    bfd_profile: Option<String>,
+    /// A TCP MD5 password is set (a session that never comes up then most likely has the wrong one).
+    with_password: bool,
+}
+
 impl BgpBackend {
     pub fn start(setup: &driver::Setup, options: BgpOptions) -> Self {
         let client = options.client.clone();
@@ -85,13 +91,11 @@ impl BgpBackend {
             applied: None,
             rendered_at: None,
             routes: Routes::default(),
-            sessions: BTreeMap::new(),
+            configured: Vec::new(),
             refused: BTreeMap::new(),
             states: BTreeMap::new(),
             bfd: BTreeMap::new(),
-            profiled: BTreeMap::new(),
             bfd_missing: BTreeMap::new(),
-            with_password: BTreeSet::new(),
             next_poll: Instant::now(),
             frr_error: None,
             poll_error: None,
@@ -149,17 +153,18 @@ impl BgpBackend {
             }
         }
         self.refused = refused;
-        self.sessions = sessions
-            .iter()
+        self.configured = sessions
+            .into_iter()
             .filter(|s| rendered.sessions.contains(&s.name))
-            .filter_map(|s| Some((s.name.clone(), s.spec.peer_address.parse().ok()?)))
+            .filter_map(|s| {
+                Some(Configured {
+                    address: s.spec.peer_address.parse().ok()?,
+                    bfd_profile: s.spec.bfd_profile,
+                    with_password: s.password.is_some(),
+                    name: s.name,
+                })
+            })
             .collect();
-        self.profiled = sessions
-            .iter()
-            .filter(|s| rendered.sessions.contains(&s.name))
-            .filter_map(|s| Some((s.name.clone(), s.spec.bfd_profile.clone()?)))
-            .collect();
-        self.with_password = sessions.iter().filter(|s| s.password.is_some()).map(|s| s.name.clone()).collect();
         Some(rendered)
     }
 
@@ -210,14 +215,12 @@ impl BgpBackend {
             self.register_lost_bfd_sessions().await;
         }
         // FRR may have restarted empty: read back what it runs at the next step.
-        if self.states.is_empty() && !self.sessions.is_empty() {
+        if self.states.is_empty() && !self.configured.is_empty() {
             self.frr.forget();
             self.applied = None;
         }
     }
-}
 
-impl BgpBackend {
     /// Whether this node is going away: its Node is cordoned, being deleted or gone. A DaemonSet upgrade
     /// deletes the Pod but not the Node: that is a restart, and withdraws nothing. Read from the API (the
     /// watch may lag a cordon made just before the SIGTERM, as a drain does); the watched view if the API
@@ -227,8 +230,7 @@ impl BgpBackend {
         let read = tokio::time::timeout(Duration::from_secs(2), nodes.get_opt(&self.me)).await;
         match read {
             Ok(Ok(Some(node))) => {
-                node.metadata.deletion_timestamp.is_some()
-                    || node.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false)
+                node.metadata.deletion_timestamp.is_some() || crate::cluster::node_info(&node).unschedulable
             }
             Ok(Ok(None)) => true,
             Ok(Err(e)) => {
@@ -246,8 +248,8 @@ impl BgpBackend {
     /// [`Frr::register_bfd_again`]).
     async fn register_lost_bfd_sessions(&mut self) {
         let mut lost = Vec::new();
-        for (name, profile) in &self.profiled {
-            let Some(address) = self.sessions.get(name) else { continue };
+        for session in &self.configured {
+            let (Some(profile), address) = (&session.bfd_profile, &session.address) else { continue };
             if self.bfd.contains_key(address) {
                 self.bfd_missing.remove(address);
                 continue;
@@ -400,20 +402,21 @@ impl driver::Backend for BgpBackend {
 
     fn bgp_peers(&self) -> Vec<BgpPeerStatus> {
         let mut peers: Vec<BgpPeerStatus> = self
-            .sessions
+            .configured
             .iter()
-            .map(|(name, address)| {
-                let state = self.states.get(address);
+            .map(|session| {
+                let state = self.states.get(&session.address);
                 BgpPeerStatus {
-                    name: name.clone(),
-                    address: address.to_string(),
+                    name: session.name.clone(),
+                    address: session.address.to_string(),
                     session: state.map_or_else(|| "Unknown".into(), |s| s.state.clone()),
-                    bfd: self
-                        .profiled
-                        .contains_key(name)
-                        .then(|| self.bfd.get(address).cloned().unwrap_or_else(|| "unknown".into())),
-                    message: session_message(state, self.with_password.contains(name)),
-                    routes: u32::try_from(self.routes.by_peer.get(name).map_or(0, |r| r.len())).unwrap_or(u32::MAX),
+                    bfd: session
+                        .bfd_profile
+                        .as_ref()
+                        .map(|_| self.bfd.get(&session.address).cloned().unwrap_or_else(|| "unknown".into())),
+                    message: session_message(state, session.with_password),
+                    routes: u32::try_from(self.routes.by_peer.get(&session.name).map_or(0, |r| r.len()))
+                        .unwrap_or(u32::MAX),
                 }
             })
             .collect();

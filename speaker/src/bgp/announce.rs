@@ -38,11 +38,8 @@ impl Attributes {
     fn merge(&mut self, other: &Attributes) {
         self.local_pref = self.local_pref.max(other.local_pref);
         self.communities.extend(other.communities.iter().cloned());
-        self.communities.sort();
-        self.communities.dedup();
         self.large_communities.extend(other.large_communities.iter().cloned());
-        self.large_communities.sort();
-        self.large_communities.dedup();
+        self.normalize();
     }
 
     fn of(advertisement: &BGPAdvertisementSpec) -> Self {
@@ -51,8 +48,16 @@ impl Attributes {
             communities: advertisement.communities.iter().map(|c| c.0.clone()).collect(),
             large_communities: advertisement.large_communities.iter().map(|c| c.0.clone()).collect(),
         };
-        attributes.merge(&Attributes::default());
+        attributes.normalize();
         attributes
+    }
+
+    /// Sorted, without repeats (equal sets of communities compare equal, and render the same).
+    fn normalize(&mut self) {
+        self.communities.sort();
+        self.communities.dedup();
+        self.large_communities.sort();
+        self.large_communities.dedup();
     }
 }
 
@@ -81,18 +86,28 @@ pub fn routes(bgp: &BgpWorld<'_>, me: &str) -> Routes {
         return routes;
     }
     let pools = plan::parse_pools(&world.pools);
+    // What depends on the advertisement alone, once per call rather than once per Service: those that
+    // select this node and tell one of its peers, with those peers and the attributes.
+    let advertisements: Vec<(&BGPAdvertisementSpec, Vec<&String>, Attributes)> = bgp
+        .advertisements
+        .iter()
+        .filter(|advertisement| selects_node(advertisement, node))
+        .map(|advertisement| {
+            let peers: Vec<&String> = bgp.sessions.iter().filter(|p| advertisement.tells(p)).collect();
+            (advertisement, peers, Attributes::of(advertisement))
+        })
+        .filter(|(_, peers, _)| !peers.is_empty())
+        .collect();
     for service in &world.services {
         if service.ready_endpoint_nodes.is_empty()
             || (service.traffic_policy_local && !service.ready_endpoint_nodes.contains(me))
         {
             continue;
         }
-        for advertisement in bgp.advertisements.iter().filter(|a| a.selects_service(&service.labels)) {
-            if !selects_node(advertisement, node) || !announces_from(advertisement, &world.nodes, service, node) {
-                continue;
-            }
-            let peers: Vec<&String> = bgp.sessions.iter().filter(|p| advertisement.tells(p)).collect();
-            if peers.is_empty() {
+        for (advertisement, peers, attributes) in &advertisements {
+            if !advertisement.selects_service(&service.labels)
+                || !announces_from(advertisement, &world.nodes, service, node)
+            {
                 continue;
             }
             for vip in service.vips.iter().filter(|v| !world.node_addresses.contains_key(v)) {
@@ -101,14 +116,13 @@ pub fn routes(bgp: &BgpWorld<'_>, me: &str) -> Routes {
                     continue;
                 }
                 let prefix = aggregate(*vip, advertisement);
-                let attributes = Attributes::of(advertisement);
-                for peer in &peers {
+                for peer in peers {
                     routes
                         .by_peer
                         .entry((*peer).clone())
                         .or_default()
                         .entry(prefix)
-                        .and_modify(|a| a.merge(&attributes))
+                        .and_modify(|a| a.merge(attributes))
                         .or_insert_with(|| attributes.clone());
                     routes.by_service.entry(service.service.clone()).or_default().insert((*peer).clone());
                 }

@@ -67,9 +67,9 @@ impl fmt::Display for Config {
 /// `keep` accepts (with their blocks). Decoration (`!`, `exit`, `end`, the banner) is dropped. Never fails:
 /// a line it cannot place is attached where its indentation says, or at the top.
 pub fn parse(text: &str, keep: impl Fn(&str) -> bool) -> Config {
-    // The path of open blocks: (indentation, index path into the tree).
     let mut lines: Vec<Line> = Vec::new();
-    let mut open: Vec<usize> = Vec::new(); // indentations of the open blocks, outermost first
+    // The indentation of each line along the path of last lines, outermost first: the blocks still open.
+    let mut open: Vec<usize> = Vec::new();
     for raw in text.lines() {
         let trimmed = raw.trim_end();
         let text = trimmed.trim_start();

@@ -56,28 +56,22 @@ impl Migration {
     /// The ferrolb objects as one multi-document YAML stream, pools first.
     pub fn to_yaml(&self) -> Result<String, serde_yaml_ng::Error> {
         let mut out = String::from("# Converted from MetalLB configuration by `ferrolb migrate`.\n");
-        for pool in &self.pools {
-            out.push_str("---\n");
-            out.push_str(&serde_yaml_ng::to_string(&typed("IPAddressPool", pool)?)?);
-        }
-        for advertisement in &self.advertisements {
-            out.push_str("---\n");
-            out.push_str(&serde_yaml_ng::to_string(&typed("L2Advertisement", advertisement)?)?);
-        }
-        for profile in &self.bfd_profiles {
-            out.push_str("---\n");
-            out.push_str(&serde_yaml_ng::to_string(&typed("BFDProfile", profile)?)?);
-        }
-        for peer in &self.bgp_peers {
-            out.push_str("---\n");
-            out.push_str(&serde_yaml_ng::to_string(&typed("BGPPeer", peer)?)?);
-        }
-        for advertisement in &self.bgp_advertisements {
-            out.push_str("---\n");
-            out.push_str(&serde_yaml_ng::to_string(&typed("BGPAdvertisement", advertisement)?)?);
-        }
+        documents(&mut out, "IPAddressPool", &self.pools)?;
+        documents(&mut out, "L2Advertisement", &self.advertisements)?;
+        documents(&mut out, "BFDProfile", &self.bfd_profiles)?;
+        documents(&mut out, "BGPPeer", &self.bgp_peers)?;
+        documents(&mut out, "BGPAdvertisement", &self.bgp_advertisements)?;
         Ok(out)
     }
+}
+
+/// Appends each of `objects` as a YAML document of `kind`.
+fn documents(out: &mut String, kind: &str, objects: &[impl serde::Serialize]) -> Result<(), serde_yaml_ng::Error> {
+    for object in objects {
+        out.push_str("---\n");
+        out.push_str(&serde_yaml_ng::to_string(&typed(kind, object)?)?);
+    }
+    Ok(())
 }
 
 /// The object with apiVersion and kind first, as people write them.
@@ -366,21 +360,28 @@ fn convert(value: &Value, converted: &mut Converted, migration: &mut Migration) 
     let shown = meta.shown();
     match (group, kind) {
         ("metallb.io", "IPAddressPool") => {
-            unknown_fields(&spec, "spec", POOL_FIELDS, kind, &shown, migration);
+            unknown_fields(&spec, "spec", POOL_FIELDS, kind, &shown, &mut migration.unconverted);
             if let Some(allocation) = spec.get("serviceAllocation") {
-                unknown_fields(allocation, "spec.serviceAllocation", ALLOCATION_FIELDS, kind, &shown, migration);
+                unknown_fields(
+                    allocation,
+                    "spec.serviceAllocation",
+                    ALLOCATION_FIELDS,
+                    kind,
+                    &shown,
+                    &mut migration.unconverted,
+                );
             }
             let parsed: MetallbPoolSpec = parse(spec, kind, &shown)?;
             converted.pools.push((meta.namespace.clone(), pool(&meta, &parsed, kind)?));
         }
         ("metallb.io", "AddressPool") => {
-            unknown_fields(&spec, "spec", LEGACY_POOL_FIELDS, kind, &shown, migration);
+            unknown_fields(&spec, "spec", LEGACY_POOL_FIELDS, kind, &shown, &mut migration.unconverted);
             let parsed: MetallbPoolSpec = parse(spec, kind, &shown)?;
             converted.pools.push((meta.namespace.clone(), pool(&meta, &parsed, kind)?));
             layer2_for_legacy(&meta, parsed.protocol.as_deref(), converted, migration);
         }
         ("metallb.io", "L2Advertisement") => {
-            unknown_fields(&spec, "spec", L2_FIELDS, kind, &shown, migration);
+            unknown_fields(&spec, "spec", L2_FIELDS, kind, &shown, &mut migration.unconverted);
             let parsed: MetallbL2AdvertisementSpec = parse(spec, kind, &shown)?;
             converted.advertisements.push((
                 meta.namespace.clone(),
@@ -404,13 +405,7 @@ fn convert(value: &Value, converted: &mut Converted, migration: &mut Migration) 
                 metadata: object_meta(&meta),
                 spec: &spec,
             };
-            crate::migrate_bgp::convert(&source, &mut converted.bgp, &mut migration.unconverted).map_err(
-                |problem| MigrateError::Invalid {
-                    kind: kind.into(),
-                    name: shown.clone(),
-                    problem: format!("unexpected spec: {problem}"),
-                },
-            )?;
+            crate::migrate_bgp::convert(&source, &mut converted.bgp, &mut migration.unconverted)?;
         }
         ("metallb.io", _) => migration
             .unconverted
@@ -449,10 +444,17 @@ fn convert(value: &Value, converted: &mut Converted, migration: &mut Migration) 
 }
 
 /// Reports every key of `object` ferrolb does not carry over, by its path.
-fn unknown_fields(object: &Value, path: &str, known: &[&str], kind: &str, shown: &str, migration: &mut Migration) {
+pub(crate) fn unknown_fields(
+    object: &Value,
+    path: &str,
+    known: &[&str],
+    kind: &str,
+    shown: &str,
+    unconverted: &mut Vec<String>,
+) {
     for key in object.as_object().into_iter().flat_map(|o| o.keys()) {
         if !known.contains(&key.as_str()) {
-            migration.unconverted.push(format!("{kind} {shown}: {path}.{key} has no ferrolb equivalent"));
+            unconverted.push(format!("{kind} {shown}: {path}.{key} has no ferrolb equivalent"));
         }
     }
 }
@@ -528,7 +530,11 @@ fn field<T: serde::de::DeserializeOwned + Default>(
     }
 }
 
-fn parse<T: serde::de::DeserializeOwned + Default>(value: Value, kind: &str, name: &str) -> Result<T, MigrateError> {
+pub(crate) fn parse<T: serde::de::DeserializeOwned + Default>(
+    value: Value,
+    kind: &str,
+    name: &str,
+) -> Result<T, MigrateError> {
     if value.is_null() {
         return Ok(T::default());
     }

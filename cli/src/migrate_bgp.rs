@@ -155,7 +155,7 @@ const ADVERTISEMENT_FIELDS: &[&str] = &[
     "communities",
 ];
 
-/// What converting one object said: the object's kind and `namespace/name`, and the spec.
+/// The MetalLB object to convert: its kind, `namespace/name` as messages show it, namespace, metadata and spec.
 pub struct Source<'a> {
     pub kind: &'a str,
     pub shown: &'a str,
@@ -164,23 +164,15 @@ pub struct Source<'a> {
     pub spec: &'a Value,
 }
 
-/// Converts one of MetalLB's BGP objects (`kind` is one of the four); `false` when it is not one of them.
+/// Converts one of MetalLB's BGP objects (`kind` is one of the four; any other is left alone).
 pub fn convert(
     source: &Source<'_>,
     converted: &mut ConvertedBgp,
     unconverted: &mut Vec<String>,
-) -> Result<bool, String> {
+) -> Result<(), crate::migrate::MigrateError> {
     let Source { kind, shown, namespace, spec, .. } = *source;
     let unknown = |known: &[&str], unconverted: &mut Vec<String>| {
-        for key in spec.as_object().into_iter().flat_map(|o| o.keys()) {
-            if !known.contains(&key.as_str()) {
-                unconverted.push(format!("{kind} {shown}: spec.{key} has no ferrolb equivalent"));
-            }
-        }
-    };
-    // An object without a spec converts as one with an empty spec (the API server would refuse it).
-    let parse = || -> Result<Value, String> {
-        Ok(if spec.is_null() { Value::Object(Default::default()) } else { spec.clone() })
+        crate::migrate::unknown_fields(spec, "spec", known, kind, shown, unconverted)
     };
     let metadata = source.metadata.clone();
     match kind {
@@ -191,7 +183,7 @@ pub fn convert(
                     "BGPPeer {shown}: spec.password is not carried over (ferrolb reads passwords from Secrets only): put it in a kubernetes.io/basic-auth Secret (key password) in ferrolb's namespace and name it in spec.passwordSecret"
                 ));
             }
-            let peer: MetallbPeerSpec = serde_json::from_value(parse()?).map_err(|e| e.to_string())?;
+            let peer: MetallbPeerSpec = crate::migrate::parse(spec.clone(), kind, shown)?;
             if let Some(secret) = &peer.password_secret {
                 unconverted.push(format!(
                     "BGPPeer {shown}: its password Secret {}/{} must be in ferrolb's install namespace, of type kubernetes.io/basic-auth with the key password, for ferrolb to read it",
@@ -218,7 +210,7 @@ pub fn convert(
         }
         "BFDProfile" => {
             unknown(BFD_FIELDS, unconverted);
-            let profile: MetallbBfdSpec = serde_json::from_value(parse()?).map_err(|e| e.to_string())?;
+            let profile: MetallbBfdSpec = crate::migrate::parse(spec.clone(), kind, shown)?;
             if profile.echo_mode == Some(true) || spec.get("echoInterval").is_some() {
                 unconverted
                     .push(format!("BFDProfile {shown}: echo mode is not carried over (ferrolb runs BFD without echo)"));
@@ -234,7 +226,7 @@ pub fn convert(
         }
         "BGPAdvertisement" => {
             unknown(ADVERTISEMENT_FIELDS, unconverted);
-            let adv: MetallbBgpAdvertisementSpec = serde_json::from_value(parse()?).map_err(|e| e.to_string())?;
+            let adv: MetallbBgpAdvertisementSpec = crate::migrate::parse(spec.clone(), kind, shown)?;
             let spec = BGPAdvertisementSpec {
                 ip_address_pools: adv.ip_address_pools,
                 ip_address_pool_selectors: adv.ip_address_pool_selectors,
@@ -254,14 +246,14 @@ pub fn convert(
             ));
         }
         "Community" => {
-            let aliases: MetallbCommunitySpec = serde_json::from_value(parse()?).map_err(|e| e.to_string())?;
+            let aliases: MetallbCommunitySpec = crate::migrate::parse(spec.clone(), kind, shown)?;
             for alias in aliases.communities {
                 converted.aliases.insert((namespace.to_string(), alias.name), alias.value);
             }
         }
-        _ => return Ok(false),
+        _ => {}
     }
-    Ok(true)
+    Ok(())
 }
 
 /// Fills an advertisement's communities from what MetalLB wrote: a value (`64500:100`, `large:1:2:3`) or a

@@ -262,3 +262,11 @@ pub fn apply_printed_crds(kubeconfig: &std::path::Path, extra_args: &[&str]) -> 
     }
     apply.wait_with_output().context(|| "running kubectl apply".into())
 }
+
+/// Cordons the Node `node` (`spec.unschedulable`), or uncordons it, as `kubectl cordon` does.
+pub async fn cordon(client: &Client, node: &str, cordoned: bool) -> Result<()> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let patch = serde_json::json!({ "spec": { "unschedulable": cordoned } });
+    nodes.patch(node, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    Ok(())
+}

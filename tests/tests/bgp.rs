@@ -201,9 +201,7 @@ impl BgpLab {
     }
 
     fn cordon(&self, node: &str, cordoned: bool) {
-        let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(self.client.clone());
-        let patch = serde_json::json!({ "spec": { "unschedulable": cordoned } });
-        self.runtime.block_on(nodes.patch(node, &PatchParams::default(), &Patch::Merge(&patch))).unwrap();
+        self.runtime.block_on(ferrolb_e2e::objects::cordon(&self.client, node, cordoned)).unwrap();
     }
 }
 

@@ -19,6 +19,7 @@ use ferrolb_e2e::netns;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use nix::sys::signal::Signal;
 
+use crate::failover::wait_until;
 use crate::{ms, percentile};
 
 const VIP: &str = "203.0.113.200";
@@ -149,10 +150,7 @@ fn restore(lab: &mut RunningLab, runtime: &tokio::runtime::Runtime, client: &kub
 }
 
 fn cordon(runtime: &tokio::runtime::Runtime, client: &kube::Client, cordoned: bool) -> Result<()> {
-    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
-    let patch = serde_json::json!({ "spec": { "unschedulable": cordoned } });
-    runtime.block_on(nodes.patch(NODE, &PatchParams::default(), &Patch::Merge(&patch)))?;
-    Ok(())
+    Ok(runtime.block_on(ferrolb_e2e::objects::cordon(client, NODE, cordoned))?)
 }
 
 fn next_hops(lab: &RunningLab) -> Vec<String> {
@@ -162,17 +160,6 @@ fn next_hops(lab: &RunningLab) -> Vec<String> {
 fn logs(lab: &RunningLab) -> String {
     let router = lab.router().map(|r| r.route(VIP).unwrap_or_default()).unwrap_or_default();
     format!("router: {router}\n--- speaker on {NODE}:\n{}", lab.speaker_log(NODE, 20))
-}
-
-fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> Result<()> {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if done() {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    anyhow::bail!("timed out after {timeout:?}")
 }
 
 /// `services` IPv6-only Services from a pool of their own, each with a ready endpoint on every node: the

@@ -9,6 +9,7 @@ pub mod address;
 pub mod annotations;
 pub mod bfd_profile;
 pub mod bgp_advertisement;
+pub mod bgp_announcement;
 pub mod bgp_peer;
 pub mod l2advertisement;
 pub mod l2announcement;
@@ -20,6 +21,7 @@ pub mod speaker_status;
 
 pub use bfd_profile::{BFDProfile, BFDProfileSpec};
 pub use bgp_advertisement::{BGPAdvertisement, BGPAdvertisementSpec};
+pub use bgp_announcement::{BGPAnnouncement, BGPAnnouncementSpec};
 pub use bgp_peer::{BGPPeer, BGPPeerSpec};
 pub use l2advertisement::{L2Advertisement, L2AdvertisementSpec};
 pub use l2announcement::{L2Announcement, L2AnnouncementSpec};
@@ -47,6 +49,7 @@ pub fn all_crds() -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiext
         BGPPeer::crd(),
         BFDProfile::crd(),
         BGPAdvertisement::crd(),
+        BGPAnnouncement::crd(),
     ]
 }
 

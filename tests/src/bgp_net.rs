@@ -195,7 +195,7 @@ fn birdc_binary() -> Result<String> {
 }
 
 /// The FRR daemons a node runs for its speaker.
-pub const FRR_DAEMONS: [&str; 3] = ["zebra", "bgpd", "bfdd"];
+pub const FRR_DAEMONS: [&str; 3] = ferrolb_speaker::bgp::daemons::DAEMONS;
 
 /// Prepares `dir` for one FRR instance: owned by `frr:frr` (FRR refuses a root-owned one) with an empty
 /// configuration file per daemon. Returns the directory.
@@ -224,22 +224,8 @@ pub fn prepare_frr_dir(dir: &Path) -> Result<PathBuf> {
 /// The command that runs one FRR daemon of the instance in `dir`, in the foreground.
 pub fn frr_daemon_command(daemon: &str, dir: &Path) -> Result<Command> {
     let mut command = Command::new(sbin(daemon)?);
-    let path = |name: String| dir.join(name).to_string_lossy().into_owned();
-    command.args([
-        "--vty_socket",
-        &dir.to_string_lossy(),
-        "-z",
-        &path("zserv.api".into()),
-        "-P",
-        "0",
-        "-f",
-        &path(format!("{daemon}.conf")),
-        "-i",
-        &path(format!("{daemon}.pid")),
-    ]);
-    if daemon == "bfdd" {
-        command.args(["--bfdctl", &path("bfdd.sock".into())]);
-    }
+    // As the `frr` user FRR's package made (the directory is theirs).
+    command.args(ferrolb_speaker::bgp::daemons::arguments(daemon, dir, None));
     Ok(command)
 }
 

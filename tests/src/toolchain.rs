@@ -136,6 +136,8 @@ pub const FERROLB_IMAGE: ImageName = ImageName { archive: "ferrolb", repository:
 /// The speaker with keepalived (the Dockerfile's `keepalived` target).
 pub const KEEPALIVED_IMAGE: ImageName =
     ImageName { archive: "ferrolb-keepalived", repository: "ghcr.io/ferrolb/ferrolb-keepalived" };
+/// BGP mode's FRR container: `ferrolb-frr` and FRR's daemons (the Dockerfile's `frr` target).
+pub const FRR_IMAGE: ImageName = ImageName { archive: "ferrolb-frr", repository: "ghcr.io/ferrolb/ferrolb-frr" };
 /// The lab's pod sandbox.
 pub const PAUSE_IMAGE: ImageName = ImageName { archive: "pause", repository: "ferrolb.local/lab/pause" };
 /// The lab's demo web server.

@@ -6,6 +6,8 @@
 //!   65532 (what the Dockerfile's default target holds);
 //! - `ghcr.io/ferrolb/ferrolb-keepalived:<appVersion>`: the speaker and Debian's keepalived (the Dockerfile's
 //!   `keepalived` target);
+//! - `ghcr.io/ferrolb/ferrolb-frr:<appVersion>`: BGP mode's FRR container: `ferrolb-frr` and Debian's FRR
+//!   (zebra, bgpd, bfdd; the Dockerfile's `frr` target);
 //! - `ferrolb.local/lab/pause:<appVersion>` and `ferrolb.local/lab/demo-web:<appVersion>`: what the lab's pods
 //!   need besides ferrolb (a sandbox process, a web server naming its pod and node).
 //!
@@ -70,7 +72,7 @@ pub fn run(tag: Option<String>) -> Result<()> {
 /// The images, built from the release binaries in `release`.
 pub fn specs(release: &Path, tag: &str) -> Result<Vec<ImageSpec>> {
     let bin = |name: &str| (release.join(name), format!("/usr/local/bin/{name}"));
-    let system = system_files()?;
+    let system = system_files(&[])?;
     let mut ferrolb_files = vec![bin("ferrolb-controller"), bin("ferrolb-speaker"), bin("ferrolb")];
     ferrolb_files.extend(system.iter().cloned());
     let keepalived = ["/usr/sbin/keepalived", "/sbin/keepalived"]
@@ -80,6 +82,16 @@ pub fn specs(release: &Path, tag: &str) -> Result<Vec<ImageSpec>> {
         .context("keepalived is not installed (cargo xtask deps installs it)")?;
     let mut keepalived_files = vec![bin("ferrolb-speaker"), (keepalived, "/usr/sbin/keepalived".into())];
     keepalived_files.extend(system);
+    let mut frr_files = vec![bin("ferrolb-frr")];
+    for daemon in crate::frr_daemons::DAEMONS {
+        let path = PathBuf::from("/usr/lib/frr").join(daemon);
+        anyhow::ensure!(path.is_file(), "{} is not installed (cargo xtask deps installs FRR)", path.display());
+        frr_files.push((path, format!("/usr/lib/frr/{daemon}")));
+    }
+    // No vtysh: Debian's asks PAM, which the image does not have. The speaker's SpeakerStatus and
+    // BGPAnnouncements say what FRR runs.
+    // FRR lets only members of its vty group open the vty sockets, and the daemons run as root here.
+    frr_files.extend(system_files(&["frrvty:x:85:root"])?);
     Ok(vec![
         ImageSpec {
             name: toolchain::FERROLB_IMAGE.archive,
@@ -93,6 +105,13 @@ pub fn specs(release: &Path, tag: &str) -> Result<Vec<ImageSpec>> {
             reference: toolchain::KEEPALIVED_IMAGE.reference(tag),
             files: keepalived_files,
             entrypoint: "/usr/local/bin/ferrolb-speaker".into(),
+            user: None,
+        },
+        ImageSpec {
+            name: toolchain::FRR_IMAGE.archive,
+            reference: toolchain::FRR_IMAGE.reference(tag),
+            files: frr_files,
+            entrypoint: "/usr/local/bin/ferrolb-frr".into(),
             user: None,
         },
         ImageSpec {
@@ -112,14 +131,15 @@ pub fn specs(release: &Path, tag: &str) -> Result<Vec<ImageSpec>> {
     ])
 }
 
-/// What a distroless base brings that ferrolb may use: CA certificates and the users' names.
-fn system_files() -> Result<Vec<(PathBuf, String)>> {
+/// What a distroless base brings that ferrolb may use: CA certificates and the users' names (`groups`: more
+/// lines of `/etc/group`).
+fn system_files(groups: &[&str]) -> Result<Vec<(PathBuf, String)>> {
     let mut files = Vec::new();
     let certificates = Path::new("/etc/ssl/certs/ca-certificates.crt");
     if certificates.is_file() {
         files.push((certificates.to_path_buf(), "/etc/ssl/certs/ca-certificates.crt".into()));
     }
-    let dir = std::env::temp_dir().join(format!("ferrolb-image-etc-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("ferrolb-image-etc-{}-{}", std::process::id(), groups.len()));
     fs::create_dir_all(&dir)?;
     let passwd = dir.join("passwd");
     fs::write(
@@ -129,7 +149,12 @@ fn system_files() -> Result<Vec<(PathBuf, String)>> {
         ),
     )?;
     let group = dir.join("group");
-    fs::write(&group, format!("root:x:0:\nnonroot:x:{NONROOT}:\n"))?;
+    let mut lines = format!("root:x:0:\nnonroot:x:{NONROOT}:\n");
+    for line in groups {
+        lines.push_str(line);
+        lines.push('\n');
+    }
+    fs::write(&group, lines)?;
     files.push((passwd, "/etc/passwd".into()));
     files.push((group, "/etc/group".into()));
     Ok(files)
@@ -156,7 +181,8 @@ pub fn build(spec: &ImageSpec, archive: &Path) -> Result<()> {
             }
         }
     }
-    for dir in ["tmp", "run"] {
+    // var/tmp/frr: where FRR's daemons keep their crash logs; var/run/frr: their default state directory.
+    for dir in ["tmp", "run", "var/tmp/frr", "var/run/frr"] {
         fs::create_dir_all(rootfs.join(dir))?;
     }
     umoci(&["repack", "--image", &image, &bundle.to_string_lossy()])?;

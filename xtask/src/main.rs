@@ -5,6 +5,10 @@
 
 mod deps;
 mod docs;
+/// The FRR daemons BGP mode runs (one list for the speaker, the lab and the FRR image).
+#[path = "../../speaker/src/bgp/daemons.rs"]
+#[allow(dead_code)]
+mod frr_daemons;
 mod image;
 mod k8s_bins;
 mod lab;

@@ -7,9 +7,11 @@
 //! - `announce` (pure): which routes this node sends to which peer, with which attributes;
 //! - `render` (pure): the routes, sessions and BFD profiles as bgpd's and bfdd's configuration;
 //! - `vty` (a daemon's vty socket) and `frr` (converging the running FRR, reading its sessions): I/O;
+//! - `daemons` (pure): how FRR's daemons are run (the chart's `ferrolb-frr` container and the lab);
 //! - `run`: the backend.
 
 pub mod announce;
+pub mod daemons;
 pub mod frr;
 pub mod frr_config;
 pub mod render;

@@ -19,6 +19,8 @@ pub struct Snapshot {
     pub advertisements: Vec<L2Advertisement>,
     pub bgp_advertisements: Vec<BGPAdvertisement>,
     pub announcements: Vec<L2Announcement>,
+    /// For a Service's report: its BGPAnnouncements (one per node announcing it). Unused for the cluster's.
+    pub bgp_announcements: Vec<ferrolb_crds::BGPAnnouncement>,
     pub speakers: Vec<SpeakerStatus>,
     pub speaker_pods: Vec<Pod>,
     /// For a Service's report: its EndpointSlices. Unused for the cluster's.
@@ -41,8 +43,7 @@ pub struct ServiceReport {
     pub pool: Option<String>,
     pub condition: Option<ConditionSummary>,
     pub announced_by: Vec<Announcer>,
-    /// BGP mode: a BGPAdvertisement announces the Service from every eligible node; the Established
-    /// sessions they announce on (`node -> peer`).
+    /// BGP mode: the Established sessions its BGPAnnouncements say it is sent on (`node -> peer (address)`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub bgp_sessions: Vec<String>,
     /// Set when the Service has no address, or nobody announces it: what is wrong and what to change.
@@ -108,17 +109,7 @@ pub fn service_report(service: &Service, snapshot: &Snapshot) -> ServiceReport {
     events.sort_by_key(|e| event_time(e));
     let events: Vec<EventSummary> = events.iter().rev().take(8).map(|e| summarize(e)).collect();
     let by_bgp = selected(service, pool.as_deref(), snapshot).1;
-    let bgp_sessions: Vec<String> = if by_bgp {
-        snapshot
-            .speakers
-            .iter()
-            .flat_map(|s| s.spec.bgp_peers.iter().map(move |p| (s, p)))
-            .filter(|(_, p)| p.session == "Established")
-            .map(|(s, p)| format!("{} -> {} ({})", s.spec.node, p.name, p.address))
-            .collect()
-    } else {
-        Vec::new()
-    };
+    let bgp_sessions: Vec<String> = if by_bgp { bgp_sessions(&namespace, &name, snapshot) } else { Vec::new() };
     let problem = if ips.is_empty() {
         Some(why_no_address(service, allocated.as_ref(), snapshot))
     } else if announced_by.is_empty() && bgp_sessions.is_empty() {
@@ -141,6 +132,25 @@ pub fn service_report(service: &Service, snapshot: &Snapshot) -> ServiceReport {
         events,
         unreadable,
     }
+}
+
+/// The sessions a Service is sent on: for each node's BGPAnnouncement of it, the peers it names whose
+/// session that node's SpeakerStatus reports Established.
+fn bgp_sessions(namespace: &str, name: &str, snapshot: &Snapshot) -> Vec<String> {
+    let mut sessions = Vec::new();
+    for announcement in &snapshot.bgp_announcements {
+        let spec = &announcement.spec;
+        if spec.service.namespace != namespace || spec.service.name != name {
+            continue;
+        }
+        let Some(speaker) = snapshot.speakers.iter().find(|s| s.spec.node == spec.node) else { continue };
+        for peer in speaker.spec.bgp_peers.iter().filter(|p| p.session == "Established" && spec.peers.contains(&p.name))
+        {
+            sessions.push(format!("{} -> {} ({})", spec.node, peer.name, peer.address));
+        }
+    }
+    sessions.sort();
+    sessions
 }
 
 fn why_no_address(service: &Service, allocated: Option<&ConditionSummary>, snapshot: &Snapshot) -> Problem {
@@ -330,6 +340,9 @@ pub struct SpeakerSummary {
     pub alive: Vec<String>,
     /// Speakers that run (a Ready pod) but that this one does not hear (native mode).
     pub missing: Vec<String>,
+    /// BGP mode: its sessions.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub bgp_peers: Vec<ferrolb_crds::BgpPeerStatus>,
 }
 
 /// The report on the cluster: pools with usage, speakers and whom each hears, conflicts.
@@ -372,10 +385,11 @@ pub fn cluster_report(snapshot: &Snapshot) -> ClusterReport {
         let entry = nodes.entry(node.clone()).or_insert_with(|| empty_speaker(&node));
         entry.mode = Some(status.spec.mode.clone());
         entry.alive = status.spec.alive.clone();
+        entry.bgp_peers = status.spec.bgp_peers.clone();
     }
     let running: BTreeSet<String> = nodes.values().filter(|s| s.pod_ready).map(|s| s.node.clone()).collect();
     for speaker in nodes.values_mut() {
-        if speaker.mode.as_deref() == Some("native") && speaker.pod_ready {
+        if matches!(speaker.mode.as_deref(), Some("native" | "native+bgp")) && speaker.pod_ready {
             let alive: BTreeSet<&String> = speaker.alive.iter().collect();
             speaker.missing = running.iter().filter(|n| !alive.contains(n)).cloned().collect();
         }
@@ -404,6 +418,7 @@ fn empty_speaker(node: &str) -> SpeakerSummary {
         pod: None,
         pod_ready: false,
         mode: None,
+        bgp_peers: Vec::new(),
         alive: Vec::new(),
         missing: Vec::new(),
     }
@@ -448,7 +463,7 @@ impl ServiceReport {
             let _ = writeln!(out, "  Announced:  by no node");
         }
         for session in &self.bgp_sessions {
-            let _ = writeln!(out, "  Announced:  by BGP, every eligible node: {session}");
+            let _ = writeln!(out, "  Announced:  by BGP: {session}");
         }
         for announcer in &self.announced_by {
             let _ = writeln!(
@@ -499,11 +514,23 @@ impl ClusterReport {
                 (Some(pod), false) => format!("{pod} NOT READY"),
                 (None, _) => "no pod".into(),
             };
-            let sees = match speaker.mode.as_deref() {
+            let mut sees = match speaker.mode.as_deref() {
                 Some("native") => format!("hears {}", speaker.alive.join(", ")),
+                Some("native+bgp") => format!("native+bgp mode; hears {}", speaker.alive.join(", ")),
                 Some(mode) => format!("{mode} mode"),
                 None => "has not reported".into(),
             };
+            if !speaker.bgp_peers.is_empty() {
+                let peers: Vec<String> = speaker
+                    .bgp_peers
+                    .iter()
+                    .map(|p| match &p.bfd {
+                        Some(bfd) => format!("{} {} (BFD {bfd})", p.name, p.session),
+                        None => format!("{} {}", p.name, p.session),
+                    })
+                    .collect();
+                sees.push_str(&format!("; BGP: {}", peers.join(", ")));
+            }
             let _ = writeln!(out, "  {:<16} {pod}; {sees}", speaker.node);
             if !speaker.missing.is_empty() {
                 let _ = writeln!(
@@ -621,10 +648,23 @@ mod tests {
         snapshot.speakers = vec![speaker("Active")];
         assert_eq!(service_report(&held, &snapshot).problem.unwrap().reason, "NoBgpSession");
         snapshot.speakers = vec![speaker("Established")];
+        assert_eq!(
+            service_report(&held, &snapshot).problem.unwrap().reason,
+            "NoBgpSession",
+            "an Established session that the node does not send the Service on"
+        );
+        snapshot.bgp_announcements = vec![
+            serde_json::from_value(json!({
+                "metadata": {"name": "shop.web.node-1", "namespace": "ferrolb-system"},
+                "spec": {"service": {"namespace": "shop", "name": "web"}, "node": "node-1",
+                         "prefixes": ["192.0.2.10/32"], "peers": ["router"]},
+            }))
+            .unwrap(),
+        ];
         let report = service_report(&held, &snapshot);
         assert_eq!(report.problem, None);
         assert_eq!(report.bgp_sessions, ["node-1 -> router (192.0.2.1)"]);
-        assert!(report.to_text().contains("Announced:  by BGP, every eligible node: node-1 -> router"));
+        assert!(report.to_text().contains("Announced:  by BGP: node-1 -> router"), "{}", report.to_text());
         snapshot.endpoint_slices = vec![ready_slice(false)];
         assert_eq!(service_report(&held, &snapshot).problem.unwrap().reason, "NoReadyEndpoint");
     }
@@ -696,5 +736,16 @@ mod tests {
         assert!(text.contains("does not hear node-1") && text.contains("Conflicting=True"), "{text}");
         let json = serde_json::to_value(&report).unwrap();
         assert_eq!(json["speakers"][1]["missing"][0], "node-1");
+
+        // Both modes: it hears the others, and its BGP sessions are on its line.
+        snapshot.speakers = vec![serde_json::from_value(json!({"metadata": {"name": "node-1"}, "spec": {
+            "node": "node-1", "mode": "native+bgp", "alive": ["node-1"],
+            "bgpPeers": [{"name": "router", "address": "192.0.2.1", "session": "Established", "bfd": "up", "routes": 2}],
+        }}))
+        .unwrap()];
+        let report = cluster_report(&snapshot);
+        assert_eq!(report.speakers[0].missing, ["node-2"], "native+bgp has a gossip membership too");
+        let text = report.to_text();
+        assert!(text.contains("native+bgp mode; hears node-1; BGP: router Established (BFD up)"), "{text}");
     }
 }

@@ -75,6 +75,13 @@ pub async fn report(
             snapshot.endpoint_slices = lister
                 .list(Api::<EndpointSlice>::namespaced(client.clone(), namespace), &slices, "EndpointSlices")
                 .await?;
+            let announcing = ListParams::default().labels(&format!(
+                "{}={namespace},{}={name}",
+                ferrolb_crds::bgp_announcement::SERVICE_NAMESPACE_LABEL,
+                ferrolb_crds::bgp_announcement::SERVICE_NAME_LABEL
+            ));
+            let bgp_announcements = Api::<ferrolb_crds::BGPAnnouncement>::namespaced(client.clone(), install);
+            snapshot.bgp_announcements = lister.list(bgp_announcements, &announcing, "BGPAnnouncements").await?;
             let about = ListParams::default().fields(&format!("regarding.kind=Service,regarding.name={name}"));
             snapshot.events =
                 lister.list(Api::<Event>::namespaced(client.clone(), namespace), &about, "Events").await?;

@@ -11,6 +11,7 @@
 //! - `l2/`: native mode: `membership` (SWIM gossip over UDP) and `gossip_auth` (its HMAC), `claims` (when to
 //!   really take over or let go), `announcer` (gratuitous ARP / NA schedule), `frames` (ARP/NDP codec),
 //!   `packet_socket` and `responder` (AF_PACKET), `run` (its backend);
+//! - `combined`: two backends as one (native L2 and BGP from the same speaker);
 //! - `keepalived/`: keepalived mode: `render` (pure VRRP configuration), `supervise` (the process), `run` (its
 //!   backend).
 //!
@@ -22,6 +23,7 @@
 
 pub mod bgp;
 pub mod cluster;
+pub mod combined;
 pub mod driver;
 pub mod election;
 pub mod inventory;

@@ -9,6 +9,7 @@ use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use ferrolb_speaker::bgp::run::{BgpBackend, BgpOptions};
 use ferrolb_speaker::cluster::ClassFilter;
+use ferrolb_speaker::combined::Combined;
 use ferrolb_speaker::driver::{self, Options};
 use ferrolb_speaker::keepalived::render;
 use ferrolb_speaker::keepalived::run::{KeepalivedBackend, KeepalivedOptions};
@@ -27,10 +28,18 @@ enum Mode {
     Keepalived,
     /// The speaker drives the FRR beside it: every eligible node announces the VIPs to the BGPPeers.
     Bgp,
+    /// Both native and bgp: each serves the pools its own advertisements select (L2Advertisements,
+    /// BGPAdvertisements), the same pool by both if both select it.
+    #[value(name = "native+bgp")]
+    NativeBgp,
 }
 
 #[derive(Debug, Parser)]
-#[command(name = "ferrolb-speaker", version, about = "Announces ferrolb's VIPs from one elected node each (ARP/NDP)")]
+#[command(
+    name = "ferrolb-speaker",
+    version,
+    about = "Announces ferrolb's VIPs: by ARP/NDP from one elected node each, by VRRP, or by BGP from every eligible node"
+)]
 struct Args {
     #[arg(long, env = "FERROLB_MODE", value_enum, default_value = "native")]
     mode: Mode,
@@ -52,6 +61,10 @@ struct Args {
     /// bgp mode: the directory of FRR's vty sockets (`bgpd.vty`, `bfdd.vty`), shared with the FRR container.
     #[arg(long, env = "FERROLB_FRR_DIR", default_value = "/run/ferrolb/frr")]
     frr_dir: PathBuf,
+    /// bgp mode: the speaker's Pod (the chart sets it): when it is being deleted, FRR beside it stops too, so
+    /// the routes are withdrawn first.
+    #[arg(long, env = "POD_NAME")]
+    pod_name: Option<String>,
     /// This node's name (the Pod's spec.nodeName).
     #[arg(long, env = "NODE_NAME")]
     node_name: String,
@@ -154,7 +167,7 @@ async fn start(args: Args) -> anyhow::Result<()> {
         },
         pool_selector: args.pool_selector.clone(),
         allowed_interfaces: args.interfaces.iter().map(|i| i.trim().to_string()).filter(|i| !i.is_empty()).collect(),
-        bgp: args.mode == Mode::Bgp,
+        bgp: matches!(args.mode, Mode::Bgp | Mode::NativeBgp),
     };
     match args.mode {
         Mode::Native => {
@@ -182,8 +195,21 @@ async fn start(args: Args) -> anyhow::Result<()> {
         }
         Mode::Bgp => {
             let setup = driver::Setup::start(&client, options, events, metrics).await?;
-            let backend = BgpBackend::start(&setup, BgpOptions { frr_dir: args.frr_dir, client: client.clone() });
+            let backend = BgpBackend::start(
+                &setup,
+                BgpOptions { frr_dir: args.frr_dir, client: client.clone(), pod: args.pod_name },
+            );
             driver::run(setup, backend, health, shutdown_signal()).await
+        }
+        Mode::NativeBgp => {
+            let l2 = l2_options(&args)?;
+            let setup = driver::Setup::start(&client, options, events, metrics).await?;
+            let native = L2Backend::start(&setup, l2).await?;
+            let bgp = BgpBackend::start(
+                &setup,
+                BgpOptions { frr_dir: args.frr_dir, client: client.clone(), pod: args.pod_name },
+            );
+            driver::run(setup, Combined::new(native, bgp, "native+bgp"), health, shutdown_signal()).await
         }
     }
 }

@@ -13,7 +13,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ferrolb_crds::l2announcement::ServiceReference;
-use ferrolb_crds::{L2Announcement, L2AnnouncementSpec, SpeakerStatus, SpeakerStatusSpec};
+use ferrolb_crds::{BGPAnnouncement, BGPAnnouncementSpec, L2Announcement, L2AnnouncementSpec};
+use ferrolb_crds::{SpeakerStatus, SpeakerStatusSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use tokio::sync::{Notify, mpsc};
@@ -31,12 +32,24 @@ pub fn announcement_name(service: &ServiceReference) -> String {
 pub enum Op {
     Apply(String, L2AnnouncementSpec),
     Delete(String),
+    /// BGP mode: this node's BGPAnnouncement of a Service.
+    ApplyBgp(String, BGPAnnouncementSpec),
+    DeleteBgp(String),
 }
 
 impl Op {
     pub fn name(&self) -> &str {
         match self {
-            Op::Apply(name, _) | Op::Delete(name) => name,
+            Op::Apply(name, _) | Op::Delete(name) | Op::ApplyBgp(name, _) | Op::DeleteBgp(name) => name,
+        }
+    }
+
+    /// What a later op replaces while it waits: the same object of the same kind.
+    fn key(&self) -> String {
+        match self {
+            Op::Apply(..) | Op::Delete(_) => self.name().to_string(),
+            // A `/` is in no object name.
+            Op::ApplyBgp(..) | Op::DeleteBgp(_) => format!("bgp/{}", self.name()),
         }
     }
 }
@@ -155,7 +168,7 @@ impl Reports {
                 {
                     let mut pending = crate::locks::lock(&self.pending, "pending reports");
                     for op in ops {
-                        pending.insert(op.name().to_string(), op);
+                        pending.insert(op.key(), op);
                     }
                 }
                 self.wake.notify_one();
@@ -243,7 +256,11 @@ pub async fn run(
     mut reports: ReportsReceiver,
 ) {
     let statuses: Api<SpeakerStatus> = Api::namespaced(client.clone(), &namespace);
-    let api: Api<L2Announcement> = Api::namespaced(client, &namespace);
+    let apis = Apis {
+        l2: Api::namespaced(client.clone(), &namespace),
+        bgp: Api::namespaced(client, &namespace),
+        node: node.clone(),
+    };
     let mut applied: HashMap<String, (Op, tokio::time::Instant)> = HashMap::new();
     let mut status = StatusSchedule::new(STATUS_SETTLE, SPEAKER_STATUS_REWRITE);
     // The last SpeakerStatus write error, logged once (a cluster whose CRDs or RBAC predate the kind refuses
@@ -264,12 +281,12 @@ pub async fn run(
         }
         loop {
             let next = crate::locks::lock(&reports.pending, "pending reports").pop_first();
-            let Some((name, op)) = next else { break };
-            if applied.get(&name).is_some_and(|(last, at)| *last == op && at.elapsed() < APPLIED_RECENTLY) {
+            let Some((key, op)) = next else { break };
+            if applied.get(&key).is_some_and(|(last, at)| *last == op && at.elapsed() < APPLIED_RECENTLY) {
                 continue;
             }
-            if execute(&api, &name, &op).await {
-                applied.insert(name, (op, tokio::time::Instant::now()));
+            if execute(&apis, &op).await {
+                applied.insert(key, (op, tokio::time::Instant::now()));
             }
             while let Ok(notice) = reports.notices.try_recv() {
                 publish(&events, notice).await;
@@ -338,19 +355,43 @@ where
     api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&value)).await.map(|_| ())
 }
 
-async fn execute(api: &Api<L2Announcement>, name: &str, op: &Op) -> bool {
+/// Where the ops go.
+struct Apis {
+    l2: Api<L2Announcement>,
+    bgp: Api<BGPAnnouncement>,
+    /// This node: it owns its BGPAnnouncements.
+    node: OwnerReference,
+}
+
+/// Deletes `name`; an object already gone is fine.
+async fn delete<K>(api: &Api<K>, name: &str) -> Result<(), kube::Error>
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned,
+{
+    match api.delete(name, &DeleteParams::default()).await {
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        other => other.map(|_| ()),
+    }
+}
+
+async fn execute(apis: &Apis, op: &Op) -> bool {
+    let name = op.name();
     for attempt in 0..3u32 {
         let result = match op {
-            Op::Apply(_, spec) => apply(api, &L2Announcement::new(name, spec.clone())).await,
-            Op::Delete(_) => match api.delete(name, &DeleteParams::default()).await {
-                Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-                other => other.map(|_| ()),
-            },
+            Op::Apply(_, spec) => apply(&apis.l2, &L2Announcement::new(name, spec.clone())).await,
+            Op::Delete(_) => delete(&apis.l2, name).await,
+            Op::ApplyBgp(_, spec) => {
+                let mut object = BGPAnnouncement::new(name, spec.clone());
+                object.metadata.owner_references = Some(vec![apis.node.clone()]);
+                object.metadata.labels = Some(ferrolb_crds::bgp_announcement::labels(spec));
+                apply(&apis.bgp, &object).await
+            }
+            Op::DeleteBgp(_) => delete(&apis.bgp, name).await,
         };
         match result {
             Ok(()) => return true,
             Err(e) => {
-                tracing::warn!(announcement = %name, attempt, error = %e, "L2Announcement write failed");
+                tracing::warn!(announcement = %name, attempt, error = %e, "announcement write failed");
                 tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
             }
         }

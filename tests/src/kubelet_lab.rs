@@ -36,6 +36,7 @@ pub struct Images {
 impl Images {
     pub const FERROLB: &str = toolchain::FERROLB_IMAGE.repository;
     pub const KEEPALIVED: &str = toolchain::KEEPALIVED_IMAGE.repository;
+    pub const FRR: &str = toolchain::FRR_IMAGE.repository;
     pub const PAUSE: &str = toolchain::PAUSE_IMAGE.repository;
     pub const DEMO_WEB: &str = toolchain::DEMO_WEB_IMAGE.repository;
 
@@ -49,19 +50,25 @@ impl Images {
         format!("{repository}:{}", self.tag)
     }
 
-    /// Every image a node imports: ferrolb's (both modes) and the lab's own.
+    /// Every image a node imports: ferrolb's (every mode) and the lab's own.
     fn archives(&self) -> Result<Vec<PathBuf>> {
-        [toolchain::FERROLB_IMAGE, toolchain::KEEPALIVED_IMAGE, toolchain::PAUSE_IMAGE, toolchain::DEMO_WEB_IMAGE]
-            .iter()
-            .map(|image| {
-                let path = self.dir.join(format!("{}.tar", image.archive));
-                if path.is_file() {
-                    Ok(path)
-                } else {
-                    Err(Error::Lab(format!("image archive {} is missing: run `cargo xtask image`", path.display())))
-                }
-            })
-            .collect()
+        [
+            toolchain::FERROLB_IMAGE,
+            toolchain::KEEPALIVED_IMAGE,
+            toolchain::FRR_IMAGE,
+            toolchain::PAUSE_IMAGE,
+            toolchain::DEMO_WEB_IMAGE,
+        ]
+        .iter()
+        .map(|image| {
+            let path = self.dir.join(format!("{}.tar", image.archive));
+            if path.is_file() {
+                Ok(path)
+            } else {
+                Err(Error::Lab(format!("image archive {} is missing: run `cargo xtask image`", path.display())))
+            }
+        })
+        .collect()
     }
 }
 
@@ -207,19 +214,19 @@ pub fn helm(home: &Path, kubeconfig: &Path, args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
-/// The `--set` values that point the chart at the imported images (never pulled) and pick the mode.
-pub fn chart_values(images: &Images, keepalived: bool) -> Vec<String> {
-    let mut values = vec![
+/// The `--set` values that point the chart at the imported images (never pulled) and pick the mode
+/// (`speaker.mode`).
+pub fn chart_values(images: &Images, mode: &str) -> Vec<String> {
+    vec![
         format!("image.repository={}", Images::FERROLB),
         format!("image.tag={}", images.tag),
         "image.pullPolicy=Never".to_string(),
         format!("speaker.keepalived.image.repository={}", Images::KEEPALIVED),
         format!("speaker.keepalived.image.tag={}", images.tag),
-    ];
-    if keepalived {
-        values.push("speaker.mode=keepalived".into());
-    }
-    values
+        format!("speaker.frr.image.repository={}", Images::FRR),
+        format!("speaker.frr.image.tag={}", images.tag),
+        format!("speaker.mode={mode}"),
+    ]
 }
 
 /// `helm install` of the repository's chart into `namespace`, waiting for every pod to be Ready.

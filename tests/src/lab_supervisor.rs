@@ -63,6 +63,9 @@ pub struct LabConfig {
     /// BGP mode: a router (BIRD) with the client behind it, an FRR per node, the speakers in bgp mode and
     /// the BGP pool (`tests/lab/bgp.yaml`) instead of the L2 demo pool.
     pub bgp: bool,
+    /// With `bgp`: the speakers run native L2 beside BGP (`--mode native+bgp`) and the L2 demo pool
+    /// (`tests/lab/demo-pool.yaml`) is applied too.
+    pub bgp_with_native: bool,
     /// Extra arguments for every speaker (timers, ...).
     pub speaker_args: Vec<String>,
     /// Real nodes (containerd, kubelet, kube-proxy) running these images, ferrolb installed by its chart;
@@ -71,6 +74,16 @@ pub struct LabConfig {
 }
 
 impl LabConfig {
+    /// The speakers' `--mode` (the chart's `speaker.mode`).
+    pub fn speaker_mode(&self) -> &'static str {
+        match (self.bgp, self.bgp_with_native, self.keepalived) {
+            (true, true, _) => "native+bgp",
+            (true, false, _) => "bgp",
+            (false, _, true) => "keepalived",
+            (false, _, false) => "native",
+        }
+    }
+
     /// What the tests and benches start: 3 nodes of processes (no kubelet), native mode, the controller's
     /// metrics on any free port, a unique prefix.
     pub fn processes(state_dir: PathBuf, bin_dir: PathBuf, repo: PathBuf) -> Self {
@@ -83,6 +96,7 @@ impl LabConfig {
             controller_metrics_address: "127.0.0.1:0".into(),
             keepalived: false,
             bgp: false,
+            bgp_with_native: false,
             speaker_args: Vec::new(),
             kubelet: None,
         }
@@ -281,6 +295,12 @@ impl RunningLab {
         tracing::info!(nodes = config.nodes, "building the node LAN");
         let lab = Lab::start(LabSpec::for_lab(&config.prefix, config.nodes, plane.port(), true))?;
         lab.serve_node_proxy(&node_proxy)?;
+        let router = if config.bgp {
+            tracing::info!("starting the router (BIRD) and moving the client behind it");
+            Some(crate::bgp_net::Router::start(&lab, &config.prefix, &config.state_dir.join("router"))?)
+        } else {
+            None
+        };
         let runtime =
             tokio::runtime::Builder::new_current_thread().enable_all().build().context(|| "tokio runtime".into())?;
         tracing::info!("starting containerd, kubelet and kube-proxy on every node; importing the images");
@@ -296,12 +316,12 @@ impl RunningLab {
             missing: Vec::new(),
             pool_applied: false,
             kubelet_nodes: Some(kubelet_nodes),
-            router: None,
+            router,
             lab,
             plane,
         };
         tracing::info!("helm install charts/ferrolb");
-        let values = crate::kubelet_lab::chart_values(images, this.config.keepalived);
+        let values = crate::kubelet_lab::chart_values(images, this.config.speaker_mode());
         crate::kubelet_lab::install_chart(
             &this.config.repo,
             &this.config.state_dir.join("helm"),
@@ -309,8 +329,10 @@ impl RunningLab {
             INSTALL_NAMESPACE,
             &values,
         )?;
-        let demo = this.config.repo.join("tests").join("lab").join("demo-pool.yaml");
-        kubectl(&this.config, &["apply", "--server-side", "-f", &demo.to_string_lossy()])?;
+        for file in demo_pool_files(&this.config) {
+            let demo = this.config.repo.join("tests").join("lab").join(file);
+            kubectl(&this.config, &["apply", "--server-side", "-f", &demo.to_string_lossy()])?;
+        }
         this.pool_applied = true;
         tracing::info!("deploying the demo web app");
         runtime.block_on(async {
@@ -394,9 +416,10 @@ impl RunningLab {
         };
         let pool_applied = if installed > 0 {
             // The demo pool goes in as a user's YAML would: with kubectl.
-            let file = if config.bgp { "bgp.yaml" } else { "demo-pool.yaml" };
-            let demo = config.repo.join("tests").join("lab").join(file);
-            kubectl(&config, &["apply", "--server-side", "-f", &demo.to_string_lossy()])?;
+            for file in demo_pool_files(&config) {
+                let demo = config.repo.join("tests").join("lab").join(file);
+                kubectl(&config, &["apply", "--server-side", "-f", &demo.to_string_lossy()])?;
+            }
             true
         } else {
             missing.push(format!(
@@ -522,7 +545,7 @@ impl RunningLab {
                     let dir = frr_dir(config, &name);
                     args.extend([
                         "--mode".into(),
-                        "bgp".into(),
+                        config.speaker_mode().into(),
                         "--frr-dir".into(),
                         dir.to_string_lossy().into_owned(),
                     ]);
@@ -796,6 +819,16 @@ impl Drop for RunningLab {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(self.config.lab_json());
         self.components.clear();
+    }
+}
+
+/// The lab's objects in `tests/lab/`: the L2 demo pool, or BGP mode's pool, peers and advertisement (with
+/// the L2 demo pool too when the speakers run both).
+fn demo_pool_files(config: &LabConfig) -> Vec<&'static str> {
+    match (config.bgp, config.bgp_with_native) {
+        (true, true) => vec!["bgp.yaml", "demo-pool.yaml"],
+        (true, false) => vec!["bgp.yaml"],
+        (false, _) => vec!["demo-pool.yaml"],
     }
 }
 

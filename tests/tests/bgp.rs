@@ -27,11 +27,17 @@ struct BgpLab {
 
 impl BgpLab {
     fn up() -> Self {
+        Self::up_with(false)
+    }
+
+    /// `with_native`: the speakers run native L2 beside BGP, and the L2 demo pool is there too.
+    fn up_with(with_native: bool) -> Self {
         let state = tempfile::tempdir().unwrap();
         let speaker = ferrolb_e2e::process::workspace_binary("ferrolb-speaker").unwrap();
         let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
         let config = LabConfig {
             bgp: true,
+            bgp_with_native: with_native,
             ..LabConfig::processes(state.path().to_path_buf(), speaker.parent().unwrap().to_path_buf(), repo)
         };
         let running = RunningLab::start(config).unwrap();
@@ -108,6 +114,22 @@ impl BgpLab {
         }
     }
 
+    /// The BGPAnnouncements of Service `name` (of the demo namespace), by node.
+    fn announcements(&self, name: &str) -> Vec<ferrolb_crds::BGPAnnouncementSpec> {
+        let api: Api<ferrolb_crds::BGPAnnouncement> = Api::namespaced(self.client.clone(), INSTALL_NAMESPACE);
+        let mut list: Vec<_> = self
+            .runtime
+            .block_on(api.list(&Default::default()))
+            .unwrap()
+            .items
+            .into_iter()
+            .map(|a| a.spec)
+            .filter(|a| a.service.name == name && a.service.namespace == DEMO_NAMESPACE)
+            .collect();
+        list.sort_by(|a, b| a.node.cmp(&b.node));
+        list
+    }
+
     fn services(&self) -> Api<Service> {
         Api::namespaced(self.client.clone(), DEMO_NAMESPACE)
     }
@@ -139,9 +161,19 @@ fn every_node_announces_the_vips_to_bird_which_spreads_the_client_over_them_and_
     assert!(served.len() > 1, "every connection went to {served:?}\n{}", lab.logs());
     assert!(lab.curl(VIP6).is_some(), "the IPv6 VIP answers\n{}", lab.logs());
 
-    // Deleting the Service withdraws its routes everywhere.
+    // Per Service, who announces it to whom: one BGPAnnouncement per announcing node.
+    lab.wait_for("a BGPAnnouncement of the demo Service from every node, to both peers", || {
+        let announcements = lab.announcements(DEMO_SERVICE);
+        announcements.len() == 3
+            && announcements.iter().all(|a| {
+                a.peers == ["router-v4", "router-v6"] && a.prefixes == [format!("{VIP4}/32"), format!("{VIP6}/128")]
+            })
+    });
+
+    // Deleting the Service withdraws its routes everywhere, and its BGPAnnouncements go.
     lab.runtime.block_on(lab.services().delete(DEMO_SERVICE, &DeleteParams::default())).unwrap();
     lab.wait_for("the routes to be withdrawn", || lab.next_hops(VIP4).is_empty() && lab.next_hops(VIP6).is_empty());
+    lab.wait_for("the BGPAnnouncements to go", || lab.announcements(DEMO_SERVICE).is_empty());
 }
 
 #[test]
@@ -155,6 +187,9 @@ fn a_local_service_is_announced_only_by_the_nodes_with_a_ready_endpoint() {
     lab.wait_for("the route to go through node-2 alone", || lab.next_hops(VIP4) == ["192.0.2.12"]);
     assert_eq!(lab.curl(VIP4).as_deref(), Some("node-2"));
     assert_eq!(lab.next_hops(VIP6), ["2001:db8::12"]);
+    lab.wait_for("node-2's BGPAnnouncement alone", || {
+        lab.announcements(DEMO_SERVICE).iter().map(|a| a.node.clone()).collect::<Vec<_>>() == ["node-2"]
+    });
 
     // No ready endpoint anywhere: nobody announces it.
     lab.set_ready_endpoints(&[]);
@@ -335,4 +370,93 @@ fn a_restarted_frr_is_filled_again_by_the_speaker_and_bfd_comes_back() {
     // The speaker finds them empty, configures them again, and the BFD sessions come back with them.
     lab.wait_for("node-1's next hop to come back", || lab.next_hops(VIP4) == all);
     lab.wait_for_sessions();
+}
+
+impl BgpLab {
+    /// An IPv4 Service `name` from `pool` with a ready endpoint on every node; its VIP once it has one.
+    fn service_from_pool(&self, name: &str, pool: &str) -> String {
+        let service: Service = serde_json::from_value(serde_json::json!({
+            "metadata": { "name": name, "annotations": { "ferrolb.io/address-pool": pool } },
+            "spec": { "type": "LoadBalancer", "ipFamilies": ["IPv4"], "ports": [{ "port": 80 }],
+                      "allocateLoadBalancerNodePorts": false },
+        }))
+        .unwrap();
+        self.runtime.block_on(self.services().create(&Default::default(), &service)).unwrap();
+        let backends: Vec<ferrolb_e2e::objects::Backend> = ["node-1", "node-2", "node-3"]
+            .iter()
+            .enumerate()
+            .map(|(i, node)| ferrolb_e2e::objects::Backend {
+                node: node.to_string(),
+                address: format!("203.0.113.{}", 20 + i),
+                ready: true,
+            })
+            .collect();
+        let slice =
+            ferrolb_e2e::objects::apply_endpoint_slice(&self.client, DEMO_NAMESPACE, name, "IPv4", 80, &backends);
+        self.runtime.block_on(slice).unwrap();
+        let mut vip = None;
+        self.wait_for(&format!("{name} to get a VIP from {pool}"), || {
+            let ips =
+                self.runtime.block_on(ferrolb_e2e::objects::load_balancer_ips(&self.client, DEMO_NAMESPACE, name));
+            vip = ips.unwrap().into_iter().next();
+            vip.is_some()
+        });
+        vip.unwrap()
+    }
+
+    /// The node of the L2Announcement of Service `name`, if one is written.
+    fn l2_owner(&self, name: &str) -> Option<String> {
+        let api: Api<ferrolb_crds::L2Announcement> = Api::namespaced(self.client.clone(), INSTALL_NAMESPACE);
+        let announcements = self.runtime.block_on(api.list(&Default::default())).unwrap().items;
+        announcements.into_iter().find(|a| a.spec.service.name == name).map(|a| a.spec.node)
+    }
+}
+
+#[test]
+fn one_speaker_serves_an_l2_pool_and_a_bgp_pool_and_a_pool_both_advertise_both_ways() {
+    let lab = BgpLab::up_with(true);
+    let bgp_vip = lab.service_from_pool("by-bgp", "bgp-pool");
+    let l2_vip = lab.service_from_pool("by-l2", "demo-pool");
+    assert!(bgp_vip.starts_with("203.0.113.") && l2_vip.starts_with("192.0.2."), "{bgp_vip} {l2_vip}");
+
+    // The BGP pool: routed through every node; the L2 pool: no route, one node answers ARP for it.
+    lab.wait_for("an ECMP route to the BGP pool's VIP", || lab.next_hops(&bgp_vip).len() == 3);
+    lab.wait_for("every speaker to run both modes and hear the other two", || {
+        let statuses = lab.statuses();
+        statuses.len() == 3 && statuses.iter().all(|s| s.spec.mode == "native+bgp" && s.spec.alive.len() == 3)
+    });
+    let mut owner = None;
+    lab.wait_for("one node to own the L2 pool's VIP", || {
+        owner = lab.l2_owner("by-l2");
+        owner.is_some()
+    });
+    let owner = owner.unwrap();
+    assert!(lab.next_hops(&l2_vip).is_empty(), "the L2 pool is not advertised by BGP\n{}", lab.logs());
+    lab.wait_for("the L2 VIP to answer", || lab.curl(&l2_vip).is_some());
+    for _ in 0..10 {
+        assert_eq!(lab.curl(&l2_vip).as_deref(), Some(owner.as_str()), "the L2 VIP is answered by its owner alone");
+    }
+    let mut served = BTreeSet::new();
+    for _ in 0..30 {
+        served.extend(lab.curl(&bgp_vip));
+    }
+    assert!(served.len() > 1, "every connection to the BGP VIP went to {served:?}\n{}", lab.logs());
+
+    // The L2 pool advertised by BGP too: routed through every node, and its owner still holds it for ARP.
+    let advertisements: Api<ferrolb_crds::BGPAdvertisement> = Api::all(lab.client.clone());
+    let patch = serde_json::json!({ "spec": { "ipAddressPools": ["bgp-pool", "demo-pool"] } });
+    lab.runtime.block_on(advertisements.patch("bgp", &PatchParams::default(), &Patch::Merge(&patch))).unwrap();
+    lab.wait_for("an ECMP route to the L2 pool's VIP", || lab.next_hops(&l2_vip).len() == 3);
+    assert_eq!(lab.l2_owner("by-l2").as_deref(), Some(owner.as_str()), "BGP took nothing from the L2 owner");
+    let router = lab.running.router().unwrap();
+    let arp =
+        ferrolb_e2e::netns::exec(&router.netns, "arping", &["-c", "1", "-w", "2", "-I", "eth0", &l2_vip]).unwrap();
+    assert!(arp.status.success(), "the owner still answers ARP for {l2_vip}: {}", String::from_utf8_lossy(&arp.stdout));
+
+    // The BGP advertisement gives the pool up again: the route goes, the L2 owner keeps answering.
+    let patch = serde_json::json!({ "spec": { "ipAddressPools": ["bgp-pool"] } });
+    lab.runtime.block_on(advertisements.patch("bgp", &PatchParams::default(), &Patch::Merge(&patch))).unwrap();
+    lab.wait_for("the L2 pool's route to go", || lab.next_hops(&l2_vip).is_empty());
+    assert_eq!(lab.curl(&l2_vip).as_deref(), Some(owner.as_str()));
+    assert_eq!(lab.next_hops(&bgp_vip).len(), 3, "the BGP pool is still routed");
 }

@@ -67,7 +67,8 @@ fn the_chart_lints_and_its_schema_refuses_bad_values() {
         "logFormat=xml",
         "controller.replicas=0",
         "speaker.unknown=1",
-        "speaker.mode=bgp",
+        "speaker.mode=ospf",
+        "speaker.frr.image.repository=",
     ] {
         let output = helm(home.path(), None, &["lint", &chart(), "--set", bad]);
         assert!(!output.status.success(), "{bad} was accepted");
@@ -95,6 +96,26 @@ fn the_chart_lints_and_its_schema_refuses_bad_values() {
     ));
     assert!(keepalived.contains("add: [NET_RAW, NET_ADMIN]"), "keepalived mode adds NET_ADMIN, and only then");
     assert!(keepalived.contains("ferrolb-keepalived:") && keepalived.contains("value: \"keepalived\""));
+    assert!(!rendered.contains("ferrolb-frr") && !rendered.contains("secrets"), "FRR and Secrets only in BGP mode");
+    for mode in ["bgp", "native+bgp"] {
+        let bgp = ok(&helm(
+            home.path(),
+            None,
+            &["template", RELEASE, &chart(), "-n", INSTALL_NAMESPACE, "--set", &format!("speaker.mode={mode}")],
+        ));
+        assert!(
+            bgp.contains("- name: frr\n") && bgp.contains("ghcr.io/ferrolb/ferrolb-frr:"),
+            "{mode}: FRR beside the speaker"
+        );
+        assert!(bgp.contains("add: [NET_ADMIN, NET_RAW, NET_BIND_SERVICE, SYS_ADMIN]"), "{mode}: FRR's capabilities");
+        assert!(
+            bgp.contains("name: POD_NAME") && bgp.contains("value: /run/ferrolb/frr"),
+            "{mode}: the shared directory"
+        );
+        assert!(bgp.contains("resources: [secrets]") && bgp.contains("resources: [pods]"), "{mode}: its RBAC");
+        let speaker_caps = if mode == "bgp" { "add: []" } else { "add: [NET_RAW]" };
+        assert!(bgp.contains(speaker_caps), "{mode}: the speaker's own capabilities");
+    }
 }
 
 struct Installed {

@@ -25,6 +25,8 @@ use kube::api::{Api, DeleteParams, EvictParams, ListParams, Patch, PatchParams};
 static TURN: Mutex<()> = Mutex::new(());
 const CAP_NET_ADMIN: u64 = 1 << 12;
 const CAP_NET_RAW: u64 = 1 << 13;
+const CAP_NET_BIND_SERVICE: u64 = 1 << 10;
+const CAP_SYS_ADMIN: u64 = 1 << 21;
 const NONROOT: u32 = 65532;
 const TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -41,7 +43,8 @@ struct KubeletLab {
 }
 
 impl KubeletLab {
-    fn up(nodes: usize, keepalived: bool) -> Self {
+    /// `mode`: the chart's `speaker.mode` (`native`, `keepalived` or `bgp`).
+    fn up(nodes: usize, mode: &str) -> Self {
         let dir = tempfile::Builder::new().prefix(&ferrolb_e2e::sweep::control_plane_dir_prefix()).tempdir().unwrap();
         ferrolb_e2e::sweep::sweep_leftovers();
         let images = Images::built_by_xtask(&repo()).unwrap();
@@ -52,8 +55,9 @@ impl KubeletLab {
             prefix: ferrolb_e2e::names::unique_lab_prefix(),
             nodes,
             controller_metrics_address: "127.0.0.1:0".into(),
-            keepalived,
-            bgp: false,
+            keepalived: mode == "keepalived",
+            bgp: mode == "bgp",
+            bgp_with_native: false,
             speaker_args: Vec::new(),
             kubelet: Some(images.clone()),
         };
@@ -226,6 +230,12 @@ fn request(address: SocketAddr) -> Result<(), String> {
     }
 }
 
+/// The processes `pid` started (its main thread's children).
+fn children(pid: u32) -> Vec<u32> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    text.split_whitespace().filter_map(|p| p.parse().ok()).collect()
+}
+
 /// The effective capability set of a process, from /proc.
 fn cap_eff(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -248,7 +258,7 @@ fn root_read_only(pid: u32) -> bool {
 #[test]
 fn the_charts_pods_run_under_real_kubelets_and_survive_what_operators_do() {
     let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
-    let lab = KubeletLab::up(3, false);
+    let lab = KubeletLab::up(3, "native");
 
     // Every pod of the chart is Ready, through its own probes.
     let controllers = lab.ready_pods("controller");
@@ -271,7 +281,15 @@ fn the_charts_pods_run_under_real_kubelets_and_survive_what_operators_do() {
     assert_eq!(ips.len(), 2, "a VIP of each family: {ips:?}");
     let demo_pods = lab.demo_pod_names();
     for ip in &ips {
-        let answer = lab.running.lab().client_curl(&url(ip), 3).unwrap().unwrap_or_else(|| panic!("{ip} answers"));
+        // Right after the install: the demo pods' endpoints, then the election, come after `helm --wait`.
+        let started = Instant::now();
+        let mut answer = None;
+        lab.wait_for(&format!("{ip} to answer"), || {
+            answer = lab.running.lab().client_curl(&url(ip), 2).unwrap();
+            answer.is_some()
+        });
+        eprintln!("{ip} answered {:?} after the install finished", started.elapsed());
+        let answer = answer.unwrap();
         let pod = answer.split(" on ").next().unwrap();
         assert!(demo_pods.contains(pod), "{ip} was answered by demo pod {pod} ({answer})");
     }
@@ -445,7 +463,7 @@ fn draining_a_node_moves_its_vips_before_its_speaker_stops(lab: &KubeletLab) {
 #[test]
 fn keepalived_mode_installed_through_the_chart_works_with_net_admin_only_there() {
     let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
-    let lab = KubeletLab::up(2, true);
+    let lab = KubeletLab::up(2, "keepalived");
     let speakers = lab.ready_pods("speaker");
     assert_eq!(speakers.len(), 2, "a Ready speaker on every node");
     for pod in &speakers {
@@ -470,4 +488,87 @@ fn keepalived_mode_installed_through_the_chart_works_with_net_admin_only_there()
         let pod = answer.split(" on ").next().unwrap();
         assert!(demo_pods.contains(pod), "{ip} was answered by demo pod {pod} ({answer})");
     }
+}
+
+#[test]
+fn bgp_mode_installed_through_the_chart_runs_frr_beside_each_speaker_and_a_deleted_pod_drains_first() {
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = KubeletLab::up(3, "bgp");
+    let router = lab.running.router().expect("BGP mode's lab has a router");
+    let speakers = lab.ready_pods("speaker");
+    assert_eq!(speakers.len(), 3, "a Ready speaker on every node");
+    for pod in &speakers {
+        let containers: Vec<&str> = pod.spec.as_ref().unwrap().containers.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(containers, ["speaker", "frr"], "FRR runs beside the speaker");
+        assert_eq!(cap_eff(lab.pid(pod, "speaker")), 0, "the bgp-mode speaker holds no capability");
+        assert_eq!(
+            cap_eff(lab.pid(pod, "frr")),
+            CAP_NET_ADMIN | CAP_NET_RAW | CAP_NET_BIND_SERVICE | CAP_SYS_ADMIN,
+            "FRR's container holds what its daemons need and nothing else"
+        );
+        assert!(root_read_only(lab.pid(pod, "frr")), "FRR's container has a read-only root filesystem");
+    }
+
+    // The demo Service's VIPs reach BIRD from every node, and the client behind the router reaches the pods.
+    let ips = lab.service_ips();
+    assert_eq!(ips.len(), 2, "a VIP of each family: {ips:?}");
+    let v4 = ips.iter().find(|ip| !ip.contains(':')).unwrap().clone();
+    lab.wait_for("an ECMP route to the IPv4 VIP through every node", || {
+        router.next_hops(&v4).unwrap() == ["192.0.2.11", "192.0.2.12", "192.0.2.13"]
+    });
+    let demo_pods = lab.demo_pod_names();
+    for ip in &ips {
+        lab.wait_for(&format!("a route to {ip} through every node"), || router.next_hops(ip).unwrap().len() == 3);
+        let mut answer = None;
+        lab.wait_for(&format!("{ip} to answer"), || {
+            answer = lab.running.lab().client_curl(&url(ip), 2).unwrap();
+            answer.is_some()
+        });
+        let answer = answer.unwrap();
+        assert!(demo_pods.contains(answer.split(" on ").next().unwrap()), "{ip} was answered by a demo pod ({answer})");
+    }
+    let statuses: Api<ferrolb_crds::SpeakerStatus> = Api::namespaced(lab.client.clone(), INSTALL_NAMESPACE);
+    lab.wait_for("every speaker to report its sessions Established with BFD up", || {
+        let list = lab.runtime.block_on(statuses.list(&ListParams::default())).unwrap().items;
+        list.len() == 3
+            && list.iter().all(|s| {
+                s.spec.bgp_peers.len() == 2
+                    && s.spec.bgp_peers.iter().all(|p| p.session == "Established" && p.bfd.as_deref() == Some("up"))
+            })
+    });
+
+    // bgpd killed inside node-1's FRR container: ferrolb-frr starts it again, and the speaker, finding it
+    // empty, configures it again.
+    let node1 = speakers.iter().find(|p| kubelet_lab::node_of(p) == "node-1").unwrap();
+    let bgpd = children(lab.pid(node1, "frr"))
+        .into_iter()
+        .find(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "bgpd"))
+        .expect("bgpd runs under ferrolb-frr");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(bgpd as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    lab.wait_for("node-1's next hop to go with its bgpd", || router.next_hops(&v4).unwrap().len() == 2);
+    lab.wait_for("node-1's bgpd to be back and announcing", || router.next_hops(&v4).unwrap().len() == 3);
+
+    // Deleting node-1's speaker pod (what an upgrade or a drain does) stops its FRR too: the speaker
+    // withdraws first and FRR waits for it, so not one new connection fails; the DaemonSet's new pod
+    // announces again.
+    let pod = speakers.iter().find(|p| kubelet_lab::node_of(p) == "node-1").unwrap();
+    let name = kubelet_lab::name_of(pod);
+    let load = lab.load(&v4);
+    let pods: Api<Pod> = Api::namespaced(lab.client.clone(), INSTALL_NAMESPACE);
+    lab.runtime.block_on(pods.delete(&name, &DeleteParams::default())).unwrap();
+    // Withdrawn first: the route goes while node-1's session is still up (FRR stopping would close it).
+    let mut session_when_withdrawn = String::new();
+    lab.wait_for("node-1's next hop to be withdrawn", || {
+        let withdrawn = router.next_hops(&v4).unwrap() == ["192.0.2.12", "192.0.2.13"];
+        if withdrawn {
+            session_when_withdrawn = router.birdc("show protocols node_1_v4").unwrap();
+        }
+        withdrawn
+    });
+    assert!(
+        session_when_withdrawn.contains("Established"),
+        "node-1 withdrew before its FRR stopped:\n{session_when_withdrawn}"
+    );
+    lab.wait_for("the new speaker pod on node-1 to announce again", || router.next_hops(&v4).unwrap().len() == 3);
+    load.finish_without_outage("deleting a speaker pod in BGP mode", 0);
 }

@@ -26,8 +26,9 @@ pub struct LabArgs {
     #[arg(long, default_value_t = 3)]
     nodes: usize,
     /// native: the speakers answer ARP/NDP; keepalived: they drive keepalived (VRRP); bgp: they drive an FRR
-    /// per node, announcing to a router (BIRD) the client sits behind (processes only, for now).
-    #[arg(long, value_parser = ["native", "keepalived", "bgp"], default_value = "native")]
+    /// per node (the chart's FRR container), announcing to a router (BIRD) the client sits behind; native+bgp:
+    /// both, the L2 demo pool beside the BGP pool.
+    #[arg(long, value_parser = ["native", "keepalived", "bgp", "native+bgp"], default_value = "native")]
     mode: String,
     /// Run ferrolb's binaries as processes beside fake Nodes (the light lab: no kubelet, no images) instead of
     /// real kubelets running the chart.
@@ -50,11 +51,7 @@ pub fn run(args: LabArgs) -> Result<()> {
     if args.action == "down" {
         return down();
     }
-    if args.mode == "bgp" && !args.processes {
-        // The chart has no FRR container yet: BGP mode's lab runs the binaries as processes.
-        eprintln!("==> --mode bgp runs ferrolb as processes beside fake Nodes (--processes)");
-    }
-    let processes = args.processes || args.mode == "bgp";
+    let processes = args.processes;
     deps::install_all()?;
     run::step("cargo build --workspace --bins", run::cargo(&["build", "--workspace", "--bins"]))?;
     if !processes {
@@ -92,7 +89,8 @@ fn start_supervisor(nodes: usize, mode: &str, processes: bool) -> Result<Value> 
         .arg("--state-dir")
         .arg(&dir)
         .args((mode == "keepalived").then_some("--keepalived"))
-        .args((mode == "bgp").then_some("--bgp"))
+        .args(mode.ends_with("bgp").then_some("--bgp"))
+        .args((mode == "native+bgp").then_some("--with-native"))
         .args(processes.then_some("--processes"))
         .arg("up")
         .arg("--bin-dir")

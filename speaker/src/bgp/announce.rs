@@ -62,11 +62,18 @@ impl Attributes {
 }
 
 /// What this node sends: for each peer (by BGPPeer name), each prefix with its attributes; and for each
-/// Service, the peers it is announced to.
+/// Service, its prefixes and the peers they go to (its BGPAnnouncement).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Routes {
     pub by_peer: BTreeMap<String, BTreeMap<IpNet, Attributes>>,
-    pub by_service: BTreeMap<ServiceReference, BTreeSet<String>>,
+    pub by_service: BTreeMap<ServiceReference, ServiceRoutes>,
+}
+
+/// What this node announces of one Service.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServiceRoutes {
+    pub prefixes: BTreeSet<IpNet>,
+    pub peers: BTreeSet<String>,
 }
 
 /// The advertisements, as [`routes`] reads them.
@@ -124,8 +131,10 @@ pub fn routes(bgp: &BgpWorld<'_>, me: &str) -> Routes {
                         .entry(prefix)
                         .and_modify(|a| a.merge(attributes))
                         .or_insert_with(|| attributes.clone());
-                    routes.by_service.entry(service.service.clone()).or_default().insert((*peer).clone());
                 }
+                let announced = routes.by_service.entry(service.service.clone()).or_default();
+                announced.prefixes.insert(prefix);
+                announced.peers.extend(peers.iter().map(|p| (*p).clone()));
             }
         }
     }

@@ -48,6 +48,10 @@ fn every_eligible_node_announces_a_cluster_service_to_every_peer_it_tells() {
         assert_eq!(prefixes(&routes, "router-a"), ["203.0.113.10/32", "2001:db8:b::10/128"], "{me}");
         assert_eq!(prefixes(&routes, "router-b"), ["203.0.113.10/32", "2001:db8:b::10/128"], "{me}");
         assert_eq!(routes.by_service.len(), 1, "the L2 pool's Service is not announced by BGP");
+        let announced = routes.by_service.values().next().unwrap();
+        let prefixes: Vec<String> = announced.prefixes.iter().map(|p| p.to_string()).collect();
+        assert_eq!(prefixes, ["203.0.113.10/32", "2001:db8:b::10/128"], "its BGPAnnouncement's prefixes");
+        assert_eq!(announced.peers.iter().collect::<Vec<_>>(), ["router-a", "router-b"], "and peers");
     }
 }
 

@@ -23,11 +23,10 @@ fn routes(entries: &[(&str, &str, Attributes)]) -> Routes {
     let mut routes = Routes::default();
     for (peer, prefix, attributes) in entries {
         routes.by_peer.entry(peer.to_string()).or_default().insert(prefix.parse().unwrap(), attributes.clone());
-        routes
-            .by_service
-            .entry(ServiceReference { namespace: "default".into(), name: "web".into() })
-            .or_default()
-            .insert(peer.to_string());
+        let web = routes.by_service.entry(ServiceReference { namespace: "default".into(), name: "web".into() });
+        let announced = web.or_default();
+        announced.prefixes.insert(prefix.parse().unwrap());
+        announced.peers.insert(peer.to_string());
     }
     routes
 }

@@ -9,11 +9,13 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use ferrolb_crds::BgpPeerStatus;
+use ferrolb_crds::{BGPAnnouncement, BGPAnnouncementSpec, BgpPeerStatus};
 use k8s_openapi::api::core::v1::ObjectReference;
 use tokio::time::Instant;
 
 use super::announce::{self, BgpWorld, Routes};
+use super::announcements;
+use super::daemons;
 use super::frr::{Frr, SessionState};
 use super::render::{self, Inputs, Rendered, Session};
 use crate::cluster::{BgpObjects, Cluster, node_address};
@@ -22,6 +24,9 @@ use crate::report::{Notice, Report};
 
 /// How often FRR's sessions are read back (for the SpeakerStatus), and a failed convergence retried.
 const POLL_INTERVAL: Duration = Duration::from_secs(2);
+/// This node's BGPAnnouncements are read back from the API this often (a safety net for lost writes and for
+/// objects deleted by hand); between reads, what was sent is trusted.
+const ANNOUNCEMENTS_READ_BACK: Duration = Duration::from_secs(600);
 /// After withdrawing on a drain, how long the routers get to hear it before the speaker exits (FRR sends
 /// the withdrawal at once; BIRD took 85–97 ms to act on one in the lab).
 const WITHDRAW_GRACE: Duration = Duration::from_secs(2);
@@ -32,6 +37,8 @@ pub struct BgpOptions {
     pub frr_dir: PathBuf,
     /// To read this node's Node at SIGTERM (the watch may not have shown a cordon made a moment before).
     pub client: kube::Client,
+    /// The speaker's Pod (the chart sets it): being deleted means this node's speaker and FRR go away.
+    pub pod: Option<String>,
 }
 
 pub struct BgpBackend {
@@ -59,6 +66,17 @@ pub struct BgpBackend {
     /// This node is cordoned (as of the last step).
     cordoned: bool,
     client: kube::Client,
+    /// The speaker's Pod and its namespace, if it runs in one.
+    pod: Option<(String, String)>,
+    /// The install namespace (this node's BGPAnnouncements).
+    namespace: String,
+    /// This node's BGPAnnouncements as last written, by name (`None`: not read from the API yet), and when
+    /// they were last read back.
+    announcements: Option<BTreeMap<String, BGPAnnouncementSpec>>,
+    announcements_read: Option<Instant>,
+    /// The last error reading them back, logged once.
+    announcements_error: Option<String>,
+    frr_dir: PathBuf,
     /// SIGTERM came: whether the node is going away is decided at the next step.
     stop_requested: bool,
     /// Going away: announce nothing; once the withdrawal is applied, stop when the routers had time to hear it.
@@ -85,6 +103,13 @@ impl BgpBackend {
     pub fn start(setup: &driver::Setup, options: BgpOptions) -> Self {
         let client = options.client.clone();
         tracing::info!(frr_dir = %options.frr_dir.display(), "BGP mode");
+        // A word left by an earlier run of the speaker would let FRR stop before this one withdrew.
+        let done = options.frr_dir.join(daemons::SPEAKER_DONE);
+        if let Err(e) = std::fs::remove_file(&done)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(file = %done.display(), error = %e, "cannot remove the previous speaker's word to FRR");
+        }
         BgpBackend {
             me: setup.options.node_name.clone(),
             frr: Frr::new(&options.frr_dir),
@@ -101,6 +126,12 @@ impl BgpBackend {
             poll_error: None,
             cordoned: false,
             client,
+            pod: options.pod.map(|pod| (setup.options.namespace.clone(), pod)),
+            namespace: setup.options.namespace.clone(),
+            announcements: None,
+            announcements_read: None,
+            announcements_error: None,
+            frr_dir: options.frr_dir,
             stop_requested: false,
             draining: false,
             drain_until: None,
@@ -221,11 +252,26 @@ impl BgpBackend {
         }
     }
 
-    /// Whether this node is going away: its Node is cordoned, being deleted or gone. A DaemonSet upgrade
-    /// deletes the Pod but not the Node: that is a restart, and withdraws nothing. Read from the API (the
+    /// Whether this node is going away: the speaker's Pod is being deleted (FRR, beside it, stops too: an
+    /// upgrade or a drain), or its Node is cordoned, being deleted or gone. A speaker restarting in its Pod
+    /// is not going away, and withdraws nothing. Read from the API (the
     /// watch may lag a cordon made just before the SIGTERM, as a drain does); the watched view if the API
     /// does not answer.
     async fn going_away(&self) -> bool {
+        if let Some((namespace, name)) = &self.pod {
+            let pods: kube::Api<k8s_openapi::api::core::v1::Pod> =
+                kube::Api::namespaced(self.client.clone(), namespace);
+            match tokio::time::timeout(Duration::from_secs(2), pods.get_opt(name)).await {
+                // The pod is deleted (an upgrade, a node drain): FRR beside it stops too.
+                Ok(Ok(Some(pod))) if pod.metadata.deletion_timestamp.is_some() => return true,
+                Ok(Ok(None)) => return true,
+                Ok(Ok(Some(_))) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(pod = %format!("{namespace}/{name}"), error = %e, "cannot read the speaker's Pod")
+                }
+                Err(_) => tracing::warn!(pod = %format!("{namespace}/{name}"), "the API did not answer within 2 s"),
+            }
+        }
         let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(self.client.clone());
         let read = tokio::time::timeout(Duration::from_secs(2), nodes.get_opt(&self.me)).await;
         match read {
@@ -242,6 +288,49 @@ impl BgpBackend {
                 self.cordoned
             }
         }
+    }
+
+    /// Writes and deletes this node's BGPAnnouncements to match the routes (reading them back first when
+    /// `read_back`).
+    async fn report_announcements(&mut self, reports: &crate::report::Reports, read_back: bool) {
+        if read_back {
+            match self.read_announcements().await {
+                Ok(read) => {
+                    if self.announcements_error.take().is_some() {
+                        tracing::info!("this node's BGPAnnouncements read again");
+                    }
+                    self.announcements = Some(read);
+                    self.announcements_read = Some(Instant::now());
+                }
+                Err(e) => {
+                    let message = e.to_string();
+                    if self.announcements_error.as_deref() != Some(message.as_str()) {
+                        tracing::warn!(error = %message, "cannot read this node's BGPAnnouncements; retrying");
+                    }
+                    self.announcements_error = Some(message);
+                }
+            }
+        }
+        // Never read: whatever was written before this speaker started is unknown, so nothing is written.
+        let Some(written) = self.announcements.as_mut() else { return };
+        let ops = announcements::ops(&self.me, &self.routes.by_service, written);
+        if !ops.is_empty() {
+            announcements::apply(written, &ops);
+            let _ = reports.send(Report::Ops(ops));
+        }
+    }
+
+    async fn read_announcements(&self) -> Result<BTreeMap<String, BGPAnnouncementSpec>, kube::Error> {
+        let api: kube::Api<BGPAnnouncement> = kube::Api::namespaced(self.client.clone(), &self.namespace);
+        let label = ferrolb_crds::bgp_announcement::node_label_value(&self.me);
+        let selector = format!("{}={label}", ferrolb_crds::bgp_announcement::NODE_LABEL);
+        let list = api.list(&kube::api::ListParams::default().labels(&selector)).await?;
+        Ok(list
+            .items
+            .into_iter()
+            .filter(|object| object.spec.node == self.me)
+            .filter_map(|object| Some((object.metadata.name?, object.spec)))
+            .collect())
     }
 
     /// BFD sessions bfdd does not know of two polls in a row are registered again (see
@@ -373,6 +462,11 @@ impl driver::Backend for BgpBackend {
             self.converge(rendered).await;
             self.rendered_at = Some((version, self.draining));
         }
+        // What FRR runs now, Service by Service, once it runs it.
+        let read_back_due = self.announcements_read.is_none_or(|at| at.elapsed() >= ANNOUNCEMENTS_READ_BACK);
+        if self.applied.is_some() && (!current || read_back_due) {
+            self.report_announcements(shared.reports, read_back_due).await;
+        }
         if self.draining && self.drain_until.is_none() && self.applied.is_some() {
             tracing::info!("routes withdrawn; giving the routers {WITHDRAW_GRACE:?} to act on it");
             self.drain_until = Some(Instant::now() + WITHDRAW_GRACE);
@@ -393,7 +487,16 @@ impl driver::Backend for BgpBackend {
     }
 
     async fn stop(self, _shared: &mut driver::Shared<'_>) {
-        tracing::info!("stopping: FRR keeps running and keeps what it announces");
+        if self.draining {
+            tracing::info!("stopping: this node's routes are withdrawn");
+        } else {
+            tracing::info!("stopping: FRR keeps running and keeps what it announces");
+        }
+        // FRR's container, if it is stopping too, waits for this.
+        let done = self.frr_dir.join(daemons::SPEAKER_DONE);
+        if let Err(e) = std::fs::write(&done, b"") {
+            tracing::warn!(file = %done.display(), error = %e, "cannot tell FRR that the speaker is done");
+        }
     }
 
     fn mode(&self) -> &'static str {

@@ -20,6 +20,9 @@ struct Cli {
     /// BGP mode: a router (BIRD) the client is behind, an FRR per node, the speakers in bgp mode.
     #[arg(long, conflicts_with = "keepalived")]
     bgp: bool,
+    /// With --bgp: the speakers run native L2 beside BGP (`--mode native+bgp`), the L2 demo pool applied too.
+    #[arg(long, requires = "bgp")]
+    with_native: bool,
     /// The controller's /metrics address on the host (port 0: any free port).
     #[arg(long, default_value = lab_supervisor::CONTROLLER_METRICS_ADDRESS)]
     controller_metrics_address: String,
@@ -89,6 +92,7 @@ fn main() -> Result<()> {
                 controller_metrics_address: cli.controller_metrics_address,
                 keepalived: cli.keepalived,
                 bgp: cli.bgp,
+                bgp_with_native: cli.with_native,
                 speaker_args: Vec::new(),
                 kubelet,
             };
@@ -112,6 +116,7 @@ fn main() -> Result<()> {
                 controller_metrics_address: cli.controller_metrics_address,
                 keepalived: cli.keepalived,
                 bgp: cli.bgp,
+                bgp_with_native: cli.with_native,
                 speaker_args: Vec::new(),
                 kubelet: None,
             };

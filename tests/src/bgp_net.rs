@@ -123,6 +123,21 @@ impl Router {
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }
 
+    /// Edits BIRD's configuration (`edit` gets the current text) and has BIRD load it (`birdc configure`):
+    /// protocols whose configuration changed restart, the others keep their sessions.
+    pub fn reconfigure(&self, edit: impl FnOnce(String) -> String) -> Result<()> {
+        let path = self.bird_socket.with_file_name("bird.conf");
+        let config = std::fs::read_to_string(&path).context(|| format!("reading {}", path.display()))?;
+        std::fs::write(&path, edit(config)).context(|| format!("writing {}", path.display()))?;
+        let answer =
+            self.birdc("configure").map_err(|e| Error::Lab(format!("BIRD refused the new configuration: {e}")))?;
+        if answer.contains("Reconfigured") || answer.contains("Reconfiguration in progress") {
+            Ok(())
+        } else {
+            Err(Error::Lab(format!("BIRD refused the new configuration: {answer}")))
+        }
+    }
+
     pub fn bird_log(&self, lines: usize) -> String {
         self.bird.as_ref().map(|b| b.log_tail(lines)).unwrap_or_default()
     }

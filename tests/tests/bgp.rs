@@ -460,3 +460,54 @@ fn one_speaker_serves_an_l2_pool_and_a_bgp_pool_and_a_pool_both_advertise_both_w
     assert_eq!(lab.curl(&l2_vip).as_deref(), Some(owner.as_str()));
     assert_eq!(lab.next_hops(&bgp_vip).len(), 3, "the BGP pool is still routed");
 }
+
+#[test]
+fn local_pref_wins_at_an_ibgp_router_and_a_node_that_changes_its_asn_is_converged_without_a_restart() {
+    let lab = BgpLab::up();
+    lab.wait_for("an ECMP route through every node", || lab.next_hops(VIP4).len() == 3);
+    lab.wait_for_sessions();
+    // node-2 leaves the eBGP peers for an iBGP one in the router's own AS (64500): its FRR's BGP instance
+    // changes AS, which the speaker converges over the vty (no FRR restart). BIRD peers with it as iBGP.
+    let router = lab.running.router().unwrap();
+    router
+        .reconfigure(|config| {
+            config.replace(
+                "protocol bgp node_2_v4 from node4 { neighbor 192.0.2.12 as 64512; }",
+                // `direct`: on the LAN (BIRD takes an iBGP neighbour for multihop otherwise).
+                "protocol bgp node_2_v4 { local 192.0.2.1 as 64500; neighbor 192.0.2.12 as 64500; direct; \
+                 hold time 9; keepalive time 3; bfd on; error wait time 1, 10; ipv4 { import all; export none; }; }",
+            )
+        })
+        .unwrap();
+    let peers: Api<ferrolb_crds::BGPPeer> = Api::all(lab.client.clone());
+    let not_node_2 = serde_json::json!({ "spec": { "nodeSelectors": [{ "matchExpressions": [
+        { "key": "kubernetes.io/hostname", "operator": "NotIn", "values": ["node-2"] }
+    ] }] } });
+    for peer in ["router-v4", "router-v6"] {
+        lab.runtime.block_on(peers.patch(peer, &PatchParams::default(), &Patch::Merge(&not_node_2))).unwrap();
+    }
+    let ibgp: ferrolb_crds::BGPPeer = serde_json::from_value(serde_json::json!({
+        "metadata": { "name": "router-ibgp" },
+        "spec": { "myASN": 64500, "peerASN": 64500, "peerAddress": "192.0.2.1", "holdTime": "9s",
+                  "keepaliveTime": "3s", "bfdProfile": "fast",
+                  "nodeSelectors": [{ "matchLabels": { "kubernetes.io/hostname": "node-2" } }] },
+    }))
+    .unwrap();
+    lab.runtime.block_on(peers.create(&Default::default(), &ibgp)).unwrap();
+    let advertisements: Api<ferrolb_crds::BGPAdvertisement> = Api::all(lab.client.clone());
+    let local_pref = serde_json::json!({ "spec": { "localPref": 250 } });
+    lab.runtime.block_on(advertisements.patch("bgp", &PatchParams::default(), &Patch::Merge(&local_pref))).unwrap();
+
+    lab.wait_for("node-2's iBGP session to be Established", || {
+        lab.peer_status("node-2", "router-ibgp").is_some_and(|p| p.session == "Established")
+            && lab.peer_status("node-2", "router-v4").is_none()
+    });
+    // LOCAL_PREF travels on iBGP only (an eBGP route gets BIRD's default, 100): node-2's route carries 250
+    // and wins, so the router sends everything there, the eBGP routes of node-1 and node-3 standing by.
+    lab.wait_for("the router to prefer node-2's iBGP route", || lab.next_hops(VIP4) == ["192.0.2.12"]);
+    let routes = router.birdc(&format!("show route all {VIP4}/32")).unwrap();
+    assert!(routes.contains("BGP.local_pref: 250"), "node-2's iBGP route carries the advertisement's:\n{routes}");
+    assert!(routes.contains("BGP.as_path: 64512"), "node-1 and node-3 still announce by eBGP:\n{routes}");
+    assert_eq!(lab.next_hops(VIP6), ["2001:db8::11", "2001:db8::13"], "node-2 has no IPv6 peer any more");
+    assert_eq!(lab.curl(VIP4).as_deref(), Some("node-2"));
+}

@@ -547,6 +547,22 @@ fn bgp_mode_installed_through_the_chart_runs_frr_beside_each_speaker_and_a_delet
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(bgpd as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
     lab.wait_for("node-1's next hop to go with its bgpd", || router.next_hops(&v4).unwrap().len() == 2);
     lab.wait_for("node-1's bgpd to be back and announcing", || router.next_hops(&v4).unwrap().len() == 3);
+    // Its BGP and BFD sessions settle (BFD may come up a moment after BGP) before the next step, which
+    // judges by them.
+    let settled = || {
+        router.birdc("show protocols node_1_v4").unwrap().contains("Established")
+            && router
+                .birdc("show bfd sessions")
+                .unwrap()
+                .lines()
+                .any(|l| l.starts_with("192.0.2.11 ") && l.contains(" Up "))
+    };
+    lab.wait_for("node-1's sessions to settle", || {
+        settled() && {
+            std::thread::sleep(Duration::from_secs(3));
+            settled()
+        }
+    });
 
     // Deleting node-1's speaker pod (what an upgrade or a drain does) stops its FRR too: the speaker
     // withdraws first and FRR waits for it, so not one new connection fails; the DaemonSet's new pod

@@ -24,6 +24,8 @@ use crate::report::{Notice, Report};
 
 /// How often FRR's sessions are read back (for the SpeakerStatus), and a failed convergence retried.
 const POLL_INTERVAL: Duration = Duration::from_secs(2);
+/// How long the reads at SIGTERM (the Pod, the Node) wait for the API.
+const API_READ_TIMEOUT: Duration = Duration::from_secs(4);
 /// This node's BGPAnnouncements are read back from the API this often (a safety net for lost writes and for
 /// objects deleted by hand); between reads, what was sent is trusted.
 const ANNOUNCEMENTS_READ_BACK: Duration = Duration::from_secs(600);
@@ -254,26 +256,32 @@ impl BgpBackend {
 
     /// Whether this node is going away: the speaker's Pod is being deleted (FRR, beside it, stops too: an
     /// upgrade or a drain), or its Node is cordoned, being deleted or gone. A speaker restarting in its Pod
-    /// is not going away, and withdraws nothing. Read from the API (the
-    /// watch may lag a cordon made just before the SIGTERM, as a drain does); the watched view if the API
-    /// does not answer.
+    /// is not going away, and withdraws nothing. Read from the API (the watch may lag a cordon made just
+    /// before the SIGTERM, as a drain does). When the Pod cannot be read, it may be being deleted: the
+    /// speaker withdraws (a restart then costs this node a few seconds out of the routers' ECMP groups;
+    /// the other guess would cost failed connections). The Node unread: the watched view.
     async fn going_away(&self) -> bool {
         if let Some((namespace, name)) = &self.pod {
             let pods: kube::Api<k8s_openapi::api::core::v1::Pod> =
                 kube::Api::namespaced(self.client.clone(), namespace);
-            match tokio::time::timeout(Duration::from_secs(2), pods.get_opt(name)).await {
+            let pod = format!("{namespace}/{name}");
+            match tokio::time::timeout(API_READ_TIMEOUT, pods.get_opt(name)).await {
                 // The pod is deleted (an upgrade, a node drain): FRR beside it stops too.
-                Ok(Ok(Some(pod))) if pod.metadata.deletion_timestamp.is_some() => return true,
+                Ok(Ok(Some(found))) if found.metadata.deletion_timestamp.is_some() => return true,
                 Ok(Ok(None)) => return true,
                 Ok(Ok(Some(_))) => {}
                 Ok(Err(e)) => {
-                    tracing::warn!(pod = %format!("{namespace}/{name}"), error = %e, "cannot read the speaker's Pod")
+                    tracing::warn!(%pod, error = %e, "cannot read the speaker's Pod: withdrawing, as if it were deleted");
+                    return true;
                 }
-                Err(_) => tracing::warn!(pod = %format!("{namespace}/{name}"), "the API did not answer within 2 s"),
+                Err(_) => {
+                    tracing::warn!(%pod, "the API did not answer within {API_READ_TIMEOUT:?}: withdrawing, as if the Pod were deleted");
+                    return true;
+                }
             }
         }
         let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(self.client.clone());
-        let read = tokio::time::timeout(Duration::from_secs(2), nodes.get_opt(&self.me)).await;
+        let read = tokio::time::timeout(API_READ_TIMEOUT, nodes.get_opt(&self.me)).await;
         match read {
             Ok(Ok(Some(node))) => {
                 node.metadata.deletion_timestamp.is_some() || crate::cluster::node_info(&node).unschedulable
@@ -284,7 +292,7 @@ impl BgpBackend {
                 self.cordoned
             }
             Err(_) => {
-                tracing::warn!("the API did not answer within 2 s; deciding from the watched Node");
+                tracing::warn!("the API did not answer within {API_READ_TIMEOUT:?}; deciding from the watched Node");
                 self.cordoned
             }
         }
@@ -479,7 +487,8 @@ impl driver::Backend for BgpBackend {
     fn begin_drain(&mut self) -> Option<Duration> {
         self.stop_requested = true;
         self.next_poll = Instant::now();
-        Some(WITHDRAW_GRACE + Duration::from_secs(5))
+        // The reads, the withdrawal, the grace, with room to spare (ferrolb-frr waits up to 12 s).
+        Some(API_READ_TIMEOUT * 2 + WITHDRAW_GRACE + Duration::from_secs(2))
     }
 
     fn drained(&self) -> bool {

@@ -33,7 +33,7 @@ struct Args {
     #[arg(long, env = "FERROLB_FRR_GROUP", default_value = "root")]
     group: String,
     /// On SIGTERM, how long to wait for the speaker to withdraw before stopping FRR anyway.
-    #[arg(long, env = "FERROLB_FRR_STOP_TIMEOUT_SECONDS", default_value_t = 8)]
+    #[arg(long, env = "FERROLB_FRR_STOP_TIMEOUT_SECONDS", default_value_t = 12)]
     stop_timeout_seconds: u64,
     #[arg(long, env = "FERROLB_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,

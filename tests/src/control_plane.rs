@@ -390,8 +390,32 @@ pub(crate) fn require(binary: K8sBinary) -> Result<PathBuf> {
     if path.is_file() { Ok(path) } else { Err(Error::MissingBinary { binary: binary.file_name().into(), path }) }
 }
 
-/// A port that was free a moment ago (the API server binds it right after).
-fn free_port() -> Result<u16> {
+/// A loopback port that was free a moment ago, for a server started right after (etcd, the API server).
+///
+/// Not one the kernel picks (port 0): those come from the ephemeral range, where every outgoing connection
+/// of the machine (the tests' clients, curl, kubectl) also takes its source port, and one took etcd's
+/// between the check and etcd's bind (`address already in use`). Below that range only servers bind, and
+/// this process never hands out a port twice.
+pub fn free_port() -> Result<u16> {
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (low, high) = (10_000u16, ephemeral_start.max(10_001));
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    for _ in 0..200 {
+        let mut bytes = [0u8; 2];
+        getrandom_fill(&mut bytes);
+        let port = low + u16::from_le_bytes(bytes) % (high - low);
+        if handed_out.contains(&port) {
+            continue;
+        }
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            handed_out.push(port);
+            return Ok(port);
+        }
+    }
     let listener = TcpListener::bind("127.0.0.1:0").context(|| "finding a free port".into())?;
     Ok(listener.local_addr().context(|| "finding a free port".into())?.port())
 }

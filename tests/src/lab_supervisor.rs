@@ -457,10 +457,7 @@ impl RunningLab {
         let key_dir = lab.config.state_dir.join("metallb-memberlist");
         crate::metallb::write_memberlist_key(&key_dir)?;
         let kubeconfig = lab.config.kubeconfig();
-        let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .context(|| "picking a port for MetalLB's controller metrics".into())?;
+        let metrics_port = crate::control_plane::free_port()?;
         let mut components = Vec::new();
         let (controller_build, controller_kubeconfig) = (build.clone(), kubeconfig.clone());
         let log = lab.config.state_dir.join("controller.log");

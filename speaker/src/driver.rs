@@ -96,6 +96,9 @@ pub struct Shared<'a> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Next {
     Step,
+    /// A step is owed but nothing waits on it: it is taken like an API change's (after the settle, within
+    /// the planning share), or at once during a drain (which ends only after a step).
+    Soon,
     Wait,
 }
 
@@ -234,8 +237,13 @@ pub async fn run<B: Backend>(
             event = backend.next_event() => {
                 let event = event?;
                 let mut shared = Shared { me: &me, cluster: &cluster, inventory: &inventory, reports: &reports, reporter: &mut reporter };
-                if backend.handle(event, &mut shared).await? == Next::Wait {
-                    continue;
+                match backend.handle(event, &mut shared).await? {
+                    Next::Wait => continue,
+                    Next::Soon if drain_deadline.is_none() => {
+                        api_dirty.get_or_insert_with(|| api_step_due(Instant::now(), last_step));
+                        continue;
+                    }
+                    Next::Soon | Next::Step => {}
                 }
             }
         }
@@ -306,7 +314,7 @@ impl Reporter {
         cluster: &Cluster,
         reports: &report::Reports,
         decisions: Arc<Vec<Decision>>,
-        held: &BTreeMap<IpAddr, BTreeSet<String>>,
+        held: &crate::plan::Placement,
         janitor: bool,
         announcements: &BTreeMap<String, ferrolb_crds::L2AnnouncementSpec>,
     ) {
@@ -316,14 +324,16 @@ impl Reporter {
         }
         let mut announced = BTreeSet::new();
         for decision in decisions.iter().filter(|d| d.owner.as_deref() == Some(self.me.as_str())) {
-            let interfaces: BTreeSet<&String> = decision.vips.iter().filter_map(|v| held.get(v)).flatten().collect();
-            if interfaces.is_empty() {
+            if crate::plan::interfaces_of(&decision.vips, held).next().is_none() {
+                continue;
+            }
+            // Moved from the last step's set: a step lists every Service this node announces again.
+            if let Some(service) = self.announced_services.take(&decision.service) {
+                announced.insert(service);
                 continue;
             }
             announced.insert(decision.service.clone());
-            if self.announced_services.contains(&decision.service) {
-                continue;
-            }
+            let interfaces: BTreeSet<&String> = crate::plan::interfaces_of(&decision.vips, held).collect();
             if let Some(regarding) = cluster.service_reference(&decision.service) {
                 let vips: Vec<String> = decision.vips.iter().map(IpAddr::to_string).collect();
                 let interfaces: Vec<&str> = interfaces.iter().map(|s| s.as_str()).collect();
@@ -364,12 +374,12 @@ impl Reporter {
 
     /// One `ferrolb_speaker_announced` series per Service VIP this node holds, per interface; the series of
     /// what it no longer holds are removed (a stale 1 would hide a VIP nobody announces).
-    fn set_announced_series(&mut self, decisions: &[Decision], held: &BTreeMap<IpAddr, BTreeSet<String>>) {
+    fn set_announced_series(&mut self, decisions: &[Decision], held: &crate::plan::Placement) {
         let me = self.me.as_str();
         let wanted = decisions.iter().filter(|d| d.owner.as_deref() == Some(me)).flat_map(|decision| {
             let service = &decision.service;
             decision.vips.iter().flat_map(move |&vip| {
-                held.get(&vip).into_iter().flatten().map(move |interface| {
+                held.get(&vip).into_iter().flat_map(|s| s.iter()).map(move |interface| {
                     (series_digest(&[&service.namespace, &service.name, interface], vip), move || AnnouncedLabels {
                         namespace: service.namespace.clone(),
                         service: service.name.clone(),

@@ -16,6 +16,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ferrolb_crds::L2AdvertisementSpec;
 use ferrolb_crds::l2announcement::ServiceReference;
@@ -280,19 +281,62 @@ pub fn node_address_vips(world: &World) -> Vec<NodeAddressVip> {
     refused
 }
 
+/// The interfaces a VIP goes out of. Thousands of VIPs share a handful of sets, so each set is allocated
+/// once and shared by every VIP, map and step that holds it (a one-element `BTreeSet<String>` costs about
+/// 300 bytes; a VIP is in four or five such maps on the node that announces it).
+pub type Interfaces = Arc<BTreeSet<String>>;
+
+/// VIP → the interfaces it is announced (or listened for) on.
+pub type Placement = BTreeMap<IpAddr, Interfaces>;
+
+/// Hands out one shared [`Interfaces`] per distinct set.
+#[derive(Default)]
+pub struct InterfaceSets {
+    /// The sets handed out so far; a node has a handful of interfaces, so a search is short.
+    seen: Vec<Interfaces>,
+}
+
+impl InterfaceSets {
+    /// The most distinct sets searched (a node with many interfaces and many advertisements naming them
+    /// makes many; they are then simply not shared).
+    const SEARCHED: usize = 16;
+
+    pub fn share(&mut self, set: BTreeSet<String>) -> Interfaces {
+        if let Some(known) = self.seen.iter().find(|known| ***known == set) {
+            return known.clone();
+        }
+        let shared = Arc::new(set);
+        if self.seen.len() < Self::SEARCHED {
+            self.seen.push(shared.clone());
+        }
+        shared
+    }
+}
+
+/// The interfaces `vips` are placed on (an interface once per VIP placed on it).
+pub fn interfaces_of<'a>(vips: &'a [IpAddr], placed: &'a Placement) -> impl Iterator<Item = &'a String> + 'a {
+    vips.iter().filter_map(|vip| placed.get(vip)).flat_map(|interfaces| interfaces.iter())
+}
+
 /// What `me` announces: VIP → interfaces. A VIP held by two Services (shared IP) is announced once.
-pub fn mine(decisions: &[Decision], me: &str, inventory: &Inventory) -> BTreeMap<IpAddr, BTreeSet<String>> {
+pub fn mine(decisions: &[Decision], me: &str, inventory: &Inventory) -> Placement {
     let usable: BTreeSet<String> = inventory.usable().into_iter().collect();
-    let mut held: BTreeMap<IpAddr, BTreeSet<String>> = BTreeMap::new();
+    let mut sets = InterfaceSets::default();
+    let mut held = Placement::new();
     for decision in decisions.iter().filter(|d| d.owner.as_deref() == Some(me)) {
+        let named: BTreeSet<String> = decision.named_interfaces.intersection(&usable).cloned().collect();
         for vip in &decision.vips {
-            let mut interfaces: BTreeSet<String> = decision.named_interfaces.intersection(&usable).cloned().collect();
+            let mut interfaces = named.clone();
             if decision.any_interface {
                 interfaces.extend(inventory.interfaces_for(*vip));
             }
-            if !interfaces.is_empty() {
-                held.entry(*vip).or_default().extend(interfaces);
+            if interfaces.is_empty() {
+                continue;
             }
+            if let Some(other) = held.get(vip) {
+                interfaces.extend(other.iter().cloned());
+            }
+            held.insert(*vip, sets.share(interfaces));
         }
     }
     held
@@ -301,11 +345,7 @@ pub fn mine(decisions: &[Decision], me: &str, inventory: &Inventory) -> BTreeMap
 /// Services `me` owns with VIPs it has no interface for (`placed` is what [`mine`] returned): none of the
 /// usable interfaces has an address in the VIP's subnet and there is no default route of its family, or the
 /// advertisement's interfaces are not usable here. The user must be told: nothing answers for them.
-pub fn unplaced(
-    decisions: &[Decision],
-    me: &str,
-    placed: &BTreeMap<IpAddr, BTreeSet<String>>,
-) -> Vec<(ServiceReference, Vec<IpAddr>)> {
+pub fn unplaced(decisions: &[Decision], me: &str, placed: &Placement) -> Vec<(ServiceReference, Vec<IpAddr>)> {
     decisions
         .iter()
         .filter(|d| d.owner.as_deref() == Some(me))

@@ -75,8 +75,9 @@ fn both_families_go_to_the_election_owner_on_the_interface_of_their_subnet() {
         .collect();
     assert_eq!(owner, election::owner(&views, &[ip("192.0.2.200")]).unwrap().node);
     let held = mine(&decisions, &owner, &lab_inventory());
-    let eth0: BTreeSet<String> = ["eth0".to_string()].into();
+    let eth0: Interfaces = Arc::new(["eth0".to_string()].into());
     assert_eq!(held, BTreeMap::from([(ip("192.0.2.200"), eth0.clone()), (ip("2001:db8::200"), eth0)]));
+    assert!(Arc::ptr_eq(&held[&ip("192.0.2.200")], &held[&ip("2001:db8::200")]), "one set, shared by both VIPs");
     for other in ALL.iter().filter(|n| **n != owner) {
         assert!(mine(&decisions, other, &lab_inventory()).is_empty());
     }
@@ -244,7 +245,7 @@ fn node_selectors_and_named_interfaces_restrict_the_owner() {
     let decisions = decide(&world(vec![svc], vec![on_eth1]), &m);
     assert_eq!(decisions[0].owner.as_deref(), Some("node-2"), "the only node with eth1");
     let held = mine(&decisions, "node-2", &lab_inventory());
-    assert_eq!(held, BTreeMap::from([(ip("192.0.2.200"), ["eth1".to_string()].into())]));
+    assert_eq!(held, BTreeMap::from([(ip("192.0.2.200"), Arc::new(["eth1".to_string()].into()))]));
 }
 
 #[test]

@@ -62,7 +62,7 @@ impl Op {
 pub fn announcement_ops(
     decisions: &[Decision],
     me: &str,
-    held: &BTreeMap<IpAddr, BTreeSet<String>>,
+    held: &crate::plan::Placement,
     janitor: bool,
     existing: &BTreeMap<String, L2AnnouncementSpec>,
 ) -> Vec<Op> {
@@ -77,7 +77,7 @@ pub fn announcement_ops(
         if decision.owner.as_deref() != Some(me) {
             continue;
         }
-        let interfaces: BTreeSet<&String> = decision.vips.iter().filter_map(|v| held.get(v)).flatten().collect();
+        let interfaces: BTreeSet<&String> = crate::plan::interfaces_of(&decision.vips, held).collect();
         if interfaces.is_empty() {
             continue;
         }
@@ -436,8 +436,8 @@ mod tests {
         }
     }
 
-    fn held() -> BTreeMap<IpAddr, BTreeSet<String>> {
-        BTreeMap::from([("192.0.2.200".parse().unwrap(), BTreeSet::from(["eth0".to_string()]))])
+    fn held() -> crate::plan::Placement {
+        BTreeMap::from([("192.0.2.200".parse().unwrap(), std::sync::Arc::new(BTreeSet::from(["eth0".to_string()])))])
     }
 
     #[test]
@@ -475,7 +475,7 @@ mod tests {
     fn reference_ops(
         decisions: &[Decision],
         me: &str,
-        held: &BTreeMap<IpAddr, BTreeSet<String>>,
+        held: &crate::plan::Placement,
         janitor: bool,
         existing: &BTreeMap<String, L2AnnouncementSpec>,
     ) -> Vec<Op> {
@@ -489,8 +489,7 @@ mod tests {
             if decision.owner.as_deref() != Some(me) {
                 continue;
             }
-            let interfaces: BTreeSet<String> =
-                decision.vips.iter().filter_map(|v| held.get(v)).flatten().cloned().collect();
+            let interfaces: BTreeSet<String> = crate::plan::interfaces_of(&decision.vips, held).cloned().collect();
             if interfaces.is_empty() {
                 continue;
             }
@@ -527,8 +526,8 @@ mod tests {
                 .enumerate()
                 .map(|(i, owner)| Decision { vips: vec![vip(i)], ..decision(&format!("s{i}"), owner.map(node).as_deref()) })
                 .collect();
-            let held: BTreeMap<IpAddr, BTreeSet<String>> =
-                held_vips.iter().map(|&i| (vip(i.into()), BTreeSet::from(["eth0".to_string()]))).collect();
+            let eth0 = std::sync::Arc::new(BTreeSet::from(["eth0".to_string()]));
+            let held: crate::plan::Placement = held_vips.iter().map(|&i| (vip(i.into()), eth0.clone())).collect();
             let existing: BTreeMap<String, L2AnnouncementSpec> = stored
                 .iter()
                 .map(|&(service, on, ip, eth1)| {

@@ -4,7 +4,6 @@
 //! no configuration (its peers' VRRP takes over) and no gossip is needed.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -175,12 +174,13 @@ impl driver::Backend for KeepalivedBackend {
         }
         // What this node holds: the VIPs of the instances keepalived is master of.
         let inventory = shared.inventory;
-        let held: BTreeMap<IpAddr, BTreeSet<String>> = self
+        let mut sets = crate::plan::InterfaceSets::default();
+        let held: crate::plan::Placement = self
             .groups
             .iter()
             .filter(|g| self.instance_states.get(&g.key.instance_name()) == Some(&InstanceState::Master))
-            .filter_map(|g| interface_for(g, inventory).map(|i| (g, i)))
-            .flat_map(|(g, interface)| g.vips.iter().map(move |v| (*v, BTreeSet::from([interface.clone()]))))
+            .filter_map(|g| interface_for(g, inventory).map(|i| (g, sets.share(BTreeSet::from([i])))))
+            .flat_map(|(g, interface)| g.vips.iter().map(move |v| (*v, interface.clone())))
             .collect();
         self.metrics.owned_vips.set(i64::try_from(held.len()).unwrap_or(i64::MAX));
         let me = &self.me;

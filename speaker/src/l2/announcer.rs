@@ -7,12 +7,13 @@
 //! tables that aged out learn it again. On loss it is dropped at once: from then on `owns` is false, so
 //! requests for it go unanswered.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use crate::l2::frames::Mac;
 use crate::l2::frames::ndp::{multicast_mac, solicited_node_group};
+use crate::plan::{Interfaces, Placement};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timing {
@@ -50,7 +51,7 @@ pub enum Action {
 
 #[derive(Debug, Clone)]
 struct Held {
-    interfaces: BTreeSet<String>,
+    interfaces: Interfaces,
     remaining_burst: u32,
     next: Instant,
 }
@@ -79,19 +80,23 @@ impl Announcer {
 
     /// Brings the held set to `desired` (VIP → interfaces). Returns the actions due now: group changes, and
     /// the first announcement of every VIP (or interface) newly held.
-    pub fn update(&mut self, desired: &BTreeMap<IpAddr, BTreeSet<String>>, now: Instant) -> Vec<Action> {
+    pub fn update(&mut self, desired: &Placement, now: Instant) -> Vec<Action> {
         let mut actions = Vec::new();
         let lost: Vec<IpAddr> = self.held.keys().filter(|vip| !desired.contains_key(vip)).copied().collect();
         for vip in lost {
             if let Some(held) = self.held.remove(&vip) {
-                for interface in &held.interfaces {
+                for interface in held.interfaces.iter() {
                     self.leave(vip, interface, &mut actions);
                 }
             }
         }
         for (vip, interfaces) in desired {
+            // Almost every VIP is held as it was: nothing to compare further, nothing to copy.
+            if self.held.get(vip).is_some_and(|h| h.interfaces == *interfaces) {
+                continue;
+            }
             let before = self.held.get(vip).map(|h| h.interfaces.clone()).unwrap_or_default();
-            for gone in before.difference(interfaces) {
+            for gone in before.difference(&**interfaces) {
                 self.leave(*vip, gone, &mut actions);
             }
             let added: Vec<String> = interfaces.difference(&before).cloned().collect();
@@ -194,8 +199,11 @@ mod tests {
         s.parse().unwrap()
     }
 
-    fn on(pairs: &[(&str, &[&str])]) -> BTreeMap<IpAddr, BTreeSet<String>> {
-        pairs.iter().map(|(v, ifs)| (vip(v), ifs.iter().map(|i| i.to_string()).collect())).collect()
+    fn on(pairs: &[(&str, &[&str])]) -> Placement {
+        pairs
+            .iter()
+            .map(|(v, ifs)| (vip(v), std::sync::Arc::new(ifs.iter().map(|i| i.to_string()).collect())))
+            .collect()
     }
 
     fn announce(v: &str, interface: &str) -> Action {

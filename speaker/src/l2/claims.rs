@@ -18,7 +18,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use crate::plan::{Interfaces, Placement};
 
 /// Probes sent before a takeover. Two, so one lost frame cannot make a held VIP look orphaned.
 pub const PROBES: u32 = 2;
@@ -88,7 +91,7 @@ pub enum Claim {
 /// What the plan wants for one VIP this node should own.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Want {
-    pub interfaces: BTreeSet<String>,
+    pub interfaces: Interfaces,
     /// The node that held it last is a live member (other than this one): it hands over by itself.
     pub holder_live: bool,
 }
@@ -101,6 +104,9 @@ pub struct Step {
     /// VIPs being handed over that are this node's again: announce them afresh, since the member they
     /// were going to may have announced them meanwhile.
     pub reannounce: Vec<IpAddr>,
+    /// The answered set changed (a takeover, a hand-over that ended). Set by [`Claims::tick`] only: a tick
+    /// that only probes changes nothing the rest of the node must act on.
+    pub answered_changed: bool,
 }
 
 /// What hearing another MAC claim or answer for a VIP meant.
@@ -121,7 +127,7 @@ pub enum Heard {
 #[derive(Debug, Clone)]
 struct Entry {
     claim: Claim,
-    interfaces: BTreeSet<String>,
+    interfaces: Interfaces,
     /// Deferrals in a row, for the backoff; back to 0 once held.
     deferrals: u32,
     /// While held as a stand-in: when to probe again, and how many re-checks were done.
@@ -184,7 +190,9 @@ impl Claims {
                 deferrals: 0,
                 recheck: None,
             });
-            entry.interfaces = want.interfaces.clone();
+            if !Arc::ptr_eq(&entry.interfaces, &want.interfaces) {
+                entry.interfaces = want.interfaces.clone();
+            }
             match entry.claim {
                 Claim::Held { stand_in } => entry.claim = Claim::Held { stand_in: stand_in && !complete },
                 // Never stopped answering: it is simply ours again.
@@ -210,7 +218,9 @@ impl Claims {
     pub fn keep_usable(&mut self, usable: &BTreeSet<String>) {
         self.vips.retain(|_, entry| {
             if matches!(entry.claim, Claim::Releasing { .. }) {
-                entry.interfaces = entry.interfaces.intersection(usable).cloned().collect();
+                if !entry.interfaces.is_subset(usable) {
+                    entry.interfaces = Arc::new(entry.interfaces.intersection(usable).cloned().collect());
+                }
                 return !entry.interfaces.is_empty();
             }
             true
@@ -221,13 +231,18 @@ impl Claims {
     pub fn tick(&mut self, complete: bool, now: Instant) -> Step {
         let mut step = Step::default();
         let timing = self.timing;
+        let before = self.vips.len();
         self.vips.retain(|_, entry| match entry.claim {
             Claim::Releasing { until } => until > now,
             _ => true,
         });
+        step.answered_changed = self.vips.len() != before;
         for (vip, entry) in &mut self.vips {
             match entry.claim {
-                Claim::Probing { take_at, .. } if take_at <= now => entry.claim = Claim::Held { stand_in: !complete },
+                Claim::Probing { take_at, .. } if take_at <= now => {
+                    entry.claim = Claim::Held { stand_in: !complete };
+                    step.answered_changed = true;
+                }
                 Claim::Probing { sent, next_probe, take_at } if next_probe <= now && sent < timing.probes => {
                     entry.claim = Claim::Probing { sent: sent + 1, next_probe: now + timing.probe_interval, take_at };
                     step.probes.extend(entry.interfaces.iter().map(|i| (*vip, i.clone())));
@@ -291,7 +306,7 @@ impl Claims {
     }
 
     /// What is answered now: held and releasing VIPs, with their interfaces.
-    pub fn answered(&self) -> BTreeMap<IpAddr, BTreeSet<String>> {
+    pub fn answered(&self) -> Placement {
         self.vips
             .iter()
             .filter(|(_, e)| matches!(e.claim, Claim::Held { .. } | Claim::Releasing { .. }))
@@ -299,12 +314,13 @@ impl Claims {
             .collect()
     }
 
-    /// VIPs being probed or deferred: claims for them from other MACs must be heard too.
-    pub fn watched(&self) -> BTreeSet<IpAddr> {
+    /// VIPs being probed or deferred, with the interfaces they are wanted on: claims for them from other
+    /// MACs must be heard too.
+    pub fn watched(&self) -> Placement {
         self.vips
             .iter()
             .filter(|(_, e)| matches!(e.claim, Claim::Probing { .. } | Claim::Deferred { .. }))
-            .map(|(vip, _)| *vip)
+            .map(|(vip, e)| (*vip, e.interfaces.clone()))
             .collect()
     }
 

@@ -14,7 +14,7 @@ fn timing() -> Timing {
 }
 
 fn want(holder_live: bool) -> BTreeMap<IpAddr, Want> {
-    BTreeMap::from([(vip(), Want { interfaces: ["eth0".to_string()].into(), holder_live })])
+    BTreeMap::from([(vip(), Want { interfaces: Arc::new(["eth0".to_string()].into()), holder_live })])
 }
 
 fn none() -> BTreeMap<IpAddr, Want> {
@@ -38,7 +38,7 @@ fn an_orphaned_vip_is_probed_twice_then_taken_over_after_the_window() {
     let t0 = Instant::now();
     let mut c = Claims::new("node-2", timing());
     assert_eq!(c.update(&want(false), &BTreeSet::new(), false, t0).probes, probe());
-    assert!(!answered(&c) && c.watched().contains(&vip()), "not answered while probing, but listened for");
+    assert!(!answered(&c) && c.watched().contains_key(&vip()), "not answered while probing, but listened for");
     assert_eq!(c.next_due(), Some(t0 + PROBE_INTERVAL));
     assert_eq!(c.tick(false, t0 + PROBE_INTERVAL).probes, probe());
     assert!(c.tick(false, t0 + PROBE_INTERVAL + MS).probes.is_empty());

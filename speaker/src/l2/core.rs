@@ -23,7 +23,7 @@ use crate::election::Members;
 use crate::inventory::Inventory;
 use crate::l2::announcer::{Action, Announcer, Timing};
 use crate::l2::claims::{self, Claims, Heard, Want};
-use crate::plan::{self, Decision, World};
+use crate::plan::{self, Decision, Placement, World};
 
 /// A VIP held by right that another MAC claims is announced again at most this often (RFC 5227's
 /// DEFEND_INTERVAL): enough to win the LAN back from a stale claim, never a gratuitous ARP storm.
@@ -54,9 +54,9 @@ pub type WorldVersion = (u64, u64);
 #[derive(Debug, Default)]
 pub struct Outcome {
     /// What this node answers for now, on which interfaces.
-    pub held: BTreeMap<IpAddr, BTreeSet<String>>,
+    pub held: Placement,
     /// VIPs this node listens for without answering (a takeover waiting on a probe, a hand-over).
-    pub watched: BTreeMap<IpAddr, BTreeSet<String>>,
+    pub watched: Placement,
     /// Probes to send (after the answered set is swapped).
     pub probes: Vec<(IpAddr, String)>,
     /// Frames to send last (gratuitous ARP / NA, multicast joins and leaves).
@@ -73,6 +73,26 @@ pub struct Outcome {
     pub janitor: bool,
 }
 
+/// What a claims tick changed.
+#[derive(Debug, Default)]
+pub struct ClaimsTick {
+    /// When the answered set changed: what is answered and watched now (the responder's new sets).
+    pub answered: Option<(Placement, Placement)>,
+    /// Probes to send (after the answered set, if any, is swapped).
+    pub probes: Vec<(IpAddr, String)>,
+    /// Frames to send last.
+    pub actions: Vec<Action>,
+    pub took_over: Vec<IpAddr>,
+    pub gave_up: Vec<IpAddr>,
+}
+
+impl ClaimsTick {
+    /// The answered set changed: the reports (L2Announcements, Events, series) owe a step.
+    pub fn answered_changed(&self) -> bool {
+        self.answered.is_some()
+    }
+}
+
 pub struct Core {
     me: String,
     join_grace: Duration,
@@ -84,10 +104,8 @@ pub struct Core {
     hold_until: Option<Instant>,
     /// At start-up the hold ends as soon as every listed speaker is seen.
     hold_ends_on_contact: bool,
-    /// Who the last step's plan gave each VIP to, when that was another node.
-    last_owners: BTreeMap<IpAddr, String>,
-    /// Probes due from a claims tick, sent with the next step.
-    probes: Vec<(IpAddr, String)>,
+    /// The last step's plan: who it gave each VIP to.
+    last_decisions: Arc<Vec<Decision>>,
     /// When each VIP was last defended against another MAC's claim.
     defended: HashMap<IpAddr, Instant>,
     /// The last plan, the world version and the live members it was made from.
@@ -106,8 +124,7 @@ impl Core {
             known_speakers: BTreeSet::new(),
             hold_until: Some(now + join_grace),
             hold_ends_on_contact: true,
-            last_owners: BTreeMap::new(),
-            probes: Vec::new(),
+            last_decisions: Arc::default(),
             defended: HashMap::new(),
             last_plan: None,
         }
@@ -137,12 +154,12 @@ impl Core {
         }
         self.learn_speakers(live, view.announcements, view.world);
         let complete = self.view_complete(live);
-        let holders = previous_holders(&self.last_owners, view.announcements, &me);
+        let holders = previous_holders(&self.last_decisions, view.announcements, &me);
         let wanted: BTreeMap<IpAddr, Want> = desired
             .iter()
             .map(|(vip, interfaces)| {
                 // A draining holder still answers and hands over by itself, like a live one.
-                let holder_live = holders.get(vip).is_some_and(|h| live.contains_key(h) || view.draining.contains(h));
+                let holder_live = holders.get(vip).is_some_and(|h| live.contains_key(*h) || view.draining.contains(*h));
                 (*vip, Want { interfaces: interfaces.clone(), holder_live })
             })
             .collect();
@@ -153,24 +170,14 @@ impl Core {
             .collect();
         let step = self.claims.update(&wanted, &handed_over, complete, now);
         self.claims.keep_usable(&view.inventory.usable().into_iter().collect());
-        let mut probes = std::mem::take(&mut self.probes);
-        probes.extend(step.probes);
+        let probes = step.probes;
         let held = self.claims.answered();
-        let watched: BTreeMap<IpAddr, BTreeSet<String>> = self
-            .claims
-            .watched()
-            .into_iter()
-            .filter_map(|v| wanted.get(&v).map(|w| (v, w.interfaces.clone())))
-            .collect();
+        let watched = self.claims.watched();
         let before: BTreeSet<IpAddr> = self.announcer.owned().copied().collect();
         let mut actions = self.announcer.update(&held, now);
         actions.extend(self.announcer.reannounce(&step.reannounce, now));
         let after: BTreeSet<IpAddr> = held.keys().copied().collect();
-        self.last_owners = decisions
-            .iter()
-            .filter_map(|d| d.owner.as_ref().filter(|o| **o != me).map(|o| (d, o)))
-            .flat_map(|(d, owner)| d.vips.iter().map(move |vip| (*vip, owner.clone())))
-            .collect();
+        self.last_decisions = decisions.clone();
         Outcome {
             took_over: after.difference(&before).copied().collect(),
             gave_up: before.difference(&after).copied().collect(),
@@ -214,9 +221,24 @@ impl Core {
         self.claims.next_due()
     }
 
-    /// Runs the claims' timers; their probes go out with the next step.
-    pub fn tick_claims(&mut self, complete: bool, now: Instant) {
-        self.probes.extend(self.claims.tick(complete, now).probes);
+    /// Runs the claims' timers, and brings the announcer to what they answer now without planning: a
+    /// takeover after a silent probe window is the failover's last step and waits for nothing. What the
+    /// plan and the reports make of it can follow later ([`ClaimsTick::answered_changed`]).
+    pub fn tick_claims(&mut self, complete: bool, now: Instant) -> ClaimsTick {
+        let step = self.claims.tick(complete, now);
+        if !step.answered_changed {
+            return ClaimsTick { probes: step.probes, ..ClaimsTick::default() };
+        }
+        let held = self.claims.answered();
+        let before: BTreeSet<IpAddr> = self.announcer.owned().copied().collect();
+        let actions = self.announcer.update(&held, now);
+        ClaimsTick {
+            took_over: held.keys().filter(|vip| !before.contains(vip)).copied().collect(),
+            gave_up: before.iter().filter(|vip| !held.contains_key(vip)).copied().collect(),
+            answered: Some((held, self.claims.watched())),
+            probes: step.probes,
+            actions,
+        }
     }
 
     /// When the next gratuitous ARP / NA is due.
@@ -254,7 +276,7 @@ impl Core {
         self.announcer.owned().next().is_none()
     }
 
-    pub fn answered(&self) -> BTreeMap<IpAddr, BTreeSet<String>> {
+    pub fn answered(&self) -> Placement {
         self.claims.answered()
     }
 
@@ -269,8 +291,13 @@ impl Core {
         announcements: &BTreeMap<String, ferrolb_crds::L2AnnouncementSpec>,
         world: &World,
     ) {
-        self.known_speakers.extend(live.keys().cloned());
-        self.known_speakers.extend(announcements.values().map(|a| a.node.clone()));
+        // Called at every step with thousands of announcements naming a handful of nodes: copy a name only
+        // when it is new.
+        for node in live.keys().chain(announcements.values().map(|a| &a.node)) {
+            if !self.known_speakers.contains(node) {
+                self.known_speakers.insert(node.clone());
+            }
+        }
         let nodes: BTreeSet<&str> = world.nodes.iter().map(|n| n.name.as_str()).collect();
         self.known_speakers.retain(|n| nodes.contains(n.as_str()));
     }
@@ -285,17 +312,21 @@ impl Core {
 /// Who held each VIP last, as far as this node knows: the owner of its last plan, unless that was this
 /// node, else the node its Service's L2Announcement names (the writer of which held it). This node is never
 /// a holder here: a takeover from itself has nobody to wait for.
-fn previous_holders(
-    last_owners: &BTreeMap<IpAddr, String>,
-    announcements: &BTreeMap<String, ferrolb_crds::L2AnnouncementSpec>,
+fn previous_holders<'a>(
+    last_plan: &'a [Decision],
+    announcements: &'a BTreeMap<String, ferrolb_crds::L2AnnouncementSpec>,
     me: &str,
-) -> BTreeMap<IpAddr, String> {
-    let mut holders: BTreeMap<IpAddr, String> = announcements
+) -> BTreeMap<IpAddr, &'a str> {
+    let mut holders: BTreeMap<IpAddr, &str> = announcements
         .values()
         .filter(|a| a.node != me)
-        .flat_map(|a| a.ips.iter().filter_map(|ip| ip.parse().ok()).map(|ip| (ip, a.node.clone())))
+        .flat_map(|a| a.ips.iter().filter_map(|ip| ip.parse().ok()).map(|ip| (ip, a.node.as_str())))
         .collect();
-    holders.extend(last_owners.iter().map(|(vip, owner)| (*vip, owner.clone())));
+    for decision in last_plan {
+        if let Some(owner) = decision.owner.as_deref().filter(|o| *o != me) {
+            holders.extend(decision.vips.iter().map(|vip| (*vip, owner)));
+        }
+    }
     holders
 }
 
@@ -319,6 +350,69 @@ mod tests {
             })
             .collect();
         plan::World { nodes, ..Default::default() }
+    }
+
+    #[test]
+    fn a_claims_tick_that_only_probes_leaves_the_answered_set_and_a_takeover_answers_at_once_without_a_plan() {
+        let start = Instant::now();
+        let mut core = Core::new("node-1", Timing::default(), Duration::ZERO, start);
+        let mut world = world(&["node-1"]);
+        world.services = vec![Arc::new(crate::test_world::service("web", &["192.0.2.200"], &["node-1"]))];
+        world.advertisements = vec![ferrolb_crds::L2AdvertisementSpec::default()];
+        world.pools = vec![plan::PoolInfo {
+            name: "demo".into(),
+            labels: BTreeMap::new(),
+            addresses: vec!["192.0.2.0/24".into()],
+        }];
+        let live: Members = BTreeMap::from([("node-1".to_string(), BTreeSet::from(["eth0".to_string()]))]);
+        let inventory = Inventory {
+            links: vec![crate::inventory::Link {
+                name: "eth0".into(),
+                index: 2,
+                mac: Some(crate::mac::Mac([2, 0, 0, 0, 0, 1])),
+                up: true,
+                broadcast: true,
+                loopback: false,
+                kind: Some("veth".into()),
+                addresses: vec!["192.0.2.11/24".parse().unwrap()],
+            }],
+            default_route: BTreeMap::new(),
+        };
+        let (draining, announcements) = (BTreeSet::new(), BTreeMap::new());
+        let view = View {
+            world: &world,
+            live: &live,
+            draining: &draining,
+            inventory: &inventory,
+            announcements: &announcements,
+            peers: 1,
+            world_version: Some((1, 0)),
+        };
+        let vip: IpAddr = "192.0.2.200".parse().unwrap();
+        let outcome = core.step(&view, start);
+        assert_eq!(outcome.probes, [(vip, "eth0".to_string())], "nobody held it: probed first");
+        assert!(outcome.held.is_empty() && outcome.watched.contains_key(&vip));
+
+        let second = core.claims_due().unwrap();
+        let tick = core.tick_claims(true, second);
+        assert_eq!(tick.probes, [(vip, "eth0".to_string())], "the second probe");
+        assert!(!tick.answered_changed() && tick.actions.is_empty() && tick.took_over.is_empty());
+        assert!(core.answers_nothing(), "still probing");
+
+        let take_at = core.claims_due().unwrap();
+        assert_eq!(take_at, start + claims::Timing::with_join_grace(Duration::ZERO).probe_window());
+        let tick = core.tick_claims(true, take_at);
+        assert!(tick.answered_changed());
+        assert_eq!(tick.took_over, [vip]);
+        assert_eq!(tick.actions, [Action::Announce { vip, interface: "eth0".into() }], "the first gratuitous ARP");
+        let (held, watched) = tick.answered.unwrap();
+        assert!(held.contains_key(&vip) && watched.is_empty());
+        assert!(!core.answers_nothing());
+
+        // The step that follows (for the reports) changes nothing on the wire.
+        let outcome = core.step(&view, take_at);
+        assert!(outcome.took_over.is_empty() && outcome.actions.is_empty() && outcome.probes.is_empty());
+        assert!(outcome.held.contains_key(&vip));
     }
 
     #[test]

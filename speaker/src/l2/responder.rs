@@ -135,14 +135,10 @@ impl Responder {
 
     /// What is answered from now on: VIP → interfaces; and the VIPs whose claims by others are reported
     /// without answering for them.
-    pub fn set_owned<'a>(
-        &self,
-        held: impl IntoIterator<Item = (&'a IpAddr, &'a BTreeSet<String>)>,
-        watched: impl IntoIterator<Item = (&'a IpAddr, &'a BTreeSet<String>)>,
-    ) {
+    pub fn set_owned(&self, held: &crate::plan::Placement, watched: &crate::plan::Placement) {
         let mut by_interface: BTreeMap<String, Owned> = BTreeMap::new();
         for (vip, interfaces) in held {
-            for interface in interfaces {
+            for interface in interfaces.iter() {
                 let owned = by_interface.entry(interface.clone()).or_default();
                 match vip {
                     IpAddr::V4(v4) => owned.v4.insert(*v4),
@@ -151,7 +147,7 @@ impl Responder {
             }
         }
         for (vip, interfaces) in watched {
-            for interface in interfaces {
+            for interface in interfaces.iter() {
                 let owned = by_interface.entry(interface.clone()).or_default();
                 match vip {
                     IpAddr::V4(v4) => owned.watched_v4.insert(*v4),

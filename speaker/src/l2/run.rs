@@ -21,7 +21,7 @@ use crate::driver::{self, Next};
 use crate::inventory::Inventory;
 use crate::l2::announcer::Timing;
 use crate::l2::claims::Heard;
-use crate::l2::core::{Core, View};
+use crate::l2::core::{ClaimsTick, Core, View};
 use crate::l2::frames::Mac;
 use crate::l2::gossip_auth::SharedKey;
 use crate::l2::membership::{self, MemberId, Membership, MembershipMetrics};
@@ -159,6 +159,32 @@ impl L2Backend {
 }
 
 impl L2Backend {
+    /// Carries out a claims tick: the answered set swapped first, then the probes, then the frames.
+    async fn carry_out(&mut self, tick: ClaimsTick) {
+        if let Some((held, watched)) = &tick.answered {
+            self.responder.set_owned(held, watched);
+            self.metrics.owned_vips.set(i64::try_from(held.len()).unwrap_or(i64::MAX));
+        }
+        for (vip, interface) in &tick.probes {
+            self.responder.probe(*vip, interface).await;
+        }
+        self.count_changes(&tick.took_over, &tick.gave_up);
+        self.responder.execute(tick.actions).await;
+    }
+
+    fn count_changes(&self, took_over: &[IpAddr], gave_up: &[IpAddr]) {
+        let changes = took_over.len() + gave_up.len();
+        if changes > 0 {
+            self.metrics.ownership_changes.inc_by(changes as u64);
+            for vip in took_over {
+                tracing::info!(%vip, "took over");
+            }
+            for vip in gave_up {
+                tracing::info!(%vip, "gave up");
+            }
+        }
+    }
+
     /// Hears again the pending claims on VIPs this node's plan now hands over; true if one was released.
     fn release_handed_over(&mut self, decisions: &[Decision]) -> bool {
         let now = std::time::Instant::now();
@@ -264,7 +290,14 @@ impl driver::Backend for L2Backend {
                     self.confirm(conflict, shared).await;
                 }
             }
-            L2Event::ClaimsDue { complete } => self.core.tick_claims(complete, now),
+            L2Event::ClaimsDue { complete } => {
+                let tick = self.core.tick_claims(complete, now);
+                let answered_changed = tick.answered_changed();
+                self.carry_out(tick).await;
+                // The wire is done; what the reports make of a takeover can wait for a step taken like an API
+                // change's (a storm of new Services takes over in thousands of ticks).
+                return Ok(if answered_changed { Next::Soon } else { Next::Wait });
+            }
             L2Event::Rejoined => {
                 let actions = self.core.rejoined(now);
                 tracing::info!(frames = actions.len(), "announcing held VIPs again after rejoining the gossip");
@@ -337,16 +370,7 @@ impl driver::Backend for L2Backend {
         for (vip, interface) in &outcome.probes {
             self.responder.probe(*vip, interface).await;
         }
-        let changes = outcome.took_over.len() + outcome.gave_up.len();
-        if changes > 0 {
-            self.metrics.ownership_changes.inc_by(changes as u64);
-            for vip in &outcome.took_over {
-                tracing::info!(%vip, "took over");
-            }
-            for vip in &outcome.gave_up {
-                tracing::info!(%vip, "gave up");
-            }
-        }
+        self.count_changes(&outcome.took_over, &outcome.gave_up);
         self.metrics.owned_vips.set(i64::try_from(outcome.held.len()).unwrap_or(i64::MAX));
         self.responder.execute(outcome.actions).await;
         let (cluster, reports) = (shared.cluster, shared.reports);

@@ -297,11 +297,13 @@ impl Sim {
                 continue;
             }
             let Some(core) = node.core.as_mut() else { continue };
+            let mut actions = Vec::new();
             if core.claims_due().is_some_and(|at| at <= now) {
                 let complete = core.view_complete(&live);
-                core.tick_claims(complete, now);
+                let tick = core.tick_claims(complete, now);
+                actions.extend(tick.actions);
+                probes.extend(tick.probes.into_iter().map(|(vip, _)| (node.name.clone(), vip)));
             }
-            let mut actions = Vec::new();
             if core.announcements_due().is_some_and(|at| at <= now) {
                 actions.extend(core.due_announcements(now));
             }

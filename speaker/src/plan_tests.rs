@@ -1,8 +1,7 @@
 #![allow(clippy::unwrap_used)]
 
 use super::*;
-use crate::inventory::Link;
-use crate::test_world::{labels, node, service};
+use crate::test_world::{labels, link, node, service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use proptest::prelude::*;
 
@@ -46,16 +45,6 @@ fn owner_of(world: &World, members: &Members) -> Option<String> {
 }
 
 fn lab_inventory() -> Inventory {
-    let link = |name: &str, addresses: &[&str]| Link {
-        name: name.into(),
-        index: 2,
-        mac: Some(crate::mac::Mac([2, 0, 0, 0, 0, 1])),
-        up: true,
-        broadcast: true,
-        loopback: false,
-        kind: Some("veth".into()),
-        addresses: addresses.iter().map(|a| a.parse().unwrap()).collect(),
-    };
     Inventory {
         links: vec![link("eth0", &["192.0.2.11/24", "2001:db8::11/64"]), link("eth1", &["203.0.113.11/24"])],
         default_route: BTreeMap::new(),

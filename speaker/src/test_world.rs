@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use ferrolb_crds::l2announcement::ServiceReference;
 
+use crate::inventory::Link;
 use crate::plan::{NodeInfo, ServiceInfo};
 
 pub fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
@@ -31,5 +32,19 @@ pub fn service(name: &str, vips: &[&str], endpoints: &[&str]) -> ServiceInfo {
         origin_pool: None,
         traffic_policy_local: false,
         ready_endpoint_nodes: endpoints.iter().map(|e| e.to_string()).collect(),
+    }
+}
+
+/// An up veth interface with these addresses.
+pub fn link(name: &str, addresses: &[&str]) -> Link {
+    Link {
+        name: name.into(),
+        index: 2,
+        mac: Some(crate::mac::Mac([2, 0, 0, 0, 0, 1])),
+        up: true,
+        broadcast: true,
+        loopback: false,
+        kind: Some("veth".into()),
+        addresses: addresses.iter().map(|a| a.parse().unwrap()).collect(),
     }
 }

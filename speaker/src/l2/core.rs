@@ -366,16 +366,7 @@ mod tests {
         }];
         let live: Members = BTreeMap::from([("node-1".to_string(), BTreeSet::from(["eth0".to_string()]))]);
         let inventory = Inventory {
-            links: vec![crate::inventory::Link {
-                name: "eth0".into(),
-                index: 2,
-                mac: Some(crate::mac::Mac([2, 0, 0, 0, 0, 1])),
-                up: true,
-                broadcast: true,
-                loopback: false,
-                kind: Some("veth".into()),
-                addresses: vec!["192.0.2.11/24".parse().unwrap()],
-            }],
+            links: vec![crate::test_world::link("eth0", &["192.0.2.11/24"])],
             default_route: BTreeMap::new(),
         };
         let (draining, announcements) = (BTreeSet::new(), BTreeMap::new());

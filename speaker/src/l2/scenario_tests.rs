@@ -27,7 +27,6 @@ use super::announcer::{Action, Timing};
 use super::core::{Core, View};
 use crate::election::Members;
 use crate::inventory::{Inventory, Link};
-use crate::mac::Mac;
 use crate::plan::{NodeInfo, PoolInfo, ServiceInfo, World};
 
 const TICK: Duration = Duration::from_millis(10);
@@ -381,16 +380,7 @@ impl Sim {
 
 fn inventory(link_up: bool) -> Inventory {
     Inventory {
-        links: vec![Link {
-            name: "eth0".into(),
-            index: 2,
-            mac: Some(Mac([2, 0, 0, 0, 0, 1])),
-            up: link_up,
-            broadcast: true,
-            loopback: false,
-            kind: Some("veth".into()),
-            addresses: vec!["192.0.2.11/24".parse().unwrap()],
-        }],
+        links: vec![Link { up: link_up, ..crate::test_world::link("eth0", &["192.0.2.11/24"]) }],
         default_route: BTreeMap::new(),
     }
 }

@@ -93,6 +93,13 @@ impl ClaimsTick {
     }
 }
 
+/// The announcer brought to a new answered set: its frames, and what it started and stopped answering.
+struct Swap {
+    actions: Vec<Action>,
+    took_over: Vec<IpAddr>,
+    gave_up: Vec<IpAddr>,
+}
+
 pub struct Core {
     me: String,
     join_grace: Duration,
@@ -173,14 +180,12 @@ impl Core {
         let probes = step.probes;
         let held = self.claims.answered();
         let watched = self.claims.watched();
-        let before: BTreeSet<IpAddr> = self.announcer.owned().copied().collect();
-        let mut actions = self.announcer.update(&held, now);
+        let Swap { mut actions, took_over, gave_up } = self.announce(&held, now);
         actions.extend(self.announcer.reannounce(&step.reannounce, now));
-        let after: BTreeSet<IpAddr> = held.keys().copied().collect();
         self.last_decisions = decisions.clone();
         Outcome {
-            took_over: after.difference(&before).copied().collect(),
-            gave_up: before.difference(&after).copied().collect(),
+            took_over,
+            gave_up,
             held,
             watched,
             probes,
@@ -230,13 +235,17 @@ impl Core {
             return ClaimsTick { probes: step.probes, ..ClaimsTick::default() };
         }
         let held = self.claims.answered();
+        let Swap { actions, took_over, gave_up } = self.announce(&held, now);
+        ClaimsTick { took_over, gave_up, answered: Some((held, self.claims.watched())), probes: step.probes, actions }
+    }
+
+    /// Brings the announcer to what the claims answer now.
+    fn announce(&mut self, held: &Placement, now: Instant) -> Swap {
         let before: BTreeSet<IpAddr> = self.announcer.owned().copied().collect();
-        let actions = self.announcer.update(&held, now);
-        ClaimsTick {
+        let actions = self.announcer.update(held, now);
+        Swap {
             took_over: held.keys().filter(|vip| !before.contains(vip)).copied().collect(),
             gave_up: before.iter().filter(|vip| !held.contains_key(vip)).copied().collect(),
-            answered: Some((held, self.claims.watched())),
-            probes: step.probes,
             actions,
         }
     }

@@ -19,15 +19,15 @@ use tokio::time::Instant;
 use crate::cluster::{Cluster, node_address};
 use crate::driver::{self, Next};
 use crate::inventory::Inventory;
-use crate::l2::announcer::Timing;
+use crate::l2::announcer::{Action, Timing};
 use crate::l2::claims::Heard;
-use crate::l2::core::{ClaimsTick, Core, View};
+use crate::l2::core::{Core, View};
 use crate::l2::frames::Mac;
 use crate::l2::gossip_auth::SharedKey;
 use crate::l2::membership::{self, MemberId, Membership, MembershipMetrics};
 use crate::l2::responder::{Conflict, Responder};
 use crate::metrics::Metrics;
-use crate::plan::Decision;
+use crate::plan::{Decision, Placement};
 use crate::report::{self, Notice, Report};
 
 /// After start-up, or after an interface comes back, how long a speaker takes nothing over unless it sees
@@ -159,20 +159,23 @@ impl L2Backend {
 }
 
 impl L2Backend {
-    /// Carries out a claims tick: the answered set swapped first, then the probes, then the frames.
-    async fn carry_out(&mut self, tick: ClaimsTick) {
-        if let Some((held, watched)) = &tick.answered {
+    /// Carries out what a step or a claims tick decided: the answered set swapped first (when it changed:
+    /// `answered` is what is answered and watched now), then the probes, then the frames.
+    async fn carry_out(
+        &mut self,
+        answered: Option<(&Placement, &Placement)>,
+        probes: &[(IpAddr, String)],
+        took_over: &[IpAddr],
+        gave_up: &[IpAddr],
+        actions: Vec<Action>,
+    ) {
+        if let Some((held, watched)) = answered {
             self.responder.set_owned(held, watched);
             self.metrics.owned_vips.set(i64::try_from(held.len()).unwrap_or(i64::MAX));
         }
-        for (vip, interface) in &tick.probes {
+        for (vip, interface) in probes {
             self.responder.probe(*vip, interface).await;
         }
-        self.count_changes(&tick.took_over, &tick.gave_up);
-        self.responder.execute(tick.actions).await;
-    }
-
-    fn count_changes(&self, took_over: &[IpAddr], gave_up: &[IpAddr]) {
         let changes = took_over.len() + gave_up.len();
         if changes > 0 {
             self.metrics.ownership_changes.inc_by(changes as u64);
@@ -183,6 +186,7 @@ impl L2Backend {
                 tracing::info!(%vip, "gave up");
             }
         }
+        self.responder.execute(actions).await;
     }
 
     /// Hears again the pending claims on VIPs this node's plan now hands over; true if one was released.
@@ -292,8 +296,9 @@ impl driver::Backend for L2Backend {
             }
             L2Event::ClaimsDue { complete } => {
                 let tick = self.core.tick_claims(complete, now);
-                let answered_changed = tick.answered_changed();
-                self.carry_out(tick).await;
+                let answered = tick.answered.as_ref().map(|(held, watched)| (held, watched));
+                self.carry_out(answered, &tick.probes, &tick.took_over, &tick.gave_up, tick.actions).await;
+                let answered_changed = answered.is_some();
                 // The wire is done; what the reports make of a takeover can wait for a step taken like an API
                 // change's (a storm of new Services takes over in thousands of ticks).
                 return Ok(if answered_changed { Next::Soon } else { Next::Wait });
@@ -366,13 +371,8 @@ impl driver::Backend for L2Backend {
             outcome = self.core.step(&view, std::time::Instant::now());
         }
         // Stop answering for lost VIPs before anything else happens, and listen for answers before probing.
-        self.responder.set_owned(&outcome.held, &outcome.watched);
-        for (vip, interface) in &outcome.probes {
-            self.responder.probe(*vip, interface).await;
-        }
-        self.count_changes(&outcome.took_over, &outcome.gave_up);
-        self.metrics.owned_vips.set(i64::try_from(outcome.held.len()).unwrap_or(i64::MAX));
-        self.responder.execute(outcome.actions).await;
+        let answered = Some((&outcome.held, &outcome.watched));
+        self.carry_out(answered, &outcome.probes, &outcome.took_over, &outcome.gave_up, outcome.actions).await;
         let (cluster, reports) = (shared.cluster, shared.reports);
         shared.reporter.report_node_addresses(cluster, reports, outcome.node_address_vips, outcome.janitor);
         shared.reporter.report(cluster, reports, outcome.decisions, &outcome.held, outcome.janitor, &announcements);

@@ -34,12 +34,12 @@ fn world(services: usize) -> World {
         unschedulable: false,
     };
     let service = |i: usize| ServiceInfo {
-        service: ServiceReference { namespace: "bench".into(), name: format!("svc-{i:05}") },
+        service: Arc::new(ServiceReference { namespace: "bench".into(), name: format!("svc-{i:05}") }),
         labels: BTreeMap::from([("app".to_string(), format!("svc-{i:05}"))]),
-        vips: vec![vip(i)],
+        vips: vec![vip(i)].into(),
         origin_pool: Some("bench".into()),
         traffic_policy_local: false,
-        ready_endpoint_nodes: NODES.iter().map(|n| n.to_string()).collect(),
+        ready_endpoint_nodes: NODES.iter().collect(),
     };
     World {
         nodes: NODES.iter().map(|n| node(n)).collect(),

@@ -22,7 +22,8 @@ use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher::{self, watcher};
 use tokio::sync::Notify;
 
-use crate::plan::{NodeAddress, NodeInfo, PoolInfo, ServiceInfo, World};
+use crate::plan::{InterfaceSets, Interfaces, NodeAddress, NodeInfo, NodeName, NodeNames, NodeSet, PoolInfo};
+use crate::plan::{ServiceInfo, World};
 use crate::services::ServiceIndex;
 
 /// Which Services this installation handles (must match the controller's settings).
@@ -83,8 +84,44 @@ pub struct BgpObjects {
 /// The Secret type a BGPPeer's password is kept in (and the only Secrets the speaker lists).
 pub const PASSWORD_SECRET_TYPE: &str = "kubernetes.io/basic-auth";
 
-/// The L2Announcements of the install namespace: name → spec.
-pub type Announcements = Arc<BTreeMap<String, ferrolb_crds::L2AnnouncementSpec>>;
+/// The L2Announcements of the install namespace: name → what the speakers read of it.
+pub type Announcements = Arc<BTreeMap<String, Announced>>;
+
+/// An L2Announcement as the speakers read it. There is one per announced Service and every speaker holds
+/// them all, so its node and interfaces are shared with the others' and its addresses are kept parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Announced {
+    /// `spec.service` is the Service the object's name says ([`crate::report::announcement_name`]); an
+    /// object naming another Service is nobody's.
+    pub names_its_service: bool,
+    /// `spec.ips` that are addresses.
+    pub ips: Box<[IpAddr]>,
+    /// Some text of `spec.ips` is no address (never written by a speaker: such an object is rewritten).
+    pub malformed: bool,
+    pub node: NodeName,
+    pub interfaces: Interfaces,
+}
+
+impl Announced {
+    /// What is read of `spec`, the L2Announcement `name`, its node and interfaces shared through `shared`.
+    pub fn read(name: &str, spec: &ferrolb_crds::L2AnnouncementSpec, shared: &mut AnnouncedParts) -> Self {
+        let ips: Box<[IpAddr]> = spec.ips.iter().filter_map(|ip| ip.parse().ok()).collect();
+        Announced {
+            names_its_service: crate::report::names(name, &spec.service),
+            malformed: ips.len() != spec.ips.len(),
+            ips,
+            node: shared.names.name(&spec.node),
+            interfaces: shared.interfaces.share(spec.interfaces.iter().cloned().collect::<BTreeSet<String>>()),
+        }
+    }
+}
+
+/// The node names and interface sets the L2Announcements have in common.
+#[derive(Default)]
+pub struct AnnouncedParts {
+    names: NodeNames,
+    interfaces: InterfaceSets,
+}
 
 /// Turns true once a watch has listed.
 struct Listed(tokio::sync::watch::Receiver<bool>);
@@ -113,6 +150,7 @@ pub(crate) fn key_of<K: kube::Resource>(object: &K) -> String {
 #[derive(Default)]
 struct AnnouncementIndex {
     items: Announcements,
+    shared: AnnouncedParts,
 }
 
 impl WatchIndex<L2Announcement> for AnnouncementIndex {
@@ -126,10 +164,11 @@ impl WatchIndex<L2Announcement> for AnnouncementIndex {
 
     fn apply(&mut self, announcement: L2Announcement) -> bool {
         let name = announcement.name_any();
-        if self.items.get(&name) == Some(&announcement.spec) {
+        let read = Announced::read(&name, &announcement.spec, &mut self.shared);
+        if self.items.get(&name) == Some(&read) {
             return false;
         }
-        Arc::make_mut(&mut self.items).insert(name, announcement.spec);
+        Arc::make_mut(&mut self.items).insert(name, read);
         true
     }
 
@@ -398,15 +437,18 @@ pub fn ready_nodes(slice: &EndpointSlice) -> impl Iterator<Item = String> + '_ {
 }
 
 /// The plan's view of a Service of ours; `None` while it has no address in status.
-pub fn service_info(service: &Service, ready_endpoint_nodes: BTreeSet<String>) -> Option<ServiceInfo> {
+pub fn service_info(service: &Service, ready_endpoint_nodes: NodeSet) -> Option<ServiceInfo> {
     let vips = ferrolb_crds::service::ingress_ips(service);
     if vips.is_empty() {
         return None;
     }
     Some(ServiceInfo {
-        service: ServiceReference { namespace: service.namespace().unwrap_or_default(), name: service.name_any() },
+        service: Arc::new(ServiceReference {
+            namespace: service.namespace().unwrap_or_default(),
+            name: service.name_any(),
+        }),
         labels: service.labels().clone(),
-        vips,
+        vips: vips.into(),
         origin_pool: ferrolb_crds::service::origin_pool(service),
         traffic_policy_local: service.spec.as_ref().and_then(|s| s.external_traffic_policy.as_deref()) == Some("Local"),
         ready_endpoint_nodes,
@@ -422,7 +464,7 @@ pub fn node_info(node: &Node) -> NodeInfo {
         .flatten()
         .any(|c| c.type_ == "NetworkUnavailable" && c.status == "True");
     let unschedulable = node.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false);
-    NodeInfo { name: node.name_any(), labels: node.labels().clone(), network_unavailable, unschedulable }
+    NodeInfo { name: node.name_any().into(), labels: node.labels().clone(), network_unavailable, unschedulable }
 }
 
 /// Every IP address a Node lists in `status.addresses` (hostnames and the like are skipped).
@@ -465,8 +507,8 @@ mod tests {
             "status": {"loadBalancer": {"ingress": [{"ip": "2001:db8::200"}, {"ip": "192.0.2.200"}, {"hostname": "x"}]}}
         }));
         assert!(classes.handles(&s));
-        let info = service_info(&s, BTreeSet::from(["node-1".to_string()])).unwrap();
-        assert_eq!(info.vips, ["192.0.2.200".parse::<IpAddr>().unwrap(), "2001:db8::200".parse().unwrap()]);
+        let info = service_info(&s, ["node-1"].into_iter().collect()).unwrap();
+        assert_eq!(*info.vips, ["192.0.2.200".parse::<IpAddr>().unwrap(), "2001:db8::200".parse().unwrap()]);
         assert!(info.traffic_policy_local);
         assert_eq!(info.service.namespace, "shop");
 
@@ -478,7 +520,7 @@ mod tests {
         assert!(!ClassFilter { handle_unset_class: false, ..classes.clone() }.handles(&unset));
         let cluster_ip = service(serde_json::json!({"metadata": {"name": "x"}, "spec": {"type": "ClusterIP"}}));
         assert!(!classes.handles(&cluster_ip));
-        assert!(service_info(&unset, BTreeSet::new()).is_none(), "no address yet");
+        assert!(service_info(&unset, NodeSet::default()).is_none(), "no address yet");
     }
 
     fn announcement(name: &str, node: &str) -> L2Announcement {
@@ -497,8 +539,8 @@ mod tests {
         assert!(!index.apply(announcement("shop.web", "node-1")), "the same again");
         let held_by_a_step = index.items.clone();
         assert!(index.apply(announcement("shop.web", "node-2")));
-        assert_eq!(held_by_a_step["shop.web"].node, "node-1", "a step keeps the map it was given");
-        assert_eq!(index.items["shop.web"].node, "node-2");
+        assert_eq!(&*held_by_a_step["shop.web"].node, "node-1", "a step keeps the map it was given");
+        assert_eq!(&*index.items["shop.web"].node, "node-2");
         drop(held_by_a_step);
         let before = Arc::as_ptr(&index.items);
         assert!(index.apply(announcement("shop.api", "node-1")));

@@ -276,15 +276,17 @@ pub async fn run<B: Backend>(
 /// Event per change (`NodeAssigned`, `NotAnnounced`, `NodeAddress`), never repeated while nothing changes.
 pub struct Reporter {
     me: String,
+    /// `me`, shared by this node's series.
+    me_shared: crate::plan::NodeName,
     metrics: Metrics,
     /// The `ferrolb_speaker_announced` and `ferrolb_speaker_expected` series set after the last plan.
     announced_series: SeriesSet<AnnouncedLabels>,
     expected_series: SeriesSet<ExpectedLabels>,
     decisions: Arc<Vec<Decision>>,
     /// Services this node announced after the last plan (for `NodeAssigned`).
-    announced_services: BTreeSet<ServiceReference>,
+    announced_services: BTreeSet<Arc<ServiceReference>>,
     /// Services this node owns but cannot announce (some VIP has no interface), already reported.
-    unplaced_services: BTreeSet<ServiceReference>,
+    unplaced_services: BTreeSet<Arc<ServiceReference>>,
     /// Service VIPs refused as a node's address, already reported.
     node_address_vips: BTreeSet<(ServiceReference, IpAddr)>,
 }
@@ -292,6 +294,7 @@ pub struct Reporter {
 impl Reporter {
     pub fn new(me: String, metrics: Metrics) -> Self {
         Self {
+            me_shared: me.as_str().into(),
             me,
             metrics,
             announced_series: SeriesSet::default(),
@@ -316,7 +319,7 @@ impl Reporter {
         decisions: Arc<Vec<Decision>>,
         held: &crate::plan::Placement,
         janitor: bool,
-        announcements: &BTreeMap<String, ferrolb_crds::L2AnnouncementSpec>,
+        announcements: &BTreeMap<String, crate::cluster::Announced>,
     ) {
         let ops = report::announcement_ops(&decisions, &self.me, held, janitor, announcements);
         if !ops.is_empty() {
@@ -361,9 +364,8 @@ impl Reporter {
                     let service = &decision.service;
                     decision.vips.iter().map(move |&vip| {
                         (series_digest(&[&service.namespace, &service.name, owner], vip), move || ExpectedLabels {
-                            namespace: service.namespace.clone(),
-                            service: service.name.clone(),
-                            ip: vip.to_string(),
+                            service: service.clone(),
+                            ip: vip,
                             node: owner.clone(),
                         })
                     })
@@ -375,17 +377,16 @@ impl Reporter {
     /// One `ferrolb_speaker_announced` series per Service VIP this node holds, per interface; the series of
     /// what it no longer holds are removed (a stale 1 would hide a VIP nobody announces).
     fn set_announced_series(&mut self, decisions: &[Decision], held: &crate::plan::Placement) {
-        let me = self.me.as_str();
-        let wanted = decisions.iter().filter(|d| d.owner.as_deref() == Some(me)).flat_map(|decision| {
+        let me = &self.me_shared;
+        let wanted = decisions.iter().filter(|d| d.owner.as_deref() == Some(&**me)).flat_map(|decision| {
             let service = &decision.service;
             decision.vips.iter().flat_map(move |&vip| {
                 held.get(&vip).into_iter().flat_map(|s| s.iter()).map(move |interface| {
                     (series_digest(&[&service.namespace, &service.name, interface], vip), move || AnnouncedLabels {
-                        namespace: service.namespace.clone(),
-                        service: service.name.clone(),
-                        ip: vip.to_string(),
-                        node: me.to_string(),
-                        interface: interface.clone(),
+                        service: service.clone(),
+                        ip: vip,
+                        node: me.clone(),
+                        interface: interface.as_str().into(),
                     })
                 })
             })
@@ -398,9 +399,9 @@ impl Reporter {
         cluster: &Cluster,
         reports: &report::Reports,
         inventory: &Inventory,
-        unplaced: Vec<(ServiceReference, Vec<IpAddr>)>,
+        unplaced: Vec<(Arc<ServiceReference>, Vec<IpAddr>)>,
     ) {
-        let now: BTreeSet<ServiceReference> = unplaced.iter().map(|(s, _)| s.clone()).collect();
+        let now: BTreeSet<Arc<ServiceReference>> = unplaced.iter().map(|(s, _)| s.clone()).collect();
         for (service, vips) in unplaced {
             if self.unplaced_services.contains(&service) {
                 continue;

@@ -27,6 +27,7 @@ use std::net::IpAddr;
 use ferrolb_crds::selector;
 
 use crate::inventory::any_matches;
+use crate::plan::{NodeName, NodeSet};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 /// The nodes that may be candidates, with the interfaces each can announce on: the live gossip members in
@@ -39,7 +40,7 @@ pub const EXCLUDE_LABEL: &str = "node.kubernetes.io/exclude-from-external-load-b
 /// What the election needs to know about a node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeView {
-    pub name: String,
+    pub name: NodeName,
     pub labels: BTreeMap<String, String>,
     /// The Node's `NetworkUnavailable` condition is True.
     pub network_unavailable: bool,
@@ -64,13 +65,13 @@ pub struct ServiceView {
     pub vips: Vec<IpAddr>,
     pub traffic_policy_local: bool,
     /// Nodes running a ready endpoint of the Service.
-    pub ready_endpoint_nodes: BTreeSet<String>,
+    pub ready_endpoint_nodes: NodeSet,
 }
 
 /// A node allowed to announce a Service, and the interfaces it would announce on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Candidate<'a> {
-    pub node: &'a str,
+    pub node: &'a NodeName,
     pub interfaces: BTreeSet<String>,
     /// Only there because every eligible node is cordoned.
     pub cordoned: bool,
@@ -88,7 +89,7 @@ pub fn candidates<'a, A: std::borrow::Borrow<AdvertisementView>>(
     }
     let eligible: Vec<Candidate<'a>> = nodes
         .iter()
-        .filter(|node| live.contains(&node.name))
+        .filter(|node| live.contains(&*node.name))
         .filter(|node| !node.labels.contains_key(EXCLUDE_LABEL) && !node.network_unavailable)
         .filter(|node| !service.traffic_policy_local || service.ready_endpoint_nodes.contains(&node.name))
         .filter_map(|node| {

@@ -1,10 +1,16 @@
 //! The speaker's Prometheus metrics (served with the health endpoints by `ferrolb-telemetry`).
 
-use prometheus_client::encoding::EncodeLabelSet;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use ferrolb_crds::l2announcement::ServiceReference;
+use prometheus_client::encoding::{EncodeLabel, EncodeLabelSet, EncodeLabelValue, LabelSetEncoder, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+
+use crate::plan::NodeName;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FamilyLabel {
@@ -26,23 +32,51 @@ pub struct RejectLabel {
     pub reason: &'static str,
 }
 
-/// One VIP of a Service this node announces, on one interface.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+/// One VIP of a Service this node announces, on one interface. A node holds one per announced VIP, twice
+/// (in the family and in its [`SeriesSet`]): the Service's name and the node's are the plan's, shared.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
 pub struct AnnouncedLabels {
-    pub namespace: String,
-    pub service: String,
-    pub ip: String,
-    pub node: String,
-    pub interface: String,
+    pub service: Arc<ServiceReference>,
+    pub ip: IpAddr,
+    pub node: NodeName,
+    pub interface: Arc<str>,
+}
+
+impl EncodeLabelSet for AnnouncedLabels {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        ("namespace", self.service.namespace.as_str()).encode(encoder.encode_label())?;
+        ("service", self.service.name.as_str()).encode(encoder.encode_label())?;
+        ("ip", IpLabel(self.ip)).encode(encoder.encode_label())?;
+        ("node", &*self.node).encode(encoder.encode_label())?;
+        ("interface", &*self.interface).encode(encoder.encode_label())
+    }
 }
 
 /// A VIP the election gives to `node` (exported by one speaker, the janitor).
-#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
 pub struct ExpectedLabels {
-    pub namespace: String,
-    pub service: String,
-    pub ip: String,
-    pub node: String,
+    pub service: Arc<ServiceReference>,
+    pub ip: IpAddr,
+    pub node: NodeName,
+}
+
+impl EncodeLabelSet for ExpectedLabels {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        ("namespace", self.service.namespace.as_str()).encode(encoder.encode_label())?;
+        ("service", self.service.name.as_str()).encode(encoder.encode_label())?;
+        ("ip", IpLabel(self.ip)).encode(encoder.encode_label())?;
+        ("node", &*self.node).encode(encoder.encode_label())
+    }
+}
+
+/// An address as a label value, written when the metrics are scraped (not kept as text in every series).
+struct IpLabel(IpAddr);
+
+impl EncodeLabelValue for IpLabel {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write as _;
+        write!(encoder, "{}", self.0)
+    }
 }
 
 /// Why keepalived's configuration could not be applied.
@@ -261,9 +295,8 @@ mod tests {
         services.iter().map(|(name, ip)| {
             let ip: std::net::IpAddr = ip.parse().unwrap();
             (series_digest(&["shop", name, "node-1"], ip), move || ExpectedLabels {
-                namespace: "shop".into(),
-                service: (*name).into(),
-                ip: ip.to_string(),
+                service: Arc::new(ServiceReference { namespace: "shop".into(), name: (*name).into() }),
+                ip,
                 node: "node-1".into(),
             })
         })
@@ -276,7 +309,8 @@ mod tests {
         set.sync(&family, wanted(&[("web", "192.0.2.1"), ("api", "2001:db8::1"), ("web", "192.0.2.1")]));
         assert_eq!(set.len(), 2, "a series listed twice is one series");
         let text = encoded(&family);
-        assert!(text.contains(r#"service="web",ip="192.0.2.1""#) && text.contains(r#"service="api""#), "{text}");
+        assert!(text.contains(r#"{namespace="shop",service="web",ip="192.0.2.1",node="node-1"} 1"#), "{text}");
+        assert!(text.contains(r#"service="api",ip="2001:db8::1""#), "{text}");
         set.sync(&family, wanted(&[("api", "2001:db8::1"), ("db", "192.0.2.3")]));
         let text = encoded(&family);
         assert!(!text.contains(r#"service="web""#), "a series no longer wanted is removed: {text}");

@@ -25,16 +25,69 @@ use crate::election::Members;
 use crate::election::{self, AdvertisementView, NodeView, ServiceView};
 use crate::inventory::Inventory;
 
+/// A node's name. Thousands of Services, decisions and series name a handful of nodes: each holds the
+/// same few names.
+pub type NodeName = Arc<str>;
+
+/// Hands out one shared [`NodeName`] per name.
+#[derive(Default)]
+pub struct NodeNames(std::collections::HashSet<NodeName>);
+
+impl NodeNames {
+    pub fn name(&mut self, name: &str) -> NodeName {
+        if let Some(known) = self.0.get(name) {
+            return known.clone();
+        }
+        let name = NodeName::from(name);
+        self.0.insert(name.clone());
+        name
+    }
+}
+
+/// Node names, sorted, without repeats, shared: thousands of Services have their ready endpoints on the
+/// same few sets of nodes (a one-name `BTreeSet<String>` costs about 300 bytes; a shared set, a pointer).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct NodeSet(Arc<[NodeName]>);
+
+impl NodeSet {
+    pub fn contains(&self, node: &str) -> bool {
+        self.0.binary_search_by(|n| (**n).cmp(node)).is_ok()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &NodeName> {
+        self.0.iter()
+    }
+
+    /// The set of `names` (in any order, repeats allowed), shared with an equal one `sets` handed out.
+    pub fn shared(mut names: Vec<NodeName>, sets: &mut Sharing<[NodeName]>) -> Self {
+        names.sort();
+        names.dedup();
+        NodeSet(sets.share(names))
+    }
+}
+
+impl<S: AsRef<str>> FromIterator<S> for NodeSet {
+    fn from_iter<I: IntoIterator<Item = S>>(names: I) -> Self {
+        let names: Vec<NodeName> = names.into_iter().map(|n| NodeName::from(n.as_ref())).collect();
+        NodeSet::shared(names, &mut Sharing::default())
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceInfo {
-    pub service: ServiceReference,
+    /// Shared with every decision and series about the Service.
+    pub service: Arc<ServiceReference>,
     pub labels: BTreeMap<String, String>,
-    /// From `status.loadBalancer.ingress`, IPv4 first.
-    pub vips: Vec<IpAddr>,
+    /// From `status.loadBalancer.ingress`, IPv4 first; shared with the decision announcing them all.
+    pub vips: Arc<[IpAddr]>,
     /// The pool the VIPs were allocated from, as the Service's status records it.
     pub origin_pool: Option<String>,
     pub traffic_policy_local: bool,
-    pub ready_endpoint_nodes: BTreeSet<String>,
+    pub ready_endpoint_nodes: NodeSet,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,7 +100,7 @@ pub struct PoolInfo {
 /// A Node as the plan needs it (its interfaces come from the membership, not from the API).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeInfo {
-    pub name: String,
+    pub name: NodeName,
     pub labels: BTreeMap<String, String>,
     pub network_unavailable: bool,
     /// `spec.unschedulable`: cordoned.
@@ -92,19 +145,22 @@ pub struct NodeAddressVip {
     pub listed: bool,
 }
 
+/// What the plan decided for one Service. A speaker holds one per Service (two while a step replaces them),
+/// so everything in it that Services have in common is shared: the Service's name and VIPs with its
+/// [`ServiceInfo`], node names and rankings with the other decisions.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
-    pub service: ServiceReference,
+    pub service: Arc<ServiceReference>,
     /// The VIPs announced (those of the Service's VIPs whose pool is advertised).
-    pub vips: Vec<IpAddr>,
+    pub vips: Arc<[IpAddr]>,
     /// `None`: no node may announce it (no live candidate, or no ready endpoint anywhere).
-    pub owner: Option<String>,
+    pub owner: Option<NodeName>,
     /// The owner's interfaces named by the advertisements.
-    pub named_interfaces: BTreeSet<String>,
+    pub named_interfaces: Interfaces,
     /// Some advertisement names no interface: the owner also picks its own (see [`Inventory::interfaces_for`]).
     pub any_interface: bool,
     /// Every candidate, best first (the owner first): keepalived mode turns it into VRRP priorities.
-    pub ranking: Vec<String>,
+    pub ranking: Arc<[NodeName]>,
 }
 
 /// A pool with its entries parsed (once per plan, not once per VIP; an entry that does not parse contains
@@ -163,7 +219,7 @@ pub fn decide(world: &World, members: &Members) -> Vec<Decision> {
             labels: n.labels.clone(),
             network_unavailable: n.network_unavailable,
             unschedulable: n.unschedulable,
-            interfaces: members.get(&n.name).cloned().unwrap_or_default(),
+            interfaces: members.get(&*n.name).cloned().unwrap_or_default(),
         })
         .collect();
     let pools = parse_pools(&world.pools);
@@ -177,13 +233,23 @@ pub fn decide(world: &World, members: &Members) -> Vec<Decision> {
         })
         .collect();
     let advertisements = Advertisements { specs: &world.advertisements, views: &views };
+    let mut shared = SharedParts::default();
     let mut decisions: Vec<Decision> = world
         .services
         .iter()
-        .filter_map(|service| decide_one(service, &nodes, &live, &advertisements, &pools, &world.node_addresses))
+        .filter_map(|service| {
+            decide_one(service, &nodes, &live, &advertisements, &pools, &world.node_addresses, &mut shared)
+        })
         .collect();
     decisions.sort_by(|a, b| (&a.service.namespace, &a.service.name).cmp(&(&b.service.namespace, &b.service.name)));
     decisions
+}
+
+/// What a plan's decisions have in common, each handed out once.
+#[derive(Default)]
+struct SharedParts {
+    interfaces: InterfaceSets,
+    rankings: Sharing<[NodeName]>,
 }
 
 /// The L2Advertisements, and the election's view of each (same order).
@@ -199,6 +265,7 @@ fn decide_one(
     advertisements: &Advertisements<'_>,
     pools: &[ParsedPool],
     node_addresses: &BTreeMap<IpAddr, NodeAddress>,
+    shared: &mut SharedParts,
 ) -> Option<Decision> {
     // Advertisements by their index in `advertisements`.
     let applying: Vec<usize> =
@@ -230,10 +297,10 @@ fn decide_one(
     };
     let candidates = election::candidates(nodes, live, &views, &view);
     let owner = election::owner(&candidates, &vips);
-    let ranking: Vec<String> = election::ranking(&candidates, &vips).iter().map(|c| c.node.to_string()).collect();
+    let ranking: Vec<NodeName> = election::ranking(&candidates, &vips).iter().map(|c| c.node.clone()).collect();
     let (mut named_interfaces, mut any_interface) = (BTreeSet::new(), false);
     if let Some(owner) = owner
-        && let Some(node) = nodes.iter().find(|n| n.name == owner.node)
+        && let Some(node) = nodes.iter().find(|n| n.name == *owner.node)
     {
         for adv in &views {
             if !ferrolb_crds::selector::matches_any(&adv.node_selectors, &node.labels).unwrap_or(false) {
@@ -250,11 +317,11 @@ fn decide_one(
     }
     Some(Decision {
         service: service.service.clone(),
-        vips,
-        owner: owner.map(|o| o.node.to_string()),
-        named_interfaces,
+        vips: if *vips == *service.vips { service.vips.clone() } else { vips.into() },
+        owner: owner.map(|o| o.node.clone()),
+        named_interfaces: shared.interfaces.share(named_interfaces),
         any_interface,
-        ranking,
+        ranking: shared.rankings.share(ranking),
     })
 }
 
@@ -267,7 +334,7 @@ pub fn node_address_vips(world: &World) -> Vec<NodeAddressVip> {
             service.vips.iter().filter_map(|vip| {
                 let owner = world.node_addresses.get(vip)?;
                 Some(NodeAddressVip {
-                    service: service.service.clone(),
+                    service: (*service.service).clone(),
                     vip: *vip,
                     node: owner.node.clone(),
                     listed: owner.listed,
@@ -289,29 +356,38 @@ pub type Interfaces = Arc<BTreeSet<String>>;
 /// VIP → the interfaces it is announced (or listened for) on.
 pub type Placement = BTreeMap<IpAddr, Interfaces>;
 
-/// Hands out one shared [`Interfaces`] per distinct set.
-#[derive(Default)]
-pub struct InterfaceSets {
-    /// The sets handed out so far; a node has a handful of interfaces, so a search is short.
-    seen: Vec<Interfaces>,
+/// Hands out one shared value per distinct value, among the last few distinct ones: thousands of VIPs and
+/// Services share a handful of interface sets, node sets and rankings.
+pub struct Sharing<T: ?Sized> {
+    /// The values handed out most recently, the latest first; short, so a search is too.
+    recent: Vec<Arc<T>>,
 }
 
-impl InterfaceSets {
-    /// The most distinct sets searched (a node with many interfaces and many advertisements naming them
-    /// makes many; they are then simply not shared).
+impl<T: ?Sized> Default for Sharing<T> {
+    fn default() -> Self {
+        Self { recent: Vec::new() }
+    }
+}
+
+impl<T: ?Sized + PartialEq> Sharing<T> {
+    /// The most distinct values searched (a cluster with more distinct sets than this shares fewer of them).
     const SEARCHED: usize = 16;
 
-    pub fn share(&mut self, set: BTreeSet<String>) -> Interfaces {
-        if let Some(known) = self.seen.iter().find(|known| ***known == set) {
-            return known.clone();
+    pub fn share<V: std::borrow::Borrow<T> + Into<Arc<T>>>(&mut self, value: V) -> Arc<T> {
+        if let Some(at) = self.recent.iter().position(|known| **known == *value.borrow()) {
+            let known = self.recent.remove(at);
+            self.recent.insert(0, known.clone());
+            return known;
         }
-        let shared = Arc::new(set);
-        if self.seen.len() < Self::SEARCHED {
-            self.seen.push(shared.clone());
-        }
+        let shared: Arc<T> = value.into();
+        self.recent.insert(0, shared.clone());
+        self.recent.truncate(Self::SEARCHED);
         shared
     }
 }
+
+/// Hands out one shared [`Interfaces`] per distinct set.
+pub type InterfaceSets = Sharing<BTreeSet<String>>;
 
 /// The interfaces `vips` are placed on (an interface once per VIP placed on it).
 pub fn interfaces_of<'a>(vips: &'a [IpAddr], placed: &'a Placement) -> impl Iterator<Item = &'a String> + 'a {
@@ -325,7 +401,7 @@ pub fn mine(decisions: &[Decision], me: &str, inventory: &Inventory) -> Placemen
     let mut held = Placement::new();
     for decision in decisions.iter().filter(|d| d.owner.as_deref() == Some(me)) {
         let named: BTreeSet<String> = decision.named_interfaces.intersection(&usable).cloned().collect();
-        for vip in &decision.vips {
+        for vip in decision.vips.iter() {
             let mut interfaces = named.clone();
             if decision.any_interface {
                 interfaces.extend(inventory.interfaces_for(*vip));
@@ -345,7 +421,7 @@ pub fn mine(decisions: &[Decision], me: &str, inventory: &Inventory) -> Placemen
 /// Services `me` owns with VIPs it has no interface for (`placed` is what [`mine`] returned): none of the
 /// usable interfaces has an address in the VIP's subnet and there is no default route of its family, or the
 /// advertisement's interfaces are not usable here. The user must be told: nothing answers for them.
-pub fn unplaced(decisions: &[Decision], me: &str, placed: &Placement) -> Vec<(ServiceReference, Vec<IpAddr>)> {
+pub fn unplaced(decisions: &[Decision], me: &str, placed: &Placement) -> Vec<(Arc<ServiceReference>, Vec<IpAddr>)> {
     decisions
         .iter()
         .filter(|d| d.owner.as_deref() == Some(me))

@@ -41,7 +41,7 @@ fn world(services: Vec<ServiceInfo>, advertisements: Vec<L2AdvertisementSpec>) -
 const ALL: [&str; 3] = ["node-1", "node-2", "node-3"];
 
 fn owner_of(world: &World, members: &Members) -> Option<String> {
-    decide(world, members).first().and_then(|d| d.owner.clone())
+    decide(world, members).first().and_then(|d| d.owner.as_deref().map(String::from))
 }
 
 fn lab_inventory() -> Inventory {
@@ -57,12 +57,13 @@ fn both_families_go_to_the_election_owner_on_the_interface_of_their_subnet() {
     let all = members(&ALL, &["eth0", "eth1"]);
     let decisions = decide(&w, &all);
     assert_eq!(decisions.len(), 1);
-    let owner = decisions[0].owner.clone().unwrap();
-    let views: Vec<_> = ALL
+    let owner = decisions[0].owner.as_deref().unwrap().to_string();
+    let names: Vec<NodeName> = ALL.iter().map(|n| (*n).into()).collect();
+    let views: Vec<_> = names
         .iter()
         .map(|n| election::Candidate { node: n, interfaces: ["eth0".to_string()].into(), cordoned: false })
         .collect();
-    assert_eq!(owner, election::owner(&views, &[ip("192.0.2.200")]).unwrap().node);
+    assert_eq!(owner.as_str(), &**election::owner(&views, &[ip("192.0.2.200")]).unwrap().node);
     let held = mine(&decisions, &owner, &lab_inventory());
     let eth0: Interfaces = Arc::new(["eth0".to_string()].into());
     assert_eq!(held, BTreeMap::from([(ip("192.0.2.200"), eth0.clone()), (ip("2001:db8::200"), eth0)]));
@@ -77,9 +78,9 @@ fn a_vip_with_no_interface_on_its_owner_is_reported_unplaced() {
     let mut w = world(vec![service("web", &["192.0.2.200", "2001:db8::200"], &["node-1"])], vec![advertise(&["demo"])]);
     // A pool outside every subnet of the node, and no default route.
     w.pools[0].addresses.push("2001:db8:b::/112".into());
-    std::sync::Arc::make_mut(&mut w.services[0]).vips[1] = ip("2001:db8:b::1");
+    std::sync::Arc::make_mut(&mut w.services[0]).vips = vec![ip("192.0.2.200"), ip("2001:db8:b::1")].into();
     let decisions = decide(&w, &members(&ALL, &["eth0"]));
-    let owner = decisions[0].owner.clone().unwrap();
+    let owner = decisions[0].owner.as_deref().unwrap().to_string();
     let placed = mine(&decisions, &owner, &lab_inventory());
     assert_eq!(placed.keys().copied().collect::<Vec<_>>(), [ip("192.0.2.200")]);
     assert_eq!(unplaced(&decisions, &owner, &placed), [(decisions[0].service.clone(), vec![ip("2001:db8:b::1")])]);
@@ -95,7 +96,7 @@ fn addresses_outside_an_advertised_pool_are_never_announced() {
     let decisions = decide(&w, &members(&ALL, &["eth0"]));
     assert_eq!(decisions.len(), 1);
     assert_eq!(decisions[0].service.name, "mixed");
-    assert_eq!(decisions[0].vips, [ip("2001:db8::201")]);
+    assert_eq!(decisions[0].vips[..], [ip("2001:db8::201")]);
 }
 
 #[test]
@@ -107,11 +108,11 @@ fn a_kept_address_is_announced_through_its_pool_of_origin_shrunk_or_deleted() {
     w.pools[0].addresses = vec!["192.0.2.200-192.0.2.210".into()];
     let decisions = decide(&w, &members(&ALL, &["eth0"]));
     assert_eq!(decisions.len(), 1);
-    assert_eq!(decisions[0].vips, [ip("192.0.2.240")]);
+    assert_eq!(decisions[0].vips[..], [ip("192.0.2.240")]);
     assert!(decisions[0].owner.is_some());
     // Deleted: matched by name only.
     w.pools.retain(|p| p.name != "demo");
-    assert_eq!(decide(&w, &members(&ALL, &["eth0"]))[0].vips, [ip("192.0.2.240")]);
+    assert_eq!(decide(&w, &members(&ALL, &["eth0"]))[0].vips[..], [ip("192.0.2.240")]);
     // A deleted pool has no labels: a selector by label no longer picks it, one by name does.
     let by_label = L2AdvertisementSpec {
         ip_address_pool_selectors: vec![LabelSelector {
@@ -139,7 +140,7 @@ fn the_pool_of_origin_wins_over_the_pool_containing_the_vip() {
     let mut moved = service("moved", &["198.51.100.7"], &["node-1"]);
     moved.origin_pool = Some("demo".into());
     let w = world(vec![moved.clone()], vec![advertise(&["demo"])]);
-    assert_eq!(decide(&w, &members(&ALL, &["eth0"]))[0].vips, [ip("198.51.100.7")]);
+    assert_eq!(decide(&w, &members(&ALL, &["eth0"]))[0].vips[..], [ip("198.51.100.7")]);
     // And the other way round: in "demo", from "quiet" (not advertised): not announced.
     let mut other = service("other", &["192.0.2.201"], &["node-1"]);
     other.origin_pool = Some("quiet".into());
@@ -154,7 +155,7 @@ fn a_nodes_address_is_never_announced_and_is_reported() {
     w.pools[0].addresses.push("192.0.2.0/28".into());
     w.node_addresses.insert(ip("192.0.2.12"), NodeAddress { node: "node-2".into(), listed: true });
     let decisions = decide(&w, &members(&ALL, &["eth0"]));
-    assert_eq!(decisions[0].vips, [ip("2001:db8::200")]);
+    assert_eq!(decisions[0].vips[..], [ip("2001:db8::200")]);
     for node in ALL {
         assert!(!mine(&decisions, node, &lab_inventory()).contains_key(&ip("192.0.2.12")));
     }
@@ -203,13 +204,13 @@ fn only_live_eligible_nodes_own() {
     assert_ne!(next, owner);
     // Excluded by label, or network unavailable: the same successor.
     for n in &mut w.nodes {
-        if n.name == owner {
+        if *n.name == *owner {
             n.labels.insert(election::EXCLUDE_LABEL.into(), String::new());
         }
     }
     assert_eq!(owner_of(&w, &members(&ALL, &["eth0"])).unwrap(), next);
     let mut w = world(vec![svc], vec![advertise(&["demo"])]);
-    w.nodes.iter_mut().filter(|n| n.name == owner).for_each(|n| n.network_unavailable = true);
+    w.nodes.iter_mut().filter(|n| *n.name == *owner).for_each(|n| n.network_unavailable = true);
     assert_eq!(owner_of(&w, &members(&ALL, &["eth0"])).unwrap(), next);
 }
 
@@ -243,7 +244,7 @@ fn local_traffic_policy_follows_ready_endpoints_and_no_endpoint_means_no_owner()
     svc.traffic_policy_local = true;
     let w = world(vec![svc.clone()], vec![advertise(&["demo"])]);
     assert_eq!(owner_of(&w, &members(&ALL, &["eth0"])).as_deref(), Some("node-2"));
-    svc.ready_endpoint_nodes.clear();
+    svc.ready_endpoint_nodes = NodeSet::default();
     svc.traffic_policy_local = false;
     let w = world(vec![svc], vec![advertise(&["demo"])]);
     assert_eq!(decide(&w, &members(&ALL, &["eth0"]))[0].owner, None);
@@ -268,7 +269,7 @@ proptest! {
         let live: Vec<&str> = alive.iter().map(|i| ALL[*i]).collect();
         let m = members(&live, &["eth0"]);
         let decisions = decide(&w, &m);
-        let owner = decisions[0].owner.clone();
+        let owner = decisions[0].owner.as_deref().map(String::from);
         let holders: Vec<&str> = ALL.iter().copied().filter(|node| !mine(&decisions, node, &lab_inventory()).is_empty()).collect();
         match &owner {
             Some(o) => {
@@ -283,5 +284,34 @@ proptest! {
             }
             None => prop_assert!(holders.is_empty()),
         }
+    }
+}
+
+#[test]
+fn equal_sets_and_rankings_are_shared_and_a_long_unused_one_is_forgotten() {
+    let mut sets: Sharing<[NodeName]> = Sharing::default();
+    let one = NodeSet::shared(vec!["node-2".into(), "node-1".into(), "node-2".into()], &mut sets);
+    let again = NodeSet::shared(vec!["node-1".into(), "node-2".into()], &mut sets);
+    assert!(Arc::ptr_eq(&one.0, &again.0), "one set, sorted and without repeats, for both");
+    assert!(one.contains("node-1") && one.contains("node-2") && !one.contains("node-3"));
+    for i in 0..32 {
+        NodeSet::shared(vec![format!("other-{i}").into()], &mut sets);
+    }
+    let later = NodeSet::shared(vec!["node-1".into(), "node-2".into()], &mut sets);
+    assert_eq!(later, one);
+    assert!(!Arc::ptr_eq(&later.0, &one.0), "only the last few distinct sets are searched");
+
+    let w = world(
+        (0..50).map(|i| service(&format!("web-{i}"), &[&format!("192.0.2.{}", 200 + i)], &["node-1"])).collect(),
+        vec![advertise(&["demo"])],
+    );
+    let decisions = decide(&w, &members(&ALL, &["eth0"]));
+    assert_eq!(decisions.len(), 50);
+    for decision in &decisions {
+        let twin = decisions.iter().find(|d| d.ranking == decision.ranking).unwrap();
+        assert!(Arc::ptr_eq(&decision.ranking, &twin.ranking), "equal rankings are one");
+        let info = w.services.iter().find(|s| s.service == decision.service).unwrap();
+        assert!(Arc::ptr_eq(&decision.vips, &info.vips), "all of its VIPs announced: the Service's own list");
+        assert!(Arc::ptr_eq(&decision.service, &info.service));
     }
 }

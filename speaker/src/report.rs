@@ -19,6 +19,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use tokio::sync::{Notify, mpsc};
 
+use crate::cluster::Announced;
 use crate::plan::Decision;
 
 pub const FIELD_MANAGER: &str = "ferrolb-speaker";
@@ -64,15 +65,16 @@ pub fn announcement_ops(
     me: &str,
     held: &crate::plan::Placement,
     janitor: bool,
-    existing: &BTreeMap<String, L2AnnouncementSpec>,
+    existing: &BTreeMap<String, Announced>,
 ) -> Vec<Op> {
     use std::fmt::Write as _;
     let mut ops = Vec::new();
-    let mut owned_somewhere: HashSet<&ServiceReference> = HashSet::with_capacity(decisions.len());
+    // By namespace and name.
+    let mut owned_somewhere: HashSet<(&str, &str)> = HashSet::with_capacity(decisions.len());
     let mut name = String::new();
     for decision in decisions {
         if decision.owner.is_some() {
-            owned_somewhere.insert(&decision.service);
+            owned_somewhere.insert((&decision.service.namespace, &decision.service.name));
         }
         if decision.owner.as_deref() != Some(me) {
             continue;
@@ -83,16 +85,17 @@ pub fn announcement_ops(
         }
         name.clear();
         let _ = write!(name, "{}.{}", decision.service.namespace, decision.service.name);
-        let current = existing.get(name.as_str()).is_some_and(|spec| {
-            spec.service == decision.service
-                && spec.node == me
-                && spec.interfaces.iter().eq(interfaces.iter().copied())
-                && spec.ips.len() == decision.vips.len()
-                && spec.ips.iter().zip(&decision.vips).all(|(text, vip)| text.parse::<IpAddr>().ok() == Some(*vip))
+        // The object is looked up by the name of the decision's Service: naming its Service, it names this one.
+        let current = existing.get(name.as_str()).is_some_and(|announced| {
+            announced.names_its_service
+                && !announced.malformed
+                && *announced.node == *me
+                && announced.interfaces.iter().eq(interfaces.iter().copied())
+                && *announced.ips == *decision.vips
         });
         if !current {
             let spec = L2AnnouncementSpec {
-                service: decision.service.clone(),
+                service: (*decision.service).clone(),
                 ips: decision.vips.iter().map(IpAddr::to_string).collect(),
                 node: me.to_string(),
                 interfaces: interfaces.into_iter().cloned().collect(),
@@ -100,9 +103,10 @@ pub fn announcement_ops(
             ops.push(Op::Apply(name.clone(), spec));
         }
     }
-    for (name, spec) in existing {
-        let owned = owned_somewhere.contains(&spec.service) && names(name, &spec.service);
-        if !owned && (janitor || spec.node == me) {
+    // An object is its name's Service's: while that has an owner, the owner rewrites it, whatever it says.
+    for (name, announced) in existing {
+        let owned = name.split_once('.').is_some_and(|service| owned_somewhere.contains(&service));
+        if !owned && (janitor || *announced.node == *me) {
             ops.push(Op::Delete(name.clone()));
         }
     }
@@ -110,7 +114,7 @@ pub fn announcement_ops(
 }
 
 /// Whether `name` is [`announcement_name`] of `service` (without building it).
-fn names(name: &str, service: &ServiceReference) -> bool {
+pub(crate) fn names(name: &str, service: &ServiceReference) -> bool {
     name.strip_prefix(service.namespace.as_str()).and_then(|rest| rest.strip_prefix('.')) == Some(service.name.as_str())
 }
 
@@ -418,12 +422,12 @@ mod tests {
 
     fn decision(name: &str, owner: Option<&str>) -> Decision {
         Decision {
-            service: ServiceReference { namespace: "default".into(), name: name.into() },
-            vips: vec!["192.0.2.200".parse().unwrap()],
+            service: Arc::new(ServiceReference { namespace: "default".into(), name: name.into() }),
+            vips: vec!["192.0.2.200".parse().unwrap()].into(),
             owner: owner.map(Into::into),
-            named_interfaces: BTreeSet::new(),
+            named_interfaces: Default::default(),
             any_interface: true,
-            ranking: owner.into_iter().map(String::from).collect(),
+            ranking: owner.into_iter().map(Into::into).collect(),
         }
     }
 
@@ -434,6 +438,12 @@ mod tests {
             node: node.into(),
             interfaces: vec!["eth0".into()],
         }
+    }
+
+    /// The objects as the speakers read them.
+    fn read(objects: &[(&str, L2AnnouncementSpec)]) -> BTreeMap<String, Announced> {
+        let mut shared = crate::cluster::AnnouncedParts::default();
+        objects.iter().map(|(name, spec)| (name.to_string(), Announced::read(name, spec, &mut shared))).collect()
     }
 
     fn held() -> crate::plan::Placement {
@@ -448,9 +458,9 @@ mod tests {
             announcement_ops(&decisions, "node-2", &held(), false, &none),
             [Op::Apply("default.web".into(), spec("web", "node-2"))]
         );
-        let current = BTreeMap::from([("default.web".to_string(), spec("web", "node-2"))]);
+        let current = read(&[("default.web", spec("web", "node-2"))]);
         assert!(announcement_ops(&decisions, "node-2", &held(), false, &current).is_empty());
-        let stale = BTreeMap::from([("default.web".to_string(), spec("web", "node-1"))]);
+        let stale = read(&[("default.web", spec("web", "node-1"))]);
         assert_eq!(announcement_ops(&decisions, "node-2", &held(), false, &stale).len(), 1);
         // Others leave it alone, even the janitor, while it has an owner.
         assert!(announcement_ops(&decisions, "node-1", &BTreeMap::new(), true, &stale).is_empty());
@@ -458,7 +468,7 @@ mod tests {
 
     #[test]
     fn objects_of_services_nobody_owns_are_deleted_by_their_writer_or_the_janitor() {
-        let existing = BTreeMap::from([("default.gone".to_string(), spec("gone", "node-3"))]);
+        let existing = read(&[("default.gone", spec("gone", "node-3"))]);
         let decisions = [decision("unowned", None)];
         assert!(announcement_ops(&decisions, "node-1", &BTreeMap::new(), false, &existing).is_empty());
         assert_eq!(
@@ -468,6 +478,33 @@ mod tests {
         assert_eq!(
             announcement_ops(&decisions, "node-3", &BTreeMap::new(), false, &existing),
             [Op::Delete("default.gone".into())]
+        );
+    }
+
+    #[test]
+    fn an_object_naming_another_service_or_a_malformed_address_is_nobodys_and_rewritten() {
+        let decisions = [decision("web", Some("node-2"))];
+        // Named for web, yet naming api: web's owner rewrites it (and does not delete it).
+        let mut other = spec("api", "node-2");
+        other.service.name = "api".into();
+        let existing = read(&[("default.web", other)]);
+        assert!(!existing["default.web"].names_its_service);
+        assert_eq!(
+            announcement_ops(&decisions, "node-2", &held(), false, &existing),
+            [Op::Apply("default.web".into(), spec("web", "node-2"))]
+        );
+        let mut garbled = spec("web", "node-2");
+        garbled.ips.push("not an address".into());
+        let existing = read(&[("default.web", garbled)]);
+        assert!(existing["default.web"].malformed);
+        assert_eq!(announcement_ops(&decisions, "node-2", &held(), false, &existing).len(), 1);
+        // Nobody owns it any more: the janitor deletes it whatever it names.
+        let mut stray = spec("web", "node-3");
+        stray.service.name = "api".into();
+        let existing = read(&[("default.web", stray)]);
+        assert_eq!(
+            announcement_ops(&[decision("api", Some("node-3"))], "node-1", &BTreeMap::new(), true, &existing),
+            [Op::Delete("default.web".into())]
         );
     }
 
@@ -494,7 +531,7 @@ mod tests {
                 continue;
             }
             let spec = L2AnnouncementSpec {
-                service: decision.service.clone(),
+                service: (*decision.service).clone(),
                 ips: decision.vips.iter().map(IpAddr::to_string).collect(),
                 node: me.to_string(),
                 interfaces: interfaces.into_iter().collect(),
@@ -515,7 +552,7 @@ mod tests {
         #[test]
         fn the_ops_are_those_of_building_and_comparing_every_spec(
             owners in proptest::collection::vec(proptest::option::of(0usize..3), 0..6),
-            stored in proptest::collection::vec((0usize..6, 0usize..3, 0usize..3, proptest::bool::ANY), 0..6),
+            stored in proptest::collection::vec((0usize..6, 0usize..3, 0usize..3, proptest::bool::ANY, proptest::bool::ANY), 0..6),
             held_vips in proptest::collection::btree_set(0u8..6, 0..6),
             janitor in proptest::bool::ANY,
         ) {
@@ -524,24 +561,31 @@ mod tests {
             let decisions: Vec<Decision> = owners
                 .iter()
                 .enumerate()
-                .map(|(i, owner)| Decision { vips: vec![vip(i)], ..decision(&format!("s{i}"), owner.map(node).as_deref()) })
+                .map(|(i, owner)| Decision { vips: vec![vip(i)].into(), ..decision(&format!("s{i}"), owner.map(node).as_deref()) })
                 .collect();
             let eth0 = std::sync::Arc::new(BTreeSet::from(["eth0".to_string()]));
             let held: crate::plan::Placement = held_vips.iter().map(|&i| (vip(i.into()), eth0.clone())).collect();
             let existing: BTreeMap<String, L2AnnouncementSpec> = stored
                 .iter()
-                .map(|&(service, on, ip, eth1)| {
+                .map(|&(service, on, ip, eth1, names_another)| {
                     let mut spec = spec(&format!("s{service}"), &node(on));
                     spec.ips = vec![vip(ip).to_string()];
                     if eth1 {
                         spec.interfaces = vec!["eth1".into()];
                     }
-                    (announcement_name(&spec.service), spec)
+                    let name = announcement_name(&spec.service);
+                    if names_another {
+                        spec.service.name = "another".into();
+                    }
+                    (name, spec)
                 })
                 .collect();
+            let objects: Vec<(&str, L2AnnouncementSpec)> =
+                existing.iter().map(|(name, spec)| (name.as_str(), spec.clone())).collect();
+            let read = read(&objects);
             for me in ["node-0", "node-1"] {
                 proptest::prop_assert_eq!(
-                    announcement_ops(&decisions, me, &held, janitor, &existing),
+                    announcement_ops(&decisions, me, &held, janitor, &read),
                     reference_ops(&decisions, me, &held, janitor, &existing)
                 );
             }

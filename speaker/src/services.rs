@@ -8,7 +8,7 @@
 //!
 //! Pure: fed by the Service and EndpointSlice watches ([`WatchIndex`]), no I/O.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use ferrolb_watch::WatchIndex;
@@ -17,7 +17,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
 
 use crate::cluster::{ClassFilter, key_of, ready_nodes, service_info};
-use crate::plan::ServiceInfo;
+use crate::plan::{NodeName, NodeNames, NodeSet, ServiceInfo, Sharing};
 
 /// The label naming an EndpointSlice's Service.
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -28,14 +28,25 @@ pub struct ServiceIndex {
     /// and the uid, for Events.
     services: HashMap<String, (Arc<ServiceInfo>, Option<String>)>,
     /// EndpointSlices by `namespace/name`: their Service's key and the nodes of their ready endpoints.
-    slices: HashMap<String, (String, Vec<String>)>,
+    slices: HashMap<String, (String, Vec<NodeName>)>,
     /// The slices of each Service, by the Service's key (a few each: a Vec is a tenth of a set's size).
     slices_of: HashMap<String, Vec<String>>,
+    /// Every node name seen in a slice, so that the slices and Services naming a node share its name.
+    names: NodeNames,
+    /// The sets of ready nodes handed to Services lately, shared by the Services that have the same.
+    node_sets: Sharing<[NodeName]>,
 }
 
 impl ServiceIndex {
     pub fn new(classes: ClassFilter) -> Self {
-        Self { classes, services: HashMap::new(), slices: HashMap::new(), slices_of: HashMap::new() }
+        Self {
+            classes,
+            services: HashMap::new(),
+            slices: HashMap::new(),
+            slices_of: HashMap::new(),
+            names: NodeNames::default(),
+            node_sets: Sharing::default(),
+        }
     }
 
     /// Every Service of ours with an address, as the plan reads it.
@@ -47,14 +58,16 @@ impl ServiceIndex {
         self.services.get(key).map(|(_, uid)| uid.clone())
     }
 
-    fn ready_nodes_of(&self, service: &str) -> BTreeSet<String> {
-        self.slices_of
+    fn ready_nodes_of(&mut self, service: &str) -> NodeSet {
+        let names: Vec<NodeName> = self
+            .slices_of
             .get(service)
             .into_iter()
             .flatten()
             .filter_map(|slice| self.slices.get(slice))
             .flat_map(|(_, nodes)| nodes.iter().cloned())
-            .collect()
+            .collect();
+        NodeSet::shared(names, &mut self.node_sets)
     }
 
     /// Joins `service`'s info with its slices' ready nodes again; whether that changed it.
@@ -68,7 +81,7 @@ impl ServiceIndex {
         true
     }
 
-    fn set_slice(&mut self, key: String, value: Option<(String, Vec<String>)>) -> bool {
+    fn set_slice(&mut self, key: String, value: Option<(String, Vec<NodeName>)>) -> bool {
         let old = match &value {
             Some(value) if self.slices.get(&key) == Some(value) => return false,
             Some(value) => self.slices.insert(key.clone(), value.clone()),
@@ -150,6 +163,7 @@ impl WatchIndex<EndpointSlice> for ServiceIndex {
             nodes.dedup();
             (format!("{namespace}/{service}"), nodes)
         });
+        let value = value.map(|(service, nodes)| (service, nodes.iter().map(|n| self.names.name(n)).collect()));
         self.set_slice(key, value)
     }
 
@@ -200,7 +214,7 @@ mod tests {
     fn ready(index: &ServiceIndex, name: &str) -> Vec<String> {
         let infos = index.infos();
         let info = infos.iter().find(|i| i.service.name == name).unwrap();
-        info.ready_endpoint_nodes.iter().cloned().collect()
+        info.ready_endpoint_nodes.iter().map(|n| n.to_string()).collect()
     }
 
     fn apply_service(index: &mut ServiceIndex, service: Service) -> bool {

@@ -26,12 +26,12 @@ pub fn node(name: &str) -> NodeInfo {
 /// A Service of `default` labelled `app=NAME`, with these VIPs and ready endpoints on these nodes.
 pub fn service(name: &str, vips: &[&str], endpoints: &[&str]) -> ServiceInfo {
     ServiceInfo {
-        service: ServiceReference { namespace: "default".into(), name: name.into() },
+        service: std::sync::Arc::new(ServiceReference { namespace: "default".into(), name: name.into() }),
         labels: labels(&[("app", name)]),
         vips: vips.iter().map(|v| v.parse().unwrap()).collect(),
         origin_pool: None,
         traffic_policy_local: false,
-        ready_endpoint_nodes: endpoints.iter().map(|e| e.to_string()).collect(),
+        ready_endpoint_nodes: endpoints.iter().collect(),
     }
 }
 

@@ -88,7 +88,7 @@ pub struct BgpWorld<'a> {
 pub fn routes(bgp: &BgpWorld<'_>, me: &str) -> Routes {
     let mut routes = Routes::default();
     let world = bgp.world;
-    let Some(node) = world.nodes.iter().find(|n| n.name == me) else { return routes };
+    let Some(node) = world.nodes.iter().find(|n| *n.name == *me) else { return routes };
     if bgp.sessions.is_empty() || !usable(node) {
         return routes;
     }
@@ -132,7 +132,7 @@ pub fn routes(bgp: &BgpWorld<'_>, me: &str) -> Routes {
                         .and_modify(|a| a.merge(attributes))
                         .or_insert_with(|| attributes.clone());
                 }
-                let announced = routes.by_service.entry(service.service.clone()).or_default();
+                let announced = routes.by_service.entry((*service.service).clone()).or_default();
                 announced.prefixes.insert(prefix);
                 announced.peers.extend(peers.iter().map(|p| (*p).clone()));
             }

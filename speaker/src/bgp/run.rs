@@ -146,7 +146,7 @@ impl BgpBackend {
         let objects = cluster.bgp().unwrap_or_default();
         let node = cluster.node(&self.me)?;
         let world = cluster.world();
-        let here = world.nodes.iter().find(|n| n.name == self.me);
+        let here = world.nodes.iter().find(|n| *n.name == *self.me);
         let labels = here.map(|n| n.labels.clone()).unwrap_or_default();
         self.cordoned = here.is_some_and(|n| n.unschedulable);
         let mut refused = BTreeMap::new();

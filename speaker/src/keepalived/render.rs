@@ -94,15 +94,15 @@ pub enum RenderError {
 pub fn groups(decisions: &[Decision], settings: &Settings) -> Result<Vec<Group>, RenderError> {
     let mut drafts: BTreeMap<GroupKey, (BTreeSet<IpAddr>, BTreeSet<ServiceReference>)> = BTreeMap::new();
     for decision in decisions.iter().filter(|d| !d.ranking.is_empty()) {
-        for vip in &decision.vips {
+        for vip in decision.vips.iter() {
             let key = GroupKey {
-                ranking: decision.ranking.clone(),
+                ranking: decision.ranking.iter().map(|n| n.to_string()).collect(),
                 ipv4: vip.is_ipv4(),
                 interfaces: decision.named_interfaces.iter().cloned().collect(),
             };
             let (vips, services) = drafts.entry(key).or_default();
             vips.insert(*vip);
-            services.insert(decision.service.clone());
+            services.insert((*decision.service).clone());
         }
     }
     if settings.vrid_first == 0 || settings.vrid_first > settings.vrid_last {

@@ -9,12 +9,12 @@ fn service(name: &str) -> ServiceReference {
 
 fn decision(name: &str, vips: &[&str], ranking: &[&str]) -> Decision {
     Decision {
-        service: service(name),
+        service: std::sync::Arc::new(service(name)),
         vips: vips.iter().map(|v| v.parse().unwrap()).collect(),
-        owner: ranking.first().map(|n| n.to_string()),
-        named_interfaces: BTreeSet::new(),
+        owner: ranking.first().map(|n| (*n).into()),
+        named_interfaces: Default::default(),
         any_interface: true,
-        ranking: ranking.iter().map(|n| n.to_string()).collect(),
+        ranking: ranking.iter().map(|n| (*n).into()).collect(),
     }
 }
 

@@ -191,12 +191,15 @@ impl driver::Backend for KeepalivedBackend {
                 let mut d = d.clone();
                 let here = d.vips.iter().any(|v| held.contains_key(v));
                 // Not master here: some other candidate holds it (or will); never ours to write or delete.
-                d.owner =
-                    if here { Some(me.clone()) } else { d.ranking.iter().find(|n| *n != me).cloned().or(d.owner) };
+                d.owner = if here {
+                    Some(me.as_str().into())
+                } else {
+                    d.ranking.iter().find(|n| ***n != **me).cloned().or(d.owner)
+                };
                 d
             })
             .collect();
-        let janitor = self.world.nodes.iter().map(|n| n.name.as_str()).min() == Some(me.as_str());
+        let janitor = self.world.nodes.iter().map(|n| &*n.name).min() == Some(me.as_str());
         let (cluster, reports) = (shared.cluster, shared.reports);
         shared.reporter.report(
             cluster,
@@ -234,7 +237,7 @@ fn every_node_a_member(world: &World) -> Members {
     let mut interfaces: BTreeSet<String> =
         world.advertisements.iter().flat_map(|a| a.interfaces.iter().cloned()).collect();
     interfaces.insert("*".into());
-    world.nodes.iter().map(|n| (n.name.clone(), interfaces.clone())).collect()
+    world.nodes.iter().map(|n| (n.name.to_string(), interfaces.clone())).collect()
 }
 
 /// This node's interface for a group: the first named one it has, else the one with an address in the VIPs'
@@ -273,7 +276,7 @@ async fn apply(
         if let Some(group) = groups.iter().find(|g| g.key.instance_name() == skip.instance) {
             tracing::warn!(instance = %skip.instance, reason = %skip.reason, "VRRP instance left out on this node");
             for service in &group.services {
-                unplaced.push((service.clone(), group.vips.iter().copied().collect()));
+                unplaced.push((std::sync::Arc::new(service.clone()), group.vips.iter().copied().collect()));
             }
         }
     }

@@ -39,7 +39,7 @@ pub struct View<'a> {
     pub draining: &'a BTreeSet<String>,
     pub inventory: &'a Inventory,
     /// The L2Announcements: name → spec.
-    pub announcements: &'a BTreeMap<String, ferrolb_crds::L2AnnouncementSpec>,
+    pub announcements: &'a BTreeMap<String, crate::cluster::Announced>,
     /// How many speakers the API lists (the gossip peers).
     pub peers: usize,
     /// Moves whenever `world` changes; with the same version and the same live members the last plan is
@@ -66,7 +66,7 @@ pub struct Outcome {
     /// Shared with the next step when it plans nothing new.
     pub decisions: Arc<Vec<Decision>>,
     /// Services this node owns but cannot announce (no interface for some VIP).
-    pub unplaced: Vec<(ServiceReference, Vec<IpAddr>)>,
+    pub unplaced: Vec<(Arc<ServiceReference>, Vec<IpAddr>)>,
     /// Service VIPs that are node addresses (never announced).
     pub node_address_vips: Vec<plan::NodeAddressVip>,
     /// This node deletes announcements nobody owns.
@@ -297,17 +297,17 @@ impl Core {
     fn learn_speakers(
         &mut self,
         live: &Members,
-        announcements: &BTreeMap<String, ferrolb_crds::L2AnnouncementSpec>,
+        announcements: &BTreeMap<String, crate::cluster::Announced>,
         world: &World,
     ) {
         // Called at every step with thousands of announcements naming a handful of nodes: copy a name only
         // when it is new.
-        for node in live.keys().chain(announcements.values().map(|a| &a.node)) {
+        for node in live.keys().map(String::as_str).chain(announcements.values().map(|a| &*a.node)) {
             if !self.known_speakers.contains(node) {
-                self.known_speakers.insert(node.clone());
+                self.known_speakers.insert(node.to_string());
             }
         }
-        let nodes: BTreeSet<&str> = world.nodes.iter().map(|n| n.name.as_str()).collect();
+        let nodes: BTreeSet<&str> = world.nodes.iter().map(|n| &*n.name).collect();
         self.known_speakers.retain(|n| nodes.contains(n.as_str()));
     }
 
@@ -323,13 +323,13 @@ impl Core {
 /// a holder here: a takeover from itself has nobody to wait for.
 fn previous_holders<'a>(
     last_plan: &'a [Decision],
-    announcements: &'a BTreeMap<String, ferrolb_crds::L2AnnouncementSpec>,
+    announcements: &'a BTreeMap<String, crate::cluster::Announced>,
     me: &str,
 ) -> BTreeMap<IpAddr, &'a str> {
     let mut holders: BTreeMap<IpAddr, &str> = announcements
         .values()
-        .filter(|a| a.node != me)
-        .flat_map(|a| a.ips.iter().filter_map(|ip| ip.parse().ok()).map(|ip| (ip, a.node.as_str())))
+        .filter(|a| *a.node != *me)
+        .flat_map(|a| a.ips.iter().map(|ip| (*ip, &*a.node)))
         .collect();
     for decision in last_plan {
         if let Some(owner) = decision.owner.as_deref().filter(|o| *o != me) {
@@ -352,7 +352,7 @@ mod tests {
         let nodes = nodes
             .iter()
             .map(|n| plan::NodeInfo {
-                name: n.to_string(),
+                name: (*n).into(),
                 labels: BTreeMap::new(),
                 network_unavailable: false,
                 unschedulable: false,
@@ -431,7 +431,14 @@ mod tests {
             node: "node-2".into(),
             interfaces: vec!["eth0".into()],
         };
-        fresh.learn_speakers(&members(&["node-3"]), &BTreeMap::from([("default.web".to_string(), spec)]), &all);
+        fresh.learn_speakers(
+            &members(&["node-3"]),
+            &BTreeMap::from([(
+                "default.web".to_string(),
+                crate::cluster::Announced::read("default.web", &spec, &mut Default::default()),
+            )]),
+            &all,
+        );
         assert!(!fresh.view_complete(&members(&["node-3"])));
         // A deleted Node is forgotten.
         fresh.learn_speakers(&members(&["node-3"]), &BTreeMap::new(), &world(&["node-1", "node-3"]));

@@ -139,7 +139,7 @@ struct Sim {
     nodes: Vec<Node>,
     api_up: bool,
     world: World,
-    announcements: BTreeMap<String, L2AnnouncementSpec>,
+    announcements: BTreeMap<String, crate::cluster::Announced>,
     /// Gratuitous ARPs sent outside a step, heard in the next tick.
     pending_announcements: Vec<(String, IpAddr)>,
 }
@@ -151,16 +151,16 @@ impl Sim {
             nodes: names
                 .iter()
                 .map(|n| NodeInfo {
-                    name: n.clone(),
+                    name: n.as_str().into(),
                     labels: BTreeMap::from([("kubernetes.io/hostname".to_string(), n.clone())]),
                     network_unavailable: false,
                     unschedulable: false,
                 })
                 .collect(),
             services: vec![std::sync::Arc::new(ServiceInfo {
-                service: ServiceReference { namespace: "default".into(), name: "web".into() },
+                service: std::sync::Arc::new(ServiceReference { namespace: "default".into(), name: "web".into() }),
                 labels: BTreeMap::new(),
-                vips: vec![vip],
+                vips: vec![vip].into(),
                 origin_pool: None,
                 traffic_policy_local: false,
                 ready_endpoint_nodes: names.iter().cloned().collect(),
@@ -365,15 +365,14 @@ impl Sim {
         if self.api_up
             && let Some(writer) = reported.last()
         {
-            self.announcements.insert(
-                "default.web".into(),
-                L2AnnouncementSpec {
-                    service: ServiceReference { namespace: "default".into(), name: "web".into() },
-                    ips: vec![self.vip.to_string()],
-                    node: writer.clone(),
-                    interfaces: vec!["eth0".into()],
-                },
-            );
+            let spec = L2AnnouncementSpec {
+                service: ServiceReference { namespace: "default".into(), name: "web".into() },
+                ips: vec![self.vip.to_string()],
+                node: writer.clone(),
+                interfaces: vec!["eth0".into()],
+            };
+            let read = crate::cluster::Announced::read("default.web", &spec, &mut Default::default());
+            self.announcements.insert("default.web".into(), read);
         }
     }
 }

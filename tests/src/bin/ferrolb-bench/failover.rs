@@ -315,7 +315,14 @@ fn memory_with_vips(lab: &RunningLab, vips: usize) -> Result<()> {
         let field = |name: &str| {
             status.lines().find(|l| l.starts_with(name)).map(|l| l[name.len()..].trim().to_string()).unwrap_or_default()
         };
-        println!("  speaker on {node}: owns {} VIPs, RSS {} (peak {})", owned(node), field("VmRSS:"), field("VmHWM:"));
+        println!(
+            "  speaker on {node}: owns {} VIPs, RSS {} (peak {}; heap and stacks {}, mapped files {})",
+            owned(node),
+            field("VmRSS:"),
+            field("VmHWM:"),
+            field("RssAnon:"),
+            field("RssFile:")
+        );
     }
     Ok(())
 }

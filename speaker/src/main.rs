@@ -127,11 +127,27 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
+    one_malloc_arena();
     let args = Args::parse();
     init_logging(args.log_format);
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
     ferrolb_telemetry::run_logged("speaker", runtime, start(args))
+}
+
+/// Every thread allocates from one glibc arena. With one arena per thread (glibc's default, up to eight per
+/// core) the memory a storm of watch events or a plan step freed stayed in the arena of the thread that
+/// happened to run it: at 10 000 Services the node announcing them all kept 43 MiB of heap against 36 MiB
+/// with one arena (the others 23 against 20). The speaker's threads allocate little at a time, so they
+/// hardly contend for it. `MALLOC_ARENA_MAX` in the environment, if set, is left to decide.
+fn one_malloc_arena() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // SAFETY: mallopt only sets a parameter of the allocator, and this runs before any other thread
+        // exists. It fails only for an unknown parameter, and then nothing changes.
+        #[allow(unsafe_code)]
+        let _ = unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
+    }
 }
 
 fn parse_vrid_range(text: &str) -> Result<(u8, u8), String> {

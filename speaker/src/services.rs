@@ -22,15 +22,24 @@ use crate::plan::{NodeName, NodeNames, NodeSet, ServiceInfo, Sharing};
 /// The label naming an EndpointSlice's Service.
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
+/// An EndpointSlice as the index keeps it.
+struct Slice {
+    /// Its Service's key.
+    service: Arc<str>,
+    /// The nodes of its ready endpoints.
+    ready_nodes: Box<[NodeName]>,
+}
+
 pub struct ServiceIndex {
     classes: ClassFilter,
     /// Services of ours with an address, by `namespace/name`: the plan's view (ready endpoints joined in)
     /// and the uid, for Events.
     services: HashMap<String, (Arc<ServiceInfo>, Option<String>)>,
     /// EndpointSlices by `namespace/name`: their Service's key and the nodes of their ready endpoints.
-    slices: HashMap<String, (String, Vec<NodeName>)>,
+    /// Each key is held once, shared by both maps (a Service has a slice or two: thousands of each).
+    slices: HashMap<Arc<str>, Slice>,
     /// The slices of each Service, by the Service's key (a few each: a Vec is a tenth of a set's size).
-    slices_of: HashMap<String, Vec<String>>,
+    slices_of: HashMap<Arc<str>, Vec<Arc<str>>>,
     /// Every node name seen in a slice, so that the slices and Services naming a node share its name.
     names: NodeNames,
     /// The sets of ready nodes handed to Services lately, shared by the Services that have the same.
@@ -65,7 +74,7 @@ impl ServiceIndex {
             .into_iter()
             .flatten()
             .filter_map(|slice| self.slices.get(slice))
-            .flat_map(|(_, nodes)| nodes.iter().cloned())
+            .flat_map(|slice| slice.ready_nodes.iter().cloned())
             .collect();
         NodeSet::shared(names, &mut self.node_sets)
     }
@@ -81,26 +90,43 @@ impl ServiceIndex {
         true
     }
 
-    fn set_slice(&mut self, key: String, value: Option<(String, Vec<NodeName>)>) -> bool {
-        let old = match &value {
-            Some(value) if self.slices.get(&key) == Some(value) => return false,
-            Some(value) => self.slices.insert(key.clone(), value.clone()),
-            None => self.slices.remove(&key),
+    fn set_slice(&mut self, key: &str, value: Option<(String, Box<[NodeName]>)>) -> bool {
+        let unchanged = |(service, nodes): &(String, Box<[NodeName]>), have: &Slice| {
+            *have.service == **service && have.ready_nodes == *nodes
         };
+        let old = match value {
+            Some(value) if self.slices.get(key).is_some_and(|have| unchanged(&value, have)) => return false,
+            Some((service, nodes)) => {
+                let key = self.slices.get_key_value(key).map_or_else(|| Arc::from(key), |(known, _)| known.clone());
+                let service = self
+                    .slices_of
+                    .get_key_value(service.as_str())
+                    .map_or_else(|| Arc::from(service), |(k, _)| k.clone());
+                let old = self.slices.insert(key.clone(), Slice { service: service.clone(), ready_nodes: nodes });
+                return self.moved(&key, old.map(|old| old.service), Some(service));
+            }
+            None => self.slices.remove_entry(key),
+        };
+        let Some((key, old)) = old else { return false };
+        self.moved(&key, Some(old.service), None)
+    }
+
+    /// The slice `key` moved from Service `old` to Service `new` (either may be none): both are joined again.
+    fn moved(&mut self, key: &Arc<str>, old: Option<Arc<str>>, new: Option<Arc<str>>) -> bool {
         let mut touched = Vec::new();
-        if let Some((service, _)) = old {
+        if let Some(service) = old {
             if let Some(slices) = self.slices_of.get_mut(&service) {
-                slices.retain(|slice| *slice != key);
+                slices.retain(|slice| slice != key);
                 if slices.is_empty() {
                     self.slices_of.remove(&service);
                 }
             }
             touched.push(service);
         }
-        if let Some((service, _)) = value {
+        if let Some(service) = new {
             let slices = self.slices_of.entry(service.clone()).or_default();
-            if !slices.contains(&key) {
-                slices.push(key);
+            if !slices.contains(key) {
+                slices.push(key.clone());
             }
             touched.push(service);
         }
@@ -164,16 +190,16 @@ impl WatchIndex<EndpointSlice> for ServiceIndex {
             (format!("{namespace}/{service}"), nodes)
         });
         let value = value.map(|(service, nodes)| (service, nodes.iter().map(|n| self.names.name(n)).collect()));
-        self.set_slice(key, value)
+        self.set_slice(&key, value)
     }
 
     fn delete(&mut self, slice: EndpointSlice) -> bool {
-        self.set_slice(key_of(&slice), None)
+        self.set_slice(&key_of(&slice), None)
     }
 
     fn retain(&mut self, listed: &HashSet<String>) -> bool {
-        let gone: Vec<String> = self.slices.keys().filter(|key| !listed.contains(*key)).cloned().collect();
-        gone.into_iter().fold(false, |changed, key| self.set_slice(key, None) | changed)
+        let gone: Vec<Arc<str>> = self.slices.keys().filter(|key| !listed.contains(&***key)).cloned().collect();
+        gone.into_iter().fold(false, |changed, key| self.set_slice(&key, None) | changed)
     }
 }
 

@@ -91,8 +91,8 @@ pub type Announcements = Arc<BTreeMap<String, Announced>>;
 /// them all, so its node and interfaces are shared with the others' and its addresses are kept parsed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Announced {
-    /// `spec.service` is the Service the object's name says ([`crate::report::announcement_name`]); an
-    /// object naming another Service is nobody's.
+    /// `spec.service` is the Service the object's name says ([`crate::report::announcement_name`]). The
+    /// object is that Service's either way; one naming another is rewritten by the Service's owner.
     pub names_its_service: bool,
     /// `spec.ips` that are addresses.
     pub ips: Box<[IpAddr]>,

@@ -275,9 +275,8 @@ pub async fn run<B: Backend>(
 /// Reports a mode's decisions: the L2Announcements this node writes (or, as the janitor, deletes), and one
 /// Event per change (`NodeAssigned`, `NotAnnounced`, `NodeAddress`), never repeated while nothing changes.
 pub struct Reporter {
-    me: String,
-    /// `me`, shared by this node's series.
-    me_shared: crate::plan::NodeName,
+    /// This node, shared by its series.
+    me: crate::plan::NodeName,
     metrics: Metrics,
     /// The `ferrolb_speaker_announced` and `ferrolb_speaker_expected` series set after the last plan.
     announced_series: SeriesSet<AnnouncedLabels>,
@@ -294,8 +293,7 @@ pub struct Reporter {
 impl Reporter {
     pub fn new(me: String, metrics: Metrics) -> Self {
         Self {
-            me_shared: me.as_str().into(),
-            me,
+            me: me.into(),
             metrics,
             announced_series: SeriesSet::default(),
             expected_series: SeriesSet::default(),
@@ -326,7 +324,7 @@ impl Reporter {
             let _ = reports.send(Report::Ops(ops));
         }
         let mut announced = BTreeSet::new();
-        for decision in decisions.iter().filter(|d| d.owner.as_deref() == Some(self.me.as_str())) {
+        for decision in decisions.iter().filter(|d| d.owner.as_deref() == Some(&*self.me)) {
             if crate::plan::interfaces_of(&decision.vips, held).next().is_none() {
                 continue;
             }
@@ -377,15 +375,13 @@ impl Reporter {
     /// One `ferrolb_speaker_announced` series per Service VIP this node holds, per interface; the series of
     /// what it no longer holds are removed (a stale 1 would hide a VIP nobody announces).
     fn set_announced_series(&mut self, decisions: &[Decision], held: &crate::plan::Placement) {
-        let me = &self.me_shared;
+        let me = &self.me;
         let wanted = decisions.iter().filter(|d| d.owner.as_deref() == Some(&**me)).flat_map(|decision| {
             let service = &decision.service;
             decision.vips.iter().flat_map(move |&vip| {
                 held.get(&vip).into_iter().flat_map(|s| s.iter()).map(move |interface| {
                     (series_digest(&[&service.namespace, &service.name, interface], vip), move || AnnouncedLabels {
-                        service: service.clone(),
-                        ip: vip,
-                        node: me.clone(),
+                        vip: ExpectedLabels { service: service.clone(), ip: vip, node: me.clone() },
                         interface: interface.as_str().into(),
                     })
                 })
@@ -445,7 +441,7 @@ impl Reporter {
             if self.node_address_vips.contains(&key) {
                 continue;
             }
-            let ours = if refusal.listed { janitor } else { refusal.node == self.me };
+            let ours = if refusal.listed { janitor } else { *refusal.node == *self.me };
             if !ours {
                 continue;
             }

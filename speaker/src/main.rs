@@ -137,7 +137,7 @@ fn main() -> anyhow::Result<()> {
 
 /// Every thread allocates from one glibc arena. With one arena per thread (glibc's default, up to eight per
 /// core) the memory a storm of watch events or a plan step freed stayed in the arena of the thread that
-/// happened to run it: at 10 000 Services the node announcing them all kept 43 MiB of heap against 36 MiB
+/// happened to run it: at 10 000 Services the node announcing them all kept 42 MiB of heap against 35 MiB
 /// with one arena (the others 23 against 20). The speaker's threads allocate little at a time, so they
 /// hardly contend for it. `MALLOC_ARENA_MAX` in the environment, if set, is left to decide.
 fn one_malloc_arena() {

@@ -36,18 +36,14 @@ pub struct RejectLabel {
 /// (in the family and in its [`SeriesSet`]): the Service's name and the node's are the plan's, shared.
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
 pub struct AnnouncedLabels {
-    pub service: Arc<ServiceReference>,
-    pub ip: IpAddr,
-    pub node: NodeName,
+    /// The VIP, its Service and this node.
+    pub vip: ExpectedLabels,
     pub interface: Arc<str>,
 }
 
 impl EncodeLabelSet for AnnouncedLabels {
     fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
-        ("namespace", self.service.namespace.as_str()).encode(encoder.encode_label())?;
-        ("service", self.service.name.as_str()).encode(encoder.encode_label())?;
-        ("ip", IpLabel(self.ip)).encode(encoder.encode_label())?;
-        ("node", &*self.node).encode(encoder.encode_label())?;
+        self.vip.encode(encoder)?;
         ("interface", &*self.interface).encode(encoder.encode_label())
     }
 }

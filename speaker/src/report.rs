@@ -482,7 +482,7 @@ mod tests {
     }
 
     #[test]
-    fn an_object_naming_another_service_or_a_malformed_address_is_nobodys_and_rewritten() {
+    fn an_object_naming_another_service_or_a_malformed_address_is_rewritten_by_its_names_owner() {
         let decisions = [decision("web", Some("node-2"))];
         // Named for web, yet naming api: web's owner rewrites it (and does not delete it).
         let mut other = spec("api", "node-2");

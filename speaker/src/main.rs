@@ -157,8 +157,8 @@ const HEAP_TRIM_PERIOD: std::time::Duration = std::time::Duration::from_secs(10)
 /// Hands the free pages inside the heap back to the kernel every [`HEAP_TRIM_PERIOD`]. glibc returns only
 /// the free space at the top of its heap by itself; a storm of watch events or a plan step over thousands
 /// of Services frees megabytes below memory still in use, which then stayed resident: at 10 000 Services the
-/// node announcing them all had about 16.5 MiB of heap in use and 26.6 MiB resident (heap and stacks). A
-/// trim walks the free chunks under the allocator's lock, once per period.
+/// node announcing them all had 16.5 MiB of heap in use and about twice that resident. A trim walks the free
+/// chunks under the allocator's lock, a millisecond or two at that size, once per period.
 fn return_freed_heap_periodically() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {

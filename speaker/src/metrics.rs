@@ -69,7 +69,7 @@ impl EncodeLabelValue for IpLabel {
 }
 
 /// What the last plan step reported: the plan, what this node answers for, and whether it is the janitor.
-#[derive(Clone, Debug, Default)]
+#[derive(Debug, Default)]
 struct Reported {
     decisions: Arc<Vec<Decision>>,
     held: Arc<Placement>,
@@ -98,8 +98,10 @@ impl PlanSeries {
 
 impl Collector for PlanSeries {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
-        // Pointers copied out, so a step is not held up while the text is written.
-        let Reported { decisions, held, me, janitor } = crate::locks::lock(&self.reported, "reported plan").clone();
+        let (decisions, held, me, janitor) = {
+            let reported = crate::locks::lock(&self.reported, "reported plan");
+            (reported.decisions.clone(), reported.held.clone(), reported.me.clone(), reported.janitor)
+        };
         let mut announced = encoder.encode_descriptor(
             "ferrolb_speaker_announced",
             "1 per VIP of a Service this node announces, with the interface it answers on",

@@ -19,7 +19,7 @@ use tokio::time::Instant;
 use crate::cluster::{ClassFilter, Cluster};
 use crate::inventory::Inventory;
 use crate::links;
-use crate::metrics::{AnnouncedLabels, ExpectedLabels, Metrics, SeriesSet, series_digest};
+use crate::metrics::Metrics;
 use crate::plan::{self, Decision};
 use crate::report::{self, Notice, Report};
 
@@ -278,9 +278,6 @@ pub struct Reporter {
     /// This node, shared by its series.
     me: crate::plan::NodeName,
     metrics: Metrics,
-    /// The `ferrolb_speaker_announced` and `ferrolb_speaker_expected` series set after the last plan.
-    announced_series: SeriesSet<AnnouncedLabels>,
-    expected_series: SeriesSet<ExpectedLabels>,
     decisions: Arc<Vec<Decision>>,
     /// Services this node announced after the last plan (for `NodeAssigned`).
     announced_services: BTreeSet<Arc<ServiceReference>>,
@@ -295,8 +292,6 @@ impl Reporter {
         Self {
             me: me.into(),
             metrics,
-            announced_series: SeriesSet::default(),
-            expected_series: SeriesSet::default(),
             decisions: Arc::default(),
             announced_services: BTreeSet::new(),
             unplaced_services: BTreeSet::new(),
@@ -309,23 +304,24 @@ impl Reporter {
         &self.decisions
     }
 
-    /// `announcements`: the L2Announcements the decisions were made from ([`Cluster::announcements`]).
+    /// `held`: what this node answers for after the step; `announcements`: the L2Announcements the decisions
+    /// were made from ([`Cluster::announcements`]).
     pub fn report(
         &mut self,
         cluster: &Cluster,
         reports: &report::Reports,
         decisions: Arc<Vec<Decision>>,
-        held: &crate::plan::Placement,
+        held: Arc<crate::plan::Placement>,
         janitor: bool,
         announcements: &BTreeMap<String, crate::cluster::Announced>,
     ) {
-        let ops = report::announcement_ops(&decisions, &self.me, held, janitor, announcements);
+        let ops = report::announcement_ops(&decisions, &self.me, &held, janitor, announcements);
         if !ops.is_empty() {
             let _ = reports.send(Report::Ops(ops));
         }
         let mut announced = BTreeSet::new();
         for decision in decisions.iter().filter(|d| d.owner.as_deref() == Some(&*self.me)) {
-            if crate::plan::interfaces_of(&decision.vips, held).next().is_none() {
+            if crate::plan::interfaces_of(&decision.vips, &held).next().is_none() {
                 continue;
             }
             // Moved from the last step's set: a step lists every Service this node announces again.
@@ -334,7 +330,7 @@ impl Reporter {
                 continue;
             }
             announced.insert(decision.service.clone());
-            let interfaces: BTreeSet<&String> = crate::plan::interfaces_of(&decision.vips, held).collect();
+            let interfaces: BTreeSet<&String> = crate::plan::interfaces_of(&decision.vips, &held).collect();
             if let Some(regarding) = cluster.service_reference(&decision.service) {
                 let vips: Vec<String> = decision.vips.iter().map(IpAddr::to_string).collect();
                 let interfaces: Vec<&str> = interfaces.iter().map(|s| s.as_str()).collect();
@@ -348,46 +344,8 @@ impl Reporter {
             }
         }
         self.announced_services = announced;
-        self.set_announced_series(&decisions, held);
-        self.set_expected_series(&decisions, janitor);
+        self.metrics.plan.set(decisions.clone(), held, self.me.clone(), janitor);
         self.decisions = decisions;
-    }
-
-    /// The janitor's `ferrolb_speaker_expected`: one series per VIP with an elected owner (a Service without a
-    /// ready endpoint has none, so it is not expected to answer). Every other speaker exports none.
-    fn set_expected_series(&mut self, decisions: &[Decision], janitor: bool) {
-        let wanted =
-            decisions.iter().filter(|_| janitor).filter_map(|d| d.owner.as_ref().map(|owner| (d, owner))).flat_map(
-                |(decision, owner)| {
-                    let service = &decision.service;
-                    decision.vips.iter().map(move |&vip| {
-                        (series_digest(&[&service.namespace, &service.name, owner], vip), move || ExpectedLabels {
-                            service: service.clone(),
-                            ip: vip,
-                            node: owner.clone(),
-                        })
-                    })
-                },
-            );
-        self.expected_series.sync(&self.metrics.expected, wanted);
-    }
-
-    /// One `ferrolb_speaker_announced` series per Service VIP this node holds, per interface; the series of
-    /// what it no longer holds are removed (a stale 1 would hide a VIP nobody announces).
-    fn set_announced_series(&mut self, decisions: &[Decision], held: &crate::plan::Placement) {
-        let me = &self.me;
-        let wanted = decisions.iter().filter(|d| d.owner.as_deref() == Some(&**me)).flat_map(|decision| {
-            let service = &decision.service;
-            decision.vips.iter().flat_map(move |&vip| {
-                held.get(&vip).into_iter().flat_map(|s| s.iter()).map(move |interface| {
-                    (series_digest(&[&service.namespace, &service.name, interface], vip), move || AnnouncedLabels {
-                        vip: ExpectedLabels { service: service.clone(), ip: vip, node: me.clone() },
-                        interface: interface.as_str().into(),
-                    })
-                })
-            })
-        });
-        self.announced_series.sync(&self.metrics.announced, wanted);
     }
 
     pub fn report_unplaced(

@@ -4,13 +4,17 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use ferrolb_crds::l2announcement::ServiceReference;
-use prometheus_client::encoding::{EncodeLabel, EncodeLabelSet, EncodeLabelValue, LabelSetEncoder, LabelValueEncoder};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabel, EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelSetEncoder, LabelValueEncoder,
+};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::registry::Registry;
 
-use crate::plan::NodeName;
+use crate::plan::{Decision, NodeName, Placement};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FamilyLabel {
@@ -32,46 +36,98 @@ pub struct RejectLabel {
     pub reason: &'static str,
 }
 
-/// One VIP of a Service this node announces, on one interface. A node holds one per announced VIP, twice
-/// (in the family and in its [`SeriesSet`]): the Service's name and the node's are the plan's, shared.
-#[derive(Clone, Debug, Hash, PartialEq, Eq)]
-pub struct AnnouncedLabels {
-    /// The VIP, its Service and this node.
-    pub vip: ExpectedLabels,
-    pub interface: Arc<str>,
+/// The labels of one VIP of a Service: the Service, the VIP, the node that owns it and, for an announced
+/// VIP, the interface it is answered on.
+struct VipLabels<'a> {
+    service: &'a ServiceReference,
+    ip: IpAddr,
+    node: &'a str,
+    interface: Option<&'a str>,
 }
 
-impl EncodeLabelSet for AnnouncedLabels {
-    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
-        self.vip.encode(encoder)?;
-        ("interface", &*self.interface).encode(encoder.encode_label())
-    }
-}
-
-/// A VIP the election gives to `node` (exported by one speaker, the janitor).
-#[derive(Clone, Debug, Hash, PartialEq, Eq)]
-pub struct ExpectedLabels {
-    pub service: Arc<ServiceReference>,
-    pub ip: IpAddr,
-    pub node: NodeName,
-}
-
-impl EncodeLabelSet for ExpectedLabels {
+impl EncodeLabelSet for VipLabels<'_> {
     fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
         ("namespace", self.service.namespace.as_str()).encode(encoder.encode_label())?;
         ("service", self.service.name.as_str()).encode(encoder.encode_label())?;
         ("ip", IpLabel(self.ip)).encode(encoder.encode_label())?;
-        ("node", &*self.node).encode(encoder.encode_label())
+        ("node", self.node).encode(encoder.encode_label())?;
+        match self.interface {
+            Some(interface) => ("interface", interface).encode(encoder.encode_label()),
+            None => Ok(()),
+        }
     }
 }
 
-/// An address as a label value, written when the metrics are scraped (not kept as text in every series).
+/// An address as a label value, written when the metrics are scraped.
 struct IpLabel(IpAddr);
 
 impl EncodeLabelValue for IpLabel {
     fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
         use std::fmt::Write as _;
         write!(encoder, "{}", self.0)
+    }
+}
+
+/// What the last plan step reported: the plan, what this node answers for, and whether it is the janitor.
+#[derive(Clone, Debug, Default)]
+struct Reported {
+    decisions: Arc<Vec<Decision>>,
+    held: Arc<Placement>,
+    me: NodeName,
+    janitor: bool,
+}
+
+/// `ferrolb_speaker_announced` and `ferrolb_speaker_expected`, written from the last plan step when scraped.
+///
+/// They hold one series per Service VIP, thousands: kept as series (a family and the set naming its
+/// members, with their labels) they cost the node announcing them all about 5 MiB at 10 000 VIPs, and a
+/// comparison of every series at every step. The plan and the answered set they are written from are
+/// held anyway, so a step now hands them over by pointer and the series exist only in the scraped text.
+#[derive(Clone, Debug, Default)]
+pub struct PlanSeries {
+    reported: Arc<std::sync::Mutex<Reported>>,
+}
+
+impl PlanSeries {
+    /// What the series say from now on: `held` is what `me` answers for after the step that made
+    /// `decisions`; the janitor also exports what every node is expected to announce.
+    pub fn set(&self, decisions: Arc<Vec<Decision>>, held: Arc<Placement>, me: NodeName, janitor: bool) {
+        *crate::locks::lock(&self.reported, "reported plan") = Reported { decisions, held, me, janitor };
+    }
+}
+
+impl Collector for PlanSeries {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        // Pointers copied out, so a step is not held up while the text is written.
+        let Reported { decisions, held, me, janitor } = crate::locks::lock(&self.reported, "reported plan").clone();
+        let mut announced = encoder.encode_descriptor(
+            "ferrolb_speaker_announced",
+            "1 per VIP of a Service this node announces, with the interface it answers on",
+            None,
+            MetricType::Gauge,
+        )?;
+        for decision in decisions.iter().filter(|d| d.owner.as_deref() == Some(&*me)) {
+            for &ip in decision.vips.iter() {
+                for interface in held.get(&ip).into_iter().flat_map(|interfaces| interfaces.iter()) {
+                    let labels =
+                        VipLabels { service: &decision.service, ip, node: &me, interface: Some(interface.as_str()) };
+                    ConstGauge::new(1i64).encode(announced.encode_family(&labels)?)?;
+                }
+            }
+        }
+        let mut expected = encoder.encode_descriptor(
+            "ferrolb_speaker_expected",
+            "1 per VIP the election gives to a node (owner in `node`), exported by one speaker only (the live member with the smallest name)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (decision, owner) in decisions.iter().filter(|_| janitor).filter_map(|d| Some((d, d.owner.as_deref()?))) {
+            for &ip in decision.vips.iter() {
+                let labels = VipLabels { service: &decision.service, ip, node: owner, interface: None };
+                ConstGauge::new(1i64).encode(expected.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -104,11 +160,11 @@ pub struct Metrics {
     /// Other speakers this node's gossip declared down (a crash, a cut link, or a false suspicion of a
     /// member too slow to answer its probes).
     pub members_declared_down: Counter,
-    /// 1 per (Service, VIP, interface) this node announces; gone when it stops.
-    pub announced: Family<AnnouncedLabels, Gauge>,
-    /// 1 per VIP that some node should announce (a ready endpoint, an elected owner), with that owner; set
-    /// by the janitor only, so `unless` against `announced` finds VIPs nobody answers for.
-    pub expected: Family<ExpectedLabels, Gauge>,
+    /// `ferrolb_speaker_announced`: 1 per (Service, VIP, interface) this node announces, gone when it stops;
+    /// `ferrolb_speaker_expected`: 1 per VIP that some node should announce (a ready endpoint, an elected
+    /// owner), with that owner, from the janitor only, so `unless` against `announced` finds VIPs nobody
+    /// answers for.
+    pub plan: PlanSeries,
     /// keepalived mode: attempts to apply a configuration that failed (the previous one stays in force; a
     /// refused configuration is retried at every step, so the count grows while the cause lasts).
     pub keepalived_reload_failures: Family<ReloadFailureLabel, Counter>,
@@ -182,145 +238,105 @@ impl Metrics {
             self.members_declared_down.clone(),
         );
         registry.register(
-            "ferrolb_speaker_announced",
-            "1 per VIP of a Service this node announces, with the interface it answers on",
-            self.announced.clone(),
-        );
-        registry.register(
-            "ferrolb_speaker_expected",
-            "1 per VIP the election gives to a node (owner in `node`), exported by one speaker only (the live member with the smallest name)",
-            self.expected.clone(),
-        );
-        registry.register(
             "ferrolb_speaker_keepalived_reload_failures",
             "Failed attempts to apply keepalived's configuration, by reason: invalid_config (refused by keepalived -t) or io; the previous configuration stays in force and the attempt is repeated at every step",
             self.keepalived_reload_failures.clone(),
         );
+        registry.register_collector(Box::new(self.plan.clone()));
     }
-}
-
-/// The series of one gauge family that should be at 1, each kept under a digest of what names it.
-///
-/// A plan step lists every Service VIP again, thousands, and almost all were already there: building each
-/// one's labels (five strings) only to find it unchanged cost a tenth of the speaker's CPU. Here the labels
-/// of a series are built once, when it is new. Digests are 64-bit XXH3 of the length-prefixed parts: two
-/// different series sharing one is a chance of about 10⁻¹¹ at 10 000 series.
-#[derive(Debug)]
-pub struct SeriesSet<L> {
-    series: std::collections::HashMap<u64, L>,
-}
-
-impl<L> Default for SeriesSet<L> {
-    fn default() -> Self {
-        Self { series: std::collections::HashMap::new() }
-    }
-}
-
-impl<L> SeriesSet<L>
-where
-    L: Clone + std::hash::Hash + Eq + EncodeLabelSet + std::fmt::Debug,
-{
-    /// Makes `family` hold exactly the series `wanted` lists (digest, and how to build its labels), at 1.
-    pub fn sync<F: FnOnce() -> L>(&mut self, family: &Family<L, Gauge>, wanted: impl IntoIterator<Item = (u64, F)>) {
-        let mut next = std::collections::HashMap::with_capacity(self.series.len());
-        for (digest, labels) in wanted {
-            if next.contains_key(&digest) {
-                continue;
-            }
-            let labels = match self.series.remove(&digest) {
-                Some(labels) => labels,
-                None => {
-                    let labels = labels();
-                    family.get_or_create(&labels).set(1);
-                    labels
-                }
-            };
-            next.insert(digest, labels);
-        }
-        for gone in self.series.values() {
-            family.remove(gone);
-        }
-        self.series = next;
-    }
-
-    pub fn len(&self) -> usize {
-        self.series.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.series.is_empty()
-    }
-}
-
-/// The digest [`SeriesSet`] keeps a series under: its naming parts (strings, an address) in order.
-pub fn series_digest(texts: &[&str], ip: std::net::IpAddr) -> u64 {
-    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
-    for text in texts {
-        hasher.update(&(text.len() as u64).to_le_bytes());
-        hasher.update(text.as_bytes());
-    }
-    match ip {
-        std::net::IpAddr::V4(v4) => {
-            hasher.update(&[4]);
-            hasher.update(&v4.octets());
-        }
-        std::net::IpAddr::V6(v6) => {
-            hasher.update(&[6]);
-            hasher.update(&v6.octets());
-        }
-    }
-    hasher.digest()
 }
 
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
+    use std::collections::{BTreeMap, BTreeSet};
+
     use super::*;
 
-    fn encoded(family: &Family<ExpectedLabels, Gauge>) -> String {
+    fn scraped(series: &PlanSeries) -> String {
         let mut registry = Registry::default();
-        registry.register("expected", "test", family.clone());
+        registry.register_collector(Box::new(series.clone()));
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
         text
     }
 
-    fn wanted<'a>(
-        services: &'a [(&'a str, &'a str)],
-    ) -> impl Iterator<Item = (u64, impl FnOnce() -> ExpectedLabels)> + 'a {
-        services.iter().map(|(name, ip)| {
-            let ip: std::net::IpAddr = ip.parse().unwrap();
-            (series_digest(&["shop", name, "node-1"], ip), move || ExpectedLabels {
-                service: Arc::new(ServiceReference { namespace: "shop".into(), name: (*name).into() }),
-                ip,
-                node: "node-1".into(),
-            })
-        })
+    fn decision(name: &str, vips: &[&str], owner: Option<&str>) -> Decision {
+        Decision {
+            service: Arc::new(ServiceReference { namespace: "shop".into(), name: name.into() }),
+            vips: vips.iter().map(|v| v.parse().unwrap()).collect(),
+            owner: owner.map(Into::into),
+            named_interfaces: Default::default(),
+            any_interface: true,
+            ranking: owner.into_iter().map(Into::into).collect(),
+        }
+    }
+
+    fn held(vips: &[(&str, &[&str])]) -> Arc<Placement> {
+        Arc::new(
+            vips.iter()
+                .map(|(vip, interfaces)| {
+                    (vip.parse().unwrap(), Arc::new(interfaces.iter().map(|i| i.to_string()).collect::<BTreeSet<_>>()))
+                })
+                .collect(),
+        )
     }
 
     #[test]
-    fn a_series_set_holds_exactly_what_was_last_wanted() {
-        let family = Family::<ExpectedLabels, Gauge>::default();
-        let mut set = SeriesSet::default();
-        set.sync(&family, wanted(&[("web", "192.0.2.1"), ("api", "2001:db8::1"), ("web", "192.0.2.1")]));
-        assert_eq!(set.len(), 2, "a series listed twice is one series");
-        let text = encoded(&family);
-        assert!(text.contains(r#"{namespace="shop",service="web",ip="192.0.2.1",node="node-1"} 1"#), "{text}");
-        assert!(text.contains(r#"service="api",ip="2001:db8::1""#), "{text}");
-        set.sync(&family, wanted(&[("api", "2001:db8::1"), ("db", "192.0.2.3")]));
-        let text = encoded(&family);
-        assert!(!text.contains(r#"service="web""#), "a series no longer wanted is removed: {text}");
-        assert!(text.contains(r#"service="api""#) && text.contains(r#"service="db""#), "{text}");
-        set.sync(&family, wanted(&[]));
-        assert!(set.is_empty());
-        assert!(!encoded(&family).contains("service="));
+    fn announced_series_name_each_held_vip_of_this_nodes_services_on_each_interface() {
+        let series = PlanSeries::default();
+        let decisions = Arc::new(vec![
+            decision("web", &["192.0.2.1", "2001:db8::1"], Some("node-1")),
+            decision("db", &["192.0.2.3"], Some("node-2")),
+            decision("idle", &["192.0.2.4"], None),
+            // Owned, but not answered yet (still probing): not announced.
+            decision("new", &["192.0.2.5"], Some("node-1")),
+        ]);
+        let answered = held(&[("192.0.2.1", &["eth0", "eth1"]), ("2001:db8::1", &["eth0"])]);
+        series.set(decisions.clone(), answered, "node-1".into(), false);
+        let text = scraped(&series);
+        for line in [
+            r#"ferrolb_speaker_announced{namespace="shop",service="web",ip="192.0.2.1",node="node-1",interface="eth0"} 1"#,
+            r#"ferrolb_speaker_announced{namespace="shop",service="web",ip="192.0.2.1",node="node-1",interface="eth1"} 1"#,
+            r#"ferrolb_speaker_announced{namespace="shop",service="web",ip="2001:db8::1",node="node-1",interface="eth0"} 1"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing from:\n{text}");
+        }
+        assert_eq!(text.lines().filter(|l| l.starts_with("ferrolb_speaker_announced{")).count(), 3, "{text}");
+        assert!(!text.contains("ferrolb_speaker_expected{"), "not the janitor: {text}");
+        assert!(text.contains("# TYPE ferrolb_speaker_announced gauge"), "{text}");
+
+        // The next step lost web's IPv6 VIP and took nothing new: its series are gone at once.
+        series.set(decisions, held(&[("192.0.2.1", &["eth0"])]), "node-1".into(), false);
+        let text = scraped(&series);
+        assert_eq!(text.lines().filter(|l| l.starts_with("ferrolb_speaker_announced{")).count(), 1, "{text}");
+        assert!(!text.contains("2001:db8::1"), "{text}");
+
+        series.set(Arc::default(), Arc::default(), "node-1".into(), false);
+        assert!(!scraped(&series).contains("service="));
     }
 
     #[test]
-    fn digests_tell_apart_what_only_concatenation_or_family_would_confuse() {
-        let v4: std::net::IpAddr = "192.0.2.1".parse().unwrap();
-        let mapped: std::net::IpAddr = "::ffff:192.0.2.1".parse().unwrap();
-        assert_ne!(series_digest(&["ab", "c"], v4), series_digest(&["a", "bc"], v4));
-        assert_ne!(series_digest(&["a"], v4), series_digest(&["a"], mapped));
+    fn the_janitor_exports_every_vip_with_an_owner_and_the_owner_it_was_given() {
+        let series = PlanSeries::default();
+        let decisions = Arc::new(vec![
+            decision("web", &["192.0.2.1"], Some("node-2")),
+            decision("api", &["2001:db8::1"], Some("node-1")),
+            decision("idle", &["192.0.2.4"], None),
+        ]);
+        series.set(decisions.clone(), Arc::new(BTreeMap::new()), "node-1".into(), true);
+        let text = scraped(&series);
+        let expected: Vec<&str> = text.lines().filter(|l| l.starts_with("ferrolb_speaker_expected{")).collect();
+        assert_eq!(
+            expected,
+            [
+                r#"ferrolb_speaker_expected{namespace="shop",service="web",ip="192.0.2.1",node="node-2"} 1"#,
+                r#"ferrolb_speaker_expected{namespace="shop",service="api",ip="2001:db8::1",node="node-1"} 1"#,
+            ],
+            "{text}"
+        );
+        assert!(!text.contains("ferrolb_speaker_announced{"), "node-1 answers for nothing yet: {text}");
+        series.set(decisions, Arc::new(BTreeMap::new()), "node-1".into(), false);
+        assert!(!scraped(&series).contains("ferrolb_speaker_expected{"), "no longer the janitor");
     }
 }

@@ -205,7 +205,7 @@ impl driver::Backend for KeepalivedBackend {
             cluster,
             reports,
             std::sync::Arc::new(reported),
-            &held,
+            std::sync::Arc::new(held),
             janitor,
             &cluster.announcements(),
         );

@@ -60,8 +60,9 @@ struct Held {
 pub struct Announcer {
     timing: Timing,
     held: BTreeMap<IpAddr, Held>,
-    /// Reference counts of joined groups per interface: two VIPs can share a solicited-node group.
-    groups: BTreeMap<(String, Mac), usize>,
+    /// Reference counts of joined groups, per interface: two VIPs can share a solicited-node group. By
+    /// interface first, so that thousands of groups on a handful of interfaces hold each name once.
+    groups: BTreeMap<String, BTreeMap<Mac, u32>>,
 }
 
 impl Announcer {
@@ -171,7 +172,11 @@ impl Announcer {
     fn join(&mut self, vip: IpAddr, interface: &str, actions: &mut Vec<Action>) {
         let IpAddr::V6(v6) = vip else { return };
         let group = multicast_mac(solicited_node_group(v6));
-        let count = self.groups.entry((interface.to_string(), group)).or_default();
+        if !self.groups.contains_key(interface) {
+            self.groups.insert(interface.to_string(), BTreeMap::new());
+        }
+        let Some(groups) = self.groups.get_mut(interface) else { return };
+        let count = groups.entry(group).or_default();
         *count += 1;
         if *count == 1 {
             actions.push(Action::Join { interface: interface.to_string(), group });
@@ -180,13 +185,16 @@ impl Announcer {
 
     fn leave(&mut self, vip: IpAddr, interface: &str, actions: &mut Vec<Action>) {
         let IpAddr::V6(v6) = vip else { return };
-        let key = (interface.to_string(), multicast_mac(solicited_node_group(v6)));
-        if let Some(count) = self.groups.get_mut(&key) {
-            *count -= 1;
-            if *count == 0 {
-                self.groups.remove(&key);
-                actions.push(Action::Leave { interface: key.0, group: key.1 });
+        let group = multicast_mac(solicited_node_group(v6));
+        let Some(groups) = self.groups.get_mut(interface) else { return };
+        let Some(count) = groups.get_mut(&group) else { return };
+        *count -= 1;
+        if *count == 0 {
+            groups.remove(&group);
+            if groups.is_empty() {
+                self.groups.remove(interface);
             }
+            actions.push(Action::Leave { interface: interface.to_string(), group });
         }
     }
 }
@@ -267,6 +275,27 @@ mod tests {
         assert_eq!(joins, 1);
         assert!(a.update(&on(&[("2001:db8:1::200", &["eth0"])]), t0 + MS).is_empty(), "the group is still needed");
         assert_eq!(a.update(&BTreeMap::new(), t0 + 2 * MS).len(), 1);
+    }
+
+    #[test]
+    fn a_group_is_joined_and_left_on_each_interface_by_itself() {
+        let t0 = Instant::now();
+        let mut a = Announcer::new(Timing::default());
+        let group = multicast_mac(solicited_node_group("2001:db8::200".parse().unwrap()));
+        let joins = |actions: Vec<Action>| -> Vec<Action> {
+            actions.into_iter().filter(|x| !matches!(x, Action::Announce { .. })).collect()
+        };
+        let actions = a.update(&on(&[("2001:db8::200", &["eth0", "eth1"]), ("2001:db8:1::200", &["eth1"])]), t0);
+        assert_eq!(
+            joins(actions),
+            [Action::Join { interface: "eth0".into(), group }, Action::Join { interface: "eth1".into(), group }]
+        );
+        // eth0 loses its only VIP of the group; eth1 still has one.
+        let actions = a.update(&on(&[("2001:db8::200", &["eth1"]), ("2001:db8:1::200", &["eth1"])]), t0 + MS);
+        assert_eq!(joins(actions), [Action::Leave { interface: "eth0".into(), group }]);
+        assert_eq!(joins(a.update(&on(&[("2001:db8:1::200", &["eth1"])]), t0 + 2 * MS)), []);
+        assert_eq!(joins(a.update(&BTreeMap::new(), t0 + 3 * MS)), [Action::Leave { interface: "eth1".into(), group }]);
+        assert!(a.groups.is_empty(), "nothing is kept for an interface without groups");
     }
 
     #[test]

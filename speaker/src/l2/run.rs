@@ -375,7 +375,8 @@ impl driver::Backend for L2Backend {
         self.carry_out(answered, &outcome.probes, &outcome.took_over, &outcome.gave_up, outcome.actions).await;
         let (cluster, reports) = (shared.cluster, shared.reports);
         shared.reporter.report_node_addresses(cluster, reports, outcome.node_address_vips, outcome.janitor);
-        shared.reporter.report(cluster, reports, outcome.decisions, &outcome.held, outcome.janitor, &announcements);
+        let held = std::sync::Arc::new(outcome.held);
+        shared.reporter.report(cluster, reports, outcome.decisions, held, outcome.janitor, &announcements);
         shared.reporter.report_unplaced(cluster, reports, shared.inventory, outcome.unplaced);
         Ok(())
     }

@@ -146,15 +146,18 @@ struct Load {
     worker: Option<std::thread::JoinHandle<Outcome>>,
 }
 
-/// What the client saw. An L2 VIP that moves takes no connection state along: a connection in flight at the
-/// instant of a move is reset by the new owner (as with every ARP/NDP failover), so resets are counted apart
-/// from outages (no connection at all: nobody answered for the VIP).
+/// What the client saw. A VIP that moves takes no connection state along: a connection in flight at the
+/// instant of a move is reset by the node it lands on next (as with every ARP/NDP failover, and every change
+/// of a router's ECMP set), so resets are counted apart from outages (no connection at all: nobody answered
+/// for the VIP).
 #[derive(Debug, Default)]
 struct Outcome {
     answered: u32,
     /// Connects refused or timed out, or no answer: the VIP was unreachable.
     outages: u32,
-    /// Established connections reset mid-request.
+    /// Established connections reset. A connect that fails with ECONNRESET counts here too: Linux reports a
+    /// reset during the handshake as ECONNREFUSED, so ECONNRESET means the handshake was answered and the
+    /// connection then reset, its first segments having reached another node than its SYN.
     resets: u32,
     errors: Vec<String>,
 }
@@ -170,7 +173,7 @@ impl Load {
                     match request(SocketAddr::new(vip, 80)) {
                         Ok(()) => outcome.answered += 1,
                         Err(e) => {
-                            if e.contains("reset") && !e.starts_with("connect") {
+                            if e.contains("reset") {
                                 outcome.resets += 1;
                             } else {
                                 outcome.outages += 1;
@@ -565,8 +568,9 @@ fn bgp_mode_installed_through_the_chart_runs_frr_beside_each_speaker_and_a_delet
     });
 
     // Deleting node-1's speaker pod (what an upgrade or a drain does) stops its FRR too: the speaker
-    // withdraws first and FRR waits for it, so not one new connection fails; the DaemonSet's new pod
-    // announces again.
+    // withdraws first and FRR waits for it, so no connection is refused or left unanswered; the DaemonSet's
+    // new pod announces again. Each of the two changes of the router's ECMP set (withdrawn, back) may reset
+    // the one connection whose segments it splits between two nodes.
     let pod = speakers.iter().find(|p| kubelet_lab::node_of(p) == "node-1").unwrap();
     let name = kubelet_lab::name_of(pod);
     let load = lab.load(&v4);
@@ -586,5 +590,5 @@ fn bgp_mode_installed_through_the_chart_runs_frr_beside_each_speaker_and_a_delet
         "node-1 withdrew before its FRR stopped:\n{session_when_withdrawn}"
     );
     lab.wait_for("the new speaker pod on node-1 to announce again", || router.next_hops(&v4).unwrap().len() == 3);
-    load.finish_without_outage("deleting a speaker pod in BGP mode", 0);
+    load.finish_without_outage("deleting a speaker pod in BGP mode", 2);
 }

@@ -79,6 +79,17 @@ impl KubeletLab {
             .collect()
     }
 
+    /// The Ready pods of `component`, once there are `count`: `helm --wait` finishes a DaemonSet's rollout
+    /// with up to its `maxUnavailable` (one) pod not Ready yet.
+    fn wait_ready(&self, component: &str, count: usize) -> Vec<Pod> {
+        let mut ready = Vec::new();
+        self.wait_for(&format!("{count} Ready {component} pods"), || {
+            ready = self.ready_pods(component);
+            ready.len() == count
+        });
+        ready
+    }
+
     fn pid(&self, pod: &Pod, container: &str) -> u32 {
         self.running
             .kubelet_nodes()
@@ -264,10 +275,8 @@ fn the_charts_pods_run_under_real_kubelets_and_survive_what_operators_do() {
     let lab = KubeletLab::up(3, "native");
 
     // Every pod of the chart is Ready, through its own probes.
-    let controllers = lab.ready_pods("controller");
-    let speakers = lab.ready_pods("speaker");
-    assert_eq!(controllers.len(), 2, "both controller replicas are Ready");
-    assert_eq!(speakers.len(), 3, "a Ready speaker on every node");
+    let controllers = lab.wait_ready("controller", 2);
+    let speakers = lab.wait_ready("speaker", 3);
     for pod in controllers.iter().chain(&speakers) {
         let container = &pod.spec.as_ref().unwrap().containers[0];
         assert!(
@@ -467,8 +476,7 @@ fn draining_a_node_moves_its_vips_before_its_speaker_stops(lab: &KubeletLab) {
 fn keepalived_mode_installed_through_the_chart_works_with_net_admin_only_there() {
     let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
     let lab = KubeletLab::up(2, "keepalived");
-    let speakers = lab.ready_pods("speaker");
-    assert_eq!(speakers.len(), 2, "a Ready speaker on every node");
+    let speakers = lab.wait_ready("speaker", 2);
     for pod in &speakers {
         let pid = lab.pid(pod, "speaker");
         assert_eq!(cap_eff(pid), CAP_NET_RAW | CAP_NET_ADMIN, "the keepalived-mode speaker has NET_RAW and NET_ADMIN");
@@ -498,8 +506,7 @@ fn bgp_mode_installed_through_the_chart_runs_frr_beside_each_speaker_and_a_delet
     let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
     let lab = KubeletLab::up(3, "bgp");
     let router = lab.running.router().expect("BGP mode's lab has a router");
-    let speakers = lab.ready_pods("speaker");
-    assert_eq!(speakers.len(), 3, "a Ready speaker on every node");
+    let speakers = lab.wait_ready("speaker", 3);
     for pod in &speakers {
         let containers: Vec<&str> = pod.spec.as_ref().unwrap().containers.iter().map(|c| c.name.as_str()).collect();
         assert_eq!(containers, ["speaker", "frr"], "FRR runs beside the speaker");

@@ -129,6 +129,7 @@ struct Args {
 fn main() -> anyhow::Result<()> {
     one_malloc_arena();
     let args = Args::parse();
+    return_freed_heap_periodically();
     init_logging(args.log_format);
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
@@ -147,6 +148,31 @@ fn one_malloc_arena() {
         // exists. It fails only for an unknown parameter, and then nothing changes.
         #[allow(unsafe_code)]
         let _ = unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
+    }
+}
+
+/// How often the heap's free pages are handed back to the kernel.
+const HEAP_TRIM_PERIOD: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Hands the free pages inside the heap back to the kernel every [`HEAP_TRIM_PERIOD`]. glibc returns only
+/// the free space at the top of its heap by itself; a storm of watch events or a plan step over thousands
+/// of Services frees megabytes below memory still in use, which then stays resident: at 10 000 Services the
+/// node announcing them all had 16.5 MiB of heap in use and 26.6 MiB resident (heap and stacks). A trim
+/// walks the free chunks under the allocator's lock, once per period.
+fn return_freed_heap_periodically() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let spawned = std::thread::Builder::new().name("heap-trim".into()).spawn(|| {
+            loop {
+                std::thread::sleep(HEAP_TRIM_PERIOD);
+                // SAFETY: malloc_trim takes the allocator's own locks and only releases pages of free chunks.
+                #[allow(unsafe_code)]
+                let _ = unsafe { libc::malloc_trim(0) };
+            }
+        });
+        if let Err(e) = spawned {
+            eprintln!("not returning freed heap to the kernel: cannot start its thread: {e}");
+        }
     }
 }
 

@@ -242,6 +242,8 @@ pub fn decide(world: &World, members: &Members) -> Vec<Decision> {
         })
         .collect();
     decisions.sort_by(|a, b| (&a.service.namespace, &a.service.name).cmp(&(&b.service.namespace, &b.service.name)));
+    // Kept until the next plan: the doubling of `collect` left up to half of it unused (0.5 MiB at 10 000).
+    decisions.shrink_to_fit();
     decisions
 }
 

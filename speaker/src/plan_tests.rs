@@ -315,3 +315,12 @@ fn equal_sets_and_rankings_are_shared_and_a_long_unused_one_is_forgotten() {
         assert!(Arc::ptr_eq(&decision.service, &info.service));
     }
 }
+
+#[test]
+fn a_plan_of_many_services_keeps_no_spare_room() {
+    let services = (0..1000).map(|i| service(&format!("web-{i}"), &["192.0.2.200"], &["node-1"])).collect();
+    let w = world(services, vec![advertise(&["demo"])]);
+    let decisions = decide(&w, &members(&ALL, &["eth0"]));
+    assert_eq!(decisions.len(), 1000);
+    assert_eq!(decisions.capacity(), 1000, "kept until the next plan: no room left by collect's doubling");
+}

@@ -250,6 +250,29 @@ impl StatusSchedule {
 /// An op applied this recently is not applied again: the watch has not shown it to the plan yet.
 const APPLIED_RECENTLY: Duration = Duration::from_secs(3);
 
+/// The ops written in the last [`APPLIED_RECENTLY`], by object.
+#[derive(Default)]
+struct RecentWrites(HashMap<String, (Op, tokio::time::Instant)>);
+
+impl RecentWrites {
+    fn contains(&self, key: &str, op: &Op, now: tokio::time::Instant) -> bool {
+        self.0.get(key).is_some_and(|(last, at)| last == op && now.saturating_duration_since(*at) < APPLIED_RECENTLY)
+    }
+
+    fn insert(&mut self, key: String, op: Op, now: tokio::time::Instant) {
+        self.0.insert(key, (op, now));
+    }
+
+    fn forget_old(&mut self, now: tokio::time::Instant) {
+        self.0.retain(|_, (_, at)| now.saturating_duration_since(*at) < APPLIED_RECENTLY);
+        // A storm of new Services fills it with thousands of objects for a few seconds; the table they grew
+        // (1.5 MiB at 10 000) would otherwise stay for good.
+        if self.0.capacity() > 4 * self.0.len().max(16) {
+            self.0.shrink_to_fit();
+        }
+    }
+}
+
 /// Carries reports out until every `Reports` is dropped: Events in order, L2Announcement ops one object at a
 /// time; a failed write is retried a few times (and the plan hands it over again later).
 pub async fn run(
@@ -265,7 +288,7 @@ pub async fn run(
         bgp: Api::namespaced(client, &namespace),
         node: node.clone(),
     };
-    let mut applied: HashMap<String, (Op, tokio::time::Instant)> = HashMap::new();
+    let mut applied = RecentWrites::default();
     let mut status = StatusSchedule::new(STATUS_SETTLE, SPEAKER_STATUS_REWRITE);
     // The last SpeakerStatus write error, logged once (a cluster whose CRDs or RBAC predate the kind refuses
     // every write, and the writer retries on every step).
@@ -286,17 +309,17 @@ pub async fn run(
         loop {
             let next = crate::locks::lock(&reports.pending, "pending reports").pop_first();
             let Some((key, op)) = next else { break };
-            if applied.get(&key).is_some_and(|(last, at)| *last == op && at.elapsed() < APPLIED_RECENTLY) {
+            if applied.contains(&key, &op, tokio::time::Instant::now()) {
                 continue;
             }
             if execute(&apis, &op).await {
-                applied.insert(key, (op, tokio::time::Instant::now()));
+                applied.insert(key, op, tokio::time::Instant::now());
             }
             while let Ok(notice) = reports.notices.try_recv() {
                 publish(&events, notice).await;
             }
         }
-        applied.retain(|_, (_, at)| at.elapsed() < APPLIED_RECENTLY);
+        applied.forget_old(tokio::time::Instant::now());
         if let Some(latest) = crate::locks::lock(&reports.speaker, "speaker status").take() {
             status.observe(latest, std::time::Instant::now());
         }
@@ -419,6 +442,24 @@ async fn publish(source: &EventSource, notice: Notice) {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn recent_writes_are_skipped_then_forgotten_and_a_storm_leaves_no_table_behind() {
+        let start = tokio::time::Instant::now();
+        let mut writes = RecentWrites::default();
+        for i in 0..10_000 {
+            writes.insert(format!("default.web-{i}"), Op::Delete(format!("default.web-{i}")), start);
+        }
+        let op = Op::Delete("default.web-7".into());
+        assert!(writes.contains("default.web-7", &op, start + Duration::from_secs(2)), "written 2 s ago");
+        assert!(!writes.contains("default.web-7", &Op::Delete("other".into()), start), "another op");
+        assert!(!writes.contains("default.web-7", &op, start + APPLIED_RECENTLY), "written too long ago");
+        writes.forget_old(start + Duration::from_secs(1));
+        assert_eq!(writes.0.len(), 10_000, "nothing is old yet");
+        writes.forget_old(start + APPLIED_RECENTLY);
+        assert!(writes.0.is_empty());
+        assert!(writes.0.capacity() < 100, "the storm's table is given back: {}", writes.0.capacity());
+    }
 
     fn decision(name: &str, owner: Option<&str>) -> Decision {
         Decision {

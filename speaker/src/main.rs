@@ -131,9 +131,21 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     return_freed_heap_periodically();
     init_logging(args.log_format);
-    let runtime =
-        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(worker_threads(std::thread::available_parallelism().ok()))
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
     ferrolb_telemetry::run_logged("speaker", runtime, start(args))
+}
+
+/// The most worker threads the speaker's runtime starts. Its work is a few sockets and a plan step now and
+/// then; tokio's default of one worker per core gave a 64-core node 64 threads, each with its stack and run
+/// queue, on every node of the cluster.
+const MAX_WORKER_THREADS: usize = 2;
+
+fn worker_threads(cores: Option<std::num::NonZeroUsize>) -> usize {
+    cores.map_or(MAX_WORKER_THREADS, |cores| cores.get().min(MAX_WORKER_THREADS))
 }
 
 /// Every thread allocates from one glibc arena. With one arena per thread (glibc's default, up to eight per
@@ -287,4 +299,18 @@ fn l2_options(args: &Args) -> anyhow::Result<L2Options> {
 /// A duration as whole milliseconds, for flag defaults taken from the `Default` impls.
 fn ms(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_runtime_has_one_worker_per_core_up_to_two() {
+        let cores = |n: usize| std::num::NonZeroUsize::new(n);
+        assert_eq!(worker_threads(cores(1)), 1);
+        assert_eq!(worker_threads(cores(2)), 2);
+        assert_eq!(worker_threads(cores(64)), 2);
+        assert_eq!(worker_threads(None), 2, "cores unknown");
+    }
 }

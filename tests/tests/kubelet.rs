@@ -79,14 +79,15 @@ impl KubeletLab {
             .collect()
     }
 
-    /// The Ready pods of `component`, once there are `count`: `helm --wait` finishes a DaemonSet's rollout
-    /// with up to its `maxUnavailable` (one) pod not Ready yet.
+    /// The Ready pods of `component`, once there are `count` (and no more): `helm --wait` finishes a
+    /// DaemonSet's rollout with up to its `maxUnavailable` (one) pod not Ready yet.
     fn wait_ready(&self, component: &str, count: usize) -> Vec<Pod> {
-        let mut ready = Vec::new();
-        self.wait_for(&format!("{count} Ready {component} pods"), || {
-            ready = self.ready_pods(component);
-            ready.len() == count
-        });
+        let selector = format!("app.kubernetes.io/name=ferrolb,app.kubernetes.io/component={component}");
+        let ready = self
+            .runtime
+            .block_on(kubelet_lab::wait_pods_ready(self.running.plane(), INSTALL_NAMESPACE, &selector, count))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(ready.len(), count, "Ready {component} pods");
         ready
     }
 
